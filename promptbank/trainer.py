@@ -1,0 +1,174 @@
+"""Learning one task's soft prompt against the frozen LLM.
+
+AdamW with warmup + cosine decay, gradient clipping, and the best validation checkpoint kept.
+The same seed gives the same prompt on CPU; on CUDA the forward runs under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .backbone import FrozenLM
+from .prompts import SoftPrompt
+
+# Learning rates that worked on SmolLM2-135M at the default budget (see RESULTS.md).
+DEFAULT_LR: dict[str, float] = {"ulpt": 0.3, "pt": 0.03, "lopt1": 0.03, "lopt2": 0.01}
+
+
+@dataclass
+class TrainConfig:
+    """How one task's prompt is trained. ``lr=None`` takes the method's default."""
+
+    steps: int = 100
+    batch_size: int = 8
+    lr: float | None = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 25
+    eval_batch_size: int = 16
+    max_input_tokens: int = 128
+    seed: int = 0
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of training: history of (step, loss, val_acc) and the chosen checkpoint."""
+
+    best_step: int
+    best_val_acc: float | None
+    seconds: float
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def predict_scores(
+    backbone: FrozenLM,
+    prompts: torch.Tensor,
+    prompt_index: Sequence[int],
+    input_ids: list[list[int]],
+    labels: list[list[list[int]]],
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "predict",
+) -> list[np.ndarray]:
+    """Label scores for many inputs, each with prompt ``prompts[prompt_index[i]]``.
+
+    Inputs are batched by length (less padding); results come back in input order.
+    """
+    order = np.argsort([len(ids) for ids in input_ids], kind="stable")
+    out: list[np.ndarray] = [np.empty(0)] * len(input_ids)
+    batches = range(0, len(order), batch_size)
+    with torch.inference_mode():
+        for start in tqdm(batches, desc=desc, disable=not progress, leave=False, unit="batch"):
+            idx = order[start : start + batch_size]
+            batch_prompts = prompts[torch.as_tensor([prompt_index[i] for i in idx], device=prompts.device)]
+            scores = backbone.label_scores(batch_prompts, [input_ids[i] for i in idx], [labels[i] for i in idx])
+            scores = scores.float().cpu().numpy()
+            for row, i in enumerate(idx):
+                out[i] = scores[row, : len(labels[i])]
+    return out
+
+
+def accuracy(scores: list[np.ndarray], targets: Sequence[int]) -> float:
+    return float(np.mean([int(np.argmax(s)) == int(t) for s, t in zip(scores, targets)])) if targets else float("nan")
+
+
+def train_prompt(
+    backbone: FrozenLM,
+    prompt: SoftPrompt,
+    train_ids: list[list[int]],
+    train_labels: Sequence[int],
+    label_ids: list[list[int]],
+    val_ids: list[list[int]] | None = None,
+    val_labels: Sequence[int] | None = None,
+    config: TrainConfig | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``prompt`` in place on pre-tokenised inputs; keeps the best validation checkpoint."""
+    cfg = config or TrainConfig()
+    torch.manual_seed(cfg.seed)
+    prompt.to(backbone.device).train()
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR.get(prompt.method, 0.03)
+    optimizer = torch.optim.AdamW(prompt.param_groups(lr), weight_decay=cfg.weight_decay)
+    warmup = max(1, int(cfg.warmup_ratio * cfg.steps))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, cfg.steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    rng = np.random.default_rng(cfg.seed)
+    targets = np.asarray(train_labels)
+    has_val = bool(val_ids) and val_labels is not None and cfg.eval_every > 0
+    best = (-1.0, 0, copy.deepcopy(prompt.state_dict()))
+    history: list[dict[str, float]] = []
+    order: list[int] = []
+    started = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not cfg.progress, unit="step", leave=False)
+    running_loss, running_acc = 0.0, 0.0
+    for step in bar:
+        if len(order) < cfg.batch_size:
+            order.extend(rng.permutation(len(train_ids)).tolist())
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        p = prompt()
+        scores = backbone.label_scores(p.unsqueeze(0).expand(len(idx), -1, -1), [train_ids[i] for i in idx], [label_ids] * len(idx))
+        y = torch.as_tensor(targets[idx], device=scores.device)
+        loss = torch.nn.functional.cross_entropy(scores.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(prompt.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss_value = loss.item()
+        running_loss = 0.9 * running_loss + 0.1 * loss_value if step else loss_value
+        batch_acc = float((scores.argmax(-1) == y).float().mean())
+        running_acc = 0.9 * running_acc + 0.1 * batch_acc if step else batch_acc
+        record = {"step": step + 1, "loss": loss_value}
+        if has_val and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            val_acc = evaluate_prompt(backbone, prompt, val_ids, val_labels, label_ids, cfg.eval_batch_size)
+            record["val_acc"] = val_acc
+            if val_acc > best[0]:
+                best = (val_acc, step + 1, copy.deepcopy(prompt.state_dict()))
+            prompt.train()
+        history.append(record)
+        bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{running_acc:.2f}", best_val=f"{max(best[0], 0):.2f}" if has_val else "-")
+    if has_val:
+        prompt.load_state_dict(best[2])
+    prompt.eval()
+    return TrainResult(
+        best_step=best[1] if has_val else cfg.steps,
+        best_val_acc=best[0] if has_val else None,
+        seconds=time.perf_counter() - started,
+        steps=cfg.steps,
+        history=history,
+    )
+
+
+def evaluate_prompt(
+    backbone: FrozenLM,
+    prompt: SoftPrompt | torch.Tensor,
+    input_ids: list[list[int]],
+    targets: Sequence[int],
+    label_ids: list[list[int]],
+    batch_size: int = 16,
+) -> float:
+    """Accuracy of one prompt on pre-tokenised inputs."""
+    with torch.inference_mode():
+        matrix = prompt() if isinstance(prompt, SoftPrompt) else prompt
+    scores = predict_scores(backbone, matrix.unsqueeze(0), [0] * len(input_ids), input_ids, [label_ids] * len(input_ids), batch_size)
+    return accuracy(scores, targets)

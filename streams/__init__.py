@@ -1,0 +1,1 @@
+"""Task streams for continual-learning benchmarks."""

@@ -1,0 +1,150 @@
+"""The prompt bank as a stream strategy: train a prompt per experience, route at test time.
+
+Evaluation cost stays linear in the number of tasks: a test input's answer under a given
+prompt never changes once that prompt is trained, so answers are cached per (prompt task,
+test input); after each new task only routing is recomputed, and only inputs routed to a
+prompt they were never answered with cost a forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from avalanche.benchmarks.scenarios import CLExperience
+from safetensors.torch import load_file, save_file
+
+from promptbank.assets import cache_dir
+from promptbank.bank import PromptBank
+from promptbank.trainer import TrainConfig
+
+from .benchmark import TextTable, experience_rows
+from .splits import TaskData
+from .strategy import StreamStrategy, TaskEvaluation, TrainReport
+
+
+class PromptCache:
+    """Trained prompts keyed by everything they depend on (task data, method, budgets, seed, backbone)."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder or cache_dir("prompts")
+
+    @staticmethod
+    def key(bank: PromptBank, task: TaskData, train_config: TrainConfig) -> str:
+        train = {k: v for k, v in train_config.to_dict().items() if k != "progress"}
+        payload = {
+            "backbone": bank.backbone.identity(),
+            "prompt": bank.new_prompt(seed=train_config.seed).config(),
+            "storage": bank.config.storage_dtype,
+            "max_input_tokens": bank.config.max_input_tokens,
+            "task": task.name,
+            "labels": list(task.label_names),
+            "template": task.template,
+            "budgets": task.budgets,
+            "train": train,
+            "data": hashlib.sha256("\x1f".join(task.train_texts + task.val_texts).encode()).hexdigest(),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+    def get(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        path = self.folder / f"{key}.safetensors"
+        if not path.exists():
+            return None
+        try:
+            meta = json.loads((self.folder / f"{key}.json").read_text())
+            return load_file(path), meta
+        except Exception:  # a damaged cache entry is simply retrained
+            return None
+
+    def put(self, key: str, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        tmp = self.folder / f".{key}.tmp.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
+        (self.folder / f"{key}.json").write_text(json.dumps(meta, default=str))
+        tmp.replace(self.folder / f"{key}.safetensors")
+
+
+class BankStrategy(StreamStrategy):
+    """promptbank itself: a new prompt per task, routed (or oracle) answers."""
+
+    routes = True
+
+    def __init__(self, bank: PromptBank, train_config: TrainConfig, prompt_cache: PromptCache | None = None, batch_size: int = 16, progress: bool = True) -> None:
+        self.bank = bank
+        self.name = f"bank-{bank.config.method}"
+        self.train_config = train_config
+        self.prompt_cache = prompt_cache
+        self.batch_size = batch_size
+        self.progress = progress
+        self._answers: dict[tuple[str, str], dict[int, str]] = {}  # (prompt task, test task) -> row -> label
+        self._test_keys: dict[str, np.ndarray] = {}
+
+    def train(self, experience: CLExperience, task: TaskData, table: TextTable) -> TrainReport:
+        rows, labels = experience_rows(experience.dataset)
+        texts = table.lookup(rows)
+        cached, key = None, None
+        if self.prompt_cache is not None:
+            key = PromptCache.key(self.bank, task, self.train_config)
+            cached = self.prompt_cache.get(key)
+        started = time.perf_counter()
+        info = self.bank.add_task(
+            task.name, texts, labels, label_names=list(task.label_names), template=task.template,
+            val_texts=task.val_texts or None, val_labels=task.val_labels or None,
+            train_config=self.train_config, prompt_state=cached[0] if cached else None,
+            metadata={"budgets": task.budgets},
+        )
+        if cached:
+            info.metadata.update({k: v for k, v in cached[1].items() if k in ("train_seconds", "best_val_acc", "best_step", "steps")})
+            info.metadata["prompt_from_cache"] = True
+        elif key is not None:
+            self.prompt_cache.put(key, self.bank.prompt_state(task.name), info.metadata)
+        per_task = self.bank.bytes_per_task()
+        return TrainReport(
+            seconds=time.perf_counter() - started,
+            trainable_params=int(info.metadata["trainable_params"]),
+            bytes_per_task=per_task["total"],
+            extra={"train_seconds": info.metadata.get("train_seconds"), "key_seconds": info.metadata.get("key_seconds"),
+                   "best_val_acc": info.metadata.get("best_val_acc"), "prompt_from_cache": bool(cached)},
+        )
+
+    def _keys(self, task: TaskData) -> np.ndarray:
+        if task.name not in self._test_keys:
+            self._test_keys[task.name] = self.bank.key_encoder.encode(task.test_texts)
+        return self._test_keys[task.name]
+
+    def _ensure_answers(self, task: TaskData, assigned: list[str | None]) -> None:
+        """Answer (row, prompt task) pairs not seen before, all in mixed batches."""
+        todo = [i for i, a in enumerate(assigned) if a is not None and i not in self._answers.get((a, task.name), {})]
+        if not todo:
+            return
+        preds = self.bank.predict([task.test_texts[i] for i in todo], task=[assigned[i] for i in todo], batch_size=self.batch_size, progress=self.progress)
+        for i, p in zip(todo, preds):
+            self._answers.setdefault((p.task, task.name), {})[i] = p.label
+
+    def evaluate(self, task_index: int, task: TaskData, seen: list[TaskData]) -> TaskEvaluation:
+        routing = self.bank.router.route(self._keys(task), top=1)
+        by_id = {self.bank.task_info(t.name).task_id: k for k, t in enumerate(seen)}
+        routed_index = np.array([by_id.get(int(t), -1) for t in routing.task_ids])
+        assigned = [seen[k].name if k >= 0 else None for k in routed_index]
+        self._ensure_answers(task, [task.name] * len(task.test_texts))  # oracle: the true task's prompt
+        self._ensure_answers(task, assigned)  # only misrouted inputs cost a new forward pass
+        predicted = [self._answers[(a, task.name)][i] if a is not None else None for i, a in enumerate(assigned)]
+        oracle = [self._answers[(task.name, task.name)][i] for i in range(len(task.test_texts))]
+        return TaskEvaluation(predicted=predicted, routed_task=routed_index, oracle_predicted=oracle)
+
+    def save(self, folder: Path) -> None:
+        self.bank.save(folder / "bank")
+        answers = {f"{a}\x1f{t}": rows for (a, t), rows in self._answers.items()}
+        (folder / "answers.json").write_text(json.dumps(answers))
+
+    def restore(self, folder: Path) -> None:
+        """Resume: reload the bank and the cached answers saved after the last finished task."""
+        self.bank = PromptBank.load(folder / "bank", backbone=self.bank.backbone, key_encoder=self.bank.key_encoder)
+        path = folder / "answers.json"
+        if path.exists():
+            raw = json.loads(path.read_text())
+            self._answers = {tuple(k.split("\x1f")): {int(i): v for i, v in rows.items()} for k, rows in raw.items()}

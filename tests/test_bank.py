@@ -1,0 +1,187 @@
+"""PromptBank on a tiny random Llama: API, mixed batches, persistence, atomicity, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from promptbank import storage
+from promptbank.backbone import FrozenLM, count_frozen_grads
+from promptbank.bank import BankConfig, PromptBank
+from promptbank.errors import BackboneMismatchError, BankFormatError, InvalidDataError, TaskExistsError, UnknownTaskError
+from promptbank.trainer import TrainConfig
+
+FAST = TrainConfig(steps=4, batch_size=4, eval_every=2, progress=False)
+ANIMALS = (["the cat sat on the mat", "a dog barked loudly", "my cat purrs", "the dog runs fast"] * 3, ["cat", "dog", "cat", "dog"] * 3)
+WEATHER = (["heavy rain today", "sunny and warm", "rain again tonight", "bright sun outside"] * 3, ["rain", "sun", "rain", "sun"] * 3)
+
+
+@pytest.fixture
+def bank(tiny_llama: FrozenLM) -> PromptBank:
+    b = PromptBank(tiny_llama, BankConfig(n_tokens=4, key_encoder="embedding-mean", router={"strategy": "knn"}))
+    b.add_task("animals", *ANIMALS, template="Text: {text}\nAnimal:", train_config=FAST)
+    b.add_task("weather", *WEATHER, label_names=["rain", "sun"], template="Sky: {text}\nWeather:", train_config=FAST)
+    return b
+
+
+def test_add_task_records_labels_and_params(bank: PromptBank):
+    assert bank.tasks == ["animals", "weather"]
+    info = bank.task_info("animals")
+    assert info.label_names == ["cat", "dog"]
+    assert info.metadata["trainable_params"] == 4 * 2 + 2 * 32
+    assert bank.prompt_matrix("animals").shape == (4, 32)
+    assert count_frozen_grads(bank.backbone.model) == 0
+
+
+def test_predict_routes_each_input_and_uses_task_labels(bank: PromptBank):
+    texts = ["the cat sat on the mat", "heavy rain today", "a dog barked loudly", "sunny and warm"]
+    preds = bank.predict(texts)
+    assert [p.task for p in preds] == ["animals", "weather", "animals", "weather"]
+    for p in preds:
+        assert p.label in bank.task_info(p.task).label_names
+        assert set(p.scores) == set(bank.task_info(p.task).label_names)
+
+
+def test_mixed_batch_is_one_forward_and_matches_per_task(bank: PromptBank, monkeypatch):
+    texts = ["my cat purrs", "rain again tonight", "the dog runs fast", "bright sun outside"]
+    tasks = ["animals", "weather", "animals", "weather"]
+    separate = [bank.predict([t], task=k)[0].scores for t, k in zip(texts, tasks)]
+    calls = []
+    original = FrozenLM.label_scores
+    monkeypatch.setattr(FrozenLM, "label_scores", lambda self, *a, **kw: calls.append(1) or original(self, *a, **kw))
+    mixed = bank.predict(texts, task=tasks, batch_size=8)
+    assert len(calls) == 1
+    for m, s in zip(mixed, separate):
+        for label in s:
+            assert m.scores[label] == pytest.approx(s[label], abs=1e-4)
+
+
+def test_save_load_round_trip_predicts_identically(bank: PromptBank, tmp_path: Path):
+    texts = ["my cat purrs", "rain again tonight", "the dog runs fast"]
+    before = bank.predict(texts)
+    bank.save(tmp_path / "bank")
+    loaded = PromptBank.load(tmp_path / "bank", backbone=bank.backbone)
+    after = loaded.predict(texts)
+    assert [(p.task, p.label) for p in before] == [(p.task, p.label) for p in after]
+    for a, b in zip(before, after):
+        assert a.scores == pytest.approx(b.scores, abs=1e-5)
+    assert torch.equal(loaded.prompt_matrix("animals"), bank.prompt_matrix("animals"))
+    manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text())
+    assert manifest["schema_version"] == storage.SCHEMA_VERSION
+    assert [t["name"] for t in manifest["tasks"]] == ["animals", "weather"]
+    assert not list((tmp_path / "bank").glob("*.pkl")) and not list((tmp_path / "bank").glob("*.pt"))
+
+
+def test_stored_prompts_are_half_precision_and_predictions_use_them(bank: PromptBank):
+    state = bank.prompt_state("animals")
+    assert all(v.dtype == torch.float16 for v in state.values())
+
+
+def test_crash_during_save_leaves_previous_bank_loadable(bank: PromptBank, tmp_path: Path, monkeypatch):
+    path = tmp_path / "bank"
+    bank.save(path)
+    bank.remove_task("weather")
+    real_replace = os.replace
+
+    def crash_on_manifest(src, dst):
+        if str(dst).endswith("manifest.json"):
+            raise KeyboardInterrupt("simulated crash")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        bank.save(path)
+    monkeypatch.setattr(os, "replace", real_replace)
+    survivor = PromptBank.load(path, backbone=bank.backbone)
+    assert survivor.tasks == ["animals", "weather"]
+    assert not list(path.glob(".*.tmp"))
+
+
+def test_damaged_or_missing_files_are_refused(bank: PromptBank, tmp_path: Path):
+    path = tmp_path / "bank"
+    bank.save(path)
+    prompts = next(path.glob("prompts-*.safetensors"))
+    data = bytearray(prompts.read_bytes())
+    data[-3] ^= 0xFF
+    prompts.write_bytes(bytes(data))
+    with pytest.raises(BankFormatError, match="damaged"):
+        PromptBank.load(path, backbone=bank.backbone)
+    prompts.unlink()
+    with pytest.raises(BankFormatError, match="missing"):
+        PromptBank.load(path, backbone=bank.backbone)
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(BankFormatError, match="damaged"):
+        PromptBank.load(path, backbone=bank.backbone)
+    with pytest.raises(BankFormatError, match="not a promptbank bank"):
+        PromptBank.load(tmp_path / "nowhere", backbone=bank.backbone)
+
+
+def test_bank_from_another_backbone_is_refused(bank: PromptBank, tiny_t5: FrozenLM, tmp_path: Path):
+    bank.save(tmp_path / "bank")
+    with pytest.raises(BackboneMismatchError, match="tiny-llama"):
+        PromptBank.load(tmp_path / "bank", backbone=tiny_t5)
+
+
+def test_remove_task_stops_routing_to_it(bank: PromptBank):
+    bank.remove_task("weather")
+    assert bank.tasks == ["animals"]
+    assert {p.task for p in bank.predict(["heavy rain today", "sunny and warm"])} == {"animals"}
+    with pytest.raises(UnknownTaskError):
+        bank.remove_task("weather")
+
+
+@pytest.mark.parametrize(
+    "texts,labels,kwargs,match",
+    [
+        ([], [], {"label_names": ["a", "b"]}, "empty"),
+        ("one string", ["a"], {"label_names": ["a", "b"]}, "single string"),
+        (["x", 3], ["a", "b"], {"label_names": ["a", "b"]}, "not str"),
+        (["x", "  "], ["a", "b"], {"label_names": ["a", "b"]}, "whitespace"),
+        (["x", "y"], ["a", "a"], {"label_names": ["a", "b"]}, "only one class"),
+        (["x", "y"], ["a", "c"], {"label_names": ["a", "b"]}, "not one of label_names"),
+        (["x", "y"], [0, 2], {"label_names": ["a", "b"]}, "outside"),
+        (["x", "y"], [0, 1], {}, "label_names is required"),
+        (["x", "y"], ["a"], {"label_names": ["a", "b"]}, "2 texts but 1 labels"),
+        (["x", "y"], ["a", "b"], {"label_names": ["a", "a"]}, "unique"),
+        (["x", "y"], ["a", "b"], {"label_names": ["a", "b"], "template": "no slot"}, "must contain"),
+    ],
+)
+def test_bad_task_data_is_refused_before_training(tiny_llama, texts, labels, kwargs, match):
+    b = PromptBank(tiny_llama, BankConfig(n_tokens=2, key_encoder="embedding-mean"))
+    with pytest.raises(InvalidDataError, match=match):
+        b.add_task("t", texts, labels, train_config=FAST, **kwargs)
+    assert b.tasks == []
+
+
+def test_duplicate_task_name_is_refused(bank: PromptBank):
+    with pytest.raises(TaskExistsError, match="already in the bank"):
+        bank.add_task("animals", *ANIMALS, train_config=FAST)
+
+
+def test_unknown_task_and_empty_bank(tiny_llama, bank: PromptBank):
+    with pytest.raises(UnknownTaskError, match="known tasks"):
+        bank.predict(["x"], task="nope")
+    empty = PromptBank(tiny_llama, BankConfig(n_tokens=2, key_encoder="embedding-mean"))
+    with pytest.raises(InvalidDataError, match="no tasks"):
+        empty.predict(["x"])
+
+
+def test_long_inputs_are_truncated_with_one_warning(tiny_llama):
+    b = PromptBank(tiny_llama, BankConfig(n_tokens=2, key_encoder="embedding-mean", max_input_tokens=8))
+    long = " ".join(["word"] * 50)
+    with pytest.warns(UserWarning, match="truncated"):
+        b.add_task("t", [long, "short one", long + " x", "short two"], ["a", "b", "a", "b"], train_config=FAST)
+    enc = tiny_llama.encode([long], "A {text} B", 8).input_ids[0]
+    assert len(enc) <= 8 + len(tiny_llama.encode(["x"], "A {text} B", 8).input_ids[0])
+
+
+def test_prompt_state_reuse_skips_training(bank: PromptBank, tiny_llama):
+    other = PromptBank(tiny_llama, BankConfig(n_tokens=4, key_encoder="embedding-mean"))
+    info = other.add_task("animals", *ANIMALS, template="Text: {text}\nAnimal:", prompt_state=bank.prompt_state("animals"))
+    assert "train_seconds" not in info.metadata
+    assert torch.equal(other.prompt_matrix("animals"), bank.prompt_matrix("animals"))

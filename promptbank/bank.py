@@ -34,7 +34,7 @@ class BankConfig:
     n_tokens: int = 20
     prompt_options: dict[str, Any] = field(default_factory=lambda: {"rank": 2})
     key_encoder: str = "minilm"
-    router: dict[str, Any] = field(default_factory=lambda: {"strategy": "knn"})
+    router: dict[str, Any] = field(default_factory=lambda: {"strategy": "gaussian"})
     storage_dtype: str = "float16"
     max_input_tokens: int = 128
     seed: int = 0
@@ -195,7 +195,7 @@ class PromptBank:
             val_y = _label_indices(val_labels, names, len(val_texts), "val_labels")
         label_ids = self.backbone.label_token_ids(names)
         encoded = self.backbone.encode(texts, template, self.config.max_input_tokens).input_ids
-        cfg = train_config or TrainConfig(seed=self.config.seed, max_input_tokens=self.config.max_input_tokens)
+        cfg = train_config or TrainConfig(seed=self.config.seed)
 
         prompt = self.new_prompt(seed=cfg.seed)
         result: TrainResult | None = None

@@ -75,7 +75,9 @@ class KeyEncoder(ABC):
     ) -> np.ndarray:
         """Keys for ``texts`` as a float32 (N, dim) array with unit-norm rows, input order."""
         if isinstance(texts, str):
-            raise InvalidDataError("encode() takes a sequence of texts, not one string; wrap it in a list")
+            raise InvalidDataError(
+                "encode() takes a sequence of texts, not one string; wrap it in a list"
+            )
         texts = list(texts)
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
@@ -131,10 +133,8 @@ def _token_ids(tokenizer: Any, texts: list[str], max_length: int, special: bool)
     enc = tokenizer(
         texts, add_special_tokens=special, truncation=True, max_length=max_length
     )["input_ids"]
-    filler = next(
-        (t for t in (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id) if t is not None),
-        0,
-    )
+    specials = (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id)
+    filler = next((t for t in specials if t is not None), 0)
     return [list(x) if len(x) else [filler] for x in enc]
 
 
@@ -231,7 +231,9 @@ class BackboneMeanKeys(_BackboneKeys):
         if self.backbone.is_encoder_decoder:
             out = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
         else:
-            out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            out = model.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            )
         return _masked_mean(out.last_hidden_state, attention_mask)
 
 

@@ -40,7 +40,7 @@ MAX_TASK_ID = (1 << (63 - TASK_SHIFT)) - 1
 AUTO_FLAT_MAX_VECTORS = 250_000
 AUTO_LARGE_SPEC = "IVF{nlist},PQ{m}"
 #: Most neighbours one KNN query asks for (bounds the candidate search with "all" keys).
-MAX_SEARCH = 1024
+MAX_SEARCH = 256
 #: FAISS warns below this many training points per IVF list / PQ centroid.
 MIN_POINTS_PER_CENTROID = 39
 
@@ -234,8 +234,9 @@ def _pick(values: np.ndarray, chosen: np.ndarray, fill: float) -> np.ndarray:
 def auto_large_spec(n_vectors: int, dim: int) -> str:
     """The compressed index used past ``AUTO_FLAT_MAX_VECTORS``: IVF with ~4*sqrt(N) lists
     (a power of two) and PQ at ~8 dims per byte-sized code (48 bytes for 384-d keys)."""
-    nlist = 1 << max(4, round(math.log2(4 * math.sqrt(max(n_vectors, 1)))))
-    nlist = min(nlist, max(16, n_vectors // MIN_POINTS_PER_CENTROID))
+    wanted = round(math.log2(4 * math.sqrt(max(n_vectors, 1))))
+    trainable = int(math.log2(max(n_vectors // MIN_POINTS_PER_CENTROID, 1)))
+    nlist = 1 << max(min(wanted, trainable), 0)
     m = max(d for d in range(1, max(dim // 8, 1) + 1) if dim % d == 0)
     return AUTO_LARGE_SPEC.format(nlist=nlist, m=m)
 
@@ -269,8 +270,9 @@ def _train_size(index: Any) -> int:
 def _dump(index: Any) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors) of an IDMap2 index whose sub-index can reconstruct."""
     ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-    vecs = index.index.reconstruct_n(0, index.ntotal) if len(ids) else np.zeros((0, index.d), np.float32)
-    return ids, np.asarray(vecs, dtype=np.float32)
+    if not len(ids):
+        return ids, np.zeros((0, index.d), np.float32)
+    return ids, np.asarray(index.index.reconstruct_n(0, index.ntotal), dtype=np.float32)
 
 
 class KNNRouter(Router):
@@ -288,8 +290,11 @@ class KNNRouter(Router):
     vectors, then converts once to IVF-PQ trained on what it holds. Any FAISS factory spec
     also works ("Flat", "HNSW32", "IVF1024,PQ48", ...). Specs that need training collect
     vectors in an exact Flat index until they have enough to train on (39 per IVF list and
-    per PQ centroid), then move to the trained index. Removal uses ``remove_ids``; index
-    types without it (HNSW) are rebuilt without the task, O(size of index).
+    per PQ centroid), then move to the trained index. That move trains FAISS k-means
+    inside the ``add_task`` call that crosses the line, on up to twice the minimum
+    training set: a one-off of minutes on a few CPU cores at the auto threshold. Removal
+    uses ``remove_ids``; index types without it (HNSW) are rebuilt without the task,
+    O(size of index).
     """
 
     strategy = "knn"
@@ -388,8 +393,11 @@ class KNNRouter(Router):
             return
         ids, vecs = _dump(self._index)
         rng = np.random.default_rng(self.seed)
-        cap = max(_train_size(target), 64 * MIN_POINTS_PER_CENTROID * 256)
-        train = vecs if len(vecs) <= cap else vecs[np.sort(rng.choice(len(vecs), cap, replace=False))]
+        cap = 2 * _train_size(target)  # plenty for k-means; training time grows with it
+        if len(vecs) > cap:
+            train = vecs[np.sort(rng.choice(len(vecs), cap, replace=False))]
+        else:
+            train = vecs
         target.train(train)
         target.add_with_ids(vecs, ids)
         self._index, self._spec, self._target = target, self._target, None
@@ -506,9 +514,9 @@ class _TaskStats:
 
     The scatter is kept as ``count * (F^T F + diag(residual))``: F (rank x dim, float16)
     holds the top principal directions of the within-class spread (scaled per key), and
-    the residual the rest of each dimension's variance. This is what was added to the shared scatter, so
-    removing the task subtracts exactly the same matrix, at a few KB per task instead of
-    the 590 KB a full 384x384 float32 matrix would cost.
+    the residual the rest of each dimension's variance. Exactly this matrix is added to
+    the shared scatter, so removing the task subtracts exactly what it added, at a few KB
+    per task instead of the 590 KB of a full 384x384 float32 matrix.
     """
 
     labels: np.ndarray  # (C,) int64, -1 when classes are not modelled
@@ -573,6 +581,11 @@ class GaussianRouter(Router):
     whitening and the FAISS index over whitened means are rebuilt lazily at the next route.
     ``closeness`` = -(squared Mahalanobis distance to the chosen task's nearest mean) / dim:
     about -1 for typical inputs of a task, far below for inputs from nowhere.
+    Keys and queries are L2-normalised first (a no-op for KeyEncoder output), which also
+    keeps the float16 scatter factors in range.
+
+    Cost: per task, its means (float32), a ``scatter_rank`` x dim float16 factor and a
+    dim float32 residual (~9 KB at rank 8, 384-d); shared: one dim x dim float64 scatter.
     """
 
     strategy = "gaussian"
@@ -590,7 +603,9 @@ class GaussianRouter(Router):
     ) -> None:
         super().__init__(dim, unknown_threshold)
         if shrinkage != "oas" and not (isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1):
-            raise InvalidDataError(f"shrinkage must be 'oas' or a number in [0, 1], got {shrinkage!r}")
+            raise InvalidDataError(
+                f"shrinkage must be 'oas' or a number in [0, 1], got {shrinkage!r}"
+            )
         if not 0 <= scatter_rank <= dim:
             raise InvalidDataError(f"scatter_rank must be in [0, {dim}], got {scatter_rank}")
         if not temperature > 0 or search_k < 1:
@@ -613,7 +628,7 @@ class GaussianRouter(Router):
 
     def add_task(self, task_id: int, keys: np.ndarray, labels: np.ndarray | None = None) -> None:
         tid = self._check_new(task_id)
-        x = check_keys(keys, self.dim).astype(np.float64)
+        x = l2_normalize(check_keys(keys, self.dim)).astype(np.float64)
         labels = self._check_labels(labels, len(x))
         if not self.per_class or labels is None:
             labels = np.full(len(x), -1, dtype=np.int64)
@@ -624,7 +639,9 @@ class GaussianRouter(Router):
         factor, variance = _principal_factor(x - means[inverse], self.scatter_rank)
         kept = (factor.astype(np.float64) ** 2).sum(axis=0)
         residual = np.clip(variance - kept, 0.0, None).astype(np.float32)
-        stats = _TaskStats(classes, counts.astype(np.int64), means.astype(np.float32), factor, residual)
+        stats = _TaskStats(
+            classes, counts.astype(np.int64), means.astype(np.float32), factor, residual
+        )
         self._scatter += stats.scatter()
         self._tasks[tid] = stats
         self._cache = None
@@ -689,7 +706,7 @@ class GaussianRouter(Router):
     def _candidates(self, queries: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
         c = self._prepared()
         n = len(queries)
-        z = np.ascontiguousarray(queries @ c["whiten"], dtype=np.float32)
+        z = np.ascontiguousarray(l2_normalize(queries) @ c["whiten"], dtype=np.float32)
         k = min(c["index"].ntotal, max(self.search_k, top * c["max_classes"]))
         ivf = faiss.try_extract_index_ivf(c["index"])
         if ivf is not None:
@@ -698,7 +715,8 @@ class GaussianRouter(Router):
         ok = comp >= 0
         tasks = np.where(ok, c["comp_task"][np.maximum(comp, 0)], -1)
         dist = np.maximum(dist.astype(np.float64), 0.0)
-        logit = np.where(ok, -0.5 * dist / self.temperature + c["comp_logw"][np.maximum(comp, 0)], -np.inf)
+        logw = c["comp_logw"][np.maximum(comp, 0)]
+        logit = np.where(ok, -0.5 * dist / self.temperature + logw, -np.inf)
         order, starts, seg_row, seg_task = _segments(tasks)
         if len(starts) == 0:
             return (np.full((n, top), -1, np.int64), np.zeros((n, top)), np.full(n, -np.inf))
@@ -730,12 +748,19 @@ class GaussianRouter(Router):
         }
         stats = list(self._tasks.values())
         d, r = self.dim, self.scatter_rank
+
+        def join(field: str, empty_shape: tuple[int, ...], dtype: Any, stack: bool) -> np.ndarray:
+            if not stats:
+                return np.zeros(empty_shape, dtype)
+            parts = [getattr(s, field) for s in stats]
+            return np.stack(parts) if stack else np.concatenate(parts)
+
         arrays = {
-            "comp_label": np.concatenate([s.labels for s in stats]) if stats else np.zeros(0, np.int64),
-            "comp_count": np.concatenate([s.counts for s in stats]) if stats else np.zeros(0, np.int64),
-            "comp_mean": np.concatenate([s.means for s in stats]) if stats else np.zeros((0, d), np.float32),
-            "task_factor": np.stack([s.factor for s in stats]) if stats else np.zeros((0, r, d), np.float16),
-            "task_residual": np.stack([s.residual for s in stats]) if stats else np.zeros((0, d), np.float32),
+            "comp_label": join("labels", (0,), np.int64, stack=False),
+            "comp_count": join("counts", (0,), np.int64, stack=False),
+            "comp_mean": join("means", (0, d), np.float32, stack=False),
+            "task_factor": join("factor", (0, r, d), np.float16, stack=True),
+            "task_residual": join("residual", (0, d), np.float32, stack=True),
             "scatter": self._scatter.copy(),
         }
         return config, arrays
@@ -780,7 +805,9 @@ ROUTERS: dict[str, type[Router]] = {"knn": KNNRouter, "gaussian": GaussianRouter
 def make_router(strategy: str = "knn", *, dim: int, **options: Any) -> Router:
     """A new router by strategy name ("knn" or "gaussian"); options go to its constructor."""
     if strategy not in ROUTERS:
-        raise InvalidDataError(f"unknown routing strategy '{strategy}'; choose one of: {', '.join(ROUTERS)}")
+        raise InvalidDataError(
+            f"unknown routing strategy '{strategy}'; choose one of: {', '.join(ROUTERS)}"
+        )
     try:
         return ROUTERS[strategy](dim=dim, **options)
     except TypeError as exc:

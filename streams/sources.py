@@ -17,15 +17,14 @@ import io
 import json
 import os
 import re
-import socket
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 from promptbank.assets import asset_path, cache_dir
 from promptbank.errors import HubUnavailableError, InvalidDataError
+from promptbank.hub import hub_reachable as _hub_reachable
+from promptbank.hub import offline_mode as _offline_mode
 
 # Bump when any parser or cleaning rule changes: old on-disk caches are then ignored.
 LOADER_VERSION = 1
@@ -364,30 +363,6 @@ _TRAIN_VAL = {"train": "train", "test": "validation"}  # GLUE/SuperGLUE test lab
 def _copa_text(row: Mapping) -> str:
     ask = "What was the cause?" if row.get("question") == "cause" else "What happened as a result?"
     return _fields(("premise", "premise"))(row) + f" {ask} " + _fields(("first", "choice1"), ("second", "choice2"))(row)
-
-
-def _hub_reachable(timeout: float = 5.0) -> bool:
-    """Fast check that the hub's host name resolves; getaddrinfo has no timeout of its own."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # behind a proxy, DNS says nothing; let datasets try
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.getaddrinfo(host, 443)
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
-def _offline_mode() -> bool:
-    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def _hub_error(name: str, spec: HubSpec, why: str) -> HubUnavailableError:

@@ -1,0 +1,221 @@
+"""Shared helpers for the benchmark scripts: threads, machine info, interleaved timing, JSON.
+
+Timings on a shared machine drift with the load of other processes, so every comparison is
+measured side by side in one process with the variants interleaved (A B C, C B A, A B C, ...)
+and reported as medians plus the median of the per-repetition ratios, which cancels most of
+a slow drift in the machine's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the benchmarks never need the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python scripts/bench_x.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+
+def add_common_args(parser: argparse.ArgumentParser, out_default: str) -> None:
+    parser.add_argument("--out", default=out_default, help="where the JSON result is written")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1,
+        help="torch / FAISS / BLAS threads (default: all cores; use 1 on a shared machine)",
+    )
+
+
+def set_threads(n: int) -> int:
+    """Pin torch, FAISS and (when threadpoolctl is present) BLAS to ``n`` threads."""
+    import torch
+
+    n = max(1, int(n))
+    torch.set_num_threads(n)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:
+        pass
+    return n
+
+
+def _git_state() -> dict[str, Any]:
+    def run(*cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except Exception:
+            return ""
+
+    return {"commit": run("git", "rev-parse", "HEAD"), "dirty": bool(run("git", "status", "--porcelain"))}
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on: CPU, threads, memory, load, versions, date."""
+    import torch
+
+    info: dict[str, Any] = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "git": _git_state(),
+    }
+    try:
+        info["cpu_model"] = next(
+            line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        info["cpu_model"] = platform.processor()
+    try:
+        mem = {l.split(":")[0]: int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.split()[1].isdigit()}
+        info["mem_total_gib"] = round(mem["MemTotal"] / 2**20, 1)
+        info["mem_available_gib_at_start"] = round(mem["MemAvailable"] / 2**20, 1)
+    except (OSError, KeyError):
+        pass
+    if hasattr(os, "getloadavg"):
+        info["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    for mod in ("transformers", "faiss", "peft", "numpy", "safetensors"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    return info
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux), 0 when unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds one call of ``fn`` takes (CUDA work included)."""
+    _sync()
+    start = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - start
+
+
+def interleaved(
+    cases: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, log: Callable[[str], None] | None = None
+) -> dict[str, list[float]]:
+    """Seconds per call of every case, measured in alternating order.
+
+    Warm-up calls (not recorded) run first for every case; then repetition r runs the cases
+    forwards when r is even and backwards when r is odd, so no case always runs first or
+    right after the same neighbour.
+    """
+    names = list(cases)
+    for _ in range(warmup):
+        for name in names:
+            cases[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(timed(cases[name]))
+        if log:
+            log(f"  rep {r + 1}/{repeats}: " + ", ".join(f"{n}={times[n][-1]:.4g}s" for n in names))
+    return times
+
+
+def summary(samples: list[float], scale: float = 1.0) -> dict[str, Any]:
+    """Median, min, max and the raw samples (times ``scale``)."""
+    xs = [x * scale for x in samples]
+    return {
+        "median": statistics.median(xs),
+        "min": min(xs),
+        "max": max(xs),
+        "n": len(xs),
+        "samples": [round(x, 6) for x in xs],
+    }
+
+
+def ratio(a: list[float], b: list[float]) -> dict[str, float]:
+    """a / b: ratio of the medians, and median of per-repetition ratios (robust to drift)."""
+    paired = [x / y for x, y in zip(a, b) if y > 0]
+    return {
+        "of_medians": statistics.median(a) / statistics.median(b),
+        "paired_median": statistics.median(paired) if paired else float("nan"),
+    }
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if hasattr(os, "getloadavg"):
+        payload.setdefault("machine", {})["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:
+        pass
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_frozen(name: str = "smollm2-135m", random_init: bool = False, device: str | None = None):
+    """The frozen LM: the real weights, or a random model built from the same config
+    (speed does not depend on the weights' values; no weights need to be shipped)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from promptbank.backbone import FrozenLM, load_backbone, resolve_model_source
+
+    if not random_init:
+        return load_backbone(name, device=device)
+    source, kwargs = resolve_model_source(name)
+    config = AutoConfig.from_pretrained(source, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return FrozenLM(model, tokenizer, name=f"{name}(random-init)", device=device)

@@ -1,0 +1,208 @@
+"""Footprint benchmark: bytes per task of a bank, on disk and in RAM, per prompt method and router,
+versus the same prompt saved the way PEFT saves prompt tuning (expanded n x d, float32).
+
+Banks are built with ``add_task(..., prompt_state=...)`` from freshly initialised prompts (no
+training: the size does not depend on the values); keys come from real texts of offline tasks.
+Disk bytes are split into prompt tensors / routing state / manifest share, both as the average
+over the bank (total / tasks) and as the marginal cost of one more task (slope over 1..T tasks).
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_footprint.py --threads 1 \
+        --out runs/bench/footprint.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import _bench
+
+GOAL_BYTES = 4096  # the issue's target: ULPT <= 4 KB per task including routing keys
+GOAL_PEFT_FACTOR = 10.0  # ... and >= 10x smaller than PEFT's prompt-tuning checkpoint
+
+# (label, method, prompt options, router options, storage dtype): the method x router grid
+# at library defaults, then ULPT settings aimed at the 4 KB goal.
+def variants(n_tokens: int) -> list[tuple[str, str, dict, dict, str]]:
+    rank = {"rank": 2}
+    grid = []
+    for method in ("ulpt", "pt", "lopt1", "lopt2"):
+        opts = {} if method == "pt" else dict(rank)
+        for router in ({"strategy": "gaussian"}, {"strategy": "knn"}):
+            grid.append((f"{method}/{router['strategy']}", method, opts, router, "float16"))
+    grid += [
+        ("ulpt/gaussian rank0", "ulpt", rank, {"strategy": "gaussian", "scatter_rank": 0}, "float16"),
+        ("ulpt/knn 4 centroids", "ulpt", rank, {"strategy": "knn", "n_centroids": 4}, "float16"),
+        ("ulpt/knn 2 centroids SQfp16", "ulpt", rank, {"strategy": "knn", "n_centroids": 2, "index": "SQfp16"}, "float16"),
+        ("ulpt/knn mean", "ulpt", rank, {"strategy": "knn", "summary": "mean"}, "float16"),
+        ("ulpt/knn mean SQfp16", "ulpt", rank, {"strategy": "knn", "summary": "mean", "index": "SQfp16"}, "float16"),
+        ("ulpt/knn 8 centroids SQfp16", "ulpt", rank, {"strategy": "knn", "index": "SQfp16"}, "float16"),
+    ]
+    return grid
+
+
+class CachedKeys:
+    """Wraps a key encoder so that the same texts are encoded once across all banks."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.dim, self.name = inner, inner.dim, inner.name
+        self._memo: dict[tuple[str, ...], Any] = {}
+
+    def identity(self) -> dict[str, Any]:
+        return self.inner.identity()
+
+    def encode(self, texts, batch_size: int = 64, progress: bool = False):
+        key = tuple(texts)
+        if key not in self._memo:
+            self._memo[key] = self.inner.encode(list(texts), batch_size=batch_size)
+        return self._memo[key]
+
+
+def bank_files(path: Path) -> dict[str, int]:
+    """Apparent bytes of a saved bank by role."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    out = {"manifest": (path / "manifest.json").stat().st_size, "prompts": 0, "routing": 0}
+    for role, entry in manifest["files"].items():
+        size = (path / entry["file"]).stat().st_size
+        out["prompts" if role == "prompts" else "routing"] += size
+    out["total"] = out["prompts"] + out["routing"] + out["manifest"]
+    out["manifest_if_compact_json"] = len(json.dumps(manifest, separators=(",", ":")).encode())
+    out["allocated"] = sum(f.stat().st_blocks * 512 for f in path.iterdir() if f.is_file())
+    return out
+
+
+def ram_bytes(bank: Any) -> dict[str, float]:
+    """Bytes the bank holds in memory per task, counted from its containers."""
+    import numpy as np
+
+    T = max(len(bank.tasks), 1)
+    states = sum(v.numel() * v.element_size() for st in bank._states.values() for v in st.values())
+    matrices = sum(m.numel() * m.element_size() for m in bank._matrices.values())
+    _, arrays = bank.router.state()  # FAISS index as serialised bytes ~ its in-memory size
+    router = sum(np.asarray(a).nbytes for a in arrays.values())
+    cache = getattr(bank.router, "_cache", None) or {}
+    router_cache = sum(np.asarray(v).nbytes for v in cache.values() if isinstance(v, np.ndarray))
+    if "index" in cache:
+        router_cache += len(__import__("faiss").serialize_index(cache["index"]))
+    meta = sum(len(json.dumps(dataclasses.asdict(t))) for t in bank._tasks.values())
+    out = {
+        "prompt_states": states / T,
+        "prompt_matrices_cache": matrices / T,
+        "router_state": router / T,
+        "router_route_cache": router_cache / T,
+        "task_metadata_json": meta / T,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def peft_footprint(backbone: Any, n_tokens: int, workdir: Path) -> dict[str, Any]:
+    """Size of PEFT's prompt-tuning checkpoint for the same backbone and n (save_pretrained)."""
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n_tokens)
+    model = get_peft_model(backbone.model, config)
+    out_dir = workdir / "peft-adapter"
+    model.save_pretrained(out_dir)
+    files = {name: (out_dir / name).stat().st_size for name in ("adapter_model.safetensors", "adapter_config.json")}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        "files": files,
+        "total": sum(files.values()),
+        "allocated": sum((out_dir / n).stat().st_blocks * 512 for n in files),
+        "trainable_params": trainable,
+        "ram_prompt_bytes": sum(p.numel() * p.element_size() for p in model.prompt_encoder.parameters()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _bench.add_common_args(parser, "runs/bench/footprint.json")
+    parser.add_argument("--backbone", default="smollm2-135m")
+    parser.add_argument("--tasks", default="bbc,rotten_tomatoes,trec,sms_spam,reuters_r8", help="offline tasks giving key texts")
+    parser.add_argument("--key-texts", type=int, default=48, help="training texts per task used to build its keys")
+    parser.add_argument("--test-texts", type=int, default=40, help="test texts per task for the routing accuracy column")
+    parser.add_argument("--n-tokens", type=int, default=20)
+    args = parser.parse_args()
+    _bench.set_threads(args.threads)
+
+    import numpy as np
+
+    from promptbank.bank import PromptBank
+    from promptbank.keys import make_key_encoder
+    from streams.splits import get_task
+
+    machine = _bench.machine_info()
+    backbone = _bench.load_frozen(args.backbone)
+    keys = CachedKeys(make_key_encoder("minilm"))
+    tasks = [get_task(name) for name in args.tasks.split(",")]
+    T = len(tasks)
+    _bench.log(f"{T} tasks, {args.key_texts} key texts each, d={backbone.hidden_size}, n={args.n_tokens}")
+    test_texts = [t for task in tasks for t in task.test_texts[: args.test_texts]]
+    test_truth = np.repeat(np.arange(T), [len(task.test_texts[: args.test_texts]) for task in tasks])
+    test_keys = keys.encode(test_texts)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for label, method, opts, router, dtype in variants(args.n_tokens):
+            bank = PromptBank(backbone, key_encoder=keys, method=method, n_tokens=args.n_tokens,
+                              prompt_options=opts, router=router, storage_dtype=dtype)
+            sizes = []  # saved bank after 1..T tasks: the slope is the marginal cost per task
+            for i, task in enumerate(tasks):
+                state = bank.new_prompt(seed=i).trainable_state()
+                bank.add_task(task.name, task.train_texts[: args.key_texts], task.train_labels[: args.key_texts],
+                              label_names=list(task.label_names), template=task.template, prompt_state=state)
+                sizes.append(bank_files(bank.save(tmp / label.replace("/", "_").replace(" ", "_"))))
+            routed = bank.router.route(test_keys).task_ids
+            full = sizes[-1]
+            per_task = {k: full[k] / T for k in ("prompts", "routing", "manifest", "total", "allocated")}
+            marginal = {k: (full[k] - sizes[0][k]) / (T - 1) for k in ("prompts", "routing", "manifest", "total")} if T > 1 else per_task
+            fixed = full["total"] - T * marginal["total"]
+            row = {
+                "variant": label, "method": method, "prompt_options": opts, "router": router, "storage_dtype": dtype,
+                "trainable_params": bank.new_prompt().num_trainable(),
+                "disk_per_task": per_task,
+                "disk_marginal_per_task": marginal,
+                "disk_fixed": fixed,
+                "disk_per_task_at": {str(n): fixed / n + marginal["total"] for n in (10, 100, 1000)},
+                "disk_bank_total": full,
+                "library_bytes_per_task": bank.bytes_per_task(),
+                "ram_per_task": ram_bytes(bank),
+                "routing_accuracy": float(np.mean(routed == test_truth)),
+            }
+            rows.append(row)
+            _bench.log(f"{label:30s} disk/task {per_task['total']:9.0f} B (prompt {per_task['prompts']:.0f}, routing "
+                       f"{per_task['routing']:.0f}, manifest {per_task['manifest']:.0f}); marginal {marginal['total']:.0f} B; "
+                       f"RAM/task {row['ram_per_task']['total']:.0f} B; routing acc {row['routing_accuracy']:.3f}")
+        peft = peft_footprint(backbone, args.n_tokens, tmp)  # last: it wraps the backbone's model
+    _bench.log(f"PEFT prompt tuning: {peft['total']} B on disk ({peft['files']})")
+    for row in rows:
+        row["vs_peft"] = {
+            "peft_over_bank_per_task": peft["total"] / row["disk_per_task"]["total"],
+            "peft_over_bank_marginal": peft["total"] / row["disk_marginal_per_task"]["total"],
+            "peft_over_bank_prompt_only": peft["total"] / row["disk_per_task"]["prompts"],
+        }
+        row["meets_goal"] = {
+            "le_4KB_per_task_avg": row["disk_per_task"]["total"] <= GOAL_BYTES,
+            "le_4KB_per_task_marginal": row["disk_marginal_per_task"]["total"] <= GOAL_BYTES,
+            "ge_10x_smaller_than_peft": row["vs_peft"]["peft_over_bank_per_task"] >= GOAL_PEFT_FACTOR,
+        }
+    _bench.write_json(args.out, {
+        "bench": "footprint",
+        "args": vars(args),
+        "machine": machine,
+        "backbone": backbone.identity(),
+        "n_tasks": T,
+        "goal": {"bytes_per_task": GOAL_BYTES, "peft_factor": GOAL_PEFT_FACTOR},
+        "peft": peft,
+        "rows": rows,
+    })
+    _bench.log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

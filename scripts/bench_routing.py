@@ -1,0 +1,208 @@
+"""Routing at scale: KNNRouter over synthetic clustered keys, 10 -> 100,000+ tasks, per index type.
+
+Keys (384-d, like MiniLM) are drawn around task centres that are themselves grouped in
+"domains" of ``--domain-size`` tasks (near-neighbour tasks, as bbc/reuters are), so exact
+search is not trivially perfect and approximate indexes can be told apart. Per size and index:
+build time through the router (one ``add_task`` per task, as a bank adds them; the largest
+single ``add_task`` shows a one-off training spike), index bytes, latency per query (single
+queries and batches, through ``router.route`` and through the raw FAISS search underneath),
+task-id agreement with exact search (the Flat router) and accuracy against the true task, and
+at every size the time to add one more task and to remove one.
+
+Index types: "Flat" (exact), "HNSW32", and IVF-PQ with the spec ``index="auto"`` would pick
+at that size (``auto_large_spec``). An IVF spec stays an exact Flat index until it has the
+vectors to train on (39 per list and per PQ centroid), so at small sizes it *is* Flat.
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_routing.py --threads 1 \
+        --tasks 10000 --out runs/bench/routing-10k.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+import _bench
+
+DIM = 384
+
+
+def make_keys(n_tasks: int, keys_per_task: int, domain_size: int, spreads: tuple[float, float], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(task centres, keys) as float32; keys[t * kpt : (t + 1) * kpt] belong to task t."""
+    task_spread, key_spread = spreads
+    rng = np.random.default_rng(seed)
+    n_domains = max(1, -(-n_tasks // domain_size))
+    domains = _unit(rng.standard_normal((n_domains, DIM), dtype=np.float32))
+    centres = np.empty((n_tasks, DIM), np.float32)
+    for start in range(0, n_tasks, 65536):  # chunks keep the temporary arrays small
+        stop = min(n_tasks, start + 65536)
+        noise = rng.standard_normal((stop - start, DIM), dtype=np.float32) / np.sqrt(DIM)
+        centres[start:stop] = _unit(domains[np.arange(start, stop) % n_domains] + task_spread * noise)
+    keys = np.empty((n_tasks * keys_per_task, DIM), np.float32)
+    for start in range(0, n_tasks, 65536):
+        stop = min(n_tasks, start + 65536)
+        base = np.repeat(centres[start:stop], keys_per_task, axis=0)
+        noise = rng.standard_normal(base.shape, dtype=np.float32) / np.sqrt(DIM)
+        keys[start * keys_per_task : stop * keys_per_task] = _unit(base + key_spread * noise)
+    return centres, keys
+
+
+def make_queries(centres: np.ndarray, n: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed + 1)
+    truth = rng.integers(0, len(centres), n)
+    noise = rng.standard_normal((n, DIM), dtype=np.float32) / np.sqrt(DIM)
+    return _unit(centres[truth] + spread * noise), truth
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def build(spec: str, keys: np.ndarray, kpt: int, nprobe: int) -> tuple[Any, dict[str, Any]]:
+    """A KNNRouter filled task by task; build-time stats."""
+    from promptbank.router import KNNRouter
+
+    router = KNNRouter(DIM, index=spec, nprobe=nprobe)
+    n_tasks = len(keys) // kpt
+    rss0 = _bench.rss_bytes()
+    slowest, slowest_at = 0.0, -1
+    started = time.perf_counter()
+    for t in range(n_tasks):
+        t0 = time.perf_counter()
+        router.add_task(t, keys[t * kpt : (t + 1) * kpt])
+        dt = time.perf_counter() - t0
+        if dt > slowest:
+            slowest, slowest_at = dt, t
+    total = time.perf_counter() - started
+    import faiss
+
+    index_bytes = len(faiss.serialize_index(router._index))
+    return router, {
+        "build_s": total,
+        "build_us_per_task": total / n_tasks * 1e6,
+        "slowest_add_task_s": slowest,
+        "slowest_add_task_at": slowest_at,
+        "index_in_use": router._spec,
+        "still_waiting_to_train": router._target,
+        "index_bytes": index_bytes,
+        "index_bytes_per_task": index_bytes / n_tasks,
+        "rss_growth_bytes": _bench.rss_bytes() - rss0,
+    }
+
+
+def raw_search(router: Any, queries: np.ndarray) -> None:
+    """The FAISS search the router issues, without the router's vote / bookkeeping."""
+    k = min(router.ntotal, 256, router.k + 2 * max(router._counts.values()))
+    router._tune_search(k)
+    router._index.search(queries, k)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _bench.add_common_args(parser, "runs/bench/routing.json")
+    parser.add_argument("--tasks", type=int, nargs="+", default=[10, 1000, 10000, 100000])
+    parser.add_argument("--indexes", nargs="+", default=["Flat", "HNSW32", "IVFPQ"], help="FAISS specs; IVFPQ = the auto spec for the size")
+    parser.add_argument("--keys-per-task", type=int, default=4)
+    parser.add_argument("--domain-size", type=int, default=16, help="tasks per cluster of near neighbours")
+    parser.add_argument("--task-spread", type=float, default=0.5, help="task centre noise around its domain")
+    parser.add_argument("--key-spread", type=float, default=0.6, help="key noise around its task centre")
+    parser.add_argument("--query-spread", type=float, default=2.0, help="query noise around its task centre")
+    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--accuracy-queries", type=int, default=1000)
+    parser.add_argument("--single-queries", type=int, default=50, help="single-query calls per repetition")
+    parser.add_argument("--batch", type=int, default=256, help="queries per batched call")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-remove", nargs="*", default=[], help="index types whose remove_task is not timed (e.g. HNSW32 at 100k: a full rebuild)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    _bench.set_threads(args.threads)
+
+    from promptbank.router import AUTO_FLAT_MAX_VECTORS, auto_large_spec
+
+    machine = _bench.machine_info()
+    results = []
+    for n_tasks in args.tasks:
+        kpt = args.keys_per_task
+        centres, keys = make_keys(n_tasks, kpt, args.domain_size, (args.task_spread, args.key_spread), args.seed)
+        queries, truth = make_queries(centres, args.accuracy_queries, args.query_spread, args.seed)
+        n_vec = len(keys)
+        specs = {name: (auto_large_spec(n_vec, DIM) if name == "IVFPQ" else name) for name in args.indexes}
+        if "Flat" not in specs:
+            specs = {"Flat": "Flat", **specs}  # the exact reference
+        _bench.log(f"{n_tasks} tasks x {kpt} keys = {n_vec} vectors; indexes {specs}")
+        routers, rows = {}, {}
+        for name, spec in specs.items():
+            gc.collect()
+            router, stats = build(spec, keys, kpt, args.nprobe)
+            routers[name] = router
+            rows[name] = {"index": name, "spec": spec, **stats}
+            _bench.log(f"  built {name} ({spec}) in {stats['build_s']:.2f}s, in use {stats['index_in_use']}, "
+                       f"{stats['index_bytes_per_task']:.0f} B/task, slowest add_task {stats['slowest_add_task_s'] * 1e3:.1f} ms")
+
+        # accuracy: agreement with exact search, and with the true task
+        exact = routers["Flat"].route(queries).task_ids
+        for name, router in routers.items():
+            got = exact if name == "Flat" else router.route(queries).task_ids
+            rows[name]["agreement_with_exact"] = float(np.mean(got == exact))
+            rows[name]["accuracy_true_task"] = float(np.mean(got == truth))
+
+        # latency: single queries and batches, router vs raw FAISS, interleaved across indexes
+        singles = queries[: args.single_queries]
+        batch = np.ascontiguousarray(np.resize(queries, (args.batch, DIM)))
+        cases = {}
+        for name, router in routers.items():
+            cases[f"{name}|route_single"] = (lambda r=router: [r.route(singles[i : i + 1]) for i in range(len(singles))])
+            cases[f"{name}|raw_single"] = (lambda r=router: [raw_search(r, singles[i : i + 1]) for i in range(len(singles))])
+            cases[f"{name}|route_batch"] = (lambda r=router: r.route(batch))
+            cases[f"{name}|raw_batch"] = (lambda r=router: raw_search(r, batch))
+        times = _bench.interleaved(cases, repeats=args.repeats, warmup=1)
+        for key, samples in times.items():
+            name, what = key.split("|")
+            per = len(singles) if what.endswith("single") else args.batch
+            rows[name][f"{what}_us_per_query"] = _bench.summary(samples, scale=1e6 / per)
+        flat_single = times["Flat|route_single"]
+        flat_batch = times["Flat|route_batch"]
+        for name in routers:
+            rows[name]["vs_flat"] = {
+                "route_single": _bench.ratio(times[f"{name}|route_single"], flat_single),
+                "route_batch": _bench.ratio(times[f"{name}|route_batch"], flat_batch),
+            }
+
+        # add one task, remove one task (mid-bank)
+        extra = _unit(keys[:kpt] + 0.1)  # any new vectors
+        for name, router in routers.items():
+            t0 = time.perf_counter()
+            router.add_task(n_tasks, extra)
+            rows[name]["add_one_task_ms"] = (time.perf_counter() - t0) * 1e3
+            if name in args.skip_remove:
+                rows[name]["remove_one_task_ms"] = None
+                continue
+            t0 = time.perf_counter()
+            router.remove_task(n_tasks // 2)
+            rows[name]["remove_one_task_ms"] = (time.perf_counter() - t0) * 1e3
+        for name, row in rows.items():
+            _bench.log(f"  {name:7s} agree {row['agreement_with_exact']:.3f} true {row['accuracy_true_task']:.3f} | "
+                       f"single {row['route_single_us_per_query']['median']:.0f} us (raw {row['raw_single_us_per_query']['median']:.0f}) | "
+                       f"batch {row['route_batch_us_per_query']['median']:.1f} us/q (raw {row['raw_batch_us_per_query']['median']:.1f}) | "
+                       f"add {row['add_one_task_ms']:.2f} ms, remove {row['remove_one_task_ms'] if row['remove_one_task_ms'] is None else round(row['remove_one_task_ms'], 2)} ms")
+        results.append({"n_tasks": n_tasks, "n_vectors": n_vec, "rows": list(rows.values())})
+        del routers, keys, centres
+        gc.collect()
+
+    _bench.write_json(args.out, {
+        "bench": "routing",
+        "args": vars(args),
+        "machine": machine,
+        "auto_flat_max_vectors_current": AUTO_FLAT_MAX_VECTORS,
+        "results": results,
+    })
+    _bench.log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

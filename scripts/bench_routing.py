@@ -102,11 +102,38 @@ def raw_search(router: Any, queries: np.ndarray) -> None:
     router._index.search(queries, k)
 
 
+def parse_view(view: str) -> tuple[str, dict[str, int]]:
+    """"HNSW32@ef128" -> ("HNSW32", {"ef": 128}); "IVFPQ@nprobe64" -> ("IVFPQ", {"nprobe": 64})."""
+    base, _, opt = view.partition("@")
+    if not opt:
+        return base, {}
+    for name in ("nprobe", "ef"):
+        if opt.startswith(name):
+            return base, {name: int(opt[len(name):])}
+    raise SystemExit(f"unknown view option {opt!r} (use @efN or @nprobeN)")
+
+
+def configure(router: Any, params: dict[str, int], defaults: dict[str, Any]) -> None:
+    """Search-time settings of one view of a built router (same index, other knobs)."""
+    import faiss
+
+    router.nprobe = params.get("nprobe", defaults["nprobe"])
+    inner = faiss.downcast_index(router._index.index) if hasattr(router._index, "id_map") else None
+    if inner is not None and hasattr(inner, "hnsw"):
+        # the router only ever raises efSearch (max(current, 2k)): reset it per view
+        inner.hnsw.efSearch = params.get("ef", defaults["ef"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _bench.add_common_args(parser, "runs/bench/routing.json")
     parser.add_argument("--tasks", type=int, nargs="+", default=[10, 1000, 10000, 100000])
-    parser.add_argument("--indexes", nargs="+", default=["Flat", "HNSW32", "IVFPQ"], help="FAISS specs; IVFPQ = the auto spec for the size")
+    parser.add_argument("--indexes", nargs="+", default=["Flat", "HNSW32", "HNSW32@ef128", "IVFPQ", "IVFPQ@nprobe64"],
+                        help="FAISS specs, each optionally with a search-time option @efN / @nprobeN; "
+                             "IVFPQ = the spec index='auto' picks at this size (auto_large_spec)")
+    parser.add_argument("--ivfpq-suffix", default="np",
+                        help="appended to the IVFPQ spec: 'np' = no polysemous training (FAISS' factory default "
+                             "trains polysemous codes, ~45x slower to train and unused by the router); '' = as the library does")
     parser.add_argument("--keys-per-task", type=int, default=4)
     parser.add_argument("--domain-size", type=int, default=16, help="tasks per cluster of near neighbours")
     parser.add_argument("--task-spread", type=float, default=0.5, help="task centre noise around its domain")
@@ -131,65 +158,76 @@ def main() -> None:
         centres, keys = make_keys(n_tasks, kpt, args.domain_size, (args.task_spread, args.key_spread), args.seed)
         queries, truth = make_queries(centres, args.accuracy_queries, args.query_spread, args.seed)
         n_vec = len(keys)
-        specs = {name: (auto_large_spec(n_vec, DIM) if name == "IVFPQ" else name) for name in args.indexes}
-        if "Flat" not in specs:
-            specs = {"Flat": "Flat", **specs}  # the exact reference
-        _bench.log(f"{n_tasks} tasks x {kpt} keys = {n_vec} vectors; indexes {specs}")
-        routers, rows = {}, {}
-        for name, spec in specs.items():
+        views = {v: parse_view(v) for v in args.indexes}
+        if "Flat" not in views:
+            views = {"Flat": ("Flat", {}), **views}  # the exact reference
+        builds = {base: (auto_large_spec(n_vec, DIM) + args.ivfpq_suffix if base == "IVFPQ" else base) for base, _ in views.values()}
+        _bench.log(f"{n_tasks} tasks x {kpt} keys = {n_vec} vectors; builds {builds}; views {list(views)}")
+        routers, built = {}, {}
+        for base, spec in builds.items():
             gc.collect()
             router, stats = build(spec, keys, kpt, args.nprobe)
-            routers[name] = router
-            rows[name] = {"index": name, "spec": spec, **stats}
-            _bench.log(f"  built {name} ({spec}) in {stats['build_s']:.2f}s, in use {stats['index_in_use']}, "
-                       f"{stats['index_bytes_per_task']:.0f} B/task, slowest add_task {stats['slowest_add_task_s'] * 1e3:.1f} ms")
+            routers[base] = router
+            built[base] = {"spec": spec, **stats}
+            _bench.log(f"  built {base} ({spec}) in {stats['build_s']:.2f}s, in use {stats['index_in_use']}, "
+                       f"{stats['index_bytes_per_task']:.0f} B/task, slowest add_task {stats['slowest_add_task_s'] * 1e3:.1f} ms "
+                       f"(task {stats['slowest_add_task_at']})")
+        defaults = {"nprobe": args.nprobe, "ef": 16}
+
+        def run(view: str, fn: Any) -> Any:
+            base, params = views[view]
+            configure(routers[base], params, defaults)
+            return fn(routers[base])
 
         # accuracy: agreement with exact search, and with the true task
-        exact = routers["Flat"].route(queries).task_ids
-        for name, router in routers.items():
-            got = exact if name == "Flat" else router.route(queries).task_ids
-            rows[name]["agreement_with_exact"] = float(np.mean(got == exact))
-            rows[name]["accuracy_true_task"] = float(np.mean(got == truth))
+        rows: dict[str, dict[str, Any]] = {}
+        exact = run("Flat", lambda r: r.route(queries).task_ids)
+        for view, (base, params) in views.items():
+            got = exact if view == "Flat" else run(view, lambda r: r.route(queries).task_ids)
+            rows[view] = {"view": view, "index": base, "search_params": params, **built[base],
+                          "agreement_with_exact": float(np.mean(got == exact)),
+                          "accuracy_true_task": float(np.mean(got == truth))}
 
-        # latency: single queries and batches, router vs raw FAISS, interleaved across indexes
+        # latency: single queries and batches, router vs raw FAISS, interleaved across views
         singles = queries[: args.single_queries]
         batch = np.ascontiguousarray(np.resize(queries, (args.batch, DIM)))
         cases = {}
-        for name, router in routers.items():
-            cases[f"{name}|route_single"] = (lambda r=router: [r.route(singles[i : i + 1]) for i in range(len(singles))])
-            cases[f"{name}|raw_single"] = (lambda r=router: [raw_search(r, singles[i : i + 1]) for i in range(len(singles))])
-            cases[f"{name}|route_batch"] = (lambda r=router: r.route(batch))
-            cases[f"{name}|raw_batch"] = (lambda r=router: raw_search(r, batch))
+        for view in views:
+            cases[f"{view}|route_single"] = lambda v=view: run(v, lambda r: [r.route(singles[i : i + 1]) for i in range(len(singles))])
+            cases[f"{view}|raw_single"] = lambda v=view: run(v, lambda r: [raw_search(r, singles[i : i + 1]) for i in range(len(singles))])
+            cases[f"{view}|route_batch"] = lambda v=view: run(v, lambda r: r.route(batch))
+            cases[f"{view}|raw_batch"] = lambda v=view: run(v, lambda r: raw_search(r, batch))
         times = _bench.interleaved(cases, repeats=args.repeats, warmup=1)
         for key, samples in times.items():
-            name, what = key.split("|")
+            view, what = key.split("|")
             per = len(singles) if what.endswith("single") else args.batch
-            rows[name][f"{what}_us_per_query"] = _bench.summary(samples, scale=1e6 / per)
-        flat_single = times["Flat|route_single"]
-        flat_batch = times["Flat|route_batch"]
-        for name in routers:
-            rows[name]["vs_flat"] = {
-                "route_single": _bench.ratio(times[f"{name}|route_single"], flat_single),
-                "route_batch": _bench.ratio(times[f"{name}|route_batch"], flat_batch),
+            rows[view][f"{what}_us_per_query"] = _bench.summary(samples, scale=1e6 / per)
+        for view in views:
+            rows[view]["vs_flat"] = {
+                what: _bench.ratio(times[f"{view}|{what}"], times[f"Flat|{what}"]) for what in ("route_single", "route_batch")
             }
 
-        # add one task, remove one task (mid-bank)
+        # add one task, remove one task (mid-bank), per built index
         extra = _unit(keys[:kpt] + 0.1)  # any new vectors
-        for name, router in routers.items():
+        for base, router in routers.items():
+            configure(router, {}, defaults)
             t0 = time.perf_counter()
             router.add_task(n_tasks, extra)
-            rows[name]["add_one_task_ms"] = (time.perf_counter() - t0) * 1e3
-            if name in args.skip_remove:
-                rows[name]["remove_one_task_ms"] = None
+            built[base]["add_one_task_ms"] = (time.perf_counter() - t0) * 1e3
+            built[base]["remove_one_task_ms"] = None
+            if base in args.skip_remove:
                 continue
             t0 = time.perf_counter()
             router.remove_task(n_tasks // 2)
-            rows[name]["remove_one_task_ms"] = (time.perf_counter() - t0) * 1e3
-        for name, row in rows.items():
-            _bench.log(f"  {name:7s} agree {row['agreement_with_exact']:.3f} true {row['accuracy_true_task']:.3f} | "
+            built[base]["remove_one_task_ms"] = (time.perf_counter() - t0) * 1e3
+        for view, row in rows.items():
+            b = built[row["index"]]
+            row["add_one_task_ms"], row["remove_one_task_ms"] = b["add_one_task_ms"], b["remove_one_task_ms"]
+            rm = "skipped" if row["remove_one_task_ms"] is None else f"{row['remove_one_task_ms']:.2f} ms"
+            _bench.log(f"  {view:15s} agree {row['agreement_with_exact']:.3f} true {row['accuracy_true_task']:.3f} | "
                        f"single {row['route_single_us_per_query']['median']:.0f} us (raw {row['raw_single_us_per_query']['median']:.0f}) | "
                        f"batch {row['route_batch_us_per_query']['median']:.1f} us/q (raw {row['raw_batch_us_per_query']['median']:.1f}) | "
-                       f"add {row['add_one_task_ms']:.2f} ms, remove {row['remove_one_task_ms'] if row['remove_one_task_ms'] is None else round(row['remove_one_task_ms'], 2)} ms")
+                       f"add {row['add_one_task_ms']:.2f} ms, remove {rm}")
         results.append({"n_tasks": n_tasks, "n_vectors": n_vec, "rows": list(rows.values())})
         del routers, keys, centres
         gc.collect()

@@ -1,0 +1,224 @@
+"""The routing strategies added by the routing study (``lda``), and the study script's
+measurements, on synthetic clustered keys."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from promptbank.errors import InvalidDataError, TaskExistsError, UnknownTaskError
+from promptbank.router import GaussianRouter, LDARouter, Routing, make_router, router_from_state
+
+DIM = 64
+N_TASKS = 5
+
+
+def clustered(n_tasks: int = N_TASKS, n: int = 80, dim: int = DIM, seed: int = 0, spread: float = 1.0):
+    """Per task: two classes around a task centre; every class shares one full-rank,
+    strongly correlated noise covariance (the case LDA is built for). Unit-norm keys."""
+    rng = np.random.default_rng(seed)
+    rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    noise = rotation * np.geomspace(1.0, 0.05, dim)  # x @ noise: decaying spectrum, rotated
+    train, test = [], []
+    for _ in range(n_tasks):
+        centre = rng.normal(size=dim) * 0.35
+        classes = centre + 0.15 * rng.normal(size=(2, dim))
+        for split in (train, test):
+            labels = rng.integers(0, 2, size=n)
+            x = 3.0 + classes[labels] + spread * rng.normal(size=(n, dim)) @ noise.T
+            x[:, 1:] -= 3.0  # a common offset direction, as sentence embeddings have
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            split.append((x.astype(np.float32), labels))
+    queries = np.concatenate([x for x, _ in test])
+    truth = np.repeat(np.arange(n_tasks), n)
+    return train, queries, truth
+
+
+@pytest.fixture(scope="module")
+def data():
+    return clustered()
+
+
+def build(train, skip: int | None = None, **options) -> LDARouter:
+    router = make_router("lda", dim=train[0][0].shape[1], **options)
+    for t, (keys, labels) in enumerate(train):
+        if t != skip:
+            router.add_task(t, keys, labels)
+    return router
+
+
+def same_routing(a: Routing, b: Routing) -> bool:
+    fields = ("task_ids", "scores", "candidates", "candidate_scores", "closeness")
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in fields)
+
+
+def exact_pooled_covariance(train) -> np.ndarray:
+    scatter, n, m = np.zeros((DIM, DIM)), 0, 0
+    for keys, labels in train:
+        x = keys.astype(np.float64)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        for c in np.unique(labels):
+            d = x[labels == c] - x[labels == c].mean(axis=0)
+            scatter += d.T @ d
+            n, m = n + len(d), m + 1
+    return scatter / (n - m)
+
+
+def test_lda_is_registered_and_routes_separated_tasks(data):
+    train, queries, truth = data
+    router = build(train)
+    assert isinstance(router, LDARouter) and router.strategy == "lda" and router.per_class
+    assert router.task_ids() == list(range(N_TASKS)) and len(router) == N_TASKS and 3 in router
+    r = router.route(queries, top=3)
+    assert r.task_ids.dtype == np.int64 and r.candidates.shape == (len(queries), 3)
+    assert (r.task_ids == truth).mean() >= 0.95
+    assert (r.candidates == truth[:, None]).any(axis=1).mean() >= 0.99
+    assert np.array_equal(r.candidates[:, 0], r.task_ids)
+    assert np.all((r.candidate_scores >= 0) & (r.candidate_scores <= 1 + 1e-6))
+    assert np.all(np.diff(r.candidate_scores, axis=1) <= 1e-6)  # best first
+
+
+def test_lda_uses_the_exact_pooled_covariance(data):
+    train, _, _ = data
+    router = build(train, shrinkage=0.0)
+    assert np.allclose(router.covariance(), exact_pooled_covariance(train), atol=1e-10)
+    approx = GaussianRouter(dim=DIM, per_class=True, shrinkage=0.0)  # rank-8 + diagonal
+    for t, (keys, labels) in enumerate(train):
+        approx.add_task(t, keys, labels)
+    assert not np.allclose(approx.covariance(), exact_pooled_covariance(train), atol=1e-4)
+
+
+def test_lda_beats_the_low_rank_gaussian_on_correlated_noise():
+    train, queries, truth = clustered(seed=3, spread=1.6)
+    lda = build(train)
+    gauss = GaussianRouter(dim=DIM, per_class=True)
+    for t, (keys, labels) in enumerate(train):
+        gauss.add_task(t, keys, labels)
+    acc_lda = (lda.route(queries, top=1).task_ids == truth).mean()
+    acc_gauss = (gauss.route(queries, top=1).task_ids == truth).mean()
+    assert acc_lda > acc_gauss + 0.02, (acc_lda, acc_gauss)
+
+
+def test_lda_remove_forgets_the_task_and_stays_close_to_a_rebuilt_router(data):
+    train, queries, truth = data
+    router = build(train)
+    router.route(queries[:1])  # the whitening cache must be dropped by remove_task
+    router.remove_task(2)
+    assert router.task_ids() == [0, 1, 3, 4] and 2 not in router
+    after = router.route(queries, top=3)
+    assert not (after.candidates == 2).any()
+    others = truth != 2
+    rebuilt = build(train, skip=2)
+    agree = (after.task_ids[others] == rebuilt.route(queries[others], top=1).task_ids).mean()
+    assert agree >= 0.97
+    acc, acc_rebuilt = (after.task_ids[others] == truth[others]).mean(), (
+        rebuilt.route(queries[others], top=1).task_ids == truth[others]).mean()
+    assert acc >= acc_rebuilt - 0.02
+    # what a removed task leaves in the shared scatter is positive semi-definite
+    leftover = router._scatter - rebuilt._scatter
+    assert np.linalg.eigvalsh(leftover).min() > -1e-6 * np.abs(leftover).max()
+    with pytest.raises(UnknownTaskError):
+        router.remove_task(2)
+
+
+def test_lda_removing_every_task_resets_exactly(data):
+    train, queries, _ = data
+    router = build(train)
+    for t in range(N_TASKS):
+        router.remove_task(t)
+    assert len(router) == 0 and not router._scatter.any()
+    empty = router.route(queries[:4], top=2)
+    assert (empty.task_ids == -1).all() and (empty.candidates == -1).all()
+    for t, (keys, labels) in enumerate(train[:3]):
+        router.add_task(t, keys, labels)
+    assert same_routing(router.route(queries), build(train[:3]).route(queries))
+
+
+@pytest.mark.parametrize("options", [{}, {"per_class": False}, {"scatter_rank": 0}, {"shrinkage": 0.3}])
+def test_lda_state_round_trip_routes_identically_and_stays_editable(options, data):
+    train, queries, _ = data
+    router = build(train[:4], **options)
+    config, arrays = router.state()
+    config = json.loads(json.dumps(config))  # must be plain JSON
+    assert config["strategy"] == "lda"
+    assert all(isinstance(a, np.ndarray) and a.dtype.kind in "biuf" for a in arrays.values())
+    loaded = router_from_state(config, {k: a.copy() for k, a in arrays.items()})
+    assert type(loaded) is LDARouter
+    assert same_routing(router.route(queries), loaded.route(queries))
+    for r in (router, loaded):  # both keep evolving the same way, removal included
+        r.add_task(4, *train[4])
+        r.remove_task(1)
+    assert same_routing(router.route(queries), loaded.route(queries))
+
+
+def test_lda_unknown_threshold_flags_far_queries(data):
+    train, queries, _ = data
+    router = build(train)
+    near = router.route(queries).closeness
+    far_keys = np.random.default_rng(7).normal(size=(50, DIM)).astype(np.float32)
+    far_keys /= np.linalg.norm(far_keys, axis=1, keepdims=True)
+    far = router.route(far_keys).closeness
+    threshold = float(np.quantile(near, 0.01))
+    assert far.max() < threshold
+    flagged = build(train, unknown_threshold=threshold).route(far_keys)
+    assert (flagged.task_ids == -1).all() and (flagged.candidates[:, 0] >= 0).all()
+
+
+def test_lda_errors_and_cost_per_task(data):
+    train, _, _ = data
+    router = build(train[:2])
+    with pytest.raises(TaskExistsError):
+        router.add_task(1, *train[1])
+    with pytest.raises(InvalidDataError, match="dimension"):
+        router.add_task(9, train[2][0][:, :10])
+    with pytest.raises(InvalidDataError):
+        router.add_task(9, train[2][0], labels=np.zeros(3, dtype=np.int64))
+    with pytest.raises(InvalidDataError):
+        make_router("lda", dim=DIM, colour="blue")
+    # per task: 2 class means + a rank-8 float16 factor + residual; the scatter is shared
+    _, a = router.state()
+    router.add_task(2, *train[2])
+    _, b = router.state()
+    per_task = sum(x.nbytes for x in b.values()) - sum(x.nbytes for x in a.values())
+    assert per_task <= 2 * DIM * 4 + 8 * DIM * 2 + DIM * 4 + 64
+
+
+# -- the study script ------------------------------------------------------------------------
+
+
+def _load_study():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "routing_study.py"
+    spec = importlib.util.spec_from_file_location("routing_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_measures_strategies_and_unknown_tasks():
+    study = _load_study()
+    train, _, _ = clustered(n_tasks=3, n=40, seed=5)
+    _, val, _ = clustered(n_tasks=3, n=10, seed=5)
+    _, test, _ = clustered(n_tasks=3, n=30, seed=5)
+    val_q, test_q = np.split(val, 3), np.split(test, 3)
+    tasks = [study.TaskKeys(f"t{i}", k, lab, test_q[i], val_q[i]) for i, (k, lab) in enumerate(train)]
+    names = ["knn-10-all", "lda", "lda-2-per-class", "lda+knn-all", "logreg-all-keys"]
+    chosen = [s for s in study.STRATEGIES if s.name in names]
+    assert [s.name for s in chosen] == names
+    for strategy in chosen:
+        row = study.measure(strategy, tasks)
+        assert 0.9 <= row["accuracy"] <= row["top2_recall"] <= row["top3_recall"] <= 1.0
+        assert set(row["per_task"]) == {"t0", "t1", "t2"}
+        assert np.asarray(row["confusion"]).sum() == len(test)
+        assert row["us_per_input_batched"] > 0 and row["bytes_per_task"] > 0
+        assert row["remove_agreement_min"] >= 0.9
+        if not strategy.reference:
+            assert row["state_round_trip_identical"]
+        json.dumps(row)
+        unknown = study.unknown_study(strategy, tasks)
+        assert set(unknown["per_held_out"]) == {"t0", "t1", "t2"}
+        assert 0.0 <= unknown["mean"]["false_reject"] <= 0.3 and 0.0 <= unknown["mean"]["auroc"] <= 1.0
+    assert study._auroc(np.array([2.0, 3.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)

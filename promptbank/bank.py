@@ -34,7 +34,7 @@ class BankConfig:
     n_tokens: int = 20
     prompt_options: dict[str, Any] = field(default_factory=lambda: {"rank": 2})
     key_encoder: str = "minilm"
-    router: dict[str, Any] = field(default_factory=lambda: {"strategy": "gaussian"})
+    router: dict[str, Any] = field(default_factory=lambda: {"strategy": "lda"})
     storage_dtype: str = "float16"
     max_input_tokens: int = 128
     seed: int = 0

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--baseline", default=None, help="zero-shot | naive | ewc | lwf | replay | joint (default: the prompt bank)")
     run.add_argument("--backbone", default="smollm2-135m", help="offline asset name, local folder or hub id")
     run.add_argument("--key-encoder", default="minilm", choices=["minilm", "backbone-mean", "embedding-mean"])
-    run.add_argument("--router", default="gaussian", choices=["gaussian", "knn"], help="routing strategy (gaussian: measured best, see RESULTS.md)")
+    run.add_argument("--router", default="lda", choices=["lda", "gaussian", "knn"], help="routing strategy (lda: measured best, see docs/routing.md)")
     run.add_argument("--n-tokens", type=int, default=20)
     run.add_argument("--rank", type=int, default=2)
     run.add_argument("--steps", type=int, default=80)

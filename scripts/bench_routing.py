@@ -10,7 +10,7 @@ task-id agreement with exact search (the Flat router) and accuracy against the t
 at every size the time to add one more task and to remove one.
 
 Index types: "Flat" (exact), "HNSW32", and IVF-PQ with the spec ``index="auto"`` would pick
-at that size (``auto_large_spec``). An IVF spec stays an exact Flat index until it has the
+at that size (``auto_large_spec``), plus IVF with 8-bit scalar quantisation. An IVF spec stays an exact Flat index until it has the
 vectors to train on (39 per list and per PQ centroid), so at small sizes it *is* Flat.
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_routing.py --threads 1 \
@@ -128,9 +128,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _bench.add_common_args(parser, "runs/bench/routing.json")
     parser.add_argument("--tasks", type=int, nargs="+", default=[10, 1000, 10000, 100000])
-    parser.add_argument("--indexes", nargs="+", default=["Flat", "HNSW32", "HNSW32@ef128", "IVFPQ", "IVFPQ@nprobe64"],
+    parser.add_argument("--indexes", nargs="+",
+                        default=["Flat", "HNSW32", "HNSW32@ef128", "IVFPQ", "IVFPQ@nprobe64", "IVF{nlist},SQ8"],
                         help="FAISS specs, each optionally with a search-time option @efN / @nprobeN; "
-                             "IVFPQ = the spec index='auto' picks at this size (auto_large_spec)")
+                             "IVFPQ = the spec index='auto' picks at this size (auto_large_spec); "
+                             "{nlist} = that spec's number of lists")
     parser.add_argument("--ivfpq-suffix", default="np",
                         help="appended to the IVFPQ spec: 'np' = no polysemous training (FAISS' factory default "
                              "trains polysemous codes, ~45x slower to train and unused by the router); '' = as the library does")
@@ -161,7 +163,9 @@ def main() -> None:
         views = {v: parse_view(v) for v in args.indexes}
         if "Flat" not in views:
             views = {"Flat": ("Flat", {}), **views}  # the exact reference
-        builds = {base: (auto_large_spec(n_vec, DIM) + args.ivfpq_suffix if base == "IVFPQ" else base) for base, _ in views.values()}
+        auto = auto_large_spec(n_vec, DIM)
+        nlist = int(auto.split(",")[0][3:])
+        builds = {base: (auto + args.ivfpq_suffix if base == "IVFPQ" else base.format(nlist=nlist)) for base, _ in views.values()}
         _bench.log(f"{n_tasks} tasks x {kpt} keys = {n_vec} vectors; builds {builds}; views {list(views)}")
         routers, built = {}, {}
         for base, spec in builds.items():

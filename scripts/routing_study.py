@@ -19,8 +19,9 @@ router holds the others, a threshold on ``closeness`` is set on the known tasks'
 keys so that 5% of them are rejected, and the known tasks' test inputs (false rejects) and
 the held-out task's test inputs (detections) are scored with it.
 
-Rows marked "reference" are not bank routers: they keep every training key (hundreds of KB
-per task) and exist to show where the key-only ceiling lies.
+Rows marked "reference" are not bank routers: most keep every training key (hundreds of KB
+per task) and exist to show where the key-only ceiling lies; ``lda-rm-diagonal`` is an
+ablation of LDARouter's removal rule.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from promptbank.keys import l2_normalize  # noqa: E402
-from promptbank.router import Router, make_router, router_from_state  # noqa: E402
+from promptbank.router import LDARouter, Router, make_router, router_from_state  # noqa: E402
 from streams.named import STREAMS, stream_tasks  # noqa: E402
 from streams.splits import get_task  # noqa: E402
 
@@ -284,6 +285,20 @@ class LDAPlusKNN(Router):
         return cand, conf, closeness
 
 
+class LDARemoveDiagonal(LDARouter):
+    """Ablation: LDARouter whose removal also subtracts the diagonal residual, as
+    GaussianRouter does; the remainder left in the shared scatter is then indefinite."""
+
+    strategy = "lda-rm-diagonal"
+
+    def remove_task(self, task_id: int) -> None:
+        tid = self._check_known(task_id)
+        self._scatter -= self._tasks.pop(tid).scatter()
+        if not self._tasks:
+            self._scatter[:] = 0.0
+        self._cache = None
+
+
 # -- strategies ------------------------------------------------------------------------------
 
 
@@ -314,6 +329,7 @@ class Strategy:
     reference: bool = False  # study-only: keeps every key, not a bank router
     relabel: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     config: dict[str, Any] | None = None  # make_router options, for bank routers
+    removal_only: bool = False  # an ablation that only changes remove_task: skip unknown tasks
 
 
 def _bank(name: str, note: str, relabel=None, **config: Any) -> Strategy:
@@ -330,6 +346,8 @@ STRATEGIES: list[Strategy] = [
     _bank("lda-task", "LDARouter per_class=False: one mean per task, exact pooled scatter", strategy="lda", per_class=False),
     _bank("lda", "LDARouter defaults: class means, exact pooled scatter", strategy="lda"),
     _bank("lda-2-per-class", "LDARouter, 2 k-means components per class", relabel=_subclusters(2), strategy="lda"),
+    Strategy("lda-rm-diagonal", LDARemoveDiagonal, "ablation: lda removing the diagonal residual too (GaussianRouter's "
+             "rule)", reference=True, removal_only=True),
     Strategy("lda+knn-all", LDAPlusKNN, "LDA log-posterior + log 10-NN vote share (all keys)", reference=True),
     Strategy("logreg-all-keys", LogRegAllKeys, "softmax head over tasks retrained on every key", reference=True),
     Strategy("rbf-svm-all-keys", SVMAllKeys, "RBF-SVM over tasks on every key (needs scikit-learn)", reference=True),
@@ -363,6 +381,7 @@ def measure(strategy: Strategy, tasks: list[TaskKeys], check_removal: bool = Tru
     queries = np.concatenate([t.test for t in tasks])
     truth = np.concatenate([np.full(len(t.test), i) for i, t in enumerate(tasks)])
     router = strategy.make(dim)
+    empty_bytes = state_bytes(router)  # what the router costs before any task (shared state)
     add_ms, ready_ms, sizes = [], [], []
     for i, t in enumerate(tasks):
         labels = _labels(strategy, t)
@@ -405,8 +424,8 @@ def measure(strategy: Strategy, tasks: list[TaskKeys], check_removal: bool = Tru
         "us_per_input_batched": min(batched) / len(queries) * 1e6,
         "us_per_input_single": single_s / len(single) * 1e6,
         "bytes_per_task": float(router.nbytes_per_task()),
-        "marginal_bytes_per_task": (sizes[-1] - sizes[0]) / max(n_tasks - 1, 1),
-        "shared_bytes": sizes[0] - (sizes[-1] - sizes[0]) / max(n_tasks - 1, 1),
+        "marginal_bytes_per_task": (sizes[-1] - empty_bytes) / n_tasks,
+        "shared_bytes": empty_bytes,
         "add_ms_mean": float(np.mean(add_ms)),
         "ready_ms_mean": float(np.mean(ready_ms)),
         "add_ms": add_ms,
@@ -517,8 +536,10 @@ def print_stream(name: str, tasks: list[TaskKeys], rows: list[dict[str, Any]]) -
               f"{r['us_per_input_single']:>7.0f} {_fmt_bytes(r['bytes_per_task']):>9} "
               f"{_fmt_bytes(r['marginal_bytes_per_task']):>9} {r['add_ms_mean']:>7.1f} {r['ready_ms_mean']:>7.1f} "
               f"{r.get('remove_ms_mean', float('nan')):>7.1f} {r.get('remove_agreement_mean', float('nan')):>8.4f}")
-    print("(* reference: keeps every key, not a bank router; B/task = nbytes_per_task amortised, "
-          "+B/task = marginal bytes of one more task; rdy = first route after add)")
+    print("(* study-only: a reference that keeps every key, or an ablation; not a bank router. B/task: nbytes_per_task, shared state amortised over "
+          "the tasks; +B/task: (state bytes - empty router's bytes) / tasks. us/in: batched; us/1q: one query per call. "
+          "rdy: first route after add (lazy rebuild). rm agree: routing after remove_task vs a router built without "
+          "the task)")
     short = [t.name[:9] for t in tasks]
     print(f"\n{'per task':<18} " + " ".join(f"{s:>9}" for s in short))
     for r in rows:
@@ -592,7 +613,7 @@ def main() -> None:
                                    "n_train": [len(t.train) for t in tasks], "n_test": [len(t.test) for t in tasks],
                                    "rows": rows, "seconds": time.perf_counter() - started}
         if name == args.unknown_stream:
-            unknown = {s.name: unknown_study(s, tasks) for s in chosen}
+            unknown = {s.name: unknown_study(s, tasks) for s in chosen if not s.removal_only}
             print_unknown(name, unknown)
             result["unknown"] = {"stream": name, "reject_known_val": REJECT_KNOWN, "results": unknown}
         if args.out:

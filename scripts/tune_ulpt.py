@@ -21,6 +21,8 @@ from streams.splits import get_task
 VARIANTS: dict[str, tuple[str, dict, float]] = {
     "zero-shot": ("pt", {}, 0.0),
     "pt": ("pt", {}, 0.03),
+    "pt-lr.1": ("pt", {}, 0.1),
+    "pt-lr.3": ("pt", {}, 0.3),
     "ulpt": ("ulpt", {"rank": 2}, 0.3),
     "ulpt-lr1": ("ulpt", {"rank": 2}, 1.0),
     "ulpt-ss1": ("ulpt", {"rank": 2, "lr_scale": 1.0}, 0.3),

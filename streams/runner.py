@@ -48,7 +48,7 @@ class RunConfig:
     baseline: str | None = None
     backbone: str = DEFAULT_BACKBONE
     key_encoder: str = "minilm"
-    router: dict[str, Any] = field(default_factory=lambda: {"strategy": "gaussian"})
+    router: dict[str, Any] = field(default_factory=lambda: {"strategy": "lda"})
     n_tokens: int = 20
     rank: int = 2
     steps: int = 80

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,9 @@ DIM = 64
 N_TASKS = 5
 
 
-def clustered(n_tasks: int = N_TASKS, n: int = 80, dim: int = DIM, seed: int = 0, spread: float = 1.0):
+def clustered(n_tasks: int = N_TASKS, n: int = 80, dim: int = DIM, seed: int = 0):
     """Per task: two classes around a task centre; every class shares one full-rank,
-    strongly correlated noise covariance (the case LDA is built for). Unit-norm keys."""
+    rotated noise covariance (the case LDA is built for). Well separated, unit-norm keys."""
     rng = np.random.default_rng(seed)
     rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
     noise = rotation * np.geomspace(1.0, 0.05, dim)  # x @ noise: decaying spectrum, rotated
@@ -29,8 +30,8 @@ def clustered(n_tasks: int = N_TASKS, n: int = 80, dim: int = DIM, seed: int = 0
         classes = centre + 0.15 * rng.normal(size=(2, dim))
         for split in (train, test):
             labels = rng.integers(0, 2, size=n)
-            x = 3.0 + classes[labels] + spread * rng.normal(size=(n, dim)) @ noise.T
-            x[:, 1:] -= 3.0  # a common offset direction, as sentence embeddings have
+            x = classes[labels] + rng.normal(size=(n, dim)) @ noise.T
+            x[:, 0] += 3.0  # a common offset direction, as sentence embeddings have
             x /= np.linalg.norm(x, axis=1, keepdims=True)
             split.append((x.astype(np.float32), labels))
     queries = np.concatenate([x for x, _ in test])
@@ -92,15 +93,36 @@ def test_lda_uses_the_exact_pooled_covariance(data):
     assert not np.allclose(approx.covariance(), exact_pooled_covariance(train), atol=1e-4)
 
 
-def test_lda_beats_the_low_rank_gaussian_on_correlated_noise():
-    train, queries, truth = clustered(seed=3, spread=1.6)
+def whitened_apart(seed: int, dim: int = DIM, n: int = 80, n_tasks: int = N_TASKS):
+    """Tasks whose means differ mostly along low-variance directions of a rotated noise
+    covariance with a fast-decaying spectrum: telling them apart needs the whole covariance,
+    not its top directions plus a diagonal."""
+    rng = np.random.default_rng(seed)
+    rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    half = rotation * np.geomspace(1.0, 0.02, dim)  # covariance = half @ half.T
+    train, test = [], []
+    for _ in range(n_tasks):
+        z = rng.normal(size=dim)
+        centre = half @ (z * 1.5 * np.sqrt(dim) / 4 / np.linalg.norm(z))
+        classes = centre + (half @ (0.3 * rng.normal(size=(dim, 2)))).T
+        for split in (train, test):
+            labels = rng.integers(0, 2, size=n)
+            x = classes[labels] + rng.normal(size=(n, dim)) @ half.T
+            x[:, 0] += 20.0  # keys share a dominant direction, as sentence embeddings do
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            split.append((x.astype(np.float32), labels))
+    return train, np.concatenate([x for x, _ in test]), np.repeat(np.arange(n_tasks), n)
+
+
+def test_lda_beats_the_low_rank_gaussian_when_the_full_covariance_matters():
+    train, queries, truth = whitened_apart(seed=0)
     lda = build(train)
-    gauss = GaussianRouter(dim=DIM, per_class=True)
+    gauss = GaussianRouter(dim=DIM, per_class=True)  # rank-8 + diagonal scatter per task
     for t, (keys, labels) in enumerate(train):
         gauss.add_task(t, keys, labels)
     acc_lda = (lda.route(queries, top=1).task_ids == truth).mean()
     acc_gauss = (gauss.route(queries, top=1).task_ids == truth).mean()
-    assert acc_lda > acc_gauss + 0.02, (acc_lda, acc_gauss)
+    assert acc_lda >= 0.9 and acc_lda > acc_gauss + 0.05, (acc_lda, acc_gauss)
 
 
 def test_lda_remove_forgets_the_task_and_stays_close_to_a_rebuilt_router(data):
@@ -118,9 +140,10 @@ def test_lda_remove_forgets_the_task_and_stays_close_to_a_rebuilt_router(data):
     acc, acc_rebuilt = (after.task_ids[others] == truth[others]).mean(), (
         rebuilt.route(queries[others], top=1).task_ids == truth[others]).mean()
     assert acc >= acc_rebuilt - 0.02
-    # what a removed task leaves in the shared scatter is positive semi-definite
-    leftover = router._scatter - rebuilt._scatter
-    assert np.linalg.eigvalsh(leftover).min() > -1e-6 * np.abs(leftover).max()
+    # what a removed task leaves in the shared scatter is positive semi-definite (up to the
+    # float16 rounding of its stored factor), so the covariance stays a covariance
+    eig = np.linalg.eigvalsh(router._scatter - rebuilt._scatter)
+    assert eig.min() > -2e-3 * eig.max()
     with pytest.raises(UnknownTaskError):
         router.remove_task(2)
 
@@ -194,17 +217,17 @@ def _load_study():
     path = Path(__file__).resolve().parents[1] / "scripts" / "routing_study.py"
     spec = importlib.util.spec_from_file_location("routing_study", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules.setdefault("routing_study", module)  # dataclasses look their module up
+    spec.loader.exec_module(sys.modules["routing_study"])
+    return sys.modules["routing_study"]
     return module
 
 
 def test_study_measures_strategies_and_unknown_tasks():
     study = _load_study()
-    train, _, _ = clustered(n_tasks=3, n=40, seed=5)
-    _, val, _ = clustered(n_tasks=3, n=10, seed=5)
-    _, test, _ = clustered(n_tasks=3, n=30, seed=5)
-    val_q, test_q = np.split(val, 3), np.split(test, 3)
-    tasks = [study.TaskKeys(f"t{i}", k, lab, test_q[i], val_q[i]) for i, (k, lab) in enumerate(train)]
+    train, queries, _ = clustered(n_tasks=3, n=60, seed=5)
+    held = np.split(queries, 3)  # per task: 20 validation and 40 test keys
+    tasks = [study.TaskKeys(f"t{i}", k, lab, held[i][20:], held[i][:20]) for i, (k, lab) in enumerate(train)]
     names = ["knn-10-all", "lda", "lda-2-per-class", "lda+knn-all", "logreg-all-keys"]
     chosen = [s for s in study.STRATEGIES if s.name in names]
     assert [s.name for s in chosen] == names
@@ -212,7 +235,7 @@ def test_study_measures_strategies_and_unknown_tasks():
         row = study.measure(strategy, tasks)
         assert 0.9 <= row["accuracy"] <= row["top2_recall"] <= row["top3_recall"] <= 1.0
         assert set(row["per_task"]) == {"t0", "t1", "t2"}
-        assert np.asarray(row["confusion"]).sum() == len(test)
+        assert np.asarray(row["confusion"]).sum() == 3 * 40
         assert row["us_per_input_batched"] > 0 and row["bytes_per_task"] > 0
         assert row["remove_agreement_min"] >= 0.9
         if not strategy.reference:

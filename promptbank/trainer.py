@@ -20,7 +20,7 @@ from .backbone import FrozenLM
 from .prompts import SoftPrompt
 
 # Learning rates that worked on SmolLM2-135M at the default budget (see RESULTS.md).
-DEFAULT_LR: dict[str, float] = {"ulpt": 0.3, "pt": 0.03, "lopt1": 0.03, "lopt2": 0.01}
+DEFAULT_LR: dict[str, float] = {"ulpt": 0.3, "pt": 0.3, "lopt1": 0.03, "lopt2": 0.01}
 
 
 @dataclass

@@ -57,6 +57,14 @@ def set_threads(n: int) -> int:
     return n
 
 
+def quiet_truncation() -> None:
+    """Benchmarks truncate texts on purpose (fixed lengths): drop the library's warning."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*exceed max_input_tokens.*")
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*")
+
+
 def _git_state() -> dict[str, Any]:
     def run(*cmd: str) -> str:
         try:

@@ -10,6 +10,7 @@ Cases, timed side by side with alternating order:
 * ``mixed_routed``  ``bank.predict(texts)``: MiniLM keys + routing + one mixed forward;
 * ``mixed_oracle``  ``bank.predict(texts, task=[name per input])``: one mixed forward;
 * ``grouped``       one ``bank.predict(texts_of_t, task=t)`` per task t (what PEFT must do);
+* ``mixed_oracle_bucketed`` the same with ``batch_size=--bucket-batch``: length-sorted chunks;
 * ``single_task``   ``bank.predict(texts, task=<first task>)``: every input with one prompt;
 * ``limit``         ``predict_scores`` with one zero prompt on pre-tokenised inputs (no bank);
 * ``route_only``    ``bank.route(texts)``: the routing share of ``mixed_routed``.
@@ -26,6 +27,12 @@ from typing import Any
 import _bench
 
 
+def padded_tokens(lengths: list[int], batch_size: int, n_soft: int) -> int:
+    """Positions computed when ``predict_scores`` sorts by length and pads each chunk to its longest."""
+    ordered = sorted(lengths)
+    return sum(len(ordered[i : i + batch_size]) * (max(ordered[i : i + batch_size]) + n_soft) for i in range(0, len(ordered), batch_size))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _bench.add_common_args(parser, "runs/bench/mixed_inference.json")
@@ -33,7 +40,9 @@ def main() -> None:
     parser.add_argument("--random-init", action="store_true", help="random weights with the backbone's real config")
     parser.add_argument("--device", default=None)
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 8, 64], help="m: tasks in the bank and in the batch")
-    parser.add_argument("--inputs", type=int, default=32, help="inputs per batch (raised to m when m is larger)")
+    parser.add_argument("--inputs", type=int, default=32, help="inputs per batch; it spans min(m, inputs) tasks")
+    parser.add_argument("--bucket-batch", type=int, default=8,
+                        help="batch_size of the extra case mixed_oracle_bucketed (predict sorts by length, then chunks)")
     parser.add_argument("--source-tasks", default="bbc,rotten_tomatoes,trec,sms_spam,reuters_r8")
     parser.add_argument("--key-texts", type=int, default=16, help="texts per task for its routing keys")
     parser.add_argument("--max-input-tokens", type=int, default=48)
@@ -44,13 +53,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
     _bench.set_threads(args.threads)
+    _bench.quiet_truncation()
 
     import numpy as np
     import torch
 
     from promptbank.bank import PromptBank
     from promptbank.keys import make_key_encoder
-    from promptbank.trainer import predict_scores
+    from promptbank.trainer import TrainConfig, predict_scores
     from streams.splits import get_task
 
     machine = _bench.machine_info()
@@ -59,7 +69,7 @@ def main() -> None:
     sources = [get_task(name) for name in args.source_tasks.split(",")]
     results = []
     for m in args.tasks:
-        n_inputs = max(args.inputs, m)
+        n_inputs = args.inputs
         opts = {} if args.method == "pt" else {"rank": 2}
         bank = PromptBank(backbone, key_encoder=keys, method=args.method, n_tokens=args.n_tokens, prompt_options=opts,
                           router={"strategy": args.router}, max_input_tokens=args.max_input_tokens)
@@ -72,7 +82,8 @@ def main() -> None:
             if len(set(labels)) < 2:
                 texts, labels = src.train_texts[: args.key_texts], src.train_labels[: args.key_texts]
             state = bank.new_prompt(seed=j).trainable_state()
-            bank.add_task(f"t{j}", texts, labels, label_names=list(src.label_names), template=src.template, prompt_state=state)
+            bank.add_task(f"t{j}", texts, labels, label_names=list(src.label_names), template=src.template, prompt_state=state,
+                          train_config=TrainConfig(progress=False))
             names.append(f"t{j}")
         # the batch: input i belongs to task i % m, its text from that task's source test split
         texts, assigned = [], []
@@ -98,18 +109,27 @@ def main() -> None:
         cases: dict[str, Any] = {
             "mixed_routed": lambda: bank.predict(texts, batch_size=B),
             "mixed_oracle": lambda: bank.predict(texts, task=assigned, batch_size=B),
+            "mixed_oracle_bucketed": lambda: bank.predict(texts, task=assigned, batch_size=args.bucket_batch),
             "grouped": grouped,
             "single_task": lambda: bank.predict(texts, task=names[0], batch_size=B),
             "limit": lambda: predict_scores(backbone, zero, [0] * len(ids), ids, label_ids, B),
             "route_only": lambda: bank.route(texts),
         }
         routed = [p.task for p in bank.predict(texts, batch_size=B)]
+        single_ids = backbone.encode(texts, bank.task_info(names[0]).template, args.max_input_tokens).input_ids
+        padded = {  # token positions the forward passes compute (soft prompt included)
+            "mixed": padded_tokens([len(x) for x in ids], B, args.n_tokens),
+            "mixed_bucketed": padded_tokens([len(x) for x in ids], args.bucket_batch, args.n_tokens),
+            "grouped": sum(padded_tokens([len(x) for x, a in zip(ids, assigned) if a == t], B, args.n_tokens) for t in groups),
+            "single_task": padded_tokens([len(x) for x in single_ids], B, args.n_tokens),
+            "real": sum(len(x) + args.n_tokens for x in ids),
+        }
         _bench.log(f"m={m}: {n_inputs} inputs over {len(groups)} tasks ({sum(map(len, ids))} tokens + {args.n_tokens} soft "
                    f"each); routed to {len(set(routed))} tasks, {np.mean([r == a for r, a in zip(routed, assigned)]):.2f} as assigned")
         times = _bench.interleaved(cases, repeats=args.repeats, warmup=args.warmup, log=_bench.log)
         row: dict[str, Any] = {
             "m": m, "inputs": n_inputs, "tasks_in_batch": len(groups), "tokens_per_input": float(np.mean([len(x) for x in ids])),
-            "routed_distinct_tasks": len(set(routed)), "routed_as_assigned": float(np.mean([r == a for r, a in zip(routed, assigned)])),
+            "padded_tokens": padded, "routed_distinct_tasks": len(set(routed)), "routed_as_assigned": float(np.mean([r == a for r, a in zip(routed, assigned)])),
             "seconds": {k: _bench.summary(v) for k, v in times.items()},
             "inputs_per_s": {k: n_inputs / _bench.summary(v)["median"] for k, v in times.items() if k != "route_only"},
         }
@@ -121,6 +141,8 @@ def main() -> None:
             "mixed_oracle_vs_limit": inv(_bench.ratio(times["mixed_oracle"], times["limit"])),
             "mixed_routed_vs_limit": inv(_bench.ratio(times["mixed_routed"], times["limit"])),
             "mixed_oracle_vs_grouped": inv(_bench.ratio(times["mixed_oracle"], times["grouped"])),
+            "mixed_oracle_bucketed_vs_grouped": inv(_bench.ratio(times["mixed_oracle_bucketed"], times["grouped"])),
+            "mixed_oracle_bucketed_vs_single_task": inv(_bench.ratio(times["mixed_oracle_bucketed"], times["single_task"])),
             "mixed_routed_vs_grouped": inv(_bench.ratio(times["mixed_routed"], times["grouped"])),
         }
         row["routing_share_of_mixed_routed"] = _bench.summary(times["route_only"])["median"] / _bench.summary(times["mixed_routed"])["median"]
@@ -128,7 +150,8 @@ def main() -> None:
         r = row["throughput_ratios"]
         _bench.log(f"m={m}: inputs/s " + ", ".join(f"{k} {v:.2f}" for k, v in row["inputs_per_s"].items())
                    + f" | mixed/single {r['mixed_oracle_vs_single_task']['paired_median']:.3f}, mixed/limit "
-                   f"{r['mixed_oracle_vs_limit']['paired_median']:.3f}, mixed/grouped {r['mixed_oracle_vs_grouped']['paired_median']:.2f}")
+                   f"{r['mixed_oracle_vs_limit']['paired_median']:.3f}, mixed/grouped {r['mixed_oracle_vs_grouped']['paired_median']:.2f}"
+                   f" | padded tokens {padded}")
         del bank
 
     _bench.write_json(args.out, {

@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
     _bench.set_threads(args.threads)
+    _bench.quiet_truncation()
 
     import numpy as np
     import torch

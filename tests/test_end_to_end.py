@@ -16,16 +16,17 @@ from streams.splits import get_task
 
 pytestmark = pytest.mark.slow
 
-TASKS = ("sms_spam", "trec")  # short texts keep this test to a few CPU minutes
+TASKS = ("sms_spam", "bbc")  # inputs truncated to 48 tokens keep this test to a few CPU minutes
 
 
 def test_two_real_tasks_train_save_reload_and_route(tmp_path: Path):
     bank = PromptBank(max_input_tokens=48)  # defaults: smollm2-135m (offline asset), ULPT r=2, MiniLM keys
-    data = {n: get_task(n, train_per_class=16, val_per_class=3, test_per_class=6, seed=0) for n in TASKS}
+    budgets = {"sms_spam": 10, "bbc": 4}  # test inputs per class: about 20 per task
+    data = {n: get_task(n, train_per_class=16, val_per_class=3, test_per_class=budgets[n], seed=0) for n in TASKS}
     for n, t in data.items():
         bank.add_task(n, t.train_texts, t.train_labels, label_names=list(t.label_names), template=t.template,
                       val_texts=t.val_texts, val_labels=t.val_labels,
-                      train_config=TrainConfig(steps=10, batch_size=8, eval_every=5, progress=False))
+                      train_config=TrainConfig(steps=30, batch_size=8, eval_every=10, progress=False))
     bank.save(tmp_path / "bank")
 
     texts, true_task, true_label = [], [], []
@@ -53,6 +54,8 @@ def test_two_real_tasks_train_save_reload_and_route(tmp_path: Path):
 
     routing_acc = np.mean([p[0] == t for p, t in zip(reloaded, true_task)])
     label_acc = np.mean([p[0] == t and p[1] == y for p, t, y in zip(reloaded, true_task, true_label)])
-    chance = np.mean([1 / len(data[t].label_names) for t in true_task]) / len(TASKS)  # random task and label
+    chance = np.mean([1 / len(data[t].label_names) for t in true_task])  # a random label of the right task
+    spam = [p[1] == y for p, t, y in zip(reloaded, true_task, true_label) if t == "sms_spam"]
     assert routing_acc >= 0.9, routing_acc
-    assert label_acc >= max(0.6, 2 * chance), (label_acc, chance)
+    assert label_acc >= chance + 0.2, (label_acc, chance)
+    assert np.mean(spam) >= 0.7, np.mean(spam)

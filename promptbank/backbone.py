@@ -108,7 +108,6 @@ class FrozenLM:
         specials = tokenizer("", add_special_tokens=True)["input_ids"]
         self._prefix_ids = [] if self.is_encoder_decoder else list(specials)
         self._suffix_ids = list(specials) if self.is_encoder_decoder else []
-        self._warned_truncation = False
 
     # ----------------------------------------------------------------- identity
     def identity(self) -> dict[str, Any]:
@@ -139,13 +138,12 @@ class FrozenLM:
         after_ids = tok(after, add_special_tokens=False)["input_ids"] if after else []
         text_ids = tok(list(texts), add_special_tokens=False)["input_ids"]
         truncated = sum(len(t) > max_input_tokens for t in text_ids)
-        if truncated and not self._warned_truncation:
+        if truncated:  # one warning per call, however many texts were cut
             warnings.warn(
                 f"{truncated} of {len(text_ids)} texts exceed max_input_tokens={max_input_tokens} and were "
                 "truncated (the template is kept whole); raise max_input_tokens to keep more text.",
                 stacklevel=3,
             )
-            self._warned_truncation = True
         ids = [self._prefix_ids + before_ids + t[:max_input_tokens] + after_ids + self._suffix_ids for t in text_ids]
         return EncodedBatch(ids, truncated)
 

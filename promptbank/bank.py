@@ -18,9 +18,9 @@ from . import storage
 from .backbone import DEFAULT_BACKBONE, FrozenLM, load_backbone
 from .errors import BackboneMismatchError, InvalidDataError, TaskExistsError, UnknownTaskError
 from .keys import KeyEncoder, make_key_encoder
-from .prompts import SoftPrompt, build_prompt, prompt_from_config
+from .prompts import SoftPrompt, build_prompt
 from .router import Router, make_router, router_from_state
-from .trainer import TrainConfig, TrainResult, accuracy, predict_scores, train_prompt
+from .trainer import TrainConfig, TrainResult, predict_scores, train_prompt
 
 DEFAULT_TEMPLATE = "Input: {text}\nLabel:"
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

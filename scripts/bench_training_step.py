@@ -49,7 +49,6 @@ def main() -> None:
     _bench.set_threads(args.threads)
     _bench.quiet_truncation()
 
-    import numpy as np
     import torch
     import torch.nn.functional as F
 

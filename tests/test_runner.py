@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import mlflow
-import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 

@@ -58,4 +58,5 @@ def test_two_real_tasks_train_save_reload_and_route(tmp_path: Path):
     per_task = {n: np.mean([p[1] == y for p, t, y in zip(reloaded, true_task, true_label) if t == n]) for n in TASKS}
     print(f"routing {routing_acc:.3f} label {label_acc:.3f} chance {chance:.3f} per task {per_task}")
     assert routing_acc >= 0.9, routing_acc
-    assert label_acc >= chance + 0.15, (label_acc, chance, per_task)  # seen here: 0.625 vs chance 0.35
+    assert label_acc >= chance + 0.12, (label_acc, chance, per_task)  # seen here: 0.625 vs chance 0.35
+    assert per_task["bbc"] >= 0.6, per_task  # seen here: 0.90 vs chance 0.2

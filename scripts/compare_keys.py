@@ -17,7 +17,8 @@ from promptbank.keys import make_key_encoder
 from promptbank.router import make_router
 from streams.splits import get_task
 
-ROUTERS = {"knn-10-all": {"strategy": "knn", "k": 10, "summary": "all"}, "knn": {"strategy": "knn"}, "gaussian": {"strategy": "gaussian"}}
+ROUTERS = {"knn-10-all": {"strategy": "knn", "k": 10, "summary": "all"}, "knn": {"strategy": "knn"}, "gaussian": {"strategy": "gaussian"},
+           "lda": {"strategy": "lda"}}
 
 
 def main() -> None:

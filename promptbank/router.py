@@ -857,27 +857,9 @@ class LDARouter(GaussianRouter):
 
     strategy = "lda"
 
-    def __init__(
-        self,
-        dim: int,
-        per_class: bool = True,
-        shrinkage: str | float = "oas",
-        scatter_rank: int = 8,
-        temperature: float = 1.0,
-        search_k: int = 32,
-        index: str = "Flat",
-        unknown_threshold: float | None = None,
-    ) -> None:
-        super().__init__(
-            dim,
-            per_class=per_class,
-            shrinkage=shrinkage,
-            scatter_rank=scatter_rank,
-            temperature=temperature,
-            search_k=search_k,
-            index=index,
-            unknown_threshold=unknown_threshold,
-        )
+    def __init__(self, dim: int, per_class: bool = True, **options: Any) -> None:
+        # Same options as GaussianRouter; only the default differs (class means route better).
+        super().__init__(dim, per_class=per_class, **options)
 
     def add_task(self, task_id: int, keys: np.ndarray, labels: np.ndarray | None = None) -> None:
         tid = self._check_new(task_id)

@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--max-input-tokens", type=int, default=48)
     parser.add_argument("--n-tokens", type=int, default=20)
     parser.add_argument("--method", default="ulpt")
-    parser.add_argument("--router", default="gaussian", help="router strategy (bank default: gaussian)")
+    parser.add_argument("--router", default="gaussian", help="router strategy used for the BENCHMARKS.md numbers (the bank default is now lda)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()

@@ -19,7 +19,8 @@ from .backbone import DEFAULT_BACKBONE, FrozenLM, load_backbone
 from .errors import BackboneMismatchError, InvalidDataError, TaskExistsError, UnknownTaskError
 from .keys import KeyEncoder, make_key_encoder
 from .prompts import SoftPrompt, build_prompt
-from .router import Router, make_router, router_from_state
+from .rescore import Rescorer
+from .router import Router, Routing, make_router, router_from_state
 from .trainer import TrainConfig, TrainResult, predict_scores, train_prompt
 
 DEFAULT_TEMPLATE = "Input: {text}\nLabel:"
@@ -35,6 +36,8 @@ class BankConfig:
     prompt_options: dict[str, Any] = field(default_factory=lambda: {"rank": 2})
     key_encoder: str = "minilm"
     router: dict[str, Any] = field(default_factory=lambda: {"strategy": "lda"})
+    #: candidate re-scoring (promptbank.rescore.Rescorer fields); {"top": 1} routes on keys alone
+    rescore: dict[str, Any] = field(default_factory=lambda: Rescorer().to_dict())
     storage_dtype: str = "float16"
     max_input_tokens: int = 128
     seed: int = 0
@@ -42,6 +45,13 @@ class BankConfig:
     def __post_init__(self) -> None:
         if self.storage_dtype not in STORAGE_DTYPES:
             raise InvalidDataError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.storage_dtype!r}")
+        self.rescorer()  # validate early
+
+    def rescorer(self) -> Rescorer:
+        try:
+            return Rescorer(**self.rescore)
+        except TypeError as exc:
+            raise InvalidDataError(f"bad rescore options {self.rescore!r}: {exc}; use fields of promptbank.rescore.Rescorer") from None
 
 
 @dataclass
@@ -245,14 +255,17 @@ class PromptBank:
         del self._tasks[name], self._states[name], self._matrices[name]
 
     # ------------------------------------------------------------------ inference
-    def route(self, texts: Sequence[str], top: int = 3) -> tuple[list[str | None], Any]:
-        """Task name chosen for each input (None = unknown) and the router's full answer."""
+    def route(self, texts: Sequence[str], top: int = 3) -> tuple[list[str | None], Routing]:
+        """Task chosen for each input by its key alone (None = unknown) and the router's full answer."""
         if not self._tasks:
             raise InvalidDataError("the bank has no tasks yet: add_task(...) first")
         texts = _check_texts(texts)
         routing = self.router.route(self.key_encoder.encode(texts), top=top)
-        by_id = {info.task_id: n for n, info in self._tasks.items()}
+        by_id = self._names_by_id()
         return [by_id.get(int(t)) for t in routing.task_ids], routing
+
+    def _names_by_id(self) -> dict[int, str]:
+        return {info.task_id: n for n, info in self._tasks.items()}
 
     def predict(
         self,
@@ -263,14 +276,13 @@ class PromptBank:
     ) -> list[Prediction]:
         """Answer each input with its task's prompt; all tasks share one forward pass per batch.
 
-        ``task`` may be one task name for all inputs, a name per input (oracle), or None (route).
+        ``task`` may be one task name for all inputs, a name per input (oracle), or None (route,
+        re-scoring uncertain inputs with their candidate prompts; see ``BankConfig.rescore``).
         """
         texts = _check_texts(texts)
-        route_scores = np.full(len(texts), np.nan, dtype=np.float32)
         if task is None:
-            assigned, routing = self.route(texts)
-            route_scores = np.asarray(routing.scores, dtype=np.float32)
-        elif isinstance(task, str):
+            return self._predict_routed(texts, batch_size, progress)
+        if isinstance(task, str):
             self.task_info(task)
             assigned = [task] * len(texts)
         else:
@@ -279,7 +291,26 @@ class PromptBank:
                 raise InvalidDataError(f"{len(texts)} texts but {len(assigned)} task names")
             for t in set(assigned) - {None}:
                 self.task_info(t)
-        return self._answer(texts, assigned, route_scores, batch_size, progress)
+        return self._answer(texts, assigned, np.full(len(texts), np.nan, dtype=np.float32), batch_size, progress)
+
+    def _predict_routed(self, texts: list[str], batch_size: int, progress: bool) -> list[Prediction]:
+        rescorer = self.config.rescorer()
+        _, routing = self.route(texts, top=max(rescorer.top, 1))
+        candidates = rescorer.candidates(routing)
+        pairs = [(i, t) for i, cands in enumerate(candidates) for t in cands]
+        by_id = self._names_by_id()
+        answers = self._answer([texts[i] for i, _ in pairs], [by_id[t] for _, t in pairs], np.full(len(pairs), np.nan), batch_size, progress)
+        by_pair = dict(zip(pairs, answers))
+        chosen = rescorer.choose(routing, candidates, lambda i, t: np.fromiter(by_pair[(i, t)].scores.values(), float))
+        out = []
+        for i, t in enumerate(chosen):
+            if t < 0:
+                out.append(Prediction(None, None, {}, float(routing.scores[i])))
+                continue
+            p = by_pair[(i, int(t))]
+            posterior = routing.candidate_scores[i][routing.candidates[i] == t]
+            out.append(dataclasses.replace(p, route_score=float(posterior[0]) if len(posterior) else float("nan")))
+        return out
 
     def _answer(self, texts: list[str], assigned: list[str | None], route_scores: np.ndarray, batch_size: int, progress: bool) -> list[Prediction]:
         known = [i for i, t in enumerate(assigned) if t is not None]
@@ -314,13 +345,12 @@ class PromptBank:
         info = self.task_info(task)
         y = _label_indices(labels, info.label_names, len(texts), "labels")
         oracle = self.predict(texts, task=task, batch_size=batch_size)
-        routed_names, _ = self.route(texts)
-        routed = self._answer(texts, routed_names, np.full(len(texts), np.nan), batch_size, False)
+        routed = self.predict(texts, batch_size=batch_size)
         correct = lambda preds: [p.task == task and p.label == info.label_names[t] for p, t in zip(preds, y)]
         return {
             "accuracy": float(np.mean(correct(routed))),
             "oracle_accuracy": float(np.mean(correct(oracle))),
-            "routing_accuracy": float(np.mean([r == task for r in routed_names])),
+            "routing_accuracy": float(np.mean([p.task == task for p in routed])),
             "n": len(texts),
         }
 

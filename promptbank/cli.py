@@ -14,11 +14,14 @@ from .errors import PromptBankError
 
 
 def _run(args: argparse.Namespace) -> int:
+    from promptbank.rescore import Rescorer
     from streams.runner import RunConfig, format_table, run_stream
 
+    given = {"top": args.rescore_top, "weight": args.rescore_weight}
+    rescore = {**Rescorer().to_dict(), **{k: v for k, v in given.items() if v is not None}}
     cfg = RunConfig(
         stream=args.stream, order=args.order, method=args.method, baseline=args.baseline, backbone=args.backbone,
-        key_encoder=args.key_encoder, router={"strategy": args.router}, n_tokens=args.n_tokens, rank=args.rank,
+        key_encoder=args.key_encoder, router={"strategy": args.router}, rescore=rescore, n_tokens=args.n_tokens, rank=args.rank,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
         max_input_tokens=args.max_input_tokens, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
         test_per_class=args.test_per_class, seed=args.seed, tasks=args.tasks.split(",") if args.tasks else None,
@@ -76,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backbone", default="smollm2-135m", help="offline asset name, local folder or hub id")
     run.add_argument("--key-encoder", default="minilm", choices=["minilm", "backbone-mean", "embedding-mean"])
     run.add_argument("--router", default="lda", choices=["lda", "gaussian", "knn"], help="routing strategy (lda: measured best, see docs/routing.md)")
+    run.add_argument("--rescore-top", type=int, default=None,
+                     help="re-score this many router candidates with their prompts (1 = route on keys alone; default 3)")
+    run.add_argument("--rescore-weight", type=float, default=None, help="weight of the prompts' confidence against the router's")
     run.add_argument("--n-tokens", type=int, default=20)
     run.add_argument("--rank", type=int, default=2)
     run.add_argument("--steps", type=int, default=80)

@@ -80,7 +80,7 @@ class BankStrategy(StreamStrategy):
         self.prompt_cache = prompt_cache
         self.batch_size = batch_size
         self.progress = progress
-        self._answers: dict[tuple[str, str], dict[int, str]] = {}  # (prompt task, test task) -> row -> label
+        self._answers: dict[tuple[str, str], dict[int, list[float]]] = {}  # (prompt task, test task) -> row -> label scores
         self._test_keys: dict[str, np.ndarray] = {}
 
     def train(self, experience: CLExperience, task: TaskData, table: TextTable) -> TrainReport:
@@ -123,18 +123,26 @@ class BankStrategy(StreamStrategy):
             return
         preds = self.bank.predict([task.test_texts[i] for i in todo], task=[assigned[i] for i in todo], batch_size=self.batch_size, progress=self.progress)
         for i, p in zip(todo, preds):
-            self._answers.setdefault((p.task, task.name), {})[i] = p.label
+            self._answers.setdefault((p.task, task.name), {})[i] = list(p.scores.values())
 
     def evaluate(self, task_index: int, task: TaskData, seen: list[TaskData]) -> TaskEvaluation:
-        routing = self.bank.router.route(self._keys(task), top=1)
-        by_id = {self.bank.task_info(t.name).task_id: k for k, t in enumerate(seen)}
-        routed_index = np.array([by_id.get(int(t), -1) for t in routing.task_ids])
-        assigned = [seen[k].name if k >= 0 else None for k in routed_index]
+        """Route (re-scoring uncertain inputs with candidate prompts, as ``PromptBank.predict`` does)."""
+        rescorer = self.bank.config.rescorer()
+        routing = self.bank.router.route(self._keys(task), top=rescorer.top)
+        candidates = rescorer.candidates(routing)
+        names = {self.bank.task_info(t.name).task_id: t.name for t in seen}
         self._ensure_answers(task, [task.name] * len(task.test_texts))  # oracle: the true task's prompt
-        self._ensure_answers(task, assigned)  # only misrouted inputs cost a new forward pass
-        predicted = [self._answers[(a, task.name)][i] if a is not None else None for i, a in enumerate(assigned)]
-        oracle = [self._answers[(task.name, task.name)][i] for i in range(len(task.test_texts))]
-        return TaskEvaluation(predicted=predicted, routed_task=routed_index, oracle_predicted=oracle)
+        for rank in range(max((len(c) for c in candidates), default=0)):  # only new (prompt, input) pairs cost a forward
+            self._ensure_answers(task, [names[c[rank]] if rank < len(c) else None for c in candidates])
+        scores = lambda i, t: np.asarray(self._answers[(names[t], task.name)][i])
+        chosen = rescorer.choose(routing, candidates, scores)
+        by_id = {self.bank.task_info(t.name).task_id: k for k, t in enumerate(seen)}
+        routed_index = np.array([by_id.get(int(t), -1) for t in chosen])
+        label = lambda name, i: self.bank.task_info(name).label_names[int(np.argmax(self._answers[(name, task.name)][i]))]
+        predicted = [label(names[int(t)], i) if t >= 0 else None for i, t in enumerate(chosen)]
+        oracle = [label(task.name, i) for i in range(len(task.test_texts))]
+        key_index = np.array([by_id.get(int(t), -1) for t in routing.task_ids])
+        return TaskEvaluation(predicted=predicted, routed_task=routed_index, oracle_predicted=oracle, key_routed_task=key_index)
 
     def save(self, folder: Path) -> None:
         self.bank.save(folder / "bank")
@@ -147,4 +155,4 @@ class BankStrategy(StreamStrategy):
         path = folder / "answers.json"
         if path.exists():
             raw = json.loads(path.read_text())
-            self._answers = {tuple(k.split("\x1f")): {int(i): v for i, v in rows.items()} for k, rows in raw.items()}
+            self._answers = {tuple(k.split("\x1f")): {int(i): v for i, v in rows.items() if isinstance(v, list)} for k, rows in raw.items()}

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from promptbank.backbone import DEFAULT_BACKBONE, load_backbone
 from promptbank.bank import BankConfig, PromptBank
 from promptbank.errors import InvalidDataError
+from promptbank.rescore import Rescorer
 from promptbank.tracking import Tracker, quiet_mlflow
 from promptbank.trainer import TrainConfig
 
@@ -49,6 +50,7 @@ class RunConfig:
     backbone: str = DEFAULT_BACKBONE
     key_encoder: str = "minilm"
     router: dict[str, Any] = field(default_factory=lambda: {"strategy": "lda"})
+    rescore: dict[str, Any] = field(default_factory=lambda: Rescorer().to_dict())
     n_tokens: int = 20
     rank: int = 2
     steps: int = 80
@@ -94,7 +96,7 @@ def make_strategy(cfg: RunConfig, backbone, progress: bool) -> StreamStrategy:
                                        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                                        max_input_tokens=cfg.max_input_tokens, progress=progress)
     bank_cfg = BankConfig(method=cfg.method, n_tokens=cfg.n_tokens, prompt_options=_prompt_options(cfg), key_encoder=cfg.key_encoder,
-                          router=dict(cfg.router), max_input_tokens=cfg.max_input_tokens, seed=cfg.seed)
+                          router=dict(cfg.router), rescore=dict(cfg.rescore), max_input_tokens=cfg.max_input_tokens, seed=cfg.seed)
     return BankStrategy(PromptBank(backbone, bank_cfg), train, PromptCache(), progress=progress)
 
 
@@ -139,7 +141,7 @@ def run_stream(cfg: RunConfig, out: Path | None = None, tracking_uri: str | None
                 report = strategy.train(experience, tasks[i], table)
                 train_seconds = time.perf_counter() - started
                 started = time.perf_counter()
-                row, oracle_row, routing_row, routed = [], [], [], {}
+                row, oracle_row, routing_row, routed, key_routed = [], [], [], {}, {}
                 for j in range(i + 1):
                     ev = strategy.evaluate(j, tasks[j], tasks[: i + 1])
                     row.append(ev.accuracy(tasks[j]))
@@ -147,12 +149,15 @@ def run_stream(cfg: RunConfig, out: Path | None = None, tracking_uri: str | None
                     if ev.routed_task is not None:
                         routing_row.append(float(np.mean(ev.routed_task == j)))
                         routed[names[j]] = ev.routed_task.tolist()
+                    if ev.key_routed_task is not None:
+                        key_routed[names[j]] = ev.key_routed_task.tolist()
                 eval_seconds = time.perf_counter() - started
                 tracker.metrics({"train_seconds": train_seconds, "eval_seconds": eval_seconds, **{f"acc.{names[j]}": row[j] for j in range(i + 1)}})
             state["acc_matrix"].append(row)
             state["oracle_matrix"].append(oracle_row)
             state["routing_matrix"].append(routing_row)
             state["final_routing"] = routed
+            state["final_key_routing"] = key_routed
             state["reports"].append({"task": names[i], "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
                                      "trainable_params": report.trainable_params, "bytes_per_task": report.bytes_per_task, **report.extra})
             tracker.metrics({**{f"R.{names[j]}": row[j] for j in range(i + 1)}, "avg_acc_so_far": float(np.mean(row)),
@@ -174,6 +179,7 @@ def summarize(cfg: RunConfig, tasks: list[TaskData], state: dict[str, Any]) -> d
     summary = continual_metrics(acc)
     oracle_final = state["oracle_matrix"][-1]
     routed = state.get("final_routing") or {}
+    key_routed = state.get("final_key_routing") or {}
     routing_per_task = {n: float(np.mean(np.asarray(routed[n]) == j)) for j, n in enumerate(names) if n in routed}
     counts = None
     if routed:
@@ -189,6 +195,7 @@ def summarize(cfg: RunConfig, tasks: list[TaskData], state: dict[str, Any]) -> d
         "oracle_avg_acc": float(np.mean(oracle_final)) if None not in oracle_final else None,
         "routing_acc": float(np.mean([k == j for j, n in enumerate(names) for k in routed.get(n, [])])) if routed else None,
         "routing_acc_per_task": routing_per_task,
+        "routing_acc_keys_only": float(np.mean([k == j for j, n in enumerate(names) for k in key_routed.get(n, [])])) if key_routed else None,
         "routing_confusion": counts.tolist() if counts is not None else None,
         "bwt": summary["bwt"], "forgetting": summary["forgetting"], "forgetting_per_task": summary["forgetting_per_task"],
         "trainable_params_per_task": reports[-1]["trainable_params"],

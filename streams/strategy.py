@@ -25,6 +25,7 @@ class TaskEvaluation:
     predicted: list[str | None]
     routed_task: np.ndarray | None = None  # task index per input, -1 = unknown; None = task id given
     oracle_predicted: list[str | None] | None = None  # predictions with the true task id, when different
+    key_routed_task: np.ndarray | None = None  # the router's pick from keys alone, before re-scoring
 
     def accuracy(self, task: TaskData) -> float:
         truth = [task.label_names[y] for y in task.test_labels]

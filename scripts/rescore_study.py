@@ -1,0 +1,166 @@
+"""Does re-scoring the router's candidates with their own prompts fix routing mistakes?
+
+    .venv/bin/python scripts/rescore_study.py --run runs/offline-9-bank-ulpt \
+        --held-out vader_tweets,vader_nyt --out runs/rescore_study_offline-9.json
+
+Takes a finished bank run (``promptbank run`` output: ``bank/``, ``answers.json`` with the
+label scores of every (prompt, test input) pair the run needed, ``results.json``), routes
+every test input on its own with the saved router, and replays the final decision for a
+grid of re-scoring settings (signal × weight × top) from the cached answers, computing
+any missing pair on the fly. Per setting: routing accuracy, routed and oracle average
+accuracy, share of inputs re-scored and extra prompt passes per input. Settings are
+compared on the same inputs and answers, so differences are exact, not noise between runs.
+
+Unknown tasks: ``--held-out`` tasks (not in the bank) are routed like any input; an input
+is flagged unknown when a score falls below a threshold set on the bank tasks' validation
+inputs so that ``--frr`` of them are rejected. Scores compared: the router's closeness
+(keys only), the chosen prompt's confidence, and their sum after standardising each on the
+validation inputs. Reported: false-reject rate on the bank tasks' test inputs and
+detection rate on the held-out tasks' test inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from _bench import machine_info, set_threads, write_json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from promptbank.bank import PromptBank  # noqa: E402
+from promptbank.rescore import SIGNALS, Rescorer  # noqa: E402
+from streams.splits import TaskData, get_task  # noqa: E402
+
+
+class Answers:
+    """Label scores per (prompt task, test task, row): the run's cache plus what we compute."""
+
+    def __init__(self, bank: PromptBank, path: Path) -> None:
+        self.bank = bank
+        raw = json.loads(path.read_text()) if path.exists() else {}
+        self.cache = {tuple(k.split("\x1f")): {int(i): np.asarray(v) for i, v in rows.items() if isinstance(v, list)} for k, rows in raw.items()}
+        self.computed = 0
+
+    def fill(self, task: TaskData, pairs: list[tuple[int, str]]) -> None:
+        todo = [(i, p) for i, p in pairs if i not in self.cache.get((p, task.name), {})]
+        if not todo:
+            return
+        preds = self.bank.predict([task.test_texts[i] for i, _ in todo], task=[p for _, p in todo], progress=True)
+        for (i, p), pred in zip(todo, preds):
+            self.cache.setdefault((p, task.name), {})[i] = np.fromiter(pred.scores.values(), float)
+        self.computed += len(todo)
+
+    def get(self, prompt: str, task: str, row: int) -> np.ndarray:
+        return self.cache[(prompt, task)][row]
+
+
+def replay(bank: PromptBank, tasks: list[TaskData], routings: dict[str, Any], answers: Answers, rescorer: Rescorer) -> dict[str, Any]:
+    """Final routed/oracle accuracy with ``rescorer``, from the same routing and answers."""
+    names = {bank.task_info(t.name).task_id: t.name for t in tasks}
+    per_task, routed_right, rescored, extra = {}, [], 0, 0
+    for t in tasks:
+        routing = routings[t.name]
+        cands = rescorer.candidates(routing)
+        answers.fill(t, [(i, names[c]) for i, cs in enumerate(cands) for c in cs] + [(i, t.name) for i in range(len(t.test_texts))])
+        chosen = rescorer.choose(routing, cands, lambda i, c: answers.get(names[c], t.name, i))
+        label = lambda p, i: bank.task_info(p).label_names[int(np.argmax(answers.get(p, t.name, i)))]
+        truth = [t.label_names[y] for y in t.test_labels]  # an answer counts by its label name, as in the runner
+        acc = np.mean([c >= 0 and label(names[int(c)], i) == y for i, (c, y) in enumerate(zip(chosen, truth))])
+        oracle = np.mean([label(t.name, i) == y for i, y in enumerate(truth)])
+        routed_right += [names.get(int(c)) == t.name for c in chosen]
+        rescored += sum(len(c) > 1 for c in cands)
+        extra += sum(max(len(c) - 1, 0) for c in cands)
+        per_task[t.name] = {"acc": float(acc), "oracle_acc": float(oracle), "routing_acc": float(np.mean([names.get(int(c)) == t.name for c in chosen]))}
+    n = len(routed_right)
+    avg = float(np.mean([v["acc"] for v in per_task.values()]))
+    oracle_avg = float(np.mean([v["oracle_acc"] for v in per_task.values()]))
+    return {"rescore": rescorer.to_dict(), "routing_acc": float(np.mean(routed_right)), "avg_acc": avg, "oracle_avg_acc": oracle_avg,
+            "gap_pts": 100 * (oracle_avg - avg), "share_rescored": rescored / n, "extra_passes_per_input": extra / n, "per_task": per_task}
+
+
+def unknown_study(bank: PromptBank, tasks: list[TaskData], held_out: list[TaskData], frr: float, rescorer: Rescorer) -> dict[str, Any]:
+    """Flag inputs unlike every bank task: keys' closeness, prompt confidence, or both."""
+
+    def scores(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        _, routing = bank.route(texts, top=1)
+        preds = bank.predict(texts, progress=True)
+        conf = np.array([SIGNALS[rescorer.signal](np.fromiter(p.scores.values(), float)) for p in preds])
+        return routing.closeness.astype(float), conf
+
+    val_texts = [x for t in tasks for x in t.val_texts]
+    v_close, v_conf = scores(val_texts)
+    mu, sd = np.array([v_close.mean(), v_conf.mean()]), np.array([v_close.std() + 1e-9, v_conf.std() + 1e-9])
+    combine = lambda c, f: ((c - mu[0]) / sd[0] + (f - mu[1]) / sd[1])
+    known = scores([x for t in tasks for x in t.test_texts])
+    out: dict[str, Any] = {"frr_target": frr, "n_val": len(val_texts)}
+    for name, (val, fn) in {"keys_closeness": (v_close, lambda c, f: c), "prompt_confidence": (v_conf, lambda c, f: f),
+                            "keys+prompt": (combine(v_close, v_conf), combine)}.items():
+        threshold = float(np.quantile(val, frr))
+        row = {"threshold": threshold, "false_reject_known_test": float(np.mean(fn(*known) < threshold)), "detection": {}}
+        for t in held_out:
+            row["detection"][t.name] = float(np.mean(fn(*scores(t.test_texts)) < threshold))
+        row["detection_mean"] = float(np.mean(list(row["detection"].values()))) if held_out else None
+        out[name] = row
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="folder of a finished `promptbank run` (bank method)")
+    parser.add_argument("--weights", default="0,0.25,0.5,1,2,4")
+    parser.add_argument("--tops", default="2,3")
+    parser.add_argument("--held-out", default="", help="comma-separated offline tasks not in the bank, for the unknown-task study")
+    parser.add_argument("--frr", type=float, default=0.05)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    run = Path(args.run)
+    results = json.loads((run / "results.json").read_text())
+    b = results["budgets"]
+    load = lambda n: get_task(n, b["train_per_class"], b["val_per_class"], b["test_per_class"], seed=results["seed"])
+    tasks = [load(n) for n in results["tasks"]]
+    bank = PromptBank.load(run / "bank")
+    answers = Answers(bank, run / "answers.json")
+    started = time.perf_counter()
+    keys = {t.name: bank.key_encoder.encode(t.test_texts) for t in tasks}
+    encode_s = time.perf_counter() - started
+    started = time.perf_counter()
+    routings = {t.name: bank.router.route(keys[t.name], top=3) for t in tasks}
+    route_s = time.perf_counter() - started
+    n = sum(len(t.test_texts) for t in tasks)
+    base = {"signal": "max_logprob", "min_posterior": bank.config.rescorer().min_posterior}
+    grid = [Rescorer(top=1, weight=0.0, **base)]
+    grid += [Rescorer(top=int(k), weight=float(w), signal=s, min_posterior=base["min_posterior"])
+             for s in SIGNALS for k in args.tops.split(",") for w in args.weights.split(",") if float(w) > 0]
+    rows = [replay(bank, tasks, routings, answers, r) for r in grid]
+    report = {
+        "run": str(run), "stream": results["stream"], "tasks": results["tasks"], "budgets": b, "n_test": n,
+        "key_encode_us_per_input": 1e6 * encode_s / n, "router_us_per_input": 1e6 * route_s / n,
+        "routing_bytes_per_task": bank.bytes_per_task()["routing"], "pairs_computed_here": answers.computed, "grid": rows,
+        "machine": machine_info(),
+    }
+    if args.held_out:
+        held = [load(x) for x in args.held_out.split(",")]
+        report["unknown"] = unknown_study(bank, tasks, held, args.frr, bank.config.rescorer())
+    write_json(Path(args.out), report)
+    for r in rows:
+        rs = r["rescore"]
+        print(f"{rs['signal']:>15} top={rs['top']} w={rs['weight']:<5} routing {r['routing_acc']:.4f}  routed {r['avg_acc']:.4f}  "
+              f"oracle {r['oracle_avg_acc']:.4f}  gap {r['gap_pts']:+.2f} pt  re-scored {r['share_rescored']:.1%}  extra/input {r['extra_passes_per_input']:.2f}")
+    if "unknown" in report:
+        for k in ("keys_closeness", "prompt_confidence", "keys+prompt"):
+            u = report["unknown"][k]
+            print(f"unknown via {k:>17}: FRR {u['false_reject_known_test']:.3f}  detection {u['detection_mean']:.3f}  {u['detection']}")
+
+
+if __name__ == "__main__":
+    main()

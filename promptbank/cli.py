@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--order", type=int, default=None, help="task order of the stream (default: its first)")
     run.add_argument("--tasks", default=None, help="comma-separated task names instead of a named stream")
     run.add_argument("--method", default="ulpt", choices=["ulpt", "pt", "lopt1", "lopt2"])
-    run.add_argument("--baseline", default=None, help="zero-shot | naive | ewc | lwf | replay | joint (default: the prompt bank)")
+    run.add_argument("--baseline", default=None, help="zero-shot | naive | ewc | lwf | replay | joint | linear-probe (default: the prompt bank)")
     run.add_argument("--backbone", default="smollm2-135m", help="offline asset name, local folder or hub id")
     run.add_argument("--key-encoder", default="minilm", choices=["minilm", "backbone-mean", "embedding-mean"])
     run.add_argument("--router", default="lda", choices=["lda", "gaussian", "knn"], help="routing strategy (lda: measured best, see docs/routing.md)")

@@ -53,6 +53,7 @@ from promptbank.prompts import SoftPrompt, build_prompt
 from promptbank.trainer import DEFAULT_LR, TrainConfig, predict_scores
 
 from .benchmark import TextTable
+from .probe import LinearProbe
 from .splits import TaskData
 from .strategy import StreamStrategy, TaskEvaluation, TrainReport
 
@@ -382,4 +383,5 @@ BASELINES: dict[str, Callable[..., StreamStrategy]] = {
     "lwf": LwFBaseline,
     "replay": ReplayBaseline,
     "joint": JointBaseline,
+    "linear-probe": LinearProbe,
 }

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from promptbank.backbone import DEFAULT_BACKBONE, load_backbone
 from promptbank.bank import BankConfig, PromptBank
 from promptbank.errors import InvalidDataError
+from promptbank.keys import make_key_encoder
 from promptbank.rescore import Rescorer
 from promptbank.tracking import Tracker, quiet_mlflow
 from promptbank.trainer import TrainConfig
@@ -92,6 +93,8 @@ def make_strategy(cfg: RunConfig, backbone, progress: bool) -> StreamStrategy:
 
         if cfg.baseline not in BASELINES:
             raise InvalidDataError(f"unknown baseline {cfg.baseline!r}; choose one of {sorted(BASELINES)}")
+        if cfg.baseline == "linear-probe":
+            return BASELINES[cfg.baseline](backbone, key_encoder=make_key_encoder(cfg.key_encoder, backbone=backbone), progress=progress)
         return BASELINES[cfg.baseline](backbone, method=cfg.method, n_tokens=cfg.n_tokens, prompt_options=_prompt_options(cfg),
                                        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                                        max_input_tokens=cfg.max_input_tokens, progress=progress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from avalanche.training import EWC, LwF, Naive, Replay
@@ -13,13 +14,16 @@ from avalanche.training.templates import SupervisedTemplate
 
 from promptbank.backbone import count_frozen_grads
 from promptbank.errors import InvalidDataError
+from promptbank.keys import EmbeddingMeanKeys
 from streams.baselines import BASELINES, PAD_SCORE, AvalancheBaseline, SharedPromptModel, ZeroShot
+from streams.probe import PENALTIES, LinearProbe, fit_logistic
 from streams.benchmark import build_benchmark
 from streams.splits import TaskData
 
 STEPS, BATCH = 3, 4
 TRAINED = ["naive", "ewc", "lwf", "replay", "joint"]
 AVALANCHE_CLASS = {"naive": Naive, "ewc": EWC, "lwf": LwF, "replay": Replay, "joint": Cumulative}
+PROMPT_BASELINES = {k: v for k, v in BASELINES.items() if k != "linear-probe"}  # the probe has its own tests
 
 
 def _task(name: str, labels: list[str], words: list[str], n: int = 8, targets: list[int] | None = None) -> TaskData:
@@ -45,7 +49,7 @@ def stream_runs(tiny_llama):
     """Every baseline through the 2-task stream once; state captured after the first experience."""
     benchmark, table = build_benchmark(TASKS)
     runs = {}
-    for key, factory in BASELINES.items():
+    for key, factory in PROMPT_BASELINES.items():
         torch.manual_seed(0)
         strategy = factory(tiny_llama, steps=STEPS, batch_size=BATCH, seed=0, progress=False)
         run = {"strategy": strategy, "reports": [], "evals": [], "first": {}}
@@ -83,8 +87,8 @@ def _plugin_state(strategy) -> dict:
 
 
 def test_registry_names_and_signature(tiny_llama):
-    assert set(BASELINES) == {"zero-shot", "naive", "ewc", "lwf", "replay", "joint"}
-    for key, factory in BASELINES.items():
+    assert set(BASELINES) == {"zero-shot", "naive", "ewc", "lwf", "replay", "joint", "linear-probe"}
+    for key, factory in PROMPT_BASELINES.items():
         strategy = factory(tiny_llama, method="pt", n_tokens=4, prompt_options=None, steps=1, batch_size=2, lr=0.01,
                            seed=1, max_input_tokens=16, progress=False)
         assert strategy.name == key and not strategy.routes
@@ -92,7 +96,7 @@ def test_registry_names_and_signature(tiny_llama):
         BASELINES["naive"](tiny_llama, steps=0, progress=False)
 
 
-@pytest.mark.parametrize("key", list(BASELINES))
+@pytest.mark.parametrize("key", list(PROMPT_BASELINES))
 def test_every_baseline_trains_and_answers_with_valid_labels(stream_runs, key):
     run = stream_runs[key]
     assert [len(evals) for evals in run["evals"]] == [1, 2]
@@ -193,3 +197,28 @@ def test_shared_prompt_baselines_run_on_an_encoder_decoder(tiny_t5, key):
     for j, task in enumerate(TASKS):
         assert set(strategy.evaluate(j, task, TASKS).predicted) <= set(task.label_names)
     assert count_frozen_grads(tiny_t5.model) == 0
+
+
+def test_linear_probe_learns_each_task_with_its_own_head(tiny_llama):
+    """Keys that separate the classes perfectly: the probe must get them right, task id given."""
+    encoder = EmbeddingMeanKeys(tiny_llama)
+    probe = LinearProbe(tiny_llama, key_encoder=encoder, progress=False)
+    benchmark, table = build_benchmark(TASKS)
+    for exp in benchmark.train_stream:
+        report = probe.train(exp, TASKS[exp.current_experience], table)
+        k = len(TASKS[exp.current_experience].label_names)
+        assert report.trainable_params == encoder.dim * k + k and report.extra["penalty"] in PENALTIES
+    for j, task in enumerate(TASKS):
+        ev = probe.evaluate(j, task, TASKS)
+        assert ev.routed_task is None and set(ev.predicted) <= set(task.label_names)
+        assert ev.accuracy(task) == 1.0  # test inputs are training inputs whose words fix the label
+
+
+def test_fit_logistic_separates_and_penalty_shrinks_weights():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-2, 1, (30, 4)), rng.normal(2, 1, (30, 4))]).astype(np.float32)
+    y = np.array([0] * 30 + [1] * 30)
+    w, b = fit_logistic(x, y, 2, penalty=1e-4)
+    assert float(np.mean((torch.as_tensor(x) @ w + b).argmax(1).numpy() == y)) > 0.95
+    w_strong, _ = fit_logistic(x, y, 2, penalty=1.0)
+    assert float(w_strong.norm()) < float(w.norm())

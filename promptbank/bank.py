@@ -264,6 +264,24 @@ class PromptBank:
         by_id = self._names_by_id()
         return [by_id.get(int(t)) for t in routing.task_ids], routing
 
+    def calibrate_unknown(self, texts: Sequence[str], reject_rate: float = 0.05) -> float:
+        """Flag inputs unlike every task as unknown (``Prediction.task is None``).
+
+        ``texts`` are held-out inputs of the bank's own tasks (e.g. validation inputs); the
+        router's closeness threshold is set so that ``reject_rate`` of them would be rejected.
+        Returns the threshold; ``reject_rate=0`` turns the option off.
+        """
+        if not 0 <= reject_rate < 1:
+            raise InvalidDataError(f"reject_rate must be in [0, 1), got {reject_rate}")
+        if reject_rate == 0:
+            self.router.unknown_threshold = None
+            return float("-inf")
+        self.router.unknown_threshold = None
+        _, routing = self.route(texts, top=1)
+        threshold = float(np.quantile(routing.closeness, reject_rate))
+        self.router.unknown_threshold = threshold
+        return threshold
+
     def _names_by_id(self) -> dict[int, str]:
         return {info.task_id: n for n, info in self._tasks.items()}
 

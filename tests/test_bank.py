@@ -184,3 +184,18 @@ def test_prompt_state_reuse_skips_training(bank: PromptBank, tiny_llama):
     info = other.add_task("animals", *ANIMALS, template="Text: {text}\nAnimal:", prompt_state=bank.prompt_state("animals"))
     assert "train_seconds" not in info.metadata
     assert torch.equal(other.prompt_matrix("animals"), bank.prompt_matrix("animals"))
+
+
+def test_calibrate_unknown_rejects_the_requested_share_and_persists(bank: PromptBank, tmp_path: Path):
+    known = ANIMALS[0][:4] + WEATHER[0][:4]
+    threshold = bank.calibrate_unknown(known, reject_rate=0.25)
+    assert bank.router.unknown_threshold == threshold
+    preds = bank.predict(known)
+    assert sum(p.task is None for p in preds) == 2  # the two least close of eight (quantile 0.25)
+    assert all(p.label is None and p.scores == {} for p in preds if p.task is None)
+    bank.save(tmp_path / "bank")
+    assert PromptBank.load(tmp_path / "bank", backbone=bank.backbone).router.unknown_threshold == threshold
+    bank.calibrate_unknown(known, reject_rate=0)
+    assert all(p.task is not None for p in bank.predict(known))
+    with pytest.raises(InvalidDataError, match="reject_rate"):
+        bank.calibrate_unknown(known, reject_rate=1.5)

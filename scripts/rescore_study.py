@@ -62,15 +62,37 @@ class Answers:
         return self.cache[(prompt, task)][row]
 
 
-def replay(bank: PromptBank, tasks: list[TaskData], routings: dict[str, Any], answers: Answers, rescorer: Rescorer) -> dict[str, Any]:
+def own_confidence(bank: PromptBank, tasks: list[TaskData], signal: str) -> dict[str, tuple[float, float]]:
+    """Mean and std of each prompt's confidence on its own task's validation inputs."""
+    out = {}
+    for t in tasks:
+        preds = bank.predict(t.val_texts, task=t.name, progress=True)
+        conf = np.array([SIGNALS[signal](np.fromiter(p.scores.values(), float)) for p in preds])
+        out[t.name] = (float(conf.mean()), float(conf.std() + 1e-6))
+    return out
+
+
+def calibrated(answers: Answers, stats: dict[str, tuple[float, float]], signal: str):
+    """Wrap cached answers so a confidence becomes a z-score against the prompt's own inputs."""
+
+    def get(prompt: str, task: str, row: int) -> np.ndarray:
+        mu, sd = stats[prompt]
+        # max over (s - mu)/sd == (max s - mu)/sd for max_logprob; shift every score the same way
+        return (answers.get(prompt, task, row) - mu) / sd
+    return get
+
+
+def replay(bank: PromptBank, tasks: list[TaskData], routings: dict[str, Any], answers: Answers, rescorer: Rescorer,
+           scores_of=None) -> dict[str, Any]:
     """Final routed/oracle accuracy with ``rescorer``, from the same routing and answers."""
     names = {bank.task_info(t.name).task_id: t.name for t in tasks}
+    scores_of = scores_of or answers.get
     per_task, routed_right, rescored, extra = {}, [], 0, 0
     for t in tasks:
         routing = routings[t.name]
         cands = rescorer.candidates(routing)
         answers.fill(t, [(i, names[c]) for i, cs in enumerate(cands) for c in cs] + [(i, t.name) for i in range(len(t.test_texts))])
-        chosen = rescorer.choose(routing, cands, lambda i, c: answers.get(names[c], t.name, i))
+        chosen = rescorer.choose(routing, cands, lambda i, c: scores_of(names[c], t.name, i))
         label = lambda p, i: bank.task_info(p).label_names[int(np.argmax(answers.get(p, t.name, i)))]
         truth = [t.label_names[y] for y in t.test_labels]  # an answer counts by its label name, as in the runner
         acc = np.mean([c >= 0 and label(names[int(c)], i) == y for i, (c, y) in enumerate(zip(chosen, truth))])
@@ -142,10 +164,18 @@ def main() -> None:
     grid += [Rescorer(top=int(k), weight=float(w), signal=s, min_posterior=base["min_posterior"])
              for s in SIGNALS for k in args.tops.split(",") for w in args.weights.split(",") if float(w) > 0]
     rows = [replay(bank, tasks, routings, answers, r) for r in grid]
+    stats = own_confidence(bank, tasks, "max_logprob")
+    for k in args.tops.split(","):
+        for w in args.weights.split(","):
+            if float(w) > 0:
+                r = replay(bank, tasks, routings, answers, Rescorer(top=int(k), weight=float(w), min_posterior=base["min_posterior"]),
+                           scores_of=calibrated(answers, stats, "max_logprob"))
+                r["rescore"]["signal"] = "max_logprob z-scored per prompt"
+                rows.append(r)
     report = {
         "run": str(run), "stream": results["stream"], "tasks": results["tasks"], "budgets": b, "n_test": n,
         "key_encode_us_per_input": 1e6 * encode_s / n, "router_us_per_input": 1e6 * route_s / n,
-        "routing_bytes_per_task": bank.bytes_per_task()["routing"], "pairs_computed_here": answers.computed, "grid": rows,
+        "routing_bytes_per_task": bank.bytes_per_task()["routing"], "pairs_computed_here": answers.computed, "grid": rows, "own_confidence": stats,
         "machine": machine_info(),
     }
     if args.held_out:

@@ -1,0 +1,56 @@
+"""Markdown table of finished stream runs, straight from their results.json (no hand copying).
+
+    .venv/bin/python scripts/results_table.py runs/offline-5-*/results.json
+
+One row per run: average accuracy after the last task (routed, and with the oracle task id),
+routing accuracy (after re-scoring, and from keys alone), BWT and forgetting in points,
+trainable parameters and bank bytes per task, total wall time, and the command that
+reproduces the row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+DEFAULTS = {"steps": 80, "train_per_class": 64, "val_per_class": 16, "test_per_class": 100, "max_input_tokens": 64}
+
+
+def command(r: dict[str, Any]) -> str:
+    cfg = r["config"]
+    parts = [f"promptbank run --stream {r['stream']}"]
+    if cfg.get("order"):
+        parts.append(f"--order {cfg['order']}")
+    parts.append(f"--baseline {r['baseline']}" if r.get("baseline") else (f"--method {r['method']}" if r["method"] != "ulpt" else ""))
+    parts += [f"--{k.replace('_', '-')} {cfg[k]}" for k, v in DEFAULTS.items() if cfg.get(k) != v]
+    return " ".join(p for p in parts if p)
+
+
+def pct(v: float | None, signed: bool = False) -> str:
+    return "–" if v is None else (f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}")
+
+
+def row(r: dict[str, Any]) -> str:
+    name = r["baseline"] or f"bank · {r['method']}"
+    keys_only = r.get("routing_acc_keys_only")
+    routing = pct(r["routing_acc"]) + (f" ({pct(keys_only)})" if keys_only is not None else "")
+    params = r["trainable_params_per_task"]
+    nbytes = r["bank_bytes_per_task"]
+    return (f"| {name} | {pct(r['avg_acc'])} | {pct(r['oracle_avg_acc'])} | {routing} | {pct(r['bwt'], True)} | {pct(r['forgetting'])} | "
+            f"{params:,} | {f'{nbytes / 1024:.1f} KB' if nbytes else '–'} | {sum(r['seconds_per_task']) / 60:.0f} min | `{command(r)}` |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", type=Path)
+    args = parser.parse_args()
+    print("| method | avg acc (routed) | avg acc (oracle) | routing acc (keys only) | BWT (pt) | forgetting (pt) | params/task | bytes/task | wall time | command |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for path in args.results:
+        print(row(json.loads(path.read_text())))
+
+
+if __name__ == "__main__":
+    main()

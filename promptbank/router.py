@@ -35,10 +35,27 @@ MAX_KEYS_PER_TASK = 1 << TASK_SHIFT
 MAX_TASK_ID = (1 << (63 - TASK_SHIFT)) - 1
 
 #: ``index="auto"``: exact Flat search while the index holds at most this many vectors
-#: (about 250 MB of float32 at 384-d, a few ms per query); past it the index is rebuilt
-#: once as IVF-PQ (``AUTO_LARGE_SPEC``), trained on the vectors held at that moment.
-AUTO_FLAT_MAX_VECTORS = 250_000
-AUTO_LARGE_SPEC = "IVF{nlist},PQ{m}"
+#: (77 MB of float32 at 384-d, ~6k tasks at 8 keys); past it the index is rebuilt as
+#: IVF with 8-bit scalar quantisation (``AUTO_LARGE_SPEC``), trained on the vectors held
+#: at that moment. BENCHMARKS.md section 2: at 40k vectors IVF-SQ8 agreed with exact
+#: search on 99.8% of queries at 1/38 of Flat's batched time; IVF-PQ48 on only 88.7%.
+AUTO_FLAT_MAX_VECTORS = 50_000
+AUTO_LARGE_SPEC = "IVF{nlist},SQ8"
+#: Lists of the auto IVF index: ~``AUTO_LISTS_PER_SQRT`` * sqrt(vectors), a power of two,
+#: at most ``AUTO_MAX_NLIST``. At 400k clustered keys 4,096 lists agreed with exact
+#: search on 99.2% of queries at nprobe 8, 2,048 lists on 95.6% (and were slower at the
+#: same agreement). Training k-means costs ~nlist^2 (78 points per list): 4,096 lists
+#: take 1-2 minutes on one core, 8,192 would take 10-30, hence the cap.
+AUTO_LISTS_PER_SQRT = 8
+AUTO_MAX_NLIST = 4096
+#: ``index="auto"``: once the compressed index holds this many times the vectors it was
+#: trained at, it is retrained with the number of lists ``auto_large_spec`` gives for its
+#: new size (geometric growth, so the retraining is amortised O(1) per add; it stops once
+#: the list count reaches ``AUTO_MAX_NLIST``).
+AUTO_REGROW_FACTOR = 2
+#: HNSW indexes search with at least this efSearch (FAISS' default, 16, found the exact
+#: task for 39% of queries at 400k clustered keys; 128 for 79%).
+HNSW_MIN_EF_SEARCH = 128
 #: Most neighbours one KNN query asks for (bounds the candidate search with "all" keys).
 MAX_SEARCH = 256
 #: FAISS warns below this many training points per IVF list / PQ centroid.
@@ -232,23 +249,46 @@ def _pick(values: np.ndarray, chosen: np.ndarray, fill: float) -> np.ndarray:
 
 
 def auto_large_spec(n_vectors: int, dim: int) -> str:
-    """The compressed index used past ``AUTO_FLAT_MAX_VECTORS``: IVF with ~4*sqrt(N) lists
-    (a power of two) and PQ at ~8 dims per byte-sized code (48 bytes for 384-d keys)."""
-    wanted = round(math.log2(4 * math.sqrt(max(n_vectors, 1))))
+    """The compressed index used past ``AUTO_FLAT_MAX_VECTORS``: IVF with ~8*sqrt(N) lists
+    (a power of two, at most ``AUTO_MAX_NLIST`` and at most what N vectors can train) over
+    8-bit scalar-quantised vectors (``AUTO_LARGE_SPEC``; a ``{m}`` there would be a PQ
+    size of ~8 dims per byte)."""
+    wanted = round(math.log2(AUTO_LISTS_PER_SQRT * math.sqrt(max(n_vectors, 1))))
     trainable = int(math.log2(max(n_vectors // MIN_POINTS_PER_CENTROID, 1)))
-    nlist = 1 << max(min(wanted, trainable), 0)
+    nlist = min(1 << max(min(wanted, trainable), 0), AUTO_MAX_NLIST)
     m = max(d for d in range(1, max(dim // 8, 1) + 1) if dim % d == 0)
     return AUTO_LARGE_SPEC.format(nlist=nlist, m=m)
 
 
+def _unwrap(index: Any) -> list[Any]:
+    """``index`` and the indexes it wraps (IDMap, pre-transform, refine, IVF), downcast."""
+    out, todo = [], [index]
+    while todo:
+        cur = faiss.downcast_index(todo.pop())
+        out.append(cur)
+        for attr in ("index", "base_index"):
+            inner = getattr(cur, attr, None)
+            if isinstance(inner, faiss.Index):
+                todo.append(inner)
+    return out
+
+
 def _make_index(spec: str, dim: int) -> Any:
-    """Inner-product index for ``spec`` that accepts our int64 ids (IVF natively, else IDMap2)."""
+    """Inner-product index for ``spec`` that accepts our int64 ids (IVF natively, else IDMap2).
+
+    PQ codes are trained without polysemous training: the factory turns it on for "PQm"
+    specs, the router never does a polysemous search, and it made the one-off training
+    ~10x slower (164 s instead of 14 s at 40k vectors; same routing).
+    """
     try:
         index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise InvalidDataError(f"FAISS cannot build index '{spec}': {exc}") from None
     if faiss.try_extract_index_ivf(index) is None:
         index = faiss.index_factory(dim, "IDMap2," + spec, faiss.METRIC_INNER_PRODUCT)
+    for part in _unwrap(index):
+        if getattr(part, "do_polysemous_training", False):
+            part.do_polysemous_training = False
     return index
 
 
@@ -275,6 +315,40 @@ def _dump(index: Any) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.asarray(index.index.reconstruct_n(0, index.ntotal), dtype=np.float32)
 
 
+def _chunks(index: Any, size: int = 65_536):
+    """(ids, float32 vectors) of everything ``index`` holds, ``size`` or so at a time.
+
+    IVF indexes are decoded list by list (``sa_decode``: lossy for quantised codes),
+    IDMap2 indexes reconstructed; peak extra memory is one chunk, not the whole index.
+    """
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        for start in range(0, len(ids), size):
+            stop = min(len(ids), start + size)
+            yield ids[start:stop], np.asarray(index.index.reconstruct_n(start, stop - start), np.float32)
+        return
+    ivf = faiss.downcast_index(ivf)
+    lists, code_size = ivf.invlists, ivf.code_size
+    prefix_size = ivf.coarse_code_size()
+    got_ids: list[np.ndarray] = []
+    got_codes: list[np.ndarray] = []
+    held = 0
+    for l in range(ivf.nlist):
+        n = lists.list_size(l)
+        if n:
+            ids = faiss.rev_swig_ptr(lists.get_ids(l), n).astype(np.int64)
+            codes = faiss.rev_swig_ptr(lists.get_codes(l), n * code_size).reshape(n, code_size)
+            prefix = np.frombuffer(int(l).to_bytes(prefix_size, "little"), np.uint8)
+            got_ids.append(ids)
+            got_codes.append(np.hstack([np.broadcast_to(prefix, (n, prefix_size)), codes]))
+            held += n
+        if held and (held >= size or l == ivf.nlist - 1):
+            codes = np.ascontiguousarray(np.concatenate(got_codes))
+            yield np.concatenate(got_ids), np.asarray(ivf.sa_decode(codes), np.float32)
+            got_ids, got_codes, held = [], [], 0
+
+
 class KNNRouter(Router):
     """Baseline: the k nearest summary keys vote for their task, weighted by similarity.
 
@@ -287,14 +361,18 @@ class KNNRouter(Router):
     ``closeness`` is the best cosine similarity to the chosen task's keys.
 
     Index: ``index="auto"`` keeps an exact Flat index up to ``AUTO_FLAT_MAX_VECTORS``
-    vectors, then converts once to IVF-PQ trained on what it holds. Any FAISS factory spec
-    also works ("Flat", "HNSW32", "IVF1024,PQ48", ...). Specs that need training collect
-    vectors in an exact Flat index until they have enough to train on (39 per IVF list and
-    per PQ centroid), then move to the trained index. That move trains FAISS k-means
-    inside the ``add_task`` call that crosses the line, on up to twice the minimum
-    training set: a one-off of minutes on a few CPU cores at the auto threshold. Removal
-    uses ``remove_ids``; index types without it (HNSW) are rebuilt without the task,
-    O(size of index).
+    vectors, then converts to IVF-SQ8 (``auto_large_spec``) trained on what it holds, and
+    retrains it with more lists each time it has grown ``AUTO_REGROW_FACTOR``-fold. Any
+    FAISS factory spec also works ("Flat", "IVF1024,SQ8", "IVF1024,PQ48", "HNSW32", ...).
+    Specs that need training collect vectors in an exact Flat index until they have enough
+    to train on (39 per IVF list and per PQ centroid), then move to the trained index.
+    Each move trains FAISS k-means inside the ``add_task`` call that crosses the line, on
+    up to twice the minimum training set: a one-off of ~10 s at the 50k-vector switch and
+    ~0.5-2 min at the later regrowths (one core), against ~0.1 ms for an ordinary add.
+    Removal uses ``remove_ids`` (IVF: a scan of the lists, ~1 ms at 400k vectors). HNSW
+    has no removal: the graph is rebuilt without the task, O(size of index) (12 s at 40k
+    vectors); its recall on clustered keys also falls as the bank grows (BENCHMARKS.md),
+    so ``auto`` never picks it.
     """
 
     strategy = "knn"
@@ -327,6 +405,8 @@ class KNNRouter(Router):
         self._index: Any = None
         self._spec: str | None = None  # spec of self._index
         self._target: str | None = None  # spec still waiting for enough training vectors
+        self._target_need: int | None = None  # vectors _target needs to train (computed once)
+        self._trained_at = 0  # vectors held when the current trained index was built
         self._counts: dict[int, int] = {}  # task id -> number of stored keys
 
     def task_ids(self) -> list[int]:
@@ -373,34 +453,60 @@ class KNNRouter(Router):
     def _start_index(self) -> None:
         spec = self.index_spec_requested
         if spec == "auto":
-            self._index, self._spec, self._target = _make_index("Flat", self.dim), "Flat", None
+            self._index, self._spec = _make_index("Flat", self.dim), "Flat"
+            self._set_target(None)
             return
         index = _make_index(spec, self.dim)
         if index.is_trained:
-            self._index, self._spec, self._target = index, spec, None
+            self._index, self._spec = index, spec
+            self._set_target(None)
         else:  # collect exactly until there is enough to train on
-            self._index, self._spec, self._target = _make_index("Flat", self.dim), "Flat", spec
+            self._index, self._spec = _make_index("Flat", self.dim), "Flat"
+            self._set_target(spec, probe=index)
+
+    def _set_target(self, spec: str | None, probe: Any = None) -> None:
+        """Aim at ``spec``; its training-set size is computed here, once, not per add."""
+        self._target, self._target_need = spec, None
+        if spec is not None:
+            self._target_need = _train_size(probe if probe is not None else _make_index(spec, self.dim))
 
     def _maybe_grow(self) -> None:
         """Move to the trained/compressed index once there are enough vectors for it."""
-        if self._target is None and self.index_spec_requested == "auto" and self._spec == "Flat":
-            if self.ntotal > AUTO_FLAT_MAX_VECTORS:
-                self._target = auto_large_spec(self.ntotal, self.dim)
+        if self._target is None and self.index_spec_requested == "auto":
+            if self._spec == "Flat":
+                if self.ntotal > AUTO_FLAT_MAX_VECTORS:
+                    self._set_target(auto_large_spec(self.ntotal, self.dim))
+            elif self.ntotal >= AUTO_REGROW_FACTOR * max(self._trained_at, 1):
+                spec = auto_large_spec(self.ntotal, self.dim)
+                if spec != self._spec:
+                    self._set_target(spec)
+                else:  # no more lists to gain yet: look again after the next growth step
+                    self._trained_at = self.ntotal
         if self._target is None:
             return
-        target = _make_index(self._target, self.dim)
-        if self.ntotal < _train_size(target):
+        if self._target_need is None:
+            self._set_target(self._target)
+        if self.ntotal < self._target_need:
             return
-        ids, vecs = _dump(self._index)
+        target = _make_index(self._target, self.dim)
+        total = self.ntotal
+        cap = 2 * self._target_need  # plenty for k-means; training time grows with it
         rng = np.random.default_rng(self.seed)
-        cap = 2 * _train_size(target)  # plenty for k-means; training time grows with it
-        if len(vecs) > cap:
-            train = vecs[np.sort(rng.choice(len(vecs), cap, replace=False))]
-        else:
-            train = vecs
-        target.train(train)
-        target.add_with_ids(vecs, ids)
-        self._index, self._spec, self._target = target, self._target, None
+        picked = np.sort(rng.choice(total, cap, replace=False)) if total > cap else None
+        parts, seen = [], 0
+        for _, vecs in _chunks(self._index):  # training sample, without holding everything
+            if picked is None:
+                parts.append(vecs)
+            else:
+                lo, hi = np.searchsorted(picked, [seen, seen + len(vecs)])
+                parts.append(vecs[picked[lo:hi] - seen])
+            seen += len(vecs)
+        target.train(np.ascontiguousarray(np.concatenate(parts)))
+        del parts
+        for ids, vecs in _chunks(self._index):
+            target.add_with_ids(vecs, ids)
+        self._index, self._spec, self._trained_at = target, self._target, total
+        self._set_target(None)
 
     def remove_task(self, task_id: int) -> None:
         tid = self._check_known(task_id)
@@ -426,7 +532,7 @@ class KNNRouter(Router):
             ivf.nprobe = min(self.nprobe, ivf.nlist)
         inner = faiss.downcast_index(self._index.index) if hasattr(self._index, "id_map") else None
         if inner is not None and hasattr(inner, "hnsw"):
-            inner.hnsw.efSearch = max(inner.hnsw.efSearch, 2 * k)
+            inner.hnsw.efSearch = max(inner.hnsw.efSearch, HNSW_MIN_EF_SEARCH, 2 * k)
 
     def _candidates(self, queries: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
         q = l2_normalize(queries)
@@ -467,6 +573,7 @@ class KNNRouter(Router):
             "seed": self.seed,
             "index_spec": self._spec,
             "target_spec": self._target,
+            "trained_at": self._trained_at,
             "tasks": [[tid, n] for tid, n in self._counts.items()],
         }
         arrays: dict[str, np.ndarray] = {}
@@ -497,6 +604,8 @@ class KNNRouter(Router):
                     f"router index has dimension {router._index.d}, config says {router.dim}"
                 )
         held = sum(router._counts.values())
+        # banks saved before "trained_at" existed: count from the size at load
+        router._trained_at = int(config.get("trained_at", router.ntotal if router._spec != "Flat" else 0))
         if router.ntotal != held:
             raise BankFormatError(
                 f"router index holds {router.ntotal} keys but its task table lists {held}; "

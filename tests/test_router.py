@@ -181,6 +181,8 @@ def test_knn_approximate_indexes_add_and_remove(spec, data):
     for t in (2, 3, 4):
         router.add_task(t, *train[t])
     assert router._spec == spec and router.ntotal == 5 * 60
+    if spec.startswith("IVF"):
+        assert router._target is None and router._target_need is None
     assert (router.route(queries).task_ids == truth).mean() >= 0.99
     router.remove_task(3)  # HNSW cannot remove_ids: rebuilt without the task
     assert router.ntotal == 4 * 60
@@ -190,19 +192,86 @@ def test_knn_approximate_indexes_add_and_remove(spec, data):
 
 
 def test_knn_auto_index_turns_compressed_past_threshold(monkeypatch):
-    # Real threshold is 250k vectors and IVF-PQ; shrink both so the switch happens here
-    # (PQ codebooks alone need ~10k training vectors: too slow for a unit test).
+    # Real threshold is 50k vectors; shrink it so the switch to IVF-SQ8 happens here.
     monkeypatch.setattr(router_mod, "AUTO_FLAT_MAX_VECTORS", 600)
-    monkeypatch.setattr(router_mod, "AUTO_LARGE_SPEC", "IVF{nlist},Flat")
     train, queries, truth = clustered(n_tasks=6, n=200, dim=32, seed=1)
     router = KNNRouter(dim=32, summary="all")
+    exact = KNNRouter(dim=32, summary="all", index="Flat")
     for t, (keys, _) in enumerate(train):
         router.add_task(t, keys)
-        assert router._spec == ("Flat" if router.ntotal <= 600 else "IVF16,Flat")
+        exact.add_task(t, keys)
+        assert router._spec == ("Flat" if router.ntotal <= 600 else "IVF16,SQ8")
     assert (router.route(queries).task_ids == truth).mean() >= 0.99
-    router.remove_task(0)
+    agree = (router.route(queries).task_ids == exact.route(queries).task_ids).mean()
+    assert agree >= 0.99
+    router.remove_task(0)  # add/remove still exact after the switch
     assert router.ntotal == 5 * 200 and 0 not in router.route(queries).candidates
-    assert router_from_state(*router.state())._spec == "IVF16,Flat"
+    router.add_task(0, train[0][0])
+    assert router.ntotal == 6 * 200 and (router.route(queries).task_ids == truth).mean() >= 0.99
+    loaded = router_from_state(*router.state())
+    assert loaded._spec == "IVF16,SQ8" and loaded._trained_at == 800
+    assert same_routing(router.route(queries), loaded.route(queries))
+
+
+def test_knn_auto_spec_follows_the_routing_benchmark():
+    # BENCHMARKS.md section 2: Flat up to ~50k vectors, then IVF-SQ8 (PQ48 lost 11-26 points)
+    assert router_mod.AUTO_FLAT_MAX_VECTORS == 50_000
+    assert router_mod.auto_large_spec(50_001, 384) == "IVF1024,SQ8"
+    assert router_mod.auto_large_spec(100_000, 384) == "IVF2048,SQ8"
+    # 4,096 lists at 400k keys: 99.2% agreement at nprobe 8, against 95.6% with 2,048
+    assert router_mod.auto_large_spec(400_000, 384) == "IVF4096,SQ8"
+    assert router_mod.auto_large_spec(4_000_000, 384) == "IVF4096,SQ8"  # training cost cap
+    assert router_mod.auto_large_spec(1_000, 384) == "IVF16,SQ8"  # no more lists than it can train
+
+
+def test_knn_auto_index_regrows_with_the_bank(monkeypatch):
+    monkeypatch.setattr(router_mod, "AUTO_FLAT_MAX_VECTORS", 400)
+    monkeypatch.setattr(router_mod, "AUTO_REGROW_FACTOR", 2)
+    train, queries, truth = clustered(n_tasks=10, n=200, dim=32, seed=2)
+    router = KNNRouter(dim=32, summary="all")
+    specs = []
+    for t, (keys, _) in enumerate(train):
+        router.add_task(t, keys)
+        specs.append(router._spec)
+    # 600 vectors: IVF8 (what 600 can train); retrained at 2x: 1,200 -> IVF16, 2,000 -> still 16 lists
+    assert specs[:3] == ["Flat", "Flat", "IVF8,SQ8"]
+    assert specs[5] == "IVF16,SQ8" and specs[-1] == "IVF16,SQ8" and router._trained_at == 1200
+    assert router.ntotal == 10 * 200
+    assert (router.route(queries).task_ids == truth).mean() >= 0.99
+    router.remove_task(4)
+    assert router.ntotal == 9 * 200 and 4 not in router.route(queries).candidates
+
+
+@pytest.mark.parametrize("spec", ["IVF4,PQ8", "PQ8", "OPQ8,IVF4,PQ8"])
+def test_pq_specs_skip_polysemous_training(spec):
+    index = router_mod._make_index(spec, 32)
+    pqs = [p for p in router_mod._unwrap(index) if hasattr(p, "do_polysemous_training")]
+    assert pqs and not any(p.do_polysemous_training for p in pqs)
+
+
+def test_knn_train_size_is_computed_once_per_target(monkeypatch, data):
+    calls = []
+    real = router_mod._make_index
+    monkeypatch.setattr(router_mod, "_make_index", lambda spec, dim: calls.append(spec) or real(spec, dim))
+    train, queries, truth = data
+    router = KNNRouter(dim=DIM, summary="all", index="IVF4,Flat")  # needs 156 vectors
+    calls.clear()
+    for t, (keys, _) in enumerate(train):
+        router.add_task(t, keys)
+    assert router._spec == "IVF4,Flat"
+    # the spec checked once (it also gives the train size), the Flat collector, the trained index
+    assert calls == ["IVF4,Flat", "Flat", "IVF4,Flat"], calls
+    assert (router.route(queries).task_ids == truth).mean() >= 0.99
+
+
+def test_knn_hnsw_searches_with_a_useful_ef(data):
+    import faiss
+
+    train, queries, truth = data
+    router = build("knn", train, index="HNSW32")
+    router.route(queries[:2])
+    inner = faiss.downcast_index(router._index.index)
+    assert inner.hnsw.efSearch >= router_mod.HNSW_MIN_EF_SEARCH
 
 
 def test_gaussian_confidence_is_a_distribution(data):

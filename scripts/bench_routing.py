@@ -9,9 +9,16 @@ queries and batches, through ``router.route`` and through the raw FAISS search u
 task-id agreement with exact search (the Flat router) and accuracy against the true task, and
 at every size the time to add one more task and to remove one.
 
-Index types: "Flat" (exact), "HNSW32", and IVF-PQ with the spec ``index="auto"`` would pick
-at that size (``auto_large_spec``), plus IVF with 8-bit scalar quantisation. An IVF spec stays an exact Flat index until it has the
+Index types: "Flat" (exact); "auto" (``index="auto"``: Flat up to AUTO_FLAT_MAX_VECTORS, then
+IVF-SQ8 that regrows its lists as the bank grows -- filled task by task, so its build time holds
+the switch and the regrowths); "IVF{nlist},SQ8" built directly with the lists ``auto_large_spec``
+gives at the final size; "IVFPQ" (IVF{nlist},PQ48, the auto index before the benchmark; with
+``np``: no polysemous training); "HNSW32". An IVF spec stays an exact Flat index until it has the
 vectors to train on (39 per list and per PQ centroid), so at small sizes it *is* Flat.
+
+``--exact-chunked`` computes the exact reference by brute force over the generated keys, in
+chunks, through the router's own vote, instead of building a Flat router (saves a second copy of
+every key: needed at 1M tasks).
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_routing.py --threads 1 \
         --tasks 10000 --out runs/bench/routing-10k.json
@@ -81,7 +88,10 @@ def build(spec: str, keys: np.ndarray, kpt: int, nprobe: int) -> tuple[Any, dict
     import faiss
 
     index_bytes = len(faiss.serialize_index(router._index))
+    ivf = faiss.try_extract_index_ivf(router._index)
     return router, {
+        "nlist": None if ivf is None else int(ivf.nlist),
+        "trained_at_vectors": router._trained_at,
         "build_s": total,
         "build_us_per_task": total / n_tasks * 1e6,
         "slowest_add_task_s": slowest,
@@ -92,6 +102,44 @@ def build(spec: str, keys: np.ndarray, kpt: int, nprobe: int) -> tuple[Any, dict
         "index_bytes_per_task": index_bytes / n_tasks,
         "rss_growth_bytes": _bench.rss_bytes() - rss0,
     }
+
+
+class ChunkedExact:
+    """Stands in for a FAISS Flat index: exact inner-product search over ``keys`` in chunks
+    (faiss.knn per chunk, merged), so the exact reference needs no copy of the keys."""
+
+    def __init__(self, keys: np.ndarray, ids: np.ndarray, chunk: int = 1 << 19) -> None:
+        self.keys, self.ids, self.chunk, self.d = keys, ids, chunk, keys.shape[1]
+        self.ntotal = len(keys)
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        best_s = np.full((len(q), k), -np.inf, np.float32)
+        best_i = np.full((len(q), k), -1, np.int64)
+        for start in range(0, self.ntotal, self.chunk):
+            stop = min(self.ntotal, start + self.chunk)
+            s, i = faiss.knn(q, self.keys[start:stop], k, metric=faiss.METRIC_INNER_PRODUCT)
+            s_all = np.concatenate([best_s, s], axis=1)
+            i_all = np.concatenate([best_i, np.where(i >= 0, self.ids[start:stop][np.maximum(i, 0)], -1)], axis=1)
+            top = np.argsort(-s_all, axis=1, kind="stable")[:, :k]
+            best_s, best_i = np.take_along_axis(s_all, top, 1), np.take_along_axis(i_all, top, 1)
+        return best_s, best_i
+
+
+def chunked_exact_router(keys: np.ndarray, kpt: int) -> Any:
+    from promptbank.router import TASK_SHIFT, KNNRouter
+
+    class ExactRouter(KNNRouter):
+        def _tune_search(self, k: int) -> None:  # no FAISS index to tune
+            pass
+
+    n_tasks = len(keys) // kpt
+    router = ExactRouter(DIM, index="Flat")
+    ids = (np.repeat(np.arange(n_tasks, dtype=np.int64), kpt) << TASK_SHIFT) | np.tile(np.arange(kpt, dtype=np.int64), n_tasks)
+    router._index, router._spec = ChunkedExact(keys, ids), "Flat (chunked brute force)"
+    router._counts = dict.fromkeys(range(n_tasks), kpt)
+    return router
 
 
 def raw_search(router: Any, queries: np.ndarray) -> None:
@@ -128,10 +176,10 @@ def main() -> None:
     _bench.add_common_args(parser, "runs/bench/routing.json")
     parser.add_argument("--tasks", type=int, nargs="+", default=[10, 1000, 10000, 100000])
     parser.add_argument("--indexes", nargs="+",
-                        default=["Flat", "HNSW32", "HNSW32@ef128", "IVFPQ", "IVFPQ@nprobe64", "IVF{nlist},SQ8"],
-                        help="FAISS specs, each optionally with a search-time option @efN / @nprobeN; "
-                             "IVFPQ = the spec index='auto' picks at this size (auto_large_spec); "
-                             "{nlist} = that spec's number of lists")
+                        default=["Flat", "auto", "auto@nprobe8", "auto@nprobe32", "IVF{nlist},SQ8", "IVFPQ", "HNSW32"],
+                        help="FAISS specs or 'auto', each optionally with a search-time option @efN / @nprobeN; "
+                             "IVFPQ = IVF{nlist},PQ48 (the auto index before this benchmark); "
+                             "{nlist} = the lists auto_large_spec gives at this size")
     parser.add_argument("--ivfpq-suffix", default="np",
                         help="appended to the IVFPQ spec: 'np' = no polysemous training (FAISS' factory default "
                              "trains polysemous codes, ~45x slower to train and unused by the router); '' = as the library does")
@@ -147,6 +195,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-remove", nargs="*", default=[], help="index types whose remove_task is not timed (e.g. HNSW32 at 100k: a full rebuild)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exact-chunked", action="store_true",
+                        help="exact reference by chunked brute force through the router's vote, not a Flat router")
     args = parser.parse_args()
     _bench.set_threads(args.threads)
 
@@ -164,18 +214,25 @@ def main() -> None:
             views = {"Flat": ("Flat", {}), **views}  # the exact reference
         auto = auto_large_spec(n_vec, DIM)
         nlist = int(auto.split(",")[0][3:])
-        builds = {base: (auto + args.ivfpq_suffix if base == "IVFPQ" else base.format(nlist=nlist)) for base, _ in views.values()}
+        ivfpq = f"IVF{nlist},PQ{DIM // 8}" + args.ivfpq_suffix
+        builds = {base: (ivfpq if base == "IVFPQ" else base.format(nlist=nlist)) for base, _ in views.values()}
         _bench.log(f"{n_tasks} tasks x {kpt} keys = {n_vec} vectors; builds {builds}; views {list(views)}")
         routers, built = {}, {}
         for base, spec in builds.items():
             gc.collect()
+            if base == "Flat" and args.exact_chunked:
+                routers[base] = chunked_exact_router(keys, kpt)
+                built[base] = {"spec": "Flat (chunked brute force, not a router index)", "index_in_use": "Flat", "index_bytes": None}
+                continue
             router, stats = build(spec, keys, kpt, args.nprobe)
             routers[base] = router
             built[base] = {"spec": spec, **stats}
             _bench.log(f"  built {base} ({spec}) in {stats['build_s']:.2f}s, in use {stats['index_in_use']}, "
                        f"{stats['index_bytes_per_task']:.0f} B/task, slowest add_task {stats['slowest_add_task_s'] * 1e3:.1f} ms "
                        f"(task {stats['slowest_add_task_at']})")
-        defaults = {"nprobe": args.nprobe, "ef": 16}
+        from promptbank.router import HNSW_MIN_EF_SEARCH
+
+        defaults = {"nprobe": args.nprobe, "ef": HNSW_MIN_EF_SEARCH}
 
         def run(view: str, fn: Any) -> Any:
             base, params = views[view]
@@ -195,7 +252,8 @@ def main() -> None:
         singles = queries[: args.single_queries]
         batch = np.ascontiguousarray(np.resize(queries, (args.batch, DIM)))
         cases = {}
-        for view in views:
+        timed = [v for v in views if not (args.exact_chunked and views[v][0] == "Flat")]  # brute force: not a router index
+        for view in timed:
             cases[f"{view}|route_single"] = lambda v=view: run(v, lambda r: [r.route(singles[i : i + 1]) for i in range(len(singles))])
             cases[f"{view}|raw_single"] = lambda v=view: run(v, lambda r: [raw_search(r, singles[i : i + 1]) for i in range(len(singles))])
             cases[f"{view}|route_batch"] = lambda v=view: run(v, lambda r: r.route(batch))
@@ -205,32 +263,46 @@ def main() -> None:
             view, what = key.split("|")
             per = len(singles) if what.endswith("single") else args.batch
             rows[view][f"{what}_us_per_query"] = _bench.summary(samples, scale=1e6 / per)
-        for view in views:
-            rows[view]["vs_flat"] = {
+        for view in timed:
+            rows[view]["vs_flat"] = None if "Flat" not in timed else {
                 what: _bench.ratio(times[f"{view}|{what}"], times[f"Flat|{what}"]) for what in ("route_single", "route_batch")
             }
 
         # add one task, remove one task (mid-bank), per built index
         extra = _unit(keys[:kpt] + 0.1)  # any new vectors
+        gone = n_tasks // 2
+        gone_keys = np.ascontiguousarray(keys[gone * kpt : (gone + 1) * kpt])
         for base, router in routers.items():
+            built[base]["add_one_task_ms"] = built[base]["remove_one_task_ms"] = None
+            if args.exact_chunked and base == "Flat":
+                continue
             configure(router, {}, defaults)
             t0 = time.perf_counter()
             router.add_task(n_tasks, extra)
             built[base]["add_one_task_ms"] = (time.perf_counter() - t0) * 1e3
-            built[base]["remove_one_task_ms"] = None
+            built[base]["added_task_routed_to_itself"] = float(np.mean(router.route(extra).task_ids == n_tasks))
             if base in args.skip_remove:
                 continue
+            before = router.ntotal
             t0 = time.perf_counter()
-            router.remove_task(n_tasks // 2)
+            router.remove_task(gone)
             built[base]["remove_one_task_ms"] = (time.perf_counter() - t0) * 1e3
+            built[base]["removed_vectors"] = before - router.ntotal
+            built[base]["removed_task_still_a_candidate"] = bool((router.route(gone_keys).candidates == gone).any())
         for view, row in rows.items():
             b = built[row["index"]]
-            row["add_one_task_ms"], row["remove_one_task_ms"] = b["add_one_task_ms"], b["remove_one_task_ms"]
+            for key in ("add_one_task_ms", "remove_one_task_ms", "added_task_routed_to_itself", "removed_vectors",
+                        "removed_task_still_a_candidate"):
+                row[key] = b.get(key)
             rm = "skipped" if row["remove_one_task_ms"] is None else f"{row['remove_one_task_ms']:.2f} ms"
+            add = "skipped" if row["add_one_task_ms"] is None else f"{row['add_one_task_ms']:.2f} ms"
+            if view not in timed:
+                _bench.log(f"  {view:15s} true {row['accuracy_true_task']:.3f} (exact reference)")
+                continue
             _bench.log(f"  {view:15s} agree {row['agreement_with_exact']:.3f} true {row['accuracy_true_task']:.3f} | "
                        f"single {row['route_single_us_per_query']['median']:.0f} us (raw {row['raw_single_us_per_query']['median']:.0f}) | "
                        f"batch {row['route_batch_us_per_query']['median']:.1f} us/q (raw {row['raw_batch_us_per_query']['median']:.1f}) | "
-                       f"add {row['add_one_task_ms']:.2f} ms, remove {rm}")
+                       f"add {add}, remove {rm}")
         results.append({"n_tasks": n_tasks, "n_vectors": n_vec, "rows": list(rows.values())})
         del routers, keys, centres
         gc.collect()
@@ -240,6 +312,7 @@ def main() -> None:
         "args": vars(args),
         "machine": machine,
         "auto_flat_max_vectors_current": AUTO_FLAT_MAX_VECTORS,
+        "auto_large_spec_at_sizes": {str(r["n_vectors"]): auto_large_spec(r["n_vectors"], DIM) for r in results},
         "results": results,
     })
     _bench.log(f"wrote {args.out}")

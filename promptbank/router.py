@@ -642,6 +642,13 @@ class _TaskStats:
         return out
 
 
+def _stored_means(means: np.ndarray) -> np.ndarray:
+    """Class means at the precision they are saved in (float16 values, float32 array).
+    On the routing study's MiniLM keys (offline-9, vader-4, split-20ng) float16 means
+    routed every input as float32 means did."""
+    return means.astype(np.float16).astype(np.float32)
+
+
 def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.linalg.eigh on one BLAS thread: the matrices are small (at most dim x dim), and
     multithreaded LAPACK on busy cores was measured 10-100x slower than one thread."""
@@ -678,6 +685,34 @@ def _principal_factor(centred: np.ndarray, rank: int) -> tuple[np.ndarray, np.nd
     return out, variance
 
 
+def _symmetric_float32(scatter: np.ndarray) -> np.ndarray:
+    """``scatter`` rounded to float32 and made exactly symmetric from its upper triangle:
+    the precision it is stored at, kept in memory too, so a saved router routes exactly
+    like the one that saved it (float64 work arrays, float32 values)."""
+    s32 = scatter.astype(np.float32)
+    lower = np.tril_indices(len(s32), -1)
+    s32[lower] = s32.T[lower]
+    return s32.astype(np.float64)
+
+
+def _pack_upper(matrix: np.ndarray) -> np.ndarray:
+    """Upper triangle (diagonal included) of a symmetric matrix, row by row, float32."""
+    return matrix.astype(np.float32)[np.triu_indices(len(matrix))]
+
+
+def _unpack_upper(packed: np.ndarray, dim: int) -> np.ndarray:
+    if packed.shape != (dim * (dim + 1) // 2,):
+        raise BankFormatError(
+            f"packed scatter has {packed.size} values, a {dim}x{dim} upper triangle has "
+            f"{dim * (dim + 1) // 2}"
+        )
+    out = np.zeros((dim, dim), np.float32)
+    out[np.triu_indices(dim)] = packed
+    lower = np.tril_indices(dim, -1)
+    out[lower] = out.T[lower]
+    return out.astype(np.float64)
+
+
 class GaussianRouter(Router):
     """Linear discriminant routing: per-task (or per-class) means, one shared covariance.
 
@@ -693,11 +728,17 @@ class GaussianRouter(Router):
     Keys and queries are L2-normalised first (a no-op for KeyEncoder output), which also
     keeps the float16 scatter factors in range.
 
-    Cost: per task, its means (float32), a ``scatter_rank`` x dim float16 factor and a
-    dim float32 residual (~9 KB at rank 8, 384-d); shared: one dim x dim float64 scatter.
+    Cost: per task, its means (float16, 768 B per mean at 384-d), a ``scatter_rank`` x dim
+    float16 factor and a dim float32 residual (~8.4 KB at rank 8, 384-d); shared: the
+    upper triangle of the dim x dim scatter in float32 (296 KB at 384-d). The scatter and
+    the means are kept in memory at exactly the precision they are saved in, so a loaded
+    router routes exactly like the one that saved it. States saved with a full float64
+    scatter and float32 means still load.
     """
 
     strategy = "gaussian"
+    #: whether the per-task diagonal residual is part of the state (removal subtracts it)
+    _uses_residual: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -748,16 +789,14 @@ class GaussianRouter(Router):
         factor, variance = _principal_factor(x - means[inverse], self.scatter_rank)
         kept = (factor.astype(np.float64) ** 2).sum(axis=0)
         residual = np.clip(variance - kept, 0.0, None).astype(np.float32)
-        stats = _TaskStats(
-            classes, counts.astype(np.int64), means.astype(np.float32), factor, residual
-        )
-        self._scatter += stats.scatter()
+        stats = _TaskStats(classes, counts.astype(np.int64), _stored_means(means), factor, residual)
+        self._scatter = _symmetric_float32(self._scatter + stats.scatter())
         self._tasks[tid] = stats
         self._cache = None
 
     def remove_task(self, task_id: int) -> None:
         tid = self._check_known(task_id)
-        self._scatter -= self._tasks.pop(tid).scatter()
+        self._scatter = _symmetric_float32(self._scatter - self._tasks.pop(tid).scatter())
         if not self._tasks:
             self._scatter[:] = 0.0  # no float residue once empty
         self._cache = None
@@ -867,11 +906,12 @@ class GaussianRouter(Router):
         arrays = {
             "comp_label": join("labels", (0,), np.int64, stack=False),
             "comp_count": join("counts", (0,), np.int64, stack=False),
-            "comp_mean": join("means", (0, d), np.float32, stack=False),
+            "comp_mean": join("means", (0, d), np.float32, stack=False).astype(np.float16),
             "task_factor": join("factor", (0, r, d), np.float16, stack=True),
-            "task_residual": join("residual", (0, d), np.float32, stack=True),
-            "scatter": self._scatter.copy(),
+            "scatter_packed": _pack_upper(self._scatter),
         }
+        if self._uses_residual:
+            arrays["task_residual"] = join("residual", (0, d), np.float32, stack=True)
         return config, arrays
 
     @classmethod
@@ -888,6 +928,7 @@ class GaussianRouter(Router):
         )
         try:
             start = 0
+            residuals = arrays.get("task_residual")
             for i, (tid, n_comp) in enumerate(config["tasks"]):
                 sl = slice(start, start + int(n_comp))
                 router._tasks[int(tid)] = _TaskStats(
@@ -895,10 +936,16 @@ class GaussianRouter(Router):
                     counts=np.asarray(arrays["comp_count"][sl], np.int64),
                     means=np.asarray(arrays["comp_mean"][sl], np.float32),
                     factor=np.asarray(arrays["task_factor"][i], np.float16),
-                    residual=np.asarray(arrays["task_residual"][i], np.float32),
+                    residual=(np.zeros(router.dim, np.float32) if residuals is None
+                              else np.asarray(residuals[i], np.float32)),
                 )
                 start += int(n_comp)
-            router._scatter = np.array(arrays["scatter"], dtype=np.float64)
+            if residuals is None and router._uses_residual:
+                raise KeyError("task_residual")
+            if "scatter_packed" in arrays:
+                router._scatter = _unpack_upper(np.asarray(arrays["scatter_packed"]), router.dim)
+            else:  # saved before the packed float32 layout: a full float64 matrix
+                router._scatter = np.array(arrays["scatter"], dtype=np.float64)
         except (KeyError, IndexError) as exc:
             raise BankFormatError(f"Gaussian router state is incomplete: {exc}") from None
         if router._scatter.shape != (router.dim, router.dim) or start != len(arrays["comp_count"]):
@@ -949,10 +996,11 @@ class LDARouter(GaussianRouter):
 
     Adding a task is closed form: accumulate its class means and scatter; the whitening is
     recomputed lazily (one dim x dim eigendecomposition, ~30 ms at 384-d on one core) at
-    the next route. Per task the state keeps its class means and counts and the
-    rank-``scatter_rank`` float16 factor of its scatter: ~1.5 KB per class + ~7.7 KB at
-    rank 8, 384-d. The shared scatter is one dim x dim float64 matrix (1.2 MB at 384-d)
-    whatever the number of tasks.
+    the next route. Per task the state keeps its class means (float16) and counts and the
+    rank-``scatter_rank`` float16 factor of its scatter: 784 B per class + 6.1 KB at
+    rank 8, 384-d (no residual: LDA's removal does not use it). The shared scatter is
+    saved as the float32 upper triangle of the dim x dim matrix (296 KB at 384-d, was a
+    full float64 matrix of 1.18 MB) whatever the number of tasks.
 
     Removal drops the task's means (it can no longer be chosen) and subtracts the stored
     low-rank part of its scatter. The rest of that scatter -- a positive semi-definite
@@ -965,6 +1013,7 @@ class LDARouter(GaussianRouter):
     """
 
     strategy = "lda"
+    _uses_residual = False  # removal subtracts the low-rank factor only: not saved
 
     def __init__(self, dim: int, per_class: bool = True, **options: Any) -> None:
         # Same options as GaussianRouter; only the default differs (class means route better).
@@ -985,16 +1034,16 @@ class LDARouter(GaussianRouter):
         kept = (factor.astype(np.float64) ** 2).sum(axis=0)
         residual = np.clip(variance - kept, 0.0, None).astype(np.float32)
         self._tasks[tid] = _TaskStats(
-            classes, counts.astype(np.int64), means.astype(np.float32), factor, residual
+            classes, counts.astype(np.int64), _stored_means(means), factor, residual
         )
-        self._scatter += centred.T @ centred
+        self._scatter = _symmetric_float32(self._scatter + centred.T @ centred)
         self._cache = None
 
     def remove_task(self, task_id: int) -> None:
         tid = self._check_known(task_id)
         stats = self._tasks.pop(tid)
         f = stats.factor.astype(np.float64)
-        self._scatter -= float(stats.counts.sum()) * (f.T @ f)
+        self._scatter = _symmetric_float32(self._scatter - float(stats.counts.sum()) * (f.T @ f))
         if not self._tasks:
             self._scatter[:] = 0.0
         self._cache = None

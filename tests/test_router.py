@@ -168,7 +168,9 @@ def test_gaussian_removal_subtracts_exactly_what_was_added(data):
     more = build("gaussian", train[:2])
     more.add_task(4, *train[4])
     more.remove_task(4)
-    assert np.allclose(only.covariance(), more.covariance(), rtol=0, atol=1e-12)
+    # the scatter is kept at float32 precision (as saved): equal to float32 rounding
+    scale = np.abs(only.covariance()).max()
+    assert np.allclose(only.covariance(), more.covariance(), rtol=0, atol=1e-6 * scale)
     assert np.array_equal(only.route(queries).task_ids, more.route(queries).task_ids)
 
 

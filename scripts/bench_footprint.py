@@ -81,7 +81,7 @@ def ram_bytes(bank: Any) -> dict[str, float]:
 
     T = max(len(bank.tasks), 1)
     states = sum(v.numel() * v.element_size() for st in bank._states.values() for v in st.values())
-    matrices = sum(m.numel() * m.element_size() for m in bank._matrices.values())
+    matrices = sum(m.numel() * m.element_size() for m in bank._matrices.values() if m is not None)  # cached ones only
     _, arrays = bank.router.state()  # FAISS index as serialised bytes ~ its in-memory size
     router = sum(np.asarray(a).nbytes for a in arrays.values())
     cache = getattr(bank.router, "_cache", None) or {}

@@ -56,6 +56,14 @@ AUTO_REGROW_FACTOR = 2
 #: HNSW indexes search with at least this efSearch (FAISS' default, 16, found the exact
 #: task for 39% of queries at 400k clustered keys; 128 for 79%).
 HNSW_MIN_EF_SEARCH = 128
+#: Gaussian/LDA routers: with at most this many class means the whitening (one dim x dim
+#: eigendecomposition) and the index of whitened means are rebuilt after every change, so
+#: routing is exact LDA. Past it a change is applied incrementally (new means whitened
+#: with the current whitening, removed ones dropped from the index) and everything is
+#: rebuilt once the number of keys has grown or shrunk by ``WHITENING_REFRESH_FACTOR``:
+#: amortised O(1) per add instead of O(number of means).
+EXACT_WHITENING_MAX_COMPONENTS = 1024
+WHITENING_REFRESH_FACTOR = 2.0
 #: Most neighbours one KNN query asks for (bounds the candidate search with "all" keys).
 MAX_SEARCH = 256
 #: FAISS warns below this many training points per IVF list / PQ centroid.
@@ -722,7 +730,13 @@ class GaussianRouter(Router):
     The covariance is the pooled within-class scatter of all tasks, shrunk towards a
     scaled identity (``shrinkage``: "oas" picks the amount from the data, or a float in
     [0, 1]). Adding/removing a task adds/subtracts its sufficient statistics; the
-    whitening and the FAISS index over whitened means are rebuilt lazily at the next route.
+    whitening and the FAISS index over whitened means are rebuilt lazily at the next route
+    while there are at most ``EXACT_WHITENING_MAX_COMPONENTS`` means (exact LDA). In larger
+    banks a change is applied to the index incrementally with the current whitening, which
+    is recomputed once the number of keys has doubled or halved, so adds stay amortised
+    O(1); a router loaded from its state starts from a fresh whitening. ``index``: "auto"
+    (exact Flat up to ``AUTO_FLAT_MAX_VECTORS`` means, then IVF-SQ8 as in KNNRouter) or
+    any FAISS factory spec (L2 over whitened means).
     ``closeness`` = -(squared Mahalanobis distance to the chosen task's nearest mean) / dim:
     about -1 for typical inputs of a task, far below for inputs from nowhere.
     Keys and queries are L2-normalised first (a no-op for KeyEncoder output), which also
@@ -748,7 +762,7 @@ class GaussianRouter(Router):
         scatter_rank: int = 8,
         temperature: float = 1.0,
         search_k: int = 32,
-        index: str = "Flat",
+        index: str = "auto",
         unknown_threshold: float | None = None,
     ) -> None:
         super().__init__(dim, unknown_threshold)
@@ -766,6 +780,8 @@ class GaussianRouter(Router):
         self._tasks: dict[int, _TaskStats] = {}
         self._scatter = np.zeros((self.dim, self.dim), dtype=np.float64)
         self._cache: dict[str, Any] | None = None
+        self._n_keys = 0  # keys and components (class means) of all tasks, kept current
+        self._n_comp = 0
 
     def task_ids(self) -> list[int]:
         return list(self._tasks)
@@ -792,14 +808,24 @@ class GaussianRouter(Router):
         stats = _TaskStats(classes, counts.astype(np.int64), _stored_means(means), factor, residual)
         self._scatter = _symmetric_float32(self._scatter + stats.scatter())
         self._tasks[tid] = stats
-        self._cache = None
+        self._changed(tid, stats, +1)
 
     def remove_task(self, task_id: int) -> None:
         tid = self._check_known(task_id)
-        self._scatter = _symmetric_float32(self._scatter - self._tasks.pop(tid).scatter())
+        stats = self._tasks.pop(tid)
+        self._scatter = _symmetric_float32(self._scatter - stats.scatter())
         if not self._tasks:
             self._scatter[:] = 0.0  # no float residue once empty
-        self._cache = None
+        self._changed(tid, stats, -1)
+
+    def _changed(self, tid: int, stats: _TaskStats, sign: int) -> None:
+        """Book-keeping after ``tid`` was added (+1) or removed (-1)."""
+        self._n_keys += sign * int(stats.counts.sum())
+        self._n_comp += sign * len(stats.counts)
+        if self._cache is not None and self._tasks:
+            self._cache["dirty"].add(tid)
+        else:
+            self._cache = None
 
     def covariance(self) -> np.ndarray:
         """The shared, shrunk covariance the router whitens with (float64, dim x dim)."""
@@ -823,33 +849,100 @@ class GaussianRouter(Router):
         return cov
 
     def _prepared(self) -> dict[str, Any]:
-        if self._cache is not None:
-            return self._cache
+        """Whitening + index of whitened means, brought up to date with the tasks."""
+        c = self._cache
+        if c is not None and not c["dirty"]:
+            return c
+        if c is None or self._refresh_due(c):
+            return self._rebuild()
+        for tid in sorted(c["dirty"]):  # incremental: the whitening stays as it is
+            old = c["serials"].pop(tid, None)
+            if old is not None:
+                c["index"].remove_ids(faiss.IDSelectorRange(int(old[0]), int(old[-1]) + 1))
+                c["comp_task"][old] = -1
+            stats = self._tasks.get(tid)
+            if stats is not None:
+                self._index_task(c, tid, stats)
+        c["dirty"].clear()
+        return c
+
+    def _refresh_due(self, c: dict[str, Any]) -> bool:
+        f = WHITENING_REFRESH_FACTOR
+        return (
+            self._n_comp <= EXACT_WHITENING_MAX_COMPONENTS
+            or self._n_keys >= f * c["keys_at"]
+            or self._n_keys * f <= c["keys_at"]
+        )
+
+    def _rebuild(self) -> dict[str, Any]:
         vals, vecs = _eigh(self.covariance())
         whiten = vecs / np.sqrt(np.maximum(vals, vals.max() * 1e-9))
-        comp_task = np.concatenate(
-            [np.full(len(s.counts), t, np.int64) for t, s in self._tasks.items()]
-        )
-        comp_logw = np.concatenate(
-            [np.log(s.counts / s.counts.sum()) for s in self._tasks.values()]
-        )
-        means = np.concatenate([s.means for s in self._tasks.values()]).astype(np.float64)
-        white = np.ascontiguousarray(means @ whiten, dtype=np.float32)
-        index = faiss.index_factory(self.dim, self.index_spec, faiss.METRIC_L2)
+        n = sum(len(s.counts) for s in self._tasks.values())
+        means = np.empty((n, self.dim), np.float32)
+        start = 0
+        for s in self._tasks.values():
+            means[start : start + len(s.counts)] = s.means
+            start += len(s.counts)
+        white = np.empty((n, self.dim), np.float32)
+        for lo in range(0, n, 65_536):  # float64 products, a chunk at a time
+            hi = min(n, lo + 65_536)
+            white[lo:hi] = means[lo:hi].astype(np.float64) @ whiten
+        del means
+        index = self._new_index(white)
+        c: dict[str, Any] = {
+            "whiten": whiten.astype(np.float32),  # for queries
+            "whiten64": whiten,  # for means added incrementally, as in the rebuild
+            "index": index,
+            "comp_task": np.full(max(n, 16), -1, np.int64),
+            "comp_logw": np.zeros(max(n, 16)),
+            "serials": {},
+            "next": 0,
+            "max_classes": 1,
+            "keys_at": self._n_keys,
+            "dirty": set(),
+        }
+        start = 0
+        for tid, s in self._tasks.items():
+            self._index_task(c, tid, s, white[start : start + len(s.counts)])
+            start += len(s.counts)
+        self._cache = c
+        return c
+
+    def _new_index(self, white: np.ndarray) -> Any:
+        """Empty L2 index with int64 ids for the whitened means (trained on them if IVF)."""
+        spec = self.index_spec
+        if spec == "auto":
+            spec = "Flat" if len(white) <= AUTO_FLAT_MAX_VECTORS else auto_large_spec(len(white), self.dim)
+        index = faiss.index_factory(self.dim, spec, faiss.METRIC_L2)
         if not index.is_trained:
-            if len(white) < _train_size(index):
+            need = _train_size(index)
+            if len(white) < need:
                 index = faiss.IndexFlatL2(self.dim)  # too few means to train on yet
             else:
-                index.train(white)
-        index.add(white)
-        self._cache = {
-            "whiten": whiten.astype(np.float32),
-            "index": index,
-            "comp_task": comp_task,
-            "comp_logw": comp_logw,
-            "max_classes": max(len(s.counts) for s in self._tasks.values()),
-        }
-        return self._cache
+                rng = np.random.default_rng(0)
+                pick = np.sort(rng.choice(len(white), min(len(white), 2 * need), replace=False))
+                index.train(np.ascontiguousarray(white[pick]))
+        if faiss.try_extract_index_ivf(index) is None:
+            index = faiss.IndexIDMap2(index)
+        return index
+
+    def _index_task(
+        self, c: dict[str, Any], tid: int, stats: _TaskStats, white: np.ndarray | None = None
+    ) -> None:
+        if white is None:
+            white = stats.means.astype(np.float64) @ c["whiten64"]
+        k = len(stats.counts)
+        serials = np.arange(c["next"], c["next"] + k, dtype=np.int64)
+        c["next"] += k
+        if c["next"] > len(c["comp_task"]):  # amortised growth
+            size = max(c["next"], 2 * len(c["comp_task"]))
+            c["comp_task"] = np.concatenate([c["comp_task"], np.full(size - len(c["comp_task"]), -1)])
+            c["comp_logw"] = np.concatenate([c["comp_logw"], np.zeros(size - len(c["comp_logw"]))])
+        c["comp_task"][serials] = tid
+        c["comp_logw"][serials] = np.log(stats.counts / stats.counts.sum())
+        c["serials"][tid] = serials
+        c["max_classes"] = max(c["max_classes"], k)
+        c["index"].add_with_ids(np.ascontiguousarray(white, dtype=np.float32), serials)
 
     def _candidates(self, queries: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
         c = self._prepared()
@@ -942,6 +1035,8 @@ class GaussianRouter(Router):
                 start += int(n_comp)
             if residuals is None and router._uses_residual:
                 raise KeyError("task_residual")
+            router._n_keys = sum(int(t.counts.sum()) for t in router._tasks.values())
+            router._n_comp = sum(len(t.counts) for t in router._tasks.values())
             if "scatter_packed" in arrays:
                 router._scatter = _unpack_upper(np.asarray(arrays["scatter_packed"]), router.dim)
             else:  # saved before the packed float32 layout: a full float64 matrix
@@ -1033,11 +1128,10 @@ class LDARouter(GaussianRouter):
         factor, variance = _principal_factor(centred, self.scatter_rank)
         kept = (factor.astype(np.float64) ** 2).sum(axis=0)
         residual = np.clip(variance - kept, 0.0, None).astype(np.float32)
-        self._tasks[tid] = _TaskStats(
-            classes, counts.astype(np.int64), _stored_means(means), factor, residual
-        )
+        stats = _TaskStats(classes, counts.astype(np.int64), _stored_means(means), factor, residual)
+        self._tasks[tid] = stats
         self._scatter = _symmetric_float32(self._scatter + centred.T @ centred)
-        self._cache = None
+        self._changed(tid, stats, +1)
 
     def remove_task(self, task_id: int) -> None:
         tid = self._check_known(task_id)
@@ -1046,7 +1140,7 @@ class LDARouter(GaussianRouter):
         self._scatter = _symmetric_float32(self._scatter - float(stats.counts.sum()) * (f.T @ f))
         if not self._tasks:
             self._scatter[:] = 0.0
-        self._cache = None
+        self._changed(tid, stats, -1)
 
 
 ROUTERS["lda"] = LDARouter

@@ -45,10 +45,10 @@ def data():
 
 
 def build(train, skip: int | None = None, **options) -> LDARouter:
-    router = make_router("lda", dim=train[0][0].shape[1], **options)
-    for t, (keys, labels) in enumerate(train):
+    router = make_router("lda", dim=next(t for t in train if t is not None)[0].shape[1], **options)
+    for t, task in enumerate(train):
         if t != skip:
-            router.add_task(t, keys, labels)
+            router.add_task(t, *task)
     return router
 
 
@@ -300,3 +300,53 @@ def test_study_measures_strategies_and_unknown_tasks():
         assert set(unknown["per_held_out"]) == {"t0", "t1", "t2"}
         assert 0.0 <= unknown["mean"]["false_reject"] <= 0.3 and 0.0 <= unknown["mean"]["auroc"] <= 1.0
     assert study._auroc(np.array([2.0, 3.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)
+
+
+# -- scale: incremental whitening and an approximate index of whitened means ----------------
+
+
+def test_lda_large_banks_update_incrementally_and_refresh_when_doubled(monkeypatch):
+    import promptbank.router as router_mod
+
+    monkeypatch.setattr(router_mod, "EXACT_WHITENING_MAX_COMPONENTS", 8)
+    train, queries, truth = clustered(n_tasks=40, n=40, seed=4)
+    router = build(train[:10])
+    first = router.route(queries[:1])  # whitening computed with 10 tasks (400 keys)
+    whiten = router._cache["whiten"]
+    for t in range(10, 19):  # 760 keys < 2 x 400: applied incrementally
+        router.add_task(t, *train[t])
+        r = router.route(queries[truth == t])
+        assert router._cache["whiten"] is whiten
+        assert (r.task_ids == t).mean() >= 0.9  # a task added incrementally is routed to
+    router.remove_task(3)
+    assert router._cache["whiten"] is whiten and 3 not in router.route(queries).candidates
+    router.add_task(19, *train[19])
+    router.add_task(20, *train[20])  # 20 tasks = 800 keys >= 2 x 400: refreshed
+    router.route(queries[:1])
+    assert router._cache["whiten"] is not whiten and router._cache["keys_at"] == 20 * 40
+    for t in range(21, 40):
+        router.add_task(t, *train[t])
+        router.route(queries[:1])
+    exact = build([train[t] if t != 3 else None for t in range(40)], skip=3)
+    keep = truth != 3
+    got = router.route(queries[keep], top=1).task_ids
+    ref = exact.route(queries[keep], top=1).task_ids
+    assert (got == ref).mean() >= 0.98 and (got == truth[keep]).mean() >= 0.95
+    loaded = router_from_state(*router.state())  # a loaded router starts from a fresh whitening
+    assert (loaded.route(queries[keep], top=1).task_ids == ref).mean() == 1.0
+
+
+def test_lda_auto_index_turns_approximate_past_the_flat_limit(monkeypatch):
+    import faiss
+
+    import promptbank.router as router_mod
+
+    monkeypatch.setattr(router_mod, "AUTO_FLAT_MAX_VECTORS", 60)
+    train, queries, truth = clustered(n_tasks=40, n=40, seed=5)
+    router = build(train)  # 80 class means > 60: IVF over the whitened means
+    r = router.route(queries, top=1)
+    assert faiss.try_extract_index_ivf(router._cache["index"]) is not None
+    flat = build(train, index="Flat")
+    assert (r.task_ids == flat.route(queries, top=1).task_ids).mean() >= 0.98
+    router.remove_task(7)
+    assert 7 not in router.route(queries).candidates

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import time
 from typing import Any
 
@@ -142,6 +143,75 @@ def chunked_exact_router(keys: np.ndarray, kpt: int) -> Any:
     return router
 
 
+def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, args: Any) -> dict[str, Any]:
+    """LDARouter (the bank default) at this size, built as a bank builds it: one add_task per
+    task and a route every 1% of the tasks, so what is measured is the incremental
+    whitened-mean index. Compared with exact LDA: the same state loaded with a Flat index,
+    whose first route recomputes the whitening and whitens every mean."""
+    import faiss
+
+    from promptbank.router import LDARouter, router_from_state
+
+    n_tasks = len(keys) // kpt
+    router = LDARouter(DIM)
+    every = max(1, n_tasks // 100)
+    rss0 = _bench.rss_bytes()
+    slowest, started = 0.0, time.perf_counter()
+    for t in range(n_tasks):
+        t0 = time.perf_counter()
+        router.add_task(t, keys[t * kpt : (t + 1) * kpt])
+        if t % every == every - 1 or t == n_tasks - 1:
+            router.route(queries[:1])
+        slowest = max(slowest, time.perf_counter() - t0)
+    build_s = time.perf_counter() - started
+    rss = _bench.rss_bytes() - rss0
+    config, arrays = router.state()
+    state_bytes = len(json.dumps(config)) + sum(a.nbytes for a in arrays.values())
+    exact = router_from_state({**config, "index": "Flat"}, arrays)
+    t0 = time.perf_counter()
+    exact.route(queries[:1])
+    rebuild_s = time.perf_counter() - t0
+    got, ref = router.route(queries).task_ids, exact.route(queries).task_ids
+    c = router._cache
+    ivf = faiss.try_extract_index_ivf(c["index"])
+    batch = np.ascontiguousarray(np.resize(queries, (args.batch, DIM)))
+    singles = queries[: args.single_queries]
+    times = _bench.interleaved({
+        "lda": lambda: router.route(batch),
+        "exact": lambda: exact.route(batch),
+        "single": lambda: [router.route(singles[i : i + 1]) for i in range(len(singles))],
+    }, repeats=args.repeats, warmup=1)
+    extra = _unit(keys[:kpt] + 0.1)
+    t0 = time.perf_counter()
+    router.add_task(n_tasks, extra)
+    router.route(queries[:1])
+    add_ms = (time.perf_counter() - t0) * 1e3
+    t0 = time.perf_counter()
+    router.remove_task(n_tasks // 2)
+    router.route(queries[:1])
+    remove_ms = (time.perf_counter() - t0) * 1e3
+    row = {
+        "view": "lda", "build_s": build_s, "slowest_add_task_and_route_s": slowest,
+        "index_in_use": "Flat" if ivf is None else f"IVF{ivf.nlist},SQ8",
+        "whitening_keys_at": c["keys_at"], "keys_now": router._n_keys,
+        "state_bytes_per_task": state_bytes / n_tasks, "rss_growth_bytes": rss,
+        "exact_full_rebuild_s": rebuild_s,
+        "agreement_with_exact_lda": float(np.mean(got == ref)),
+        "accuracy_true_task": float(np.mean(got == truth)),
+        "exact_lda_accuracy_true_task": float(np.mean(ref == truth)),
+        "route_batch_us_per_query": _bench.summary(times["lda"], scale=1e6 / args.batch),
+        "exact_route_batch_us_per_query": _bench.summary(times["exact"], scale=1e6 / args.batch),
+        "route_single_us_per_query": _bench.summary(times["single"], scale=1e6 / max(len(singles), 1)),
+        "add_one_task_and_route_ms": add_ms, "remove_one_task_and_route_ms": remove_ms,
+    }
+    _bench.log(f"  lda: built in {build_s:.1f}s (slowest add+route {slowest:.2f}s), {row['index_in_use']}, "
+               f"{row['state_bytes_per_task']:.0f} B/task state, agree with exact LDA {row['agreement_with_exact_lda']:.3f}, "
+               f"true {row['accuracy_true_task']:.3f} (exact {row['exact_lda_accuracy_true_task']:.3f}); batch "
+               f"{row['route_batch_us_per_query']['median']:.1f} us/q (exact {row['exact_route_batch_us_per_query']['median']:.1f}); "
+               f"full rebuild {rebuild_s:.2f}s; add+route {add_ms:.1f} ms, remove+route {remove_ms:.1f} ms")
+    return row
+
+
 def raw_search(router: Any, queries: np.ndarray) -> None:
     """The FAISS search the router issues, without the router's vote / bookkeeping."""
     k = min(router.ntotal, 256, router.k + 2 * max(router._counts.values()))
@@ -195,6 +265,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-remove", nargs="*", default=[], help="index types whose remove_task is not timed (e.g. HNSW32 at 100k: a full rebuild)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lda", action="store_true", help="also measure LDARouter (the bank default) at each size")
     parser.add_argument("--exact-chunked", action="store_true",
                         help="exact reference by chunked brute force through the router's vote, not a Flat router")
     args = parser.parse_args()
@@ -303,7 +374,13 @@ def main() -> None:
                        f"single {row['route_single_us_per_query']['median']:.0f} us (raw {row['raw_single_us_per_query']['median']:.0f}) | "
                        f"batch {row['route_batch_us_per_query']['median']:.1f} us/q (raw {row['raw_batch_us_per_query']['median']:.1f}) | "
                        f"add {add}, remove {rm}")
-        results.append({"n_tasks": n_tasks, "n_vectors": n_vec, "rows": list(rows.values())})
+        entry = {"n_tasks": n_tasks, "n_vectors": n_vec, "rows": list(rows.values())}
+        if args.lda:
+            del routers
+            gc.collect()
+            routers = {}
+            entry["lda"] = lda_row(keys, kpt, queries, truth, args)
+        results.append(entry)
         del routers, keys, centres
         gc.collect()
 

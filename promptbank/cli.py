@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--key-encoder", default="minilm", choices=["minilm", "backbone-mean", "embedding-mean"])
     run.add_argument("--router", default="lda", choices=["lda", "gaussian", "knn"], help="routing strategy (lda: measured best, see docs/routing.md)")
     run.add_argument("--rescore-top", type=int, default=None,
-                     help="re-score this many router candidates with their prompts (1 = route on keys alone; default 3)")
+                     help="re-score this many router candidates with their prompts (default 1: route on keys alone; see RESULTS.md)")
     run.add_argument("--rescore-weight", type=float, default=None, help="weight of the prompts' confidence against the router's")
     run.add_argument("--n-tokens", type=int, default=20)
     run.add_argument("--rank", type=int, default=2)

@@ -11,6 +11,12 @@ candidate's prompt and keeps the candidate whose combined evidence is highest:
 trained on a task drives the LLM to put its mass on that task's label words for inputs
 like its own. Only inputs whose runner-up candidate reaches ``min_posterior`` pay extra
 forward passes, so confident routing stays as cheap as plain routing.
+
+Measured on offline-5 (RESULTS.md, ``scripts/rescore_study.py``) it does not pay: the LDA
+router's wrong picks are mostly confident (median posterior 0.999), and even where both
+prompts were run, the true task's prompt was the more confident one on only 35-56% of
+misrouted inputs while a runner-up beat the true prompt on 22-43% of correctly routed
+ones. So it is off by default (``top=1``) and kept as an option with its measurement.
 """
 
 from __future__ import annotations
@@ -26,9 +32,13 @@ from .router import Routing
 
 @dataclass(frozen=True)
 class Rescorer:
-    """How many router candidates to re-score, and how much the prompts' answers count."""
+    """How many router candidates to re-score, and how much the prompts' answers count.
 
-    top: int = 3
+    Off by default (``top=1``): measured on offline-5 (RESULTS.md), a prompt's confidence
+    does not tell its own task's inputs from a neighbour's well enough to fix routing.
+    """
+
+    top: int = 1
     weight: float = 1.0
     min_posterior: float = 0.01
     signal: str = "max_logprob"

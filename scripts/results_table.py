@@ -25,6 +25,9 @@ def command(r: dict[str, Any]) -> str:
         parts.append(f"--order {cfg['order']}")
     parts.append(f"--baseline {r['baseline']}" if r.get("baseline") else (f"--method {r['method']}" if r["method"] != "ulpt" else ""))
     parts += [f"--{k.replace('_', '-')} {cfg[k]}" for k, v in DEFAULTS.items() if cfg.get(k) != v]
+    rescore = cfg.get("rescore") or {}
+    if not r.get("baseline") and rescore.get("top", 1) != 1:
+        parts.append(f"--rescore-top {rescore['top']} --rescore-weight {rescore['weight']}")
     return " ".join(p for p in parts if p)
 
 

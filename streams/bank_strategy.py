@@ -107,7 +107,7 @@ class BankStrategy(StreamStrategy):
             seconds=time.perf_counter() - started,
             trainable_params=int(info.metadata["trainable_params"]),
             bytes_per_task=per_task["total"],
-            extra={"train_seconds": info.metadata.get("train_seconds"), "key_seconds": info.metadata.get("key_seconds"),
+            extra={"prompt_train_seconds": info.metadata.get("train_seconds"), "key_seconds": info.metadata.get("key_seconds"),
                    "best_val_acc": info.metadata.get("best_val_acc"), "prompt_from_cache": bool(cached)},
         )
 

@@ -406,8 +406,9 @@ class KNNRouter(Router):
     Specs that need training collect vectors in an exact Flat index until they have enough
     to train on (39 per IVF list and per PQ centroid), then move to the trained index.
     Each move trains FAISS k-means inside the ``add_task`` call that crosses the line, on
-    up to twice the minimum training set: a one-off of ~10 s at the 50k-vector switch and
-    ~0.5-2 min at the later regrowths (one core), against ~0.1 ms for an ordinary add.
+    up to twice the minimum training set: one-offs of ~5 s at the 50k-vector switch (1,024
+    lists) and 1.5-3 minutes at 200k vectors (4,096 lists, the last regrowth), measured
+    on one loaded core, against ~0.1-2 ms for an ordinary add.
     Removal uses ``remove_ids`` (IVF: a scan of the lists, ~1 ms at 400k vectors). HNSW
     has no removal: the graph is rebuilt without the task, O(size of index) (12 s at 40k
     vectors); its recall on clustered keys also falls as the bank grows (BENCHMARKS.md),
@@ -936,8 +937,7 @@ class GaussianRouter(Router):
         del means
         index = self._new_index(white)
         c: dict[str, Any] = {
-            "whiten": whiten.astype(np.float32),  # for queries
-            "whiten64": whiten,  # for means added incrementally, as in the rebuild
+            "whiten": whiten.astype(np.float32),
             "index": index,
             "comp_task": np.full(max(n, 16), -1, np.int64),
             "comp_logw": np.zeros(max(n, 16)),
@@ -988,7 +988,7 @@ class GaussianRouter(Router):
         self, c: dict[str, Any], tid: int, stats: _TaskStats, white: np.ndarray | None = None
     ) -> None:
         if white is None:
-            white = stats.means.astype(np.float64) @ c["whiten64"]
+            white = stats.means @ c["whiten"]  # float32: no second d x d copy kept
         k = len(stats.counts)
         serials = np.arange(c["next"], c["next"] + k, dtype=np.int64)
         c["next"] += k

@@ -84,6 +84,9 @@ def ram_bytes(bank: Any) -> dict[str, float]:
     matrices = sum(m.numel() * m.element_size() for m in bank._matrices.values() if m is not None)  # cached ones only
     _, arrays = bank.router.state()  # FAISS index as serialised bytes ~ its in-memory size
     router = sum(np.asarray(a).nbytes for a in arrays.values())
+    scatter = getattr(bank.router, "_scatter", None)  # held as a full d x d matrix, saved packed
+    if scatter is not None and "scatter_packed" in arrays:
+        router += scatter.nbytes - arrays["scatter_packed"].nbytes
     cache = getattr(bank.router, "_cache", None) or {}
     router_cache = sum(np.asarray(v).nbytes for v in cache.values() if isinstance(v, np.ndarray))
     if "index" in cache:

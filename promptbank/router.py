@@ -46,7 +46,9 @@ AUTO_LARGE_SPEC = "IVF{nlist},SQ8"
 #: at most ``AUTO_MAX_NLIST``. At 400k clustered keys 4,096 lists agreed with exact
 #: search on 99.2% of queries at nprobe 8, 2,048 lists on 95.6% (and were slower at the
 #: same agreement). Training k-means costs ~nlist^2 (78 points per list): 4,096 lists
-#: take 1-2 minutes on one core, 8,192 would take 10-30, hence the cap.
+#: take 1-2 minutes on one core, 8,192 would take 10-30, hence the cap. The cap is too low
+#: for ~1M tasks: at 4M synthetic keys in 62,500 domains, 4,096 lists agreed with exact
+#: search on only 42% of queries (BENCHMARKS.md section 2); pass an explicit spec there.
 AUTO_LISTS_PER_SQRT = 8
 AUTO_MAX_NLIST = 4096
 #: ``index="auto"``: once the compressed index holds this many times the vectors it was

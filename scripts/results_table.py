@@ -5,7 +5,8 @@
 One row per run: average accuracy after the last task (routed, and with the oracle task id),
 routing accuracy (after re-scoring, and from keys alone), BWT and forgetting in points,
 trainable parameters and bank bytes per task, total wall time, and the command that
-reproduces the row.
+reproduces the row. A second table gives each task's accuracy after the last task (routed,
+and the oracle's where it differs), one column per run.
 """
 
 from __future__ import annotations
@@ -42,7 +43,20 @@ def row(r: dict[str, Any]) -> str:
     params = r["trainable_params_per_task"]
     nbytes = r["bank_bytes_per_task"]
     return (f"| {name} | {pct(r['avg_acc'])} | {pct(r['oracle_avg_acc'])} | {routing} | {pct(r['bwt'], True)} | {pct(r['forgetting'])} | "
-            f"{params:,} | {f'{nbytes / 1024:.1f} KB' if nbytes else '–'} | {sum(r['seconds_per_task']) / 60:.0f} min | `{command(r)}` |")
+            f"{params:,} | {f'{nbytes / 1024:.1f} KB' if nbytes else '–'} | {sum(r['seconds_per_task']) / 60:.0f} min ({r.get('torch_threads', '?')} thr) | `{command(r)}` |")
+
+
+def per_task_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Accuracy on each task after the whole stream, R[T][j] (oracle in brackets when it differs)."""
+    names = [r["baseline"] or f"bank · {r['method']}" for r in runs]
+    lines = ["| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(runs)]
+    for j, task in enumerate(runs[0]["tasks"]):
+        cells = []
+        for r in runs:
+            routed, oracle = r["acc_matrix"][-1][j], (r.get("oracle_matrix") or r["acc_matrix"])[-1][j]
+            cells.append(pct(routed) + ("" if abs(routed - oracle) < 5e-4 else f" ({pct(oracle)})"))
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
@@ -51,8 +65,12 @@ def main() -> None:
     args = parser.parse_args()
     print("| method | avg acc (routed) | avg acc (oracle) | routing acc (keys only) | BWT (pt) | forgetting (pt) | params/task | bytes/task | wall time | command |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for path in args.results:
-        print(row(json.loads(path.read_text())))
+    runs = [json.loads(path.read_text()) for path in args.results]
+    for r in runs:
+        print(row(r))
+    if len({tuple(r["tasks"]) for r in runs}) == 1:
+        print()
+        print("\n".join(per_task_table(runs)))
 
 
 if __name__ == "__main__":

@@ -142,8 +142,13 @@ def test_plugin_state_exists_after_first_experience(stream_runs):
     assert teacher.prompt is not student.prompt
     plugin = next(p for p in stream_runs["lwf"]["strategy"].strategy.plugins if isinstance(p, LwFPlugin))
     rows = torch.tensor([14, 15, 16, 17])  # task 1 inputs, distilled through task 0's head
+    # After the last experience the teacher is a copy of the final student: no penalty yet.
+    # A student whose prompt has moved away from the teacher's is penalised.
+    moved = copy.deepcopy(student)
     with torch.no_grad():
-        penalty = plugin.lwf._lwf_penalty(student(rows, 1), rows, student)
+        assert float(plugin.lwf._lwf_penalty(student(rows, 1), rows, student)) == 0.0
+        moved.prompt.z.add_(0.5 * torch.randn_like(moved.prompt.z))
+        penalty = plugin.lwf._lwf_penalty(moved(rows, 1), rows, moved)
     assert float(penalty) > 0 and torch.isfinite(torch.as_tensor(penalty))
     assert stream_runs["replay"]["first"]["replay_buffer"] == len(TASKS[0].train_texts)
     assert stream_runs["replay"]["reports"][1].extra["replay_buffer"] == sum(len(t.train_texts) for t in TASKS)

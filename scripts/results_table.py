@@ -36,8 +36,12 @@ def pct(v: float | None, signed: bool = False) -> str:
     return "–" if v is None else (f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}")
 
 
+def label(r: dict[str, Any]) -> str:
+    return r["baseline"] or f"bank · {r['method']}"
+
+
 def row(r: dict[str, Any]) -> str:
-    name = r["baseline"] or f"bank · {r['method']}"
+    name = label(r)
     keys_only = r.get("routing_acc_keys_only")
     routing = pct(r["routing_acc"]) + (f" ({pct(keys_only)})" if keys_only is not None else "")
     params = r["trainable_params_per_task"]
@@ -48,8 +52,7 @@ def row(r: dict[str, Any]) -> str:
 
 def per_task_table(runs: list[dict[str, Any]]) -> list[str]:
     """Accuracy on each task after the whole stream, R[T][j] (oracle in brackets when it differs)."""
-    names = [r["baseline"] or f"bank · {r['method']}" for r in runs]
-    lines = ["| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(runs)]
+    lines = ["| task | " + " | ".join(label(r) for r in runs) + " |", "|---|" + "---|" * len(runs)]
     for j, task in enumerate(runs[0]["tasks"]):
         cells = []
         for r in runs:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from promptbank.backbone import DEFAULT_BACKBONE, load_backbone
 from promptbank.bank import BankConfig, PromptBank
 from promptbank.errors import InvalidDataError
-from promptbank.keys import make_key_encoder
+from promptbank.keys import DEFAULT_KEY_ENCODER, make_key_encoder
 from promptbank.rescore import Rescorer
 from promptbank.tracking import Tracker, quiet_mlflow
 from promptbank.trainer import TrainConfig
@@ -49,7 +49,7 @@ class RunConfig:
     method: str = "ulpt"
     baseline: str | None = None
     backbone: str = DEFAULT_BACKBONE
-    key_encoder: str = "minilm"
+    key_encoder: str = DEFAULT_KEY_ENCODER
     router: dict[str, Any] = field(default_factory=lambda: {"strategy": "lda"})
     rescore: dict[str, Any] = field(default_factory=lambda: Rescorer().to_dict())
     n_tokens: int = 20

@@ -205,3 +205,13 @@ def test_calibrate_unknown_rejects_the_requested_share_and_persists(bank: Prompt
     assert all(p.task is not None for p in bank.predict(known))
     with pytest.raises(InvalidDataError, match="reject_rate"):
         bank.calibrate_unknown(known, reject_rate=1.5)
+
+
+def test_router_learns_from_validation_inputs_too(tiny_llama):
+    """Validation inputs are labelled task inputs: their keys join the router's class statistics."""
+    b = PromptBank(tiny_llama, BankConfig(n_tokens=2, key_encoder="embedding-mean"))
+    val = (["a cat naps", "the dog sleeps"], ["cat", "dog"])
+    b.add_task("animals", *ANIMALS, val_texts=val[0], val_labels=val[1], train_config=FAST)
+    b.add_task("weather", *WEATHER, train_config=FAST)
+    counts = {t: int(s.counts.sum()) for t, s in b.router._tasks.items()}
+    assert counts == {0: len(ANIMALS[0]) + 2, 1: len(WEATHER[0])}

@@ -12,7 +12,9 @@ import torch
 from promptbank.assets import asset_path
 from promptbank.errors import InvalidDataError
 from promptbank.keys import (
+    DEFAULT_KEY_ENCODER,
     BackboneMeanKeys,
+    ConcatKeys,
     EmbeddingMeanKeys,
     MiniLMKeys,
     make_key_encoder,
@@ -141,6 +143,33 @@ def test_make_key_encoder_names():
         make_key_encoder("word2vec")
     with pytest.raises(InvalidDataError, match="backbone"):
         make_key_encoder("embedding-mean")
+
+
+def test_concatenated_keys_are_each_part_side_by_side(minilm, llama_stub):
+    enc = ConcatKeys([minilm, EmbeddingMeanKeys(llama_stub)])
+    assert enc.name == "minilm+embedding-mean" and enc.dim == 384 + 32
+    keys = enc.encode(SENTENCES, batch_size=3)
+    assert keys.shape == (4, 416) and keys.dtype == np.float32 and _unit_rows(keys)
+    # each part keeps its own geometry: equal weight, unit norm within the block
+    assert np.allclose(keys[:, :384] * np.sqrt(2), minilm.encode(SENTENCES), atol=1e-5)
+    assert np.allclose(keys[:, 384:] * np.sqrt(2), EmbeddingMeanKeys(llama_stub).encode(SENTENCES), atol=1e-5)
+    ident = enc.identity()
+    assert [p["name"] for p in ident["parts"]] == ["minilm", "embedding-mean"] and ident["dim"] == 416
+    assert json.loads(json.dumps(ident)) == ident
+    assert enc.encode([]).shape == (0, 416)
+    with pytest.raises(InvalidDataError, match="wrap it in a list"):
+        enc.encode("not a list")
+
+
+def test_make_key_encoder_joins_names_with_plus(llama_stub):
+    enc = make_key_encoder(DEFAULT_KEY_ENCODER, backbone=llama_stub, device="cpu")
+    assert isinstance(enc, ConcatKeys) and enc.name == DEFAULT_KEY_ENCODER == "minilm+embedding-mean"
+    with pytest.raises(InvalidDataError, match="twice"):
+        make_key_encoder("minilm+minilm")
+    with pytest.raises(InvalidDataError, match="unknown key encoder 'bow'"):
+        make_key_encoder("minilm+bow")
+    with pytest.raises(InvalidDataError, match="backbone"):
+        make_key_encoder("minilm+embedding-mean")  # the LLM part needs the backbone
 
 
 def test_summarize_keys_shapes_and_norms():

@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--key-texts", type=int, default=48, help="training texts per task used to build its keys")
     parser.add_argument("--test-texts", type=int, default=40, help="test texts per task for the routing accuracy column")
     parser.add_argument("--n-tokens", type=int, default=20)
+    parser.add_argument("--keys", default="minilm+embedding-mean", help="key encoder (default: the bank's default)")
     args = parser.parse_args()
     _bench.set_threads(args.threads)
     _bench.quiet_truncation()
@@ -142,7 +143,7 @@ def main() -> None:
 
     machine = _bench.machine_info()
     backbone = _bench.load_frozen(args.backbone)
-    keys = CachedKeys(make_key_encoder("minilm"))
+    keys = CachedKeys(make_key_encoder(args.keys, backbone=backbone))
     tasks = [get_task(name) for name in args.tasks.split(",")]
     T = len(tasks)
     _bench.log(f"{T} tasks, {args.key_texts} key texts each, d={backbone.hidden_size}, n={args.n_tokens}")

@@ -59,13 +59,13 @@ def main() -> None:
     import torch
 
     from promptbank.bank import PromptBank
-    from promptbank.keys import make_key_encoder
+    from promptbank.keys import DEFAULT_KEY_ENCODER, make_key_encoder
     from promptbank.trainer import TrainConfig, predict_scores
     from streams.splits import get_task
 
     machine = _bench.machine_info()
     backbone = _bench.load_frozen(args.backbone, args.random_init, args.device)
-    keys = make_key_encoder("minilm", device=args.device)
+    keys = make_key_encoder(DEFAULT_KEY_ENCODER, backbone=backbone, device=args.device)
     sources = [get_task(name) for name in args.source_tasks.split(",")]
     results = []
     for m in args.tasks:

@@ -1,12 +1,13 @@
-"""Which routing strategy identifies the task best on the same MiniLM keys?
+"""Which routing strategy identifies the task best on the same keys?
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/routing_study.py \
         --streams offline-9,vader-4,split-20ng --out runs/routing_study.json
+    # the 2026-11-23 study: --keys minilm --train-keys-only
 
 Per stream: tasks are loaded with the stream runner's default budgets (64 train / 16 val /
-100 test per class, seed 0), texts are encoded once with MiniLM (cached as .npy under
-runs/keys_cache/), tasks are added to each router in stream order with their train keys and
-class labels (exactly what ``PromptBank.add_task`` gives the router), and every test input
+100 test per class, seed 0), texts are encoded once per key part (cached as .npy under
+runs/keys_cache/), tasks are added to each router in stream order with their train and
+validation keys and class labels (exactly what ``PromptBank.add_task`` gives the router), and every test input
 is routed on its own, in one batch. Reported per stream and strategy: routing accuracy
 overall and per task, top-2/top-3 candidate recall (what re-scoring the candidates with
 their prompts could recover at most), batched and single-query routing time per input,
@@ -50,14 +51,14 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from promptbank.keys import l2_normalize  # noqa: E402
+from promptbank.keys import DEFAULT_KEY_ENCODER, l2_normalize  # noqa: E402
 from promptbank.router import LDARouter, Router, make_router, router_from_state  # noqa: E402
 from streams.named import STREAMS, stream_tasks  # noqa: E402
 from streams.splits import get_task  # noqa: E402
 
 BUDGETS = {"train_per_class": 64, "val_per_class": 16, "test_per_class": 100, "seed": 0}
 CACHE = Path("runs/keys_cache")
-KEY_ENCODER = "minilm"
+KEY_ENCODER = DEFAULT_KEY_ENCODER  # --keys overrides
 REJECT_KNOWN = 0.05  # share of known-task validation inputs the unknown threshold rejects
 SINGLE_QUERIES = 200  # queries routed one at a time for the single-query latency
 
@@ -71,31 +72,40 @@ def _set_threads() -> None:
 
 
 class _LazyEncoder:
-    """Loads MiniLM only when a key file is missing from the cache."""
+    """Loads a key encoder part (and the LLM for embedding-mean) only when a key file is missing."""
 
     def __init__(self) -> None:
-        self._enc = None
+        self._parts: dict[str, Any] = {}
+        self._backbone = None
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        if self._enc is None:
+    def encode(self, part: str, texts: list[str]) -> np.ndarray:
+        if part not in self._parts:
             from promptbank.keys import make_key_encoder
 
-            self._enc = make_key_encoder(KEY_ENCODER, device="cpu")
-        return self._enc.encode(texts, progress=False)
+            if part != "minilm" and self._backbone is None:
+                from promptbank.backbone import load_backbone
+
+                self._backbone = load_backbone(device="cpu")
+            self._parts[part] = make_key_encoder(part, backbone=self._backbone, device="cpu")
+        return self._parts[part].encode(texts, progress=False)
 
 
 def _cached_keys(encoder: _LazyEncoder, task: str, split: str, texts: list[str]) -> np.ndarray:
-    """Keys of ``texts``, from runs/keys_cache/ when the very same texts were encoded before."""
+    """Keys of ``texts`` (each part of a "+" key from runs/keys_cache/ when encoded before)."""
     digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
-    path = CACHE / f"{KEY_ENCODER}-{task}-{split}-{digest}.npy"
-    if path.exists():
-        return np.load(path)
-    started = time.perf_counter()
-    keys = encoder.encode(texts)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    np.save(path, keys)
-    print(f"  encoded {task}/{split}: {len(texts)} texts in {time.perf_counter() - started:.0f} s", flush=True)
-    return keys
+    blocks = []
+    for part in KEY_ENCODER.split("+"):
+        path = CACHE / f"{part}-{task}-{split}-{digest}.npy"
+        if path.exists():
+            blocks.append(np.load(path))
+            continue
+        started = time.perf_counter()
+        keys = encoder.encode(part, texts)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        np.save(path, keys)
+        print(f"  encoded {part} {task}/{split}: {len(texts)} texts in {time.perf_counter() - started:.0f} s", flush=True)
+        blocks.append(keys)
+    return l2_normalize(np.concatenate(blocks, axis=1))  # what ConcatKeys.encode returns
 
 
 @dataclass
@@ -107,18 +117,20 @@ class TaskKeys:
     val: np.ndarray | None = None
 
 
-def load_stream(name: str, order: int | None, encoder: _LazyEncoder, with_val: bool = False) -> list[TaskKeys]:
-    """Keys of each task of the stream, in stream order."""
+def load_stream(name: str, order: int | None, encoder: _LazyEncoder, router_val: bool) -> list[TaskKeys]:
+    """Keys of each task of the stream, in stream order. With ``router_val`` the routers learn
+    from train + validation keys, as ``PromptBank.add_task`` does; ``val`` is kept apart either way."""
     tasks = []
     for task_name in stream_tasks(name, order):
         data = get_task(task_name, **BUDGETS)
-        tasks.append(TaskKeys(
-            name=task_name,
-            train=_cached_keys(encoder, task_name, "train", data.train_texts),
-            labels=np.asarray(data.train_labels, np.int64),
-            test=_cached_keys(encoder, task_name, "test", data.test_texts),
-            val=_cached_keys(encoder, task_name, "val", data.val_texts) if with_val else None,
-        ))
+        train = _cached_keys(encoder, task_name, "train", data.train_texts)
+        val = _cached_keys(encoder, task_name, "val", data.val_texts)
+        labels = np.asarray(data.train_labels, np.int64)
+        if router_val:
+            train = np.concatenate([train, val])
+            labels = np.concatenate([labels, np.asarray(data.val_labels, np.int64)])
+        tasks.append(TaskKeys(name=task_name, train=train, labels=labels,
+                              test=_cached_keys(encoder, task_name, "test", data.test_texts), val=val))
     return tasks
 
 
@@ -580,9 +592,14 @@ def main() -> None:
     parser.add_argument("--strategies", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--unknown-stream", default="offline-9", help="stream for the unknown-task study ('' to skip)")
     parser.add_argument("--no-removal", action="store_true", help="skip the remove-each-task measurement")
+    parser.add_argument("--keys", default=DEFAULT_KEY_ENCODER, help="key encoder, parts joined with '+' (default: %(default)s)")
+    parser.add_argument("--train-keys-only", action="store_true",
+                        help="routers learn from training keys only (the bank also gives them validation keys)")
     parser.add_argument("--out", default="runs/routing_study.json")
     args = parser.parse_args()
     _set_threads()
+    global KEY_ENCODER
+    KEY_ENCODER = args.keys
 
     chosen = STRATEGIES
     if args.strategies:
@@ -597,13 +614,13 @@ def main() -> None:
         chosen = [s for s in chosen if s.name != "rbf-svm-all-keys"]
 
     encoder = _LazyEncoder()
-    result: dict[str, Any] = {"budgets": BUDGETS, "key_encoder": KEY_ENCODER, "environment": _environment(),
+    result: dict[str, Any] = {"budgets": BUDGETS, "key_encoder": KEY_ENCODER, "router_val": not args.train_keys_only, "environment": _environment(),
                               "strategies": {s.name: {"note": s.note, "reference": s.reference, "config": s.config}
                                              for s in chosen},
                               "streams": {}, "unknown": {}}
     for name in args.streams.split(","):
         order = args.order if args.order in STREAMS[name].orders else None
-        tasks = load_stream(name, order, encoder, with_val=(name == args.unknown_stream))
+        tasks = load_stream(name, order, encoder, router_val=not args.train_keys_only)
         started = time.perf_counter()
         rows = []
         for strategy in chosen:
@@ -613,7 +630,9 @@ def main() -> None:
                                    "n_train": [len(t.train) for t in tasks], "n_test": [len(t.test) for t in tasks],
                                    "rows": rows, "seconds": time.perf_counter() - started}
         if name == args.unknown_stream:
-            unknown = {s.name: unknown_study(s, tasks) for s in chosen if not s.removal_only}
+            # the threshold is set on validation keys, so these routers must not have seen them
+            held_out_val = load_stream(name, order, encoder, router_val=False)
+            unknown = {s.name: unknown_study(s, held_out_val) for s in chosen if not s.removal_only}
             print_unknown(name, unknown)
             result["unknown"] = {"stream": name, "reject_known_val": REJECT_KNOWN, "results": unknown}
         if args.out:

@@ -297,7 +297,8 @@ class PromptBank:
     def calibrate_unknown(self, texts: Sequence[str], reject_rate: float = 0.05) -> float:
         """Flag inputs unlike every task as unknown (``Prediction.task is None``).
 
-        ``texts`` are held-out inputs of the bank's own tasks (e.g. validation inputs); the
+        ``texts`` are held-out inputs of the bank's own tasks that the router has not seen
+        (not the ``val_texts`` given to ``add_task``: the router learns from those too); the
         router's closeness threshold is set so that ``reject_rate`` of them would be rejected.
         Returns the threshold; ``reject_rate=0`` turns the option off.
         """

@@ -1,57 +1,67 @@
-"""Which key source routes best? Encode the same tasks with each key encoder and route the test
-inputs with each routing strategy; prints a table and writes JSON (``--out``).
+"""Which key source routes best? The same streams, encoded with each key source, routed by the
+default `lda` router and by the k-NN vote baseline, with and without the validation keys.
 
-    .venv/bin/python scripts/compare_keys.py --out runs/compare_keys.json
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/compare_keys.py --out runs/compare_keys.json
+
+Keys are cached per part under runs/keys_cache/ (shared with scripts/routing_study.py), so a
+"+" key costs nothing once its parts have been encoded. Prints a table; writes JSON (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from promptbank.backbone import load_backbone
-from promptbank.keys import make_key_encoder
-from promptbank.router import make_router
-from streams.splits import get_task
+import numpy as np  # noqa: E402
+import routing_study as study  # noqa: E402  (sets threads/offline env, puts the repo on sys.path)
 
-ROUTERS = {"knn-10-all": {"strategy": "knn", "k": 10, "summary": "all"}, "knn": {"strategy": "knn"}, "gaussian": {"strategy": "gaussian"},
-           "lda": {"strategy": "lda"}}
+from promptbank.router import make_router  # noqa: E402
+
+ROUTERS = {"lda": {"strategy": "lda"}, "knn-10-all": {"strategy": "knn", "k": 10, "summary": "all"}}
+KEYS = "minilm,embedding-mean,minilm+embedding-mean"  # add backbone-mean: a full LLM forward per text (~1 h here)
+
+
+def accuracy(router_options: dict, tasks: list[study.TaskKeys]) -> float:
+    router = make_router(dim=tasks[0].train.shape[1], **router_options)
+    for i, t in enumerate(tasks):
+        router.add_task(i, t.train, t.labels)
+    routed = np.concatenate([router.route(t.test, top=1).task_ids for t in tasks])
+    truth = np.concatenate([np.full(len(t.test), i) for i, t in enumerate(tasks)])
+    return float(np.mean(routed == truth))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tasks", default="bbc,trec,rotten_tomatoes,sms_spam")
-    parser.add_argument("--encoders", default="minilm,embedding-mean,backbone-mean")
-    parser.add_argument("--train-per-class", type=int, default=50)
-    parser.add_argument("--test-per-class", type=int, default=50)
-    parser.add_argument("--out", default=None)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", default="offline-9,vader-4,split-20ng")
+    parser.add_argument("--keys", default=KEYS, help="comma-separated key encoders (parts joined with '+')")
+    parser.add_argument("--out", default="runs/compare_keys.json")
     args = parser.parse_args()
-    tasks = [get_task(n, args.train_per_class, 1, args.test_per_class, seed=0) for n in args.tasks.split(",")]
-    backbone = load_backbone()
+    study._set_threads()
+    encoder = study._LazyEncoder()
     rows = []
-    for enc_name in args.encoders.split(","):
-        encoder = make_key_encoder(enc_name, backbone=backbone)
-        started = time.perf_counter()
-        train = [encoder.encode(t.train_texts) for t in tasks]
-        test = [encoder.encode(t.test_texts) for t in tasks]
-        seconds = time.perf_counter() - started
-        n_texts = sum(len(t.train_texts) + len(t.test_texts) for t in tasks)
-        for router_name, options in ROUTERS.items():
-            router = make_router(dim=encoder.dim, **options)
-            for i, (t, keys) in enumerate(zip(tasks, train)):
-                router.add_task(i, keys, np.asarray(t.train_labels))
-            per_task = {t.name: float(np.mean(router.route(q, top=1).task_ids == i)) for i, (t, q) in enumerate(zip(tasks, test))}
-            overall = float(np.mean([r == i for i, q in enumerate(test) for r in router.route(q, top=1).task_ids]))
-            rows.append({"encoder": enc_name, "router": router_name, "routing_acc": overall, "per_task": per_task,
-                         "encode_seconds": round(seconds, 1), "texts": n_texts, "dim": encoder.dim})
-            print(f"{enc_name:<15} {router_name:<11} routing {overall:.3f}  " + " ".join(f"{k}={v:.2f}" for k, v in per_task.items())
-                  + f"  ({seconds:.0f} s to encode {n_texts} texts)", flush=True)
+    for keys in args.keys.split(","):
+        study.KEY_ENCODER = keys
+        for name in args.streams.split(","):
+            order = 1 if 1 in study.STREAMS[name].orders else None
+            started = time.perf_counter()
+            for router_val in (False, True):
+                tasks = study.load_stream(name, order, encoder, router_val=router_val)
+                for router, options in ROUTERS.items():
+                    acc = accuracy(options, tasks)
+                    rows.append({"keys": keys, "stream": name, "router": router, "router_val": router_val,
+                                 "dim": int(tasks[0].train.shape[1]), "accuracy": acc})
+                    print(f"{keys:<24} {name:<11} {router:<11} val keys {'yes' if router_val else 'no ':<3}  "
+                          f"routing {acc:.4f}", flush=True)
+            rows[-1]["seconds_with_encoding"] = time.perf_counter() - started
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"tasks": [t.name for t in tasks], "budgets": vars(args), "rows": rows}, f, indent=2)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"budgets": study.BUDGETS, "environment": study._environment(), "rows": rows}, indent=1))
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Routing at scale: KNNRouter over synthetic clustered keys, 10 -> 100,000+ tasks, per index type.
 
-Keys (384-d, like MiniLM) are drawn around task centres that are themselves grouped in
+Keys (``--dim``, default 960 like the bank's minilm+embedding-mean keys; 384 = MiniLM alone) are drawn around task centres that are themselves grouped in
 "domains" of ``--domain-size`` tasks (near-neighbour tasks, as bbc/reuters are), so exact
 search is not trivially perfect and approximate indexes can be told apart. Per size and index:
 build time through the router (one ``add_task`` per task, as a bank adds them; the largest
@@ -36,7 +36,7 @@ import numpy as np
 
 import _bench
 
-DIM = 384
+DIM = 960  # --dim overrides
 
 
 def make_keys(n_tasks: int, keys_per_task: int, domain_size: int, spreads: tuple[float, float], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -253,6 +253,7 @@ def main() -> None:
     parser.add_argument("--ivfpq-suffix", default="np",
                         help="appended to the IVFPQ spec: 'np' = no polysemous training (FAISS' factory default "
                              "trains polysemous codes, ~45x slower to train and unused by the router); '' = as the library does")
+    parser.add_argument("--dim", type=int, default=DIM, help="key dimension (default: the bank's default key, %(default)s)")
     parser.add_argument("--keys-per-task", type=int, default=4)
     parser.add_argument("--domain-size", type=int, default=16, help="tasks per cluster of near neighbours")
     parser.add_argument("--task-spread", type=float, default=0.5, help="task centre noise around its domain")
@@ -269,6 +270,8 @@ def main() -> None:
     parser.add_argument("--exact-chunked", action="store_true",
                         help="exact reference by chunked brute force through the router's vote, not a Flat router")
     args = parser.parse_args()
+    global DIM
+    DIM = args.dim
     _bench.set_threads(args.threads)
 
     from promptbank.router import AUTO_FLAT_MAX_VECTORS, auto_large_spec

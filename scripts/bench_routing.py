@@ -242,6 +242,7 @@ def configure(router: Any, params: dict[str, int], defaults: dict[str, Any]) -> 
 
 
 def main() -> None:
+    global DIM
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _bench.add_common_args(parser, "runs/bench/routing.json")
     parser.add_argument("--tasks", type=int, nargs="+", default=[10, 1000, 10000, 100000])
@@ -270,7 +271,6 @@ def main() -> None:
     parser.add_argument("--exact-chunked", action="store_true",
                         help="exact reference by chunked brute force through the router's vote, not a Flat router")
     args = parser.parse_args()
-    global DIM
     DIM = args.dim
     _bench.set_threads(args.threads)
 

@@ -215,3 +215,19 @@ def test_router_learns_from_validation_inputs_too(tiny_llama):
     b.add_task("weather", *WEATHER, train_config=FAST)
     counts = {t: int(s.counts.sum()) for t, s in b.router._tasks.items()}
     assert counts == {0: len(ANIMALS[0]) + 2, 1: len(WEATHER[0])}
+
+
+def test_bank_with_the_default_concatenated_keys_saves_and_refuses_other_keys(tiny_llama, tmp_path: Path):
+    from promptbank.keys import make_key_encoder
+
+    b = PromptBank(tiny_llama, BankConfig(n_tokens=2))  # default keys: minilm+embedding-mean
+    assert b.key_encoder.name == "minilm+embedding-mean" and b.router.dim == 384 + tiny_llama.hidden_size
+    b.add_task("animals", *ANIMALS, train_config=FAST)
+    b.add_task("weather", *WEATHER, train_config=FAST)
+    texts = ["a cat on the mat", "rain again tonight"]
+    before = [p.task for p in b.predict(texts)]
+    b.save(tmp_path / "bank")
+    loaded = PromptBank.load(tmp_path / "bank", backbone=tiny_llama, key_encoder=b.key_encoder)
+    assert [p.task for p in loaded.predict(texts)] == before == ["animals", "weather"]
+    with pytest.raises(BackboneMismatchError, match="same key encoder"):
+        PromptBank.load(tmp_path / "bank", backbone=tiny_llama, key_encoder=make_key_encoder("embedding-mean", backbone=tiny_llama))

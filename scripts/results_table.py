@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from promptbank.keys import DEFAULT_KEY_ENCODER
+
 DEFAULTS = {"steps": 80, "train_per_class": 64, "val_per_class": 16, "test_per_class": 100, "max_input_tokens": 64}
 
 
@@ -26,6 +28,8 @@ def command(r: dict[str, Any]) -> str:
         parts.append(f"--order {cfg['order']}")
     parts.append(f"--baseline {r['baseline']}" if r.get("baseline") else (f"--method {r['method']}" if r["method"] != "ulpt" else ""))
     parts += [f"--{k.replace('_', '-')} {cfg[k]}" for k, v in DEFAULTS.items() if cfg.get(k) != v]
+    if not r.get("baseline") and r.get("key_encoder", DEFAULT_KEY_ENCODER) != DEFAULT_KEY_ENCODER:
+        parts.append(f"--key-encoder {r['key_encoder']}")
     rescore = cfg.get("rescore") or {}
     if not r.get("baseline") and rescore.get("top", 1) != 1:
         parts.append(f"--rescore-top {rescore['top']} --rescore-weight {rescore['weight']}")
@@ -37,7 +41,10 @@ def pct(v: float | None, signed: bool = False) -> str:
 
 
 def label(r: dict[str, Any]) -> str:
-    return r["baseline"] or f"bank · {r['method']}"
+    if r["baseline"]:
+        return r["baseline"]
+    keys = r.get("key_encoder")
+    return f"bank · {r['method']}" + (f" · {keys} keys" if keys and keys != DEFAULT_KEY_ENCODER else "")
 
 
 def row(r: dict[str, Any]) -> str:

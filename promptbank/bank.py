@@ -215,7 +215,7 @@ class PromptBank:
             prompt_state = prompt.trainable_state()
         started = time.perf_counter()
         # Validation inputs are labelled inputs of the task too: the router gets their keys
-        # (a quarter more keys per class, +0.3 to +1.2 pt routing; docs/routing.md).
+        # (a quarter more keys per class, +0.2 to +1.3 pt routing; docs/routing.md).
         key_texts, key_labels = (texts + val_texts, y + val_y) if val_texts else (texts, y)
         keys = self.key_encoder.encode(key_texts, progress=cfg.progress)
         task_id = self._next_id

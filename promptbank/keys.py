@@ -13,7 +13,8 @@ encoders are offered because they trade speed for fidelity differently:
 Encoders combine with "+": ``minilm+embedding-mean`` (the default) concatenates the unit-norm
 keys of both. The two see different things: MiniLM is uncased and semantic, the LLM's token
 embeddings keep case, punctuation and vocabulary, which is what tells sources apart. Together
-they route offline-9 at 98.2% under LDA against 94.4% and 96.5% apart (docs/routing.md).
+they route offline-9 at 98.2% under LDA against 94.4% and 96.5% apart, on training keys
+(docs/routing.md).
 
 All encoders return unit-norm rows so that inner product == cosine similarity in FAISS.
 """
@@ -67,6 +68,7 @@ class KeyEncoder(ABC):
 
 
 def _check_texts(texts: Sequence[str], batch_size: int) -> list[str]:
+    """The texts as a list, or one clear error for a bare string, non-strings or a bad batch size."""
     if isinstance(texts, str):
         raise InvalidDataError(
             "encode() takes a sequence of texts, not one string; wrap it in a list"

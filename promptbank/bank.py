@@ -145,6 +145,8 @@ class PromptBank:
     ) -> None:
         self.backbone = load_backbone(backbone) if isinstance(backbone, str) else backbone
         self.config = dataclasses.replace(config or BankConfig(), **overrides)
+        if key_encoder is not None:  # the manifest must name the encoder actually used, so load() rebuilds it
+            self.config = dataclasses.replace(self.config, key_encoder=key_encoder.name)
         build_prompt(self.config.method, self.config.n_tokens, self.backbone.hidden_size, **self.config.prompt_options)
         self.key_encoder = key_encoder or make_key_encoder(self.config.key_encoder, backbone=self.backbone)
         self.router: Router = make_router(dim=self.key_encoder.dim, **self.config.router)

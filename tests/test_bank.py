@@ -231,3 +231,16 @@ def test_bank_with_the_default_concatenated_keys_saves_and_refuses_other_keys(ti
     assert [p.task for p in loaded.predict(texts)] == before == ["animals", "weather"]
     with pytest.raises(BackboneMismatchError, match="same key encoder"):
         PromptBank.load(tmp_path / "bank", backbone=tiny_llama, key_encoder=make_key_encoder("embedding-mean", backbone=tiny_llama))
+
+
+def test_a_given_key_encoder_is_recorded_so_load_rebuilds_it(tiny_llama, tmp_path: Path):
+    from promptbank.keys import make_key_encoder
+
+    b = PromptBank(tiny_llama, BankConfig(n_tokens=2), key_encoder=make_key_encoder("embedding-mean", backbone=tiny_llama))
+    assert b.config.key_encoder == "embedding-mean"
+    b.add_task("animals", *ANIMALS, train_config=FAST)
+    b.add_task("weather", *WEATHER, train_config=FAST)
+    b.save(tmp_path / "bank")
+    loaded = PromptBank.load(tmp_path / "bank", backbone=tiny_llama)  # no encoder passed: rebuilt from the manifest
+    assert loaded.key_encoder.name == "embedding-mean"
+    assert [p.task for p in loaded.predict(["a cat on the mat"])] == [p.task for p in b.predict(["a cat on the mat"])]

@@ -108,7 +108,8 @@ def test_state_round_trip_routes_identically_and_stays_editable(name, data):
 def test_unknown_threshold_flags_far_queries(name, data):
     train, queries, _ = data
     threshold = UNKNOWN[STRATEGIES[name][0]]
-    router = build(name, train, unknown_threshold=threshold)
+    extra = {"novelty": "nearest"} if STRATEGIES[name][0] == "gaussian" else {}  # distance-based closeness
+    router = build(name, train, unknown_threshold=threshold, **extra)
     far = np.random.default_rng(7).normal(size=(50, DIM)).astype(np.float32)
     far /= np.linalg.norm(far, axis=1, keepdims=True)
     r_far = router.route(far)
@@ -303,3 +304,26 @@ def test_ivf_search_with_numpy_coarse_step_matches_faiss(metric):
         d, i = router_mod._search(index, q, 10, {})
         assert (i == i_ref).mean() >= 0.99
         assert np.allclose(d, d_ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("novelty", ["posterior", "nearest"])
+def test_lda_novelty_flags_a_held_out_task_and_persists(novelty, data):
+    train, queries, truth = data
+    router = make_router("lda", dim=DIM, novelty=novelty)
+    for t in range(N_TASKS - 1):  # the last task stays unseen
+        router.add_task(t, *train[t])
+    known, unseen = queries[truth < N_TASKS - 1], queries[truth == N_TASKS - 1]
+    closeness = router.route(known).closeness
+    if novelty == "posterior":
+        assert ((closeness > 0) & (closeness <= 1 + 1e-9)).all()  # the chosen task's posterior
+    router.unknown_threshold = float(np.quantile(closeness, 0.05))
+    assert (router.route(unseen).task_ids == -1).mean() >= 0.9
+    assert (router.route(known).task_ids == -1).mean() <= 0.06
+    config, arrays = router.state()
+    assert config["novelty"] == novelty
+    loaded = router_from_state(config, {k: a.copy() for k, a in arrays.items()})
+    assert same_routing(router.route(queries), loaded.route(queries))
+    del config["novelty"]  # a state saved before the option: its threshold was on the distance
+    assert router_from_state(config, arrays).novelty == "nearest"
+    with pytest.raises(InvalidDataError, match="novelty"):
+        make_router("lda", dim=DIM, novelty="entropy")

@@ -179,15 +179,16 @@ def test_lda_state_round_trip_routes_identically_and_stays_editable(options, dat
 
 
 def test_lda_unknown_threshold_flags_far_queries(data):
+    """Random directions are far from every task: the distance-based closeness flags them."""
     train, queries, _ = data
-    router = build(train)
+    router = build(train, novelty="nearest")
     near = router.route(queries).closeness
     far_keys = np.random.default_rng(7).normal(size=(50, DIM)).astype(np.float32)
     far_keys /= np.linalg.norm(far_keys, axis=1, keepdims=True)
     far = router.route(far_keys).closeness
     threshold = float(np.quantile(near, 0.01))
     assert far.max() < threshold
-    flagged = build(train, unknown_threshold=threshold).route(far_keys)
+    flagged = build(train, unknown_threshold=threshold, novelty="nearest").route(far_keys)
     assert (flagged.task_ids == -1).all() and (flagged.candidates[:, 0] >= 0).all()
 
 

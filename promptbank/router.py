@@ -796,8 +796,8 @@ class GaussianRouter(Router):
     ``novelty``: "posterior" (default) is the chosen task's posterior recomputed at the softer
     ``novelty_temperature`` (the routing temperature makes almost every pick look certain);
     "nearest" is -(squared Mahalanobis distance to the chosen task's nearest mean) / dim. On
-    offline-9 with one task held out, "posterior" flags 77% of the unseen task's inputs at 5.7%
-    false rejects, "nearest" 24% (docs/routing.md).
+    offline-9 with one task held out, "posterior" flags 79% of the unseen task's inputs at 5.9%
+    false rejects, "nearest" 24%, for +4% routing time (docs/routing.md, BENCHMARKS.md).
     Keys and queries are L2-normalised first (a no-op for KeyEncoder output), which also
     keeps the float16 scatter factors in range.
 

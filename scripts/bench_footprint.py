@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--key-texts", type=int, default=48, help="training texts per task used to build its keys")
     parser.add_argument("--test-texts", type=int, default=40, help="test texts per task for the routing accuracy column")
     parser.add_argument("--n-tokens", type=int, default=20)
-    parser.add_argument("--keys", default="minilm+embedding-mean", help="key encoder (default: the bank's default)")
+    parser.add_argument("--keys", default=None, help="key encoder (default: the bank's, promptbank.keys.DEFAULT_KEY_ENCODER)")
     args = parser.parse_args()
     _bench.set_threads(args.threads)
     _bench.quiet_truncation()
@@ -138,12 +138,12 @@ def main() -> None:
     import numpy as np
 
     from promptbank.bank import PromptBank
-    from promptbank.keys import make_key_encoder
+    from promptbank.keys import DEFAULT_KEY_ENCODER, make_key_encoder
     from streams.splits import get_task
 
     machine = _bench.machine_info()
     backbone = _bench.load_frozen(args.backbone)
-    keys = CachedKeys(make_key_encoder(args.keys, backbone=backbone))
+    keys = CachedKeys(make_key_encoder(args.keys or DEFAULT_KEY_ENCODER, backbone=backbone))
     tasks = [get_task(name) for name in args.tasks.split(",")]
     T = len(tasks)
     _bench.log(f"{T} tasks, {args.key_texts} key texts each, d={backbone.hidden_size}, n={args.n_tokens}")

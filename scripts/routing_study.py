@@ -357,6 +357,8 @@ STRATEGIES: list[Strategy] = [
     _bank("gaussian-perclass", "GaussianRouter per_class=True", strategy="gaussian", per_class=True),
     _bank("lda-task", "LDARouter per_class=False: one mean per task, exact pooled scatter", strategy="lda", per_class=False),
     _bank("lda", "LDARouter defaults: class means, exact pooled scatter", strategy="lda"),
+    _bank("lda-nearest", "lda with closeness = distance to the nearest mean (novelty='nearest', the old score)",
+          strategy="lda", novelty="nearest"),
     _bank("lda-2-per-class", "LDARouter, 2 k-means components per class", relabel=_subclusters(2), strategy="lda"),
     Strategy("lda-rm-diagonal", LDARemoveDiagonal, "ablation: lda removing the diagonal residual too (GaussianRouter's "
              "rule)", reference=True, removal_only=True),

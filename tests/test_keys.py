@@ -189,3 +189,9 @@ def test_summarize_keys_shapes_and_norms():
         summarize_keys(np.zeros((0, 16)))
     with pytest.raises(InvalidDataError, match="NaN"):
         summarize_keys(np.full((3, 16), np.nan))
+
+
+def test_cli_default_key_encoder_is_the_library_default():
+    from promptbank.cli import build_parser  # the CLI spells it out to stay import-light
+
+    assert build_parser().parse_args(["run"]).key_encoder == DEFAULT_KEY_ENCODER

@@ -45,12 +45,15 @@ AUTO_LARGE_SPEC = "IVF{nlist},SQ8"
 #: Lists of the auto IVF index: ~``AUTO_LISTS_PER_SQRT`` * sqrt(vectors), a power of two,
 #: at most ``AUTO_MAX_NLIST``. At 400k clustered keys 4,096 lists agreed with exact
 #: search on 99.2% of queries at nprobe 8, 2,048 lists on 95.6% (and were slower at the
-#: same agreement). Training k-means costs ~nlist^2 (78 points per list): 4,096 lists
-#: take 1-2 minutes on one core, 8,192 would take 10-30, hence the cap. The cap is too low
-#: for ~1M tasks: at 4M synthetic keys in 62,500 domains, 4,096 lists agreed with exact
-#: search on only 42% of queries (BENCHMARKS.md section 2); pass an explicit spec there.
+#: same agreement). At 4M synthetic keys in 62,500 domains (1M tasks) 4,096 lists agreed on
+#: only 42%, hence the higher cap (BENCHMARKS.md section 2). Training costs ~sample x lists:
+#: past ``AUTO_TRAIN_2X_MAX_NLIST`` lists k-means trains on the minimum sample (39 points
+#: per list, not 78), so 16,384 lists take ~5 minutes on two cores, once, at ~3M vectors.
 AUTO_LISTS_PER_SQRT = 8
-AUTO_MAX_NLIST = 4096
+AUTO_MAX_NLIST = 16384
+AUTO_TRAIN_2X_MAX_NLIST = 4096
+#: The LDA router's index of whitened means keeps the cap it was measured with (100k tasks).
+LDA_MAX_NLIST = 4096
 #: ``index="auto"``: once the compressed index holds this many times the vectors it was
 #: trained at, it is retrained with the number of lists ``auto_large_spec`` gives for its
 #: new size (geometric growth, so the retraining is amortised O(1) per add; it stops once
@@ -534,7 +537,9 @@ class KNNRouter(Router):
             return
         target = _make_index(self._target, self.dim)
         total = self.ntotal
-        cap = 2 * self._target_need  # plenty for k-means; training time grows with it
+        ivf = faiss.try_extract_index_ivf(target)
+        big = ivf is not None and ivf.nlist > AUTO_TRAIN_2X_MAX_NLIST
+        cap = self._target_need * (1 if big else 2)  # k-means time grows with the sample
         rng = np.random.default_rng(self.seed)
         picked = np.sort(rng.choice(total, cap, replace=False)) if total > cap else None
         parts, seen = [], 0
@@ -985,7 +990,7 @@ class GaussianRouter(Router):
         spec, need = self.index_spec, None
         if spec == "auto":
             n = len(white)
-            nlist = min(AUTO_MAX_NLIST, 1 << max(round(math.log2(max(2 * n / 24, 1))), 0))
+            nlist = min(LDA_MAX_NLIST, 1 << max(round(math.log2(max(2 * n / 24, 1))), 0))
             spec = "Flat" if n <= AUTO_FLAT_MAX_VECTORS else AUTO_LARGE_SPEC.format(nlist=nlist, m=1)
             need = nlist  # k-means with fewer than 39 points per list: fine for this use
         index = faiss.index_factory(self.dim, spec, faiss.METRIC_L2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import faiss
 import numpy as np
 import pytest
 
@@ -223,7 +224,10 @@ def test_knn_auto_spec_follows_the_routing_benchmark():
     assert router_mod.auto_large_spec(100_000, 384) == "IVF2048,SQ8"
     # 4,096 lists at 400k keys: 99.2% agreement at nprobe 8, against 95.6% with 2,048
     assert router_mod.auto_large_spec(400_000, 384) == "IVF4096,SQ8"
-    assert router_mod.auto_large_spec(4_000_000, 384) == "IVF4096,SQ8"  # training cost cap
+    # 1M tasks (4M keys): 4,096 lists agreed on 42%; 16,384 is the cap (k-means cost)
+    assert router_mod.auto_large_spec(1_000_000, 384) == "IVF8192,SQ8"
+    assert router_mod.auto_large_spec(4_000_000, 384) == "IVF16384,SQ8"
+    assert router_mod.auto_large_spec(100_000_000, 384) == "IVF16384,SQ8"
     assert router_mod.auto_large_spec(1_000, 384) == "IVF16,SQ8"  # no more lists than it can train
 
 
@@ -243,6 +247,22 @@ def test_knn_auto_index_regrows_with_the_bank(monkeypatch):
     assert (router.route(queries).task_ids == truth).mean() >= 0.99
     router.remove_task(4)
     assert router.ntotal == 9 * 200 and 4 not in router.route(queries).candidates
+
+
+def test_knn_auto_index_trains_many_lists_on_the_minimum_sample(monkeypatch):
+    # Past AUTO_TRAIN_2X_MAX_NLIST lists, k-means gets 39 points per list instead of 78.
+    monkeypatch.setattr(router_mod, "AUTO_FLAT_MAX_VECTORS", 400)
+    monkeypatch.setattr(router_mod, "AUTO_TRAIN_2X_MAX_NLIST", 8)
+    sizes = []
+    real_train = faiss.IndexIVFScalarQuantizer.train
+    monkeypatch.setattr(faiss.IndexIVFScalarQuantizer, "train", lambda self, x: sizes.append(len(x)) or real_train(self, x))
+    train, queries, truth = clustered(n_tasks=8, n=200, dim=32, seed=2)
+    router = KNNRouter(dim=32, summary="all")
+    for t, (keys, _) in enumerate(train):
+        router.add_task(t, keys)
+    # IVF8 at 600 vectors: all 600 (<= 2 x 312); IVF16 at 1,200: 16 x 39 = 624, not all 1,200
+    assert router._spec == "IVF16,SQ8" and sizes == [600, 624]
+    assert (router.route(queries).task_ids == truth).mean() >= 0.99
 
 
 @pytest.mark.parametrize("spec", ["IVF4,PQ8", "PQ8", "OPQ8,IVF4,PQ8"])

@@ -22,7 +22,7 @@ import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import faiss
 import numpy as np
@@ -70,6 +70,8 @@ HNSW_MIN_EF_SEARCH = 128
 #: amortised O(1) per add instead of O(number of means).
 EXACT_WHITENING_MAX_COMPONENTS = 1024
 WHITENING_REFRESH_FACTOR = 2.0
+#: Gaussian/LDA rebuilds whiten this many means at a time (63 MB of float64 at 960-d).
+REBUILD_BLOCK_MEANS = 8192
 #: Most neighbours one KNN query asks for (bounds the candidate search with "all" keys).
 MAX_SEARCH = 256
 #: FAISS warns below this many training points per IVF list / PQ centroid.
@@ -679,9 +681,9 @@ class _TaskStats:
 
     labels: np.ndarray  # (C,) int64, -1 when classes are not modelled
     counts: np.ndarray  # (C,) int64
-    means: np.ndarray  # (C, dim) float32
+    means: np.ndarray  # (C, dim) float16 (float32 in states saved before that layout)
     factor: np.ndarray  # (rank, dim) float16
-    residual: np.ndarray  # (dim,) float32, per-key variance left outside the factor
+    residual: np.ndarray  # (dim,) float32, per-key variance left outside the factor; (0,) for LDA
 
     def scatter(self) -> np.ndarray:
         f = self.factor.astype(np.float64)
@@ -692,10 +694,10 @@ class _TaskStats:
 
 
 def _stored_means(means: np.ndarray) -> np.ndarray:
-    """Class means at the precision they are saved in (float16 values, float32 array).
-    On the routing study's MiniLM keys (offline-9, vader-4, split-20ng) float16 means
-    routed every input as float32 means did."""
-    return means.astype(np.float16).astype(np.float32)
+    """Class means at the precision they are saved in, float16, and held so in memory (half
+    the RAM of float32: 1.9 KB per mean at 960-d). On the routing study's MiniLM keys
+    (offline-9, vader-4, split-20ng) float16 means routed every input as float32 means did."""
+    return means.astype(np.float16)
 
 
 @functools.lru_cache(maxsize=1)
@@ -927,14 +929,15 @@ class GaussianRouter(Router):
             return c
         if c is None or self._refresh_due(c):
             return self._rebuild()
+        added = []
         for tid in sorted(c["dirty"]):  # incremental: the whitening stays as it is
             old = c["serials"].pop(tid, None)
             if old is not None:
                 c["index"].remove_ids(faiss.IDSelectorRange(int(old[0]), int(old[-1]) + 1))
                 c["comp_task"][old] = -1
-            stats = self._tasks.get(tid)
-            if stats is not None:
-                self._index_task(c, tid, stats)
+            if tid in self._tasks:
+                added.append((tid, self._tasks[tid]))
+        self._index_tasks(c, added)
         c["dirty"].clear()
         return c
 
@@ -947,23 +950,27 @@ class GaussianRouter(Router):
         )
 
     def _rebuild(self) -> dict[str, Any]:
+        """Whitening from the current scatter, and a new index of every whitened mean.
+
+        The means are whitened a block of tasks at a time (and, to train an IVF index, a
+        sample of them), so the transient memory is one block, not a float32 copy of every
+        mean: at 1M tasks x 960-d that copy alone would be 3.8 GB."""
         vals, vecs = _eigh(self.covariance())
         whiten = vecs / np.sqrt(np.maximum(vals, vals.max() * 1e-9))
-        n = sum(len(s.counts) for s in self._tasks.values())
-        means = np.empty((n, self.dim), np.float32)
-        start = 0
-        for s in self._tasks.values():
-            means[start : start + len(s.counts)] = s.means
-            start += len(s.counts)
-        white = np.empty((n, self.dim), np.float32)
-        for lo in range(0, n, 65_536):  # float64 products, a chunk at a time
-            hi = min(n, lo + 65_536)
-            white[lo:hi] = means[lo:hi].astype(np.float64) @ whiten
-        del means
-        index = self._new_index(white)
+        items = list(self._tasks.items())
+        sizes = np.array([len(s.counts) for _, s in items], dtype=np.int64)
+        ends = np.cumsum(sizes)
+        n = int(ends[-1]) if len(ends) else 0
+
+        def whitened(rows: np.ndarray) -> np.ndarray:
+            """Whitened means of the (sorted) global rows ``rows``; float64 products."""
+            owner = np.searchsorted(ends, rows, side="right")
+            picked = [items[o][1].means[r - (ends[o] - sizes[o])] for o, r in zip(owner, rows)]
+            return (np.asarray(picked, np.float64).reshape(-1, self.dim) @ whiten).astype(np.float32)
+
         c: dict[str, Any] = {
             "whiten": whiten.astype(np.float32),
-            "index": index,
+            "index": self._new_index(n, whitened),
             "comp_task": np.full(max(n, 16), -1, np.int64),
             "comp_logw": np.zeros(max(n, 16)),
             "serials": {},
@@ -972,15 +979,20 @@ class GaussianRouter(Router):
             "keys_at": self._n_keys,
             "dirty": set(),
         }
-        start = 0
-        for tid, s in self._tasks.items():
-            self._index_task(c, tid, s, white[start : start + len(s.counts)])
-            start += len(s.counts)
+        block: list[tuple[int, _TaskStats]] = []
+        for i, item in enumerate(items):
+            block.append(item)
+            if i + 1 < len(items) and sum(len(s.counts) for _, s in block) < REBUILD_BLOCK_MEANS:
+                continue
+            white = (np.concatenate([s.means for _, s in block]).astype(np.float64) @ whiten).astype(np.float32)
+            self._index_tasks(c, block, white)
+            block = []
         self._cache = c
         return c
 
-    def _new_index(self, white: np.ndarray) -> Any:
-        """Empty L2 index with int64 ids for the whitened means (trained on them if IVF).
+    def _new_index(self, n: int, whitened: Callable[[np.ndarray], np.ndarray]) -> Any:
+        """Empty L2 index with int64 ids for ``n`` whitened means (trained on a sample of
+        them, ``whitened(rows)``, if IVF).
 
         "auto" past ``AUTO_FLAT_MAX_VECTORS`` means: IVF-SQ8 with lists for ~24 means each
         at twice the current size (the size at the next refresh). Whitened means need finer
@@ -989,7 +1001,6 @@ class GaussianRouter(Router):
         """
         spec, need = self.index_spec, None
         if spec == "auto":
-            n = len(white)
             nlist = min(LDA_MAX_NLIST, 1 << max(round(math.log2(max(2 * n / 24, 1))), 0))
             spec = "Flat" if n <= AUTO_FLAT_MAX_VECTORS else AUTO_LARGE_SPEC.format(nlist=nlist, m=1)
             need = nlist  # k-means with fewer than 39 points per list: fine for this use
@@ -998,34 +1009,40 @@ class GaussianRouter(Router):
             faiss.extract_index_ivf(index).cp.min_points_per_centroid = 1  # no warning
         if not index.is_trained:
             need = _train_size(index) if need is None else need
-            if len(white) < need:
+            if n < need:
                 index = faiss.IndexFlatL2(self.dim)  # too few means to train on yet
             else:
                 rng = np.random.default_rng(0)
-                cap = min(len(white), 2 * _train_size(index))
-                pick = np.sort(rng.choice(len(white), cap, replace=False))
-                index.train(np.ascontiguousarray(white[pick]))
+                cap = min(n, 2 * _train_size(index))
+                index.train(np.ascontiguousarray(whitened(np.sort(rng.choice(n, cap, replace=False)))))
         if faiss.try_extract_index_ivf(index) is None:
             index = faiss.IndexIDMap2(index)
         return index
 
-    def _index_task(
-        self, c: dict[str, Any], tid: int, stats: _TaskStats, white: np.ndarray | None = None
+    def _index_tasks(
+        self, c: dict[str, Any], block: list[tuple[int, _TaskStats]], white: np.ndarray | None = None
     ) -> None:
+        """Register ``block``'s means in the cache and add them to the index in one call
+        (``white``: already whitened, in block order; else whitened here)."""
+        if not block:
+            return
         if white is None:
-            white = stats.means @ c["whiten"]  # float32: no second d x d copy kept
-        k = len(stats.counts)
-        serials = np.arange(c["next"], c["next"] + k, dtype=np.int64)
-        c["next"] += k
-        if c["next"] > len(c["comp_task"]):  # amortised growth
-            size = max(c["next"], 2 * len(c["comp_task"]))
-            c["comp_task"] = np.concatenate([c["comp_task"], np.full(size - len(c["comp_task"]), -1)])
-            c["comp_logw"] = np.concatenate([c["comp_logw"], np.zeros(size - len(c["comp_logw"]))])
-        c["comp_task"][serials] = tid
-        c["comp_logw"][serials] = np.log(stats.counts / stats.counts.sum())
-        c["serials"][tid] = serials
-        c["max_classes"] = max(c["max_classes"], k)
-        c["index"].add_with_ids(np.ascontiguousarray(white, dtype=np.float32), serials)
+            white = np.concatenate([s.means for _, s in block]) @ c["whiten"]  # float32
+        first = c["next"]
+        for tid, stats in block:
+            k = len(stats.counts)
+            serials = np.arange(c["next"], c["next"] + k, dtype=np.int64)
+            c["next"] += k
+            if c["next"] > len(c["comp_task"]):  # amortised growth
+                size = max(c["next"], 2 * len(c["comp_task"]))
+                c["comp_task"] = np.concatenate([c["comp_task"], np.full(size - len(c["comp_task"]), -1)])
+                c["comp_logw"] = np.concatenate([c["comp_logw"], np.zeros(size - len(c["comp_logw"]))])
+            c["comp_task"][serials] = tid
+            c["comp_logw"][serials] = np.log(stats.counts / stats.counts.sum())
+            c["serials"][tid] = serials
+            c["max_classes"] = max(c["max_classes"], k)
+        ids = np.arange(first, c["next"], dtype=np.int64)
+        c["index"].add_with_ids(np.ascontiguousarray(white, dtype=np.float32), ids)
 
     def _candidates(self, queries: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
         c = self._prepared()
@@ -1120,9 +1137,9 @@ class GaussianRouter(Router):
                 router._tasks[int(tid)] = _TaskStats(
                     labels=np.asarray(arrays["comp_label"][sl], np.int64),
                     counts=np.asarray(arrays["comp_count"][sl], np.int64),
-                    means=np.asarray(arrays["comp_mean"][sl], np.float32),
+                    means=np.asarray(arrays["comp_mean"][sl]),  # float16 (float32 if saved so)
                     factor=np.asarray(arrays["task_factor"][i], np.float16),
-                    residual=(np.zeros(router.dim, np.float32) if residuals is None
+                    residual=(np.zeros(0, np.float32) if residuals is None
                               else np.asarray(residuals[i], np.float32)),
                 )
                 start += int(n_comp)
@@ -1184,28 +1201,29 @@ class LDARouter(GaussianRouter):
 
     Adding a task is closed form: accumulate its class means and scatter; the whitening is
     recomputed lazily (one dim x dim eigendecomposition, ~30 ms at 384-d on one core) at
-    the next route. Per task the state keeps its class means (float16) and counts and the
-    rank-``scatter_rank`` float16 factor of its scatter: 784 B per class + 6.1 KB at
-    rank 8, 384-d (no residual: LDA's removal does not use it). The shared scatter is
-    saved as the float32 upper triangle of the dim x dim matrix (296 KB at 384-d, was a
-    full float64 matrix of 1.18 MB) whatever the number of tasks.
+    the next route. Per task the state keeps its class means (float16, 1.9 KB per class at
+    960-d) and counts. The shared scatter is saved as the float32 upper triangle of the
+    dim x dim matrix (1.8 MB at 960-d) whatever the number of tasks.
 
-    Removal drops the task's means (it can no longer be chosen) and subtracts the stored
-    low-rank part of its scatter. The rest of that scatter -- a positive semi-definite
-    remainder of within-class spread, with no means or labels -- stays in the shared
+    Removal drops the task's means (it can no longer be chosen); its within-class scatter --
+    a positive semi-definite spread, with no means or labels -- stays in the shared
     covariance as background, so removal is not exact: on the named streams routing after
-    ``remove_task`` agreed with a router rebuilt without the task on 97-99.5% of inputs,
-    with the same accuracy (mean change -0.2 to +0.5 points). Subtracting the diagonal
-    residual too, as GaussianRouter does, leaves an indefinite remainder and was measured
-    to wreck routing (down to -40 points). Removing every task resets the router exactly.
+    ``remove_task`` agreed with a router rebuilt without the task on 96-99.7% of inputs,
+    with the same accuracy (mean change 0.0 to +1.8 points; routing_study.py). A rank-8
+    factor of each task's scatter, subtracted on removal (``scatter_rank=8``, the default
+    until 2026-11-30), moved that agreement by 0.1 point or less at 15 KB per task on the
+    960-d key, so the default keeps none. Subtracting the diagonal residual too, as
+    GaussianRouter does, leaves an indefinite remainder and was measured to wreck routing
+    (down to -40 points). Removing every task resets the router exactly.
     """
 
     strategy = "lda"
     _uses_residual = False  # removal subtracts the low-rank factor only: not saved
 
-    def __init__(self, dim: int, per_class: bool = True, **options: Any) -> None:
-        # Same options as GaussianRouter; only the default differs (class means route better).
-        super().__init__(dim, per_class=per_class, **options)
+    def __init__(self, dim: int, per_class: bool = True, scatter_rank: int = 0, **options: Any) -> None:
+        # Same options as GaussianRouter; the defaults differ: class means route better, and
+        # the scatter factor only serves removal, where it did not earn its bytes.
+        super().__init__(dim, per_class=per_class, scatter_rank=scatter_rank, **options)
 
     def add_task(self, task_id: int, keys: np.ndarray, labels: np.ndarray | None = None) -> None:
         tid = self._check_new(task_id)
@@ -1218,10 +1236,9 @@ class LDARouter(GaussianRouter):
         np.add.at(means, inverse, x)
         means /= counts[:, None]
         centred = x - means[inverse]
-        factor, variance = _principal_factor(centred, self.scatter_rank)
-        kept = (factor.astype(np.float64) ** 2).sum(axis=0)
-        residual = np.clip(variance - kept, 0.0, None).astype(np.float32)
-        stats = _TaskStats(classes, counts.astype(np.int64), _stored_means(means), factor, residual)
+        factor, _ = _principal_factor(centred, self.scatter_rank)
+        no_residual = np.zeros(0, np.float32)  # removal does not use it: not kept
+        stats = _TaskStats(classes, counts.astype(np.int64), _stored_means(means), factor, no_residual)
         self._tasks[tid] = stats
         self._scatter = _symmetric_float32(self._scatter + centred.T @ centred)
         self._changed(tid, stats, +1)

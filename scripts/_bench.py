@@ -113,15 +113,25 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def rss_bytes() -> int:
-    """Current resident set size of this process (Linux), 0 when unknown."""
+def rss_bytes(field: str = "VmRSS") -> int:
+    """Resident set size of this process (Linux), 0 when unknown: current (``VmRSS``) or
+    peak since the last ``reset_peak_rss`` (``VmHWM``)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def reset_peak_rss() -> None:
+    """Make ``VmHWM`` start again from the current RSS (Linux ``clear_refs`` 5), so a
+    peak can be measured for one phase of a run."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def _sync() -> None:

@@ -7,7 +7,7 @@ The bank holds m ULPT prompts with random states (speed does not depend on their
 from the offline tasks' label sets and templates; keys come from real texts of those tasks.
 Cases, timed side by side with alternating order:
 
-* ``mixed_routed``  ``bank.predict(texts)``: MiniLM keys + routing + one mixed forward;
+* ``mixed_routed``  ``bank.predict(texts)``: keys + routing + one mixed forward;
 * ``mixed_oracle``  ``bank.predict(texts, task=[name per input])``: one mixed forward;
 * ``grouped``       one ``bank.predict(texts_of_t, task=t)`` per task t (what PEFT must do);
 * ``mixed_oracle_bucketed`` the same with ``batch_size=--bucket-batch``: length-sorted chunks;
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--max-input-tokens", type=int, default=48)
     parser.add_argument("--n-tokens", type=int, default=20)
     parser.add_argument("--method", default="ulpt")
-    parser.add_argument("--router", default="gaussian", help="router strategy used for the BENCHMARKS.md numbers (the bank default is now lda)")
+    parser.add_argument("--router", default=None, help="router strategy (default: the bank's, BankConfig().router)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
@@ -58,7 +58,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from promptbank.bank import PromptBank
+    from promptbank.bank import BankConfig, PromptBank
     from promptbank.keys import DEFAULT_KEY_ENCODER, make_key_encoder
     from promptbank.trainer import TrainConfig, predict_scores
     from streams.splits import get_task
@@ -72,7 +72,7 @@ def main() -> None:
         n_inputs = args.inputs
         opts = {} if args.method == "pt" else {"rank": 2}
         bank = PromptBank(backbone, key_encoder=keys, method=args.method, n_tokens=args.n_tokens, prompt_options=opts,
-                          router={"strategy": args.router}, max_input_tokens=args.max_input_tokens)
+                          router={"strategy": args.router} if args.router else BankConfig().router, max_input_tokens=args.max_input_tokens)
         names = []
         for j in range(m):
             src = sources[j % len(sources)]

@@ -156,6 +156,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
     router = LDARouter(DIM)
     every = max(1, n_tasks // 100)
     rss0 = _bench.rss_bytes()
+    _bench.reset_peak_rss()
     slowest, started = 0.0, time.perf_counter()
     for t in range(n_tasks):
         t0 = time.perf_counter()
@@ -164,7 +165,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
             router.route(queries[:1])
         slowest = max(slowest, time.perf_counter() - t0)
     build_s = time.perf_counter() - started
-    rss = _bench.rss_bytes() - rss0
+    rss, peak = _bench.rss_bytes() - rss0, _bench.rss_bytes("VmHWM") - rss0
     config, arrays = router.state()
     state_bytes = len(json.dumps(config)) + sum(a.nbytes for a in arrays.values())
     exact = router_from_state({**config, "index": "Flat"}, arrays)
@@ -194,7 +195,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
         "view": "lda", "build_s": build_s, "slowest_add_task_and_route_s": slowest,
         "index_in_use": "Flat" if ivf is None else f"IVF{ivf.nlist},SQ8",
         "whitening_keys_at": c["keys_at"], "keys_now": router._n_keys,
-        "state_bytes_per_task": state_bytes / n_tasks, "rss_growth_bytes": rss,
+        "state_bytes_per_task": state_bytes / n_tasks, "rss_growth_bytes": rss, "rss_peak_growth_bytes": peak,
         "exact_full_rebuild_s": rebuild_s,
         "agreement_with_exact_lda": float(np.mean(got == ref)),
         "accuracy_true_task": float(np.mean(got == truth)),
@@ -205,7 +206,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
         "add_one_task_and_route_ms": add_ms, "remove_one_task_and_route_ms": remove_ms,
     }
     _bench.log(f"  lda: built in {build_s:.1f}s (slowest add+route {slowest:.2f}s), {row['index_in_use']}, "
-               f"{row['state_bytes_per_task']:.0f} B/task state, agree with exact LDA {row['agreement_with_exact_lda']:.3f}, "
+               f"{row['state_bytes_per_task']:.0f} B/task state, RSS +{rss / n_tasks:.0f} B/task (peak +{peak / n_tasks:.0f}), agree with exact LDA {row['agreement_with_exact_lda']:.3f}, "
                f"true {row['accuracy_true_task']:.3f} (exact {row['exact_lda_accuracy_true_task']:.3f}); batch "
                f"{row['route_batch_us_per_query']['median']:.1f} us/q (exact {row['exact_route_batch_us_per_query']['median']:.1f}); "
                f"full rebuild {rebuild_s:.2f}s; add+route {add_ms:.1f} ms, remove+route {remove_ms:.1f} ms")

@@ -359,6 +359,8 @@ STRATEGIES: list[Strategy] = [
     _bank("lda", "LDARouter defaults: class means, exact pooled scatter", strategy="lda"),
     _bank("lda-nearest", "lda with closeness = distance to the nearest mean (novelty='nearest', the old score)",
           strategy="lda", novelty="nearest"),
+    _bank("lda-rank8", "lda storing a rank-8 factor of each task's scatter, subtracted on removal (default until "
+          "2026-11-30)", strategy="lda", scatter_rank=8),
     _bank("lda-2-per-class", "LDARouter, 2 k-means components per class", relabel=_subclusters(2), strategy="lda"),
     Strategy("lda-rm-diagonal", LDARemoveDiagonal, "ablation: lda removing the diagonal residual too (GaussianRouter's "
              "rule)", reference=True, removal_only=True),

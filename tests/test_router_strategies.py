@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from promptbank.errors import InvalidDataError, TaskExistsError, UnknownTaskError
+import promptbank.router as router_mod
 from promptbank.router import GaussianRouter, LDARouter, Routing, make_router, router_from_state
 
 DIM = 64
@@ -140,12 +141,37 @@ def test_lda_remove_forgets_the_task_and_stays_close_to_a_rebuilt_router(data):
     acc, acc_rebuilt = (after.task_ids[others] == truth[others]).mean(), (
         rebuilt.route(queries[others], top=1).task_ids == truth[others]).mean()
     assert acc >= acc_rebuilt - 0.02
-    # what a removed task leaves in the shared scatter is positive semi-definite (up to the
-    # float16 rounding of its stored factor), so the covariance stays a covariance
+    # what a removed task leaves in the shared scatter (by default all of its within-class
+    # scatter) is positive semi-definite, so the covariance stays a covariance
     eig = np.linalg.eigvalsh(router._scatter - rebuilt._scatter)
     assert eig.min() > -2e-3 * eig.max()
     with pytest.raises(UnknownTaskError):
         router.remove_task(2)
+
+
+def test_lda_removal_factor_is_optional_and_subtracted(data):
+    # scatter_rank=8 stores a rank-8 factor per task and subtracts it on removal
+    train, _, _ = data
+    plain, ranked = build(train), build(train, scatter_rank=8)
+    assert plain.scatter_rank == 0 and ranked.scatter_rank == 8
+    np.testing.assert_allclose(plain._scatter, ranked._scatter)  # routing does not depend on it
+    plain.remove_task(2)
+    ranked.remove_task(2)
+    rebuilt = build(train, skip=2)
+    left_plain = np.linalg.norm(plain._scatter - rebuilt._scatter)
+    left_ranked = np.linalg.norm(ranked._scatter - rebuilt._scatter)
+    assert left_ranked < 0.9 * left_plain
+
+
+def test_lda_rebuild_whitens_block_by_block_like_all_at_once(monkeypatch, data):
+    train, queries, _ = data
+    whole = build(train).route(queries, top=3)
+    monkeypatch.setattr(router_mod, "REBUILD_BLOCK_MEANS", 3)  # 2 classes per task: 3 blocks
+    blocks = build(train)
+    got = blocks.route(queries, top=3)
+    assert len(blocks._cache["serials"]) == N_TASKS and blocks._cache["index"].ntotal == 2 * N_TASKS
+    np.testing.assert_array_equal(got.candidates, whole.candidates)
+    np.testing.assert_allclose(got.candidate_scores, whole.candidate_scores, rtol=1e-5, atol=1e-6)
 
 
 def test_lda_removing_every_task_resets_exactly(data):
@@ -161,7 +187,7 @@ def test_lda_removing_every_task_resets_exactly(data):
     assert same_routing(router.route(queries), build(train[:3]).route(queries))
 
 
-@pytest.mark.parametrize("options", [{}, {"per_class": False}, {"scatter_rank": 0}, {"shrinkage": 0.3}])
+@pytest.mark.parametrize("options", [{}, {"per_class": False}, {"scatter_rank": 8}, {"shrinkage": 0.3}])
 def test_lda_state_round_trip_routes_identically_and_stays_editable(options, data):
     train, queries, _ = data
     router = build(train[:4], **options)
@@ -203,12 +229,12 @@ def test_lda_errors_and_cost_per_task(data):
         router.add_task(9, train[2][0], labels=np.zeros(3, dtype=np.int64))
     with pytest.raises(InvalidDataError):
         make_router("lda", dim=DIM, colour="blue")
-    # per task: 2 float16 class means + a rank-8 float16 factor; the scatter is shared
+    # per task: 2 float16 class means and their counts; the scatter is shared
     _, a = router.state()
     router.add_task(2, *train[2])
     _, b = router.state()
     per_task = sum(x.nbytes for x in b.values()) - sum(x.nbytes for x in a.values())
-    assert per_task <= 2 * DIM * 2 + 8 * DIM * 2 + 64
+    assert per_task <= 2 * DIM * 2 + 64
 
 
 def test_lda_state_is_compact(data):
@@ -219,7 +245,7 @@ def test_lda_state_is_compact(data):
     assert arrays["scatter_packed"].shape == (DIM * (DIM + 1) // 2,)  # 4x below float64 d x d
     assert arrays["comp_mean"].dtype == np.float16
     shared = arrays["scatter_packed"].nbytes
-    assert sum(a.nbytes for a in arrays.values()) - shared <= N_TASKS * (2 * DIM * 2 + 8 * DIM * 2 + 64)
+    assert sum(a.nbytes for a in arrays.values()) - shared <= N_TASKS * (2 * DIM * 2 + 64)
 
 
 def test_lda_loads_state_saved_in_the_float64_layout(data):
@@ -307,8 +333,6 @@ def test_study_measures_strategies_and_unknown_tasks():
 
 
 def test_lda_large_banks_update_incrementally_and_refresh_when_doubled(monkeypatch):
-    import promptbank.router as router_mod
-
     monkeypatch.setattr(router_mod, "EXACT_WHITENING_MAX_COMPONENTS", 8)
     train, queries, truth = clustered(n_tasks=40, n=40, seed=4)
     router = build(train[:10])
@@ -339,8 +363,6 @@ def test_lda_large_banks_update_incrementally_and_refresh_when_doubled(monkeypat
 
 def test_lda_auto_index_turns_approximate_past_the_flat_limit(monkeypatch):
     import faiss
-
-    import promptbank.router as router_mod
 
     monkeypatch.setattr(router_mod, "AUTO_FLAT_MAX_VECTORS", 60)
     train, queries, truth = clustered(n_tasks=40, n=40, seed=5)

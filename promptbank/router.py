@@ -415,8 +415,9 @@ class KNNRouter(Router):
     to train on (39 per IVF list and per PQ centroid), then move to the trained index.
     Each move trains FAISS k-means inside the ``add_task`` call that crosses the line, on
     up to twice the minimum training set: one-offs of ~5 s at the 50k-vector switch (1,024
-    lists) and 1.5-3 minutes at 200k vectors (4,096 lists, the last regrowth), measured
-    on one loaded core, against ~0.1-2 ms for an ordinary add.
+    lists), 1.5-3 minutes at 200k vectors (4,096 lists) on one loaded core, and 12 minutes
+    at 3.2M vectors (16,384 lists, the last regrowth; two contended cores), against
+    ~0.1-2 ms for an ordinary add. Pass an explicit spec to avoid the regrowths.
     Removal uses ``remove_ids`` (IVF: a scan of the lists, ~1 ms at 400k vectors). HNSW
     has no removal: the graph is rebuilt without the task, O(size of index) (12 s at 40k
     vectors); its recall on clustered keys also falls as the bank grows (BENCHMARKS.md),

@@ -929,6 +929,7 @@ class GaussianRouter(Router):
         if c is not None and not c["dirty"]:
             return c
         if c is None or self._refresh_due(c):
+            self._cache = c = None  # free the old index before the new one is built
             return self._rebuild()
         added = []
         for tid in sorted(c["dirty"]):  # incremental: the whitening stays as it is
@@ -964,10 +965,15 @@ class GaussianRouter(Router):
         n = int(ends[-1]) if len(ends) else 0
 
         def whitened(rows: np.ndarray) -> np.ndarray:
-            """Whitened means of the (sorted) global rows ``rows``; float64 products."""
+            """Whitened means of the (sorted) global rows ``rows``, float32; float64 products
+            a block at a time."""
             owner = np.searchsorted(ends, rows, side="right")
-            picked = [items[o][1].means[r - (ends[o] - sizes[o])] for o, r in zip(owner, rows)]
-            return (np.asarray(picked, np.float64).reshape(-1, self.dim) @ whiten).astype(np.float32)
+            out = np.empty((len(rows), self.dim), np.float32)
+            for lo in range(0, len(rows), REBUILD_BLOCK_MEANS):
+                hi = min(len(rows), lo + REBUILD_BLOCK_MEANS)
+                block = [items[o][1].means[r - (ends[o] - sizes[o])] for o, r in zip(owner[lo:hi], rows[lo:hi])]
+                out[lo:hi] = np.asarray(block, np.float64).reshape(-1, self.dim) @ whiten
+            return out
 
         c: dict[str, Any] = {
             "whiten": whiten.astype(np.float32),

@@ -368,6 +368,9 @@ def test_lda_auto_index_turns_approximate_past_the_flat_limit(monkeypatch):
     train, queries, truth = clustered(n_tasks=40, n=40, seed=5)
     router = build(train)  # 80 class means > 60: IVF over the whitened means
     r = router.route(queries, top=1)
+    monkeypatch.setattr(router_mod, "REBUILD_BLOCK_MEANS", 7)  # training sample whitened in blocks
+    blocks = build(train)
+    np.testing.assert_array_equal(blocks.route(queries, top=1).task_ids, r.task_ids)
     assert faiss.try_extract_index_ivf(router._cache["index"]) is not None
     flat = build(train, index="Flat")
     assert (r.task_ids == flat.route(queries, top=1).task_ids).mean() >= 0.98

@@ -47,11 +47,11 @@ AUTO_LARGE_SPEC = "IVF{nlist},SQ8"
 #: search on 99.2% of queries at nprobe 8, 2,048 lists on 95.6% (and were slower at the
 #: same agreement). At 4M synthetic keys in 62,500 domains (1M tasks) 4,096 lists agreed on
 #: only 42%, hence the higher cap (BENCHMARKS.md section 2). Training costs ~sample x lists:
-#: past ``AUTO_TRAIN_2X_MAX_NLIST`` lists k-means trains on the minimum sample (39 points
-#: per list, not 78), so 16,384 lists take ~5 minutes on two cores, once, at ~3M vectors.
+#: k-means trains on twice the minimum sample but on at most ``TRAIN_SAMPLE_MAX`` vectors
+#: unless the minimum (39 per list) needs more: 16,384 lists then train on 39 points per list,
+#: not 78, and take ~5 minutes on two cores, once, at ~3M vectors.
 AUTO_LISTS_PER_SQRT = 8
 AUTO_MAX_NLIST = 16384
-AUTO_TRAIN_2X_MAX_NLIST = 4096
 #: The LDA router's index of whitened means keeps the cap it was measured with (100k tasks).
 LDA_MAX_NLIST = 4096
 #: ``index="auto"``: once the compressed index holds this many times the vectors it was
@@ -76,6 +76,8 @@ REBUILD_BLOCK_MEANS = 8192
 MAX_SEARCH = 256
 #: FAISS warns below this many training points per IVF list / PQ centroid.
 MIN_POINTS_PER_CENTROID = 39
+#: Largest k-means sample unless the minimum needs more (see AUTO_LISTS_PER_SQRT).
+TRAIN_SAMPLE_MAX = 2 * MIN_POINTS_PER_CENTROID * 4096
 
 
 @dataclass
@@ -540,9 +542,8 @@ class KNNRouter(Router):
             return
         target = _make_index(self._target, self.dim)
         total = self.ntotal
-        ivf = faiss.try_extract_index_ivf(target)
-        big = ivf is not None and ivf.nlist > AUTO_TRAIN_2X_MAX_NLIST
-        cap = self._target_need * (1 if big else 2)  # k-means time grows with the sample
+        need = self._target_need  # k-means time grows with the sample: see TRAIN_SAMPLE_MAX
+        cap = max(need, min(2 * need, TRAIN_SAMPLE_MAX))
         rng = np.random.default_rng(self.seed)
         picked = np.sort(rng.choice(total, cap, replace=False)) if total > cap else None
         parts, seen = [], 0
@@ -964,15 +965,18 @@ class GaussianRouter(Router):
         ends = np.cumsum(sizes)
         n = int(ends[-1]) if len(ends) else 0
 
+        def white_of(means: list[np.ndarray]) -> np.ndarray:
+            """Whitened rows of ``means`` (float64 products, float32 result)."""
+            return (np.concatenate(means).astype(np.float64) @ whiten).astype(np.float32)
+
         def whitened(rows: np.ndarray) -> np.ndarray:
-            """Whitened means of the (sorted) global rows ``rows``, float32; float64 products
-            a block at a time."""
+            """Whitened means of the (sorted) global rows ``rows``, a block at a time."""
             owner = np.searchsorted(ends, rows, side="right")
             out = np.empty((len(rows), self.dim), np.float32)
             for lo in range(0, len(rows), REBUILD_BLOCK_MEANS):
                 hi = min(len(rows), lo + REBUILD_BLOCK_MEANS)
-                block = [items[o][1].means[r - (ends[o] - sizes[o])] for o, r in zip(owner[lo:hi], rows[lo:hi])]
-                out[lo:hi] = np.asarray(block, np.float64).reshape(-1, self.dim) @ whiten
+                out[lo:hi] = white_of([items[o][1].means[r - (ends[o] - sizes[o])][None]
+                                       for o, r in zip(owner[lo:hi], rows[lo:hi])])
             return out
 
         c: dict[str, Any] = {
@@ -987,13 +991,13 @@ class GaussianRouter(Router):
             "dirty": set(),
         }
         block: list[tuple[int, _TaskStats]] = []
+        held = 0
         for i, item in enumerate(items):
             block.append(item)
-            if i + 1 < len(items) and sum(len(s.counts) for _, s in block) < REBUILD_BLOCK_MEANS:
-                continue
-            white = (np.concatenate([s.means for _, s in block]).astype(np.float64) @ whiten).astype(np.float32)
-            self._index_tasks(c, block, white)
-            block = []
+            held += len(item[1].counts)
+            if held >= REBUILD_BLOCK_MEANS or i + 1 == len(items):
+                self._index_tasks(c, block, white_of([s.means for _, s in block]))
+                block, held = [], 0
         self._cache = c
         return c
 

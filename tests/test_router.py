@@ -250,9 +250,9 @@ def test_knn_auto_index_regrows_with_the_bank(monkeypatch):
 
 
 def test_knn_auto_index_trains_many_lists_on_the_minimum_sample(monkeypatch):
-    # Past AUTO_TRAIN_2X_MAX_NLIST lists, k-means gets 39 points per list instead of 78.
+    # Past TRAIN_SAMPLE_MAX (2 x 39 x 4,096; here 2 x 39 x 8), k-means gets 39 points per list, not 78.
     monkeypatch.setattr(router_mod, "AUTO_FLAT_MAX_VECTORS", 400)
-    monkeypatch.setattr(router_mod, "AUTO_TRAIN_2X_MAX_NLIST", 8)
+    monkeypatch.setattr(router_mod, "TRAIN_SAMPLE_MAX", 2 * 39 * 8)
     sizes = []
     real_train = faiss.IndexIVFScalarQuantizer.train
     monkeypatch.setattr(faiss.IndexIVFScalarQuantizer, "train", lambda self, x: sizes.append(len(x)) or real_train(self, x))

@@ -54,6 +54,10 @@ AUTO_LISTS_PER_SQRT = 8
 AUTO_MAX_NLIST = 16384
 #: The LDA router's index of whitened means keeps the cap it was measured with (100k tasks).
 LDA_MAX_NLIST = 4096
+#: Lists the LDA router scans per query. Its auto IVF trains spherical k-means, whose lists
+#: come out even (at 100k synthetic tasks the largest held 80 means, not 368), so 8 lists
+#: suffice: 99.5% / 100% agreement with exact LDA at 384 / 960 dims (BENCHMARKS.md section 2).
+LDA_NPROBE = 8
 #: ``index="auto"``: once the compressed index holds this many times the vectors it was
 #: trained at, it is retrained with the number of lists ``auto_large_spec`` gives for its
 #: new size (geometric growth, so the retraining is amortised O(1) per add; it stops once
@@ -1006,9 +1010,11 @@ class GaussianRouter(Router):
         them, ``whitened(rows)``, if IVF).
 
         "auto" past ``AUTO_FLAT_MAX_VECTORS`` means: IVF-SQ8 with lists for ~24 means each
-        at twice the current size (the size at the next refresh). Whitened means need finer
-        lists than raw keys: at 100k synthetic tasks, IVF with 1,024 / 2,048 / 4,096 lists
-        found exact LDA's task for 87% / 95% / 99% of queries at nprobe 16.
+        at twice the current size (the size at the next refresh), trained with *spherical*
+        k-means. Plain k-means on whitened means left hub lists near the origin that most
+        queries probed: at 100k synthetic tasks (960-d, 4,096 lists) a query scanned 1,866
+        means at nprobe 16 instead of ~390, and spherical k-means cut the batched search
+        from 361 to 195 us per query at the same agreement (BENCHMARKS.md section 2).
         """
         spec, need = self.index_spec, None
         if spec == "auto":
@@ -1017,7 +1023,8 @@ class GaussianRouter(Router):
             need = nlist  # k-means with fewer than 39 points per list: fine for this use
         index = faiss.index_factory(self.dim, spec, faiss.METRIC_L2)
         if need is not None and faiss.try_extract_index_ivf(index) is not None:
-            faiss.extract_index_ivf(index).cp.min_points_per_centroid = 1  # no warning
+            cp = faiss.extract_index_ivf(index).cp
+            cp.min_points_per_centroid, cp.spherical = 1, True  # no warning; no hub lists
         if not index.is_trained:
             need = _train_size(index) if need is None else need
             if n < need:
@@ -1062,7 +1069,7 @@ class GaussianRouter(Router):
         k = min(c["index"].ntotal, max(self.search_k, top * c["max_classes"]))
         ivf = faiss.try_extract_index_ivf(c["index"])
         if ivf is not None:
-            ivf.nprobe = min(ivf.nlist, 16)
+            ivf.nprobe = min(ivf.nlist, LDA_NPROBE)
         dist, comp = _search(c["index"], z, k, c.setdefault("memo", {}))
         ok = comp >= 0
         tasks = np.where(ok, c["comp_task"][np.maximum(comp, 0)], -1)

@@ -371,7 +371,10 @@ def test_lda_auto_index_turns_approximate_past_the_flat_limit(monkeypatch):
     monkeypatch.setattr(router_mod, "REBUILD_BLOCK_MEANS", 7)  # training sample whitened in blocks
     blocks = build(train)
     np.testing.assert_array_equal(blocks.route(queries, top=1).task_ids, r.task_ids)
-    assert faiss.try_extract_index_ivf(router._cache["index"]) is not None
+    ivf = faiss.try_extract_index_ivf(router._cache["index"])
+    assert ivf is not None and ivf.nprobe == min(ivf.nlist, router_mod.LDA_NPROBE)
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)  # spherical k-means: unit centroids
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-4)
     flat = build(train, index="Flat")
     assert (r.task_ids == flat.route(queries, top=1).task_ids).mean() >= 0.98
     router.remove_task(7)

@@ -30,7 +30,7 @@ import argparse
 import gc
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -143,6 +143,34 @@ def chunked_exact_router(keys: np.ndarray, kpt: int) -> Any:
     return router
 
 
+def ivf_probe_stats(ivf: Any, whitened_queries: np.ndarray) -> dict[str, float]:
+    """List sizes, and means scanned per query at the index's nprobe: a few large lists that
+    most queries probe (hubs) show up as scanned >> nprobe x mean list."""
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
+    _, lists = ivf.quantizer.search(np.ascontiguousarray(whitened_queries, dtype=np.float32), ivf.nprobe)
+    return {"nlist": int(ivf.nlist), "nprobe": int(ivf.nprobe), "largest_list": int(sizes.max()),
+            "mean_list": float(sizes.mean()), "scanned_per_query": float(sizes[lists].sum(1).mean())}
+
+
+def kmeans_twin(router: Any, ivf: Any, spherical: bool) -> Any:
+    """The router's current whitened means in a fresh IVF-SQ8 with the same lists and nprobe,
+    trained on all of them with spherical or plain k-means (the auto index used plain k-means
+    until 2026-11-30). Both twins see the same data, unlike the index in use, which was trained
+    at the last refresh."""
+    import faiss
+
+    c = router._cache
+    serials = np.concatenate([c["serials"][t] for t in router._tasks])
+    white = np.ascontiguousarray(np.concatenate([s.means for s in router._tasks.values()]).astype(np.float32) @ c["whiten"])
+    index = faiss.index_factory(DIM, f"IVF{ivf.nlist},SQ8", faiss.METRIC_L2)
+    twin = faiss.extract_index_ivf(index)
+    twin.cp.min_points_per_centroid, twin.cp.spherical = 1, spherical
+    index.train(white)
+    index.add_with_ids(white, serials)
+    twin.nprobe = ivf.nprobe
+    return index
+
+
 def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, args: Any) -> dict[str, Any]:
     """LDARouter (the bank default) at this size, built as a bank builds it: one add_task per
     task and a route every 1% of the tasks, so what is measured is the incremental
@@ -177,11 +205,33 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
     ivf = faiss.try_extract_index_ivf(c["index"])
     batch = np.ascontiguousarray(np.resize(queries, (args.batch, DIM)))
     singles = queries[: args.single_queries]
-    times = _bench.interleaved({
+    variants = {
         "lda": lambda: router.route(batch),
         "exact": lambda: exact.route(batch),
         "single": lambda: [router.route(singles[i : i + 1]) for i in range(len(singles))],
-    }, repeats=args.repeats, warmup=1)
+    }
+    twins: dict[str, Any] = {}
+    if ivf is not None:  # side by side: the same router with each twin's lists swapped in
+        z = queries.astype(np.float32) @ c["whiten"]
+
+        def routed_with(swap: dict[str, Any]) -> Callable[[np.ndarray], Any]:
+            def route(x: np.ndarray) -> Any:
+                for key in swap:
+                    swap[key], c[key] = c[key], swap[key]
+                try:
+                    return router.route(x)
+                finally:
+                    for key in swap:
+                        swap[key], c[key] = c[key], swap[key]
+            return route
+
+        for name, spherical in (("spherical", True), ("plain", False)):
+            twin = kmeans_twin(router, ivf, spherical)
+            route = routed_with({"index": twin, "memo": {}})
+            twins[name] = {"probe": ivf_probe_stats(faiss.extract_index_ivf(twin), z),
+                           "agreement_with_exact_lda": float(np.mean(route(queries).task_ids == ref))}
+            variants[f"twin_{name}"] = lambda route=route: route(batch)
+    times = _bench.interleaved(variants, repeats=args.repeats, warmup=1)
     extra = _unit(keys[:kpt] + 0.1)
     t0 = time.perf_counter()
     router.add_task(n_tasks, extra)
@@ -205,6 +255,14 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
         "route_single_us_per_query": _bench.summary(times["single"], scale=1e6 / max(len(singles), 1)),
         "add_one_task_and_route_ms": add_ms, "remove_one_task_and_route_ms": remove_ms,
     }
+    if twins:
+        row["probe"] = ivf_probe_stats(ivf, z)
+        for name, twin in twins.items():
+            twin["route_batch_us_per_query"] = _bench.summary(times[f"twin_{name}"], scale=1e6 / args.batch)
+            _bench.log(f"  lda twin, {name} k-means: {twin['probe']}, agree {twin['agreement_with_exact_lda']:.3f}, "
+                       f"batch {twin['route_batch_us_per_query']['median']:.1f} us/q")
+        twins["plain_over_spherical_time"] = _bench.ratio(times["twin_plain"], times["twin_spherical"])
+        row["kmeans_twins"] = twins
     _bench.log(f"  lda: built in {build_s:.1f}s (slowest add+route {slowest:.2f}s), {row['index_in_use']}, "
                f"{row['state_bytes_per_task']:.0f} B/task state, RSS +{rss / n_tasks:.0f} B/task (peak +{peak / n_tasks:.0f}), agree with exact LDA {row['agreement_with_exact_lda']:.3f}, "
                f"true {row['accuracy_true_task']:.3f} (exact {row['exact_lda_accuracy_true_task']:.3f}); batch "

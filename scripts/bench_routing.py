@@ -178,6 +178,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
     whose first route recomputes the whitening and whitens every mean."""
     import faiss
 
+    import promptbank.router as router_mod
     from promptbank.router import LDARouter, router_from_state
 
     n_tasks = len(keys) // kpt
@@ -214,22 +215,27 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
     if ivf is not None:  # side by side: the same router with each twin's lists swapped in
         z = queries.astype(np.float32) @ c["whiten"]
 
-        def routed_with(swap: dict[str, Any]) -> Callable[[np.ndarray], Any]:
+        def routed_with(swap: dict[str, Any], nprobe: int) -> Callable[[np.ndarray], Any]:
             def route(x: np.ndarray) -> Any:
                 for key in swap:
                     swap[key], c[key] = c[key], swap[key]
+                kept, router_mod.LDA_NPROBE = router_mod.LDA_NPROBE, nprobe
                 try:
                     return router.route(x)
                 finally:
+                    router_mod.LDA_NPROBE = kept
                     for key in swap:
                         swap[key], c[key] = c[key], swap[key]
             return route
 
-        for name, spherical in (("spherical", True), ("plain", False)):
-            twin = kmeans_twin(router, ivf, spherical)
-            route = routed_with({"index": twin, "memo": {}})
-            twins[name] = {"probe": ivf_probe_stats(faiss.extract_index_ivf(twin), z),
-                           "agreement_with_exact_lda": float(np.mean(route(queries).task_ids == ref))}
+        plain_index = None
+        for name, spherical, nprobe in (("spherical", True, ivf.nprobe), ("plain", False, ivf.nprobe),
+                                        ("plain_nprobe16", False, 16)):  # the last: the auto index before 2026-11-30
+            twin = plain_index if name == "plain_nprobe16" else kmeans_twin(router, ivf, spherical)
+            plain_index = twin if name == "plain" else plain_index
+            route = routed_with({"index": twin, "memo": {}}, nprobe)
+            agreement = float(np.mean(route(queries).task_ids == ref))  # sets the twin's nprobe
+            twins[name] = {"probe": ivf_probe_stats(faiss.extract_index_ivf(twin), z), "agreement_with_exact_lda": agreement}
             variants[f"twin_{name}"] = lambda route=route: route(batch)
     times = _bench.interleaved(variants, repeats=args.repeats, warmup=1)
     extra = _unit(keys[:kpt] + 0.1)
@@ -262,6 +268,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
             _bench.log(f"  lda twin, {name} k-means: {twin['probe']}, agree {twin['agreement_with_exact_lda']:.3f}, "
                        f"batch {twin['route_batch_us_per_query']['median']:.1f} us/q")
         twins["plain_over_spherical_time"] = _bench.ratio(times["twin_plain"], times["twin_spherical"])
+        twins["before_over_now_time"] = _bench.ratio(times["twin_plain_nprobe16"], times["lda"])
         row["kmeans_twins"] = twins
     _bench.log(f"  lda: built in {build_s:.1f}s (slowest add+route {slowest:.2f}s), {row['index_in_use']}, "
                f"{row['state_bytes_per_task']:.0f} B/task state, RSS +{rss / n_tasks:.0f} B/task (peak +{peak / n_tasks:.0f}), agree with exact LDA {row['agreement_with_exact_lda']:.3f}, "

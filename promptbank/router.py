@@ -803,8 +803,8 @@ class GaussianRouter(Router):
     banks a change is applied to the index incrementally with the current whitening, which
     is recomputed once the number of keys has doubled or halved, so adds stay amortised
     O(1); a router loaded from its state starts from a fresh whitening. ``index``: "auto"
-    (exact Flat up to ``AUTO_FLAT_MAX_VECTORS`` means, then IVF-SQ8 as in KNNRouter) or
-    any FAISS factory spec (L2 over whitened means).
+    (exact Flat up to ``AUTO_FLAT_MAX_VECTORS`` means, then IVF-SQ8 with spherical k-means
+    lists, 8 probed per query) or any FAISS factory spec (L2 over whitened means).
     ``closeness`` (what ``unknown_threshold`` cuts; higher = more familiar) depends on
     ``novelty``: "posterior" (default) is the chosen task's posterior recomputed at the softer
     ``novelty_temperature`` (the routing temperature makes almost every pick look certain);

@@ -57,8 +57,8 @@ AUTO_MAX_NLIST = 16384
 #: cap problem KNN had, not yet raised here (k-means for 16,384 lists per refresh; BENCHMARKS.md).
 LDA_MAX_NLIST = 4096
 #: Lists the LDA router scans per query. Its auto IVF trains spherical k-means, whose lists
-#: come out even (at 100k synthetic tasks the largest held 80 means, not 368), so 8 lists
-#: suffice: 99.5% / 100% agreement with exact LDA at 384 / 960 dims (BENCHMARKS.md section 2).
+#: come out even (at 100k synthetic tasks the largest held 80 means, not 403), so 8 lists
+#: suffice: 99.4-99.7% / 100% agreement with exact LDA at 384 / 960 dims (BENCHMARKS.md section 2).
 LDA_NPROBE = 8
 #: ``index="auto"``: once the compressed index holds this many times the vectors it was
 #: trained at, it is retrained with the number of lists ``auto_large_spec`` gives for its
@@ -1014,9 +1014,10 @@ class GaussianRouter(Router):
         "auto" past ``AUTO_FLAT_MAX_VECTORS`` means: IVF-SQ8 with lists for ~24 means each
         at twice the current size (the size at the next refresh), trained with *spherical*
         k-means. Plain k-means on whitened means left hub lists near the origin that most
-        queries probed: at 100k synthetic tasks (960-d, 4,096 lists) a query scanned 1,866
-        means at nprobe 16 instead of ~390, and spherical k-means cut the batched search
-        from 361 to 195 us per query at the same agreement (BENCHMARKS.md section 2).
+        queries probed: at 100k synthetic tasks (960-d, 4,096 lists) a query scanned 1,902
+        means at nprobe 16 instead of ~390. Spherical lists at nprobe 8 (``LDA_NPROBE``) took
+        the batched route from 336 to 181 us per query, agreement with exact LDA 0.998 ->
+        1.000 (BENCHMARKS.md section 2).
         """
         spec, need = self.index_spec, None
         if spec == "auto":

@@ -228,11 +228,9 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
                         swap[key], c[key] = c[key], swap[key]
             return route
 
-        plain_index = None
-        for name, spherical, nprobe in (("spherical", True, ivf.nprobe), ("plain", False, ivf.nprobe),
-                                        ("plain_nprobe16", False, 16)):  # the last: the auto index before 2026-11-30
-            twin = plain_index if name == "plain_nprobe16" else kmeans_twin(router, ivf, spherical)
-            plain_index = twin if name == "plain" else plain_index
+        spherical, plain = kmeans_twin(router, ivf, True), kmeans_twin(router, ivf, False)
+        for name, twin, nprobe in (("spherical", spherical, ivf.nprobe), ("plain", plain, ivf.nprobe),
+                                   ("plain_nprobe16", plain, 16)):  # the last: the auto index before 2026-11-30
             route = routed_with({"index": twin, "memo": {}}, nprobe)
             agreement = float(np.mean(route(queries).task_ids == ref))  # sets the twin's nprobe
             twins[name] = {"probe": ivf_probe_stats(faiss.extract_index_ivf(twin), z), "agreement_with_exact_lda": agreement}

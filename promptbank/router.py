@@ -52,10 +52,17 @@ AUTO_LARGE_SPEC = "IVF{nlist},SQ8"
 #: not 78, and take ~5 minutes on two cores, once, at ~3M vectors.
 AUTO_LISTS_PER_SQRT = 8
 AUTO_MAX_NLIST = 16384
-#: The LDA router's index of whitened means keeps the cap it was measured with (100k tasks).
-#: At 1M tasks (384-d) 4,096 lists agreed with exact LDA on only 39.8% of queries: the same
-#: cap problem KNN had, not yet raised here (k-means for 16,384 lists per refresh; BENCHMARKS.md).
-LDA_MAX_NLIST = 4096
+#: The LDA router's index of whitened means: lists of ~24 means at the next refresh, at most
+#: this many. The cap was 4,096 until 2026-11-30: at 1M tasks (384-d) its lists held 244
+#: means each and agreed with exact LDA on 39.8% of queries. Lists of ~15 means (65,536
+#: lists) agreed on 96.4% at nprobe 8 in an exploration on the same synthetic keys.
+LDA_MAX_NLIST = 65536
+#: Past this many lists the LDA index trains *two-level* spherical k-means (faiss.contrib:
+#: sqrt(nlist) clusters, each split in proportion to its size), ~sqrt(nlist)/2 times
+#: cheaper than flat k-means: 65,536 lists over 1M means took 20 s, where flat k-means for
+#: 16,384 lists on 320k means took 164 s. Up to it, flat k-means, which agreed better with
+#: coarse lists (4,096 lists at 1M tasks: 41% vs 30%; at 100k tasks, 960-d: 100% vs 99.9%).
+LDA_FLAT_KMEANS_MAX_NLIST = 4096
 #: Lists the LDA router scans per query. Its auto IVF trains spherical k-means, whose lists
 #: come out even (at 100k synthetic tasks the largest held 80 means, not 403), so 8 lists
 #: suffice: 99.4-99.7% / 100% agreement with exact LDA at 384 / 960 dims (BENCHMARKS.md section 2).
@@ -78,6 +85,9 @@ EXACT_WHITENING_MAX_COMPONENTS = 1024
 WHITENING_REFRESH_FACTOR = 2.0
 #: Gaussian/LDA rebuilds whiten this many means at a time (63 MB of float64 at 960-d).
 REBUILD_BLOCK_MEANS = 8192
+#: Largest (queries x lists) coarse-score matrix one search builds (64 MB of float32):
+#: 4,096 queries at 4,096 lists, 256 at 65,536.
+COARSE_SCORES_MAX = 1 << 24
 #: Most neighbours one KNN query asks for (bounds the candidate search with "all" keys).
 MAX_SEARCH = 256
 #: FAISS warns below this many training points per IVF list / PQ centroid.
@@ -345,6 +355,10 @@ def _search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np
         cent = np.ascontiguousarray(quantizer.reconstruct_n(0, index.nlist), dtype=np.float32)
         memo.clear()
         memo.update(index=index, centroids=cent, norms=(cent.astype(np.float64) ** 2).sum(axis=1))
+    rows = max(1, COARSE_SCORES_MAX // int(index.nlist))
+    if len(x) > rows:  # the score matrix is bounded by COARSE_SCORES_MAX, not by the batch
+        parts = [_search(index, x[i : i + rows], k, memo) for i in range(0, len(x), rows)]
+        return np.concatenate([d for d, _ in parts]), np.concatenate([i for _, i in parts])
     cent, nprobe = memo["centroids"], min(int(index.nprobe), int(index.nlist))
     l2 = quantizer.metric_type == faiss.METRIC_L2
     score = x @ cent.T  # larger is nearer
@@ -360,6 +374,18 @@ def _search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np
     return index.search_preassigned(
         x, k, np.ascontiguousarray(lists, dtype=np.int64), np.ascontiguousarray(coarse, dtype=np.float32)
     )
+
+
+def _two_level_lists(ivf: Any, sample: np.ndarray) -> None:
+    """Fill ``ivf``'s flat quantizer with spherical two-level k-means centroids of ``sample``
+    (``LDA_FLAT_KMEANS_MAX_NLIST``); ``ivf.train`` then skips its own k-means."""
+    from faiss.contrib.clustering import two_level_clustering
+
+    centroids, _ = two_level_clustering(
+        sample, round(math.sqrt(ivf.nlist)), ivf.nlist, clustering_niter=10,
+        spherical=True, seed=1, min_points_per_centroid=1,
+    )
+    ivf.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
 
 
 def _dump(index: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -1017,7 +1043,8 @@ class GaussianRouter(Router):
         queries probed: at 100k synthetic tasks (960-d, 4,096 lists) a query scanned 1,902
         means at nprobe 16 instead of ~390. Spherical lists at nprobe 8 (``LDA_NPROBE``) took
         the batched route from 336 to 181 us per query, agreement with exact LDA 0.998 ->
-        1.000 (BENCHMARKS.md section 2).
+        1.000 (BENCHMARKS.md section 2). Past ``LDA_FLAT_KMEANS_MAX_NLIST`` lists (banks of
+        ~200k+ means) the k-means is two-level, so a refresh stays a matter of seconds.
         """
         spec, need = self.index_spec, None
         if spec == "auto":
@@ -1035,7 +1062,11 @@ class GaussianRouter(Router):
             else:
                 rng = np.random.default_rng(0)
                 cap = min(n, 2 * _train_size(index))
-                index.train(np.ascontiguousarray(whitened(np.sort(rng.choice(n, cap, replace=False)))))
+                sample = np.ascontiguousarray(whitened(np.sort(rng.choice(n, cap, replace=False))))
+                ivf = faiss.try_extract_index_ivf(index)
+                if self.index_spec == "auto" and ivf.nlist > LDA_FLAT_KMEANS_MAX_NLIST:
+                    _two_level_lists(ivf, sample)
+                index.train(sample)  # the lists, unless already there; then the SQ8 codec
         if faiss.try_extract_index_ivf(index) is None:
             index = faiss.IndexIDMap2(index)
         return index

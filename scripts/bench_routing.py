@@ -152,22 +152,23 @@ def ivf_probe_stats(ivf: Any, whitened_queries: np.ndarray) -> dict[str, float]:
             "mean_list": float(sizes.mean()), "scanned_per_query": float(sizes[lists].sum(1).mean())}
 
 
-def kmeans_twin(router: Any, ivf: Any, spherical: bool) -> Any:
-    """The router's current whitened means in a fresh IVF-SQ8 with the same lists and nprobe,
-    trained on all of them with spherical or plain k-means (the auto index used plain k-means
-    until 2026-11-30). Both twins see the same data, unlike the index in use, which was trained
-    at the last refresh."""
+def kmeans_twin(router: Any, nlist: int, spherical: bool) -> Any:
+    """The router's current whitened means in a fresh IVF-SQ8 with ``nlist`` lists, trained by
+    flat spherical or plain k-means on a sample of them as large as the router's (the auto
+    index used plain k-means and at most 4,096 lists until 2026-11-30; before the 1M run of
+    2026-11-30 the twins trained on every mean). Twins see the same data, unlike the index in
+    use, which was trained at the last refresh."""
     import faiss
 
     c = router._cache
     serials = np.concatenate([c["serials"][t] for t in router._tasks])
     white = np.ascontiguousarray(np.concatenate([s.means for s in router._tasks.values()]).astype(np.float32) @ c["whiten"])
-    index = faiss.index_factory(DIM, f"IVF{ivf.nlist},SQ8", faiss.METRIC_L2)
+    index = faiss.index_factory(DIM, f"IVF{nlist},SQ8", faiss.METRIC_L2)
     twin = faiss.extract_index_ivf(index)
     twin.cp.min_points_per_centroid, twin.cp.spherical = 1, spherical
-    index.train(white)
+    rng = np.random.default_rng(0)  # the router's sample size: twice 39 means per list
+    index.train(white[np.sort(rng.choice(len(white), min(len(white), 78 * nlist), replace=False))])
     index.add_with_ids(white, serials)
-    twin.nprobe = ivf.nprobe
     return index
 
 
@@ -228,9 +229,12 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
                         swap[key], c[key] = c[key], swap[key]
             return route
 
-        spherical, plain = kmeans_twin(router, ivf, True), kmeans_twin(router, ivf, False)
-        for name, twin, nprobe in (("spherical", spherical, ivf.nprobe), ("plain", plain, ivf.nprobe),
-                                   ("plain_nprobe16", plain, 16)):  # the last: the auto index before 2026-11-30
+        if ivf.nlist <= router_mod.LDA_FLAT_KMEANS_MAX_NLIST:  # the last twin: the auto index before 2026-11-30
+            spherical, plain = kmeans_twin(router, ivf.nlist, True), kmeans_twin(router, ivf.nlist, False)
+            specs = (("spherical", spherical, ivf.nprobe), ("plain", plain, ivf.nprobe), ("plain_nprobe16", plain, 16))
+        else:  # two-level lists past the old cap vs as many flat spherical lists as the old cap (4,096)
+            specs = (("old_cap", kmeans_twin(router, router_mod.LDA_FLAT_KMEANS_MAX_NLIST, True), ivf.nprobe),)
+        for name, twin, nprobe in specs:
             route = routed_with({"index": twin, "memo": {}}, nprobe)
             agreement = float(np.mean(route(queries).task_ids == ref))  # sets the twin's nprobe
             twins[name] = {"probe": ivf_probe_stats(faiss.extract_index_ivf(twin), z), "agreement_with_exact_lda": agreement}
@@ -265,8 +269,10 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
             twin["route_batch_us_per_query"] = _bench.summary(times[f"twin_{name}"], scale=1e6 / args.batch)
             _bench.log(f"  lda twin, {name} k-means: {twin['probe']}, agree {twin['agreement_with_exact_lda']:.3f}, "
                        f"batch {twin['route_batch_us_per_query']['median']:.1f} us/q")
-        twins["plain_over_spherical_time"] = _bench.ratio(times["twin_plain"], times["twin_spherical"])
-        twins["before_over_now_time"] = _bench.ratio(times["twin_plain_nprobe16"], times["lda"])
+        if "plain" in twins:
+            twins["plain_over_spherical_time"] = _bench.ratio(times["twin_plain"], times["twin_spherical"])
+        before = "twin_plain_nprobe16" if "plain" in twins else "twin_old_cap"
+        twins["before_over_now_time"] = _bench.ratio(times[before], times["lda"])
         row["kmeans_twins"] = twins
     _bench.log(f"  lda: built in {build_s:.1f}s (slowest add+route {slowest:.2f}s), {row['index_in_use']}, "
                f"{row['state_bytes_per_task']:.0f} B/task state, RSS +{rss / n_tasks:.0f} B/task (peak +{peak / n_tasks:.0f}), agree with exact LDA {row['agreement_with_exact_lda']:.3f}, "

@@ -379,3 +379,24 @@ def test_lda_auto_index_turns_approximate_past_the_flat_limit(monkeypatch):
     assert (r.task_ids == flat.route(queries, top=1).task_ids).mean() >= 0.98
     router.remove_task(7)
     assert 7 not in router.route(queries).candidates
+
+
+def test_lda_large_auto_index_trains_two_level_lists_and_scores_in_bounded_chunks(monkeypatch):
+    import faiss
+
+    monkeypatch.setattr(router_mod, "AUTO_FLAT_MAX_VECTORS", 60)
+    monkeypatch.setattr(router_mod, "LDA_FLAT_KMEANS_MAX_NLIST", 2)  # 8 lists for 80 means
+    calls = []
+    real = router_mod._two_level_lists
+    monkeypatch.setattr(router_mod, "_two_level_lists", lambda ivf, x: calls.append(len(x)) or real(ivf, x))
+    train, queries, truth = clustered(n_tasks=40, n=40, seed=5)
+    router = build(train)
+    r = router.route(queries, top=1)
+    ivf = faiss.try_extract_index_ivf(router._cache["index"])
+    assert calls == [80] and ivf.nlist > 2 and ivf.quantizer.ntotal == ivf.nlist
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)  # spherical at both levels
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-4)
+    flat = build(train, index="Flat")
+    assert (r.task_ids == flat.route(queries, top=1).task_ids).mean() >= 0.98
+    monkeypatch.setattr(router_mod, "COARSE_SCORES_MAX", 3 * ivf.nlist)  # 3 queries per coarse step
+    assert same_routing(router.route(queries, top=1), r)

@@ -344,23 +344,26 @@ def _train_size(index: Any) -> int:
     return need
 
 
-def _flat_quantizer(index: Any) -> Any:
-    """The flat coarse quantizer of an IVF ``index`` holding one centroid per list, else None."""
+def _search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search(x, k)``; for an IVF with a flat coarse quantizer, the coarse step
+    (queries x centroids) runs as one numpy matrix product and the lists are scanned with
+    ``search_preassigned``. Same lists, same results; FAISS' own coarse search took 174
+    us/query for 4,096 lists x 384-d (batch 256, one thread), numpy 67 (whole search: 315 ->
+    197 us). ``memo`` keeps the centroid matrix for the index it was taken from."""
     quantizer = faiss.downcast_index(index.quantizer) if isinstance(index, faiss.IndexIVF) else None
     if not isinstance(quantizer, faiss.IndexFlat) or quantizer.ntotal != index.nlist:
-        return None
-    return quantizer
-
-
-def _coarse(index: Any, quantizer: Any, x: np.ndarray, nprobe: int, memo: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(lists, coarse distances) of the ``nprobe`` nearest lists of each row of ``x``, as one
-    numpy matrix product with the centroids (``memo`` keeps them for the index they came from)."""
+        return index.search(x, k)
     if memo.get("index") is not index:
         cent = np.ascontiguousarray(quantizer.reconstruct_n(0, index.nlist), dtype=np.float32)
-        norms = (cent.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
         memo.clear()
+        norms = (cent.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
         memo.update(index=index, centroids=cent, norms=norms)
+    rows = max(1, COARSE_SCORES_MAX // int(index.nlist))
+    if len(x) > rows:  # the score matrix is bounded by COARSE_SCORES_MAX, not by the batch
+        parts = [_search(index, x[i : i + rows], k, memo) for i in range(0, len(x), rows)]
+        return np.concatenate([d for d, _ in parts]), np.concatenate([i for _, i in parts])
     cent, nlist = memo["centroids"], int(index.nlist)
+    nprobe = min(int(index.nprobe), nlist)
     l2 = quantizer.metric_type == faiss.METRIC_L2
     score = x @ cent.T  # larger is nearer; updated in place, no second matrix
     if l2:
@@ -369,52 +372,13 @@ def _coarse(index: Any, quantizer: Any, x: np.ndarray, nprobe: int, memo: dict[s
     if nprobe < nlist:
         lists = np.argpartition(score, nlist - nprobe, axis=1)[:, nlist - nprobe :]
     else:
-        lists = np.broadcast_to(np.arange(nlist), score.shape)
+        lists = np.broadcast_to(np.arange(index.nlist), score.shape)
     coarse = np.take_along_axis(score, lists, axis=1)
     if l2:
         coarse = (x.astype(np.float32) ** 2).sum(axis=1, keepdims=True) - coarse
-    return np.ascontiguousarray(lists, dtype=np.int64), np.ascontiguousarray(coarse, dtype=np.float32)
-
-
-def _chunk_rows(index: Any) -> int:
-    """Rows per coarse step whose score matrix stays within ``COARSE_SCORES_MAX``."""
-    return max(1, COARSE_SCORES_MAX // int(index.nlist))
-
-
-def _search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """``index.search(x, k)``; for an IVF with a flat coarse quantizer, the coarse step
-    (queries x centroids) runs as one numpy matrix product and the lists are scanned with
-    ``search_preassigned``. Same lists, same results; FAISS' own coarse search took 174
-    us/query for 4,096 lists x 384-d (batch 256, one thread), numpy 67 (whole search: 315 ->
-    197 us)."""
-    quantizer = _flat_quantizer(index)
-    if quantizer is None:
-        return index.search(x, k)
-    nprobe, rows = min(int(index.nprobe), int(index.nlist)), _chunk_rows(index)
-    parts = []
-    for i in range(0, len(x), rows):
-        chunk = x[i : i + rows]
-        parts.append(index.search_preassigned(chunk, k, *_coarse(index, quantizer, chunk, nprobe, memo)))
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([d for d, _ in parts]), np.concatenate([i for _, i in parts])
-
-
-def _add(index: Any, x: np.ndarray, ids: np.ndarray, memo: dict[str, Any]) -> None:
-    """``index.add_with_ids(x, ids)``, with an IVF's list assignment done like ``_search``'s
-    coarse step: at 1M tasks (65,536 lists x 384-d) FAISS' flat quantizer assigned at ~2.7 ms
-    per vector in batches, numpy at ~0.7 ms."""
-    quantizer = _flat_quantizer(index)
-    if quantizer is None:
-        index.add_with_ids(x, ids)
-        return
-    from faiss.contrib.ivf_tools import add_preassigned
-
-    rows = _chunk_rows(index)
-    for i in range(0, len(x), rows):
-        chunk = np.ascontiguousarray(x[i : i + rows], dtype=np.float32)
-        lists, _ = _coarse(index, quantizer, chunk, 1, memo)
-        add_preassigned(index, chunk, np.ascontiguousarray(lists[:, 0]), np.ascontiguousarray(ids[i : i + rows], dtype=np.int64))
+    return index.search_preassigned(
+        x, k, np.ascontiguousarray(lists, dtype=np.int64), np.ascontiguousarray(coarse, dtype=np.float32)
+    )
 
 
 def _two_level_lists(ivf: Any, sample: np.ndarray) -> None:
@@ -873,8 +837,7 @@ class GaussianRouter(Router):
     is recomputed once the number of keys has doubled or halved, so adds stay amortised
     O(1); a router loaded from its state starts from a fresh whitening. ``index``: "auto"
     (exact Flat up to ``AUTO_FLAT_MAX_VECTORS`` means, then IVF-SQ8 with spherical k-means
-    lists of ~24 means, two-level past 4,096 lists, 8 probed per query) or any FAISS factory
-    spec (L2 over whitened means).
+    lists, 8 probed per query) or any FAISS factory spec (L2 over whitened means).
     ``closeness`` (what ``unknown_threshold`` cuts; higher = more familiar) depends on
     ``novelty``: "posterior" (default) is the chosen task's posterior recomputed at the softer
     ``novelty_temperature`` (the routing temperature makes almost every pick look certain);
@@ -1136,7 +1099,7 @@ class GaussianRouter(Router):
             c["serials"][tid] = serials
             c["max_classes"] = max(c["max_classes"], k)
         ids = np.arange(first, c["next"], dtype=np.int64)
-        _add(c["index"], np.ascontiguousarray(white, dtype=np.float32), ids, c.setdefault("memo", {}))
+        c["index"].add_with_ids(np.ascontiguousarray(white, dtype=np.float32), ids)
 
     def _candidates(self, queries: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
         c = self._prepared()

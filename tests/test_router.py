@@ -326,29 +326,6 @@ def test_ivf_search_with_numpy_coarse_step_matches_faiss(metric):
         assert np.allclose(d, d_ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_ivf_add_with_numpy_assignment_matches_faiss(metric, monkeypatch):
-    import faiss
-
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(3000, 32)).astype(np.float32)
-    ids = np.arange(3000, dtype=np.int64) * 3
-    m = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
-    ref = faiss.index_factory(32, "IVF32,SQ8", m)
-    ref.train(x)
-    ours = faiss.clone_index(ref)
-    ref.add_with_ids(x, ids)
-    monkeypatch.setattr(router_mod, "COARSE_SCORES_MAX", 32 * 700)  # five chunks of 700 rows
-    router_mod._add(ours, x, ids, {})
-    assert ours.ntotal == ref.ntotal == 3000
-
-    def list_ids(index, l):
-        return set(faiss.rev_swig_ptr(index.invlists.get_ids(l), index.invlists.list_size(l)).tolist())
-
-    same = sum(len(list_ids(ours, l) & list_ids(ref, l)) for l in range(32))
-    assert same >= 0.999 * 3000  # every vector in the list FAISS puts it in (bar float ties)
-
-
 @pytest.mark.parametrize("novelty", ["posterior", "nearest"])
 def test_lda_novelty_flags_a_held_out_task_and_persists(novelty, data):
     train, queries, truth = data

@@ -54,8 +54,8 @@ AUTO_LISTS_PER_SQRT = 8
 AUTO_MAX_NLIST = 16384
 #: The LDA router's index of whitened means: lists of ~24 means at the next refresh, at most
 #: this many. The cap was 4,096 until 2026-11-30: at 1M tasks (384-d) its lists held 244
-#: means each and agreed with exact LDA on 39.8% of queries. Lists of ~15 means (65,536
-#: lists) agreed on 96.4% at nprobe 8 in an exploration on the same synthetic keys.
+#: means each and agreed with exact LDA on 39.8% of queries; with 65,536 lists of ~15 means,
+#: on 96.0% (true task 0.910 vs 0.944 exact; BENCHMARKS.md section 2).
 LDA_MAX_NLIST = 65536
 #: Past this many lists the LDA index trains *two-level* spherical k-means (faiss.contrib:
 #: sqrt(nlist) clusters, each split in proportion to its size), ~sqrt(nlist)/2 times
@@ -1048,8 +1048,8 @@ class GaussianRouter(Router):
         queries probed: at 100k synthetic tasks (960-d, 4,096 lists) a query scanned 1,902
         means at nprobe 16 instead of ~390. Spherical lists at nprobe 8 (``LDA_NPROBE``) took
         the batched route from 336 to 181 us per query, agreement with exact LDA 0.998 ->
-        1.000 (BENCHMARKS.md section 2). Past ``LDA_FLAT_KMEANS_MAX_NLIST`` lists (banks of
-        ~200k+ means) the k-means is two-level, so a refresh stays a matter of seconds.
+        1.000 (BENCHMARKS.md section 2). Past ``LDA_FLAT_KMEANS_MAX_NLIST`` lists (a refresh at
+        ~70k+ means) the k-means is two-level, so it stays a matter of seconds.
         """
         spec, need = self.index_spec, None
         if spec == "auto":

@@ -1057,24 +1057,21 @@ class GaussianRouter(Router):
             spec = "Flat" if n <= AUTO_FLAT_MAX_VECTORS else AUTO_LARGE_SPEC.format(nlist=nlist, m=1)
             need = nlist  # k-means with fewer than 39 points per list: fine for this use
         index = faiss.index_factory(self.dim, spec, faiss.METRIC_L2)
-        if need is not None and faiss.try_extract_index_ivf(index) is not None:
-            cp = faiss.extract_index_ivf(index).cp
-            cp.min_points_per_centroid, cp.spherical = 1, True  # no warning; no hub lists
+        ivf, auto = faiss.try_extract_index_ivf(index), need is not None
+        if auto and ivf is not None:
+            ivf.cp.min_points_per_centroid, ivf.cp.spherical = 1, True  # no warning; no hub lists
         if not index.is_trained:
             need = _train_size(index) if need is None else need
             if n < need:
-                index = faiss.IndexFlatL2(self.dim)  # too few means to train on yet
+                index, ivf = faiss.IndexFlatL2(self.dim), None  # too few means to train on yet
             else:
                 rng = np.random.default_rng(0)
                 cap = min(n, 2 * _train_size(index))
                 sample = np.ascontiguousarray(whitened(np.sort(rng.choice(n, cap, replace=False))))
-                ivf = faiss.try_extract_index_ivf(index)
-                if self.index_spec == "auto" and ivf.nlist > LDA_FLAT_KMEANS_MAX_NLIST:
+                if auto and ivf.nlist > LDA_FLAT_KMEANS_MAX_NLIST:
                     _two_level_lists(ivf, sample)
                 index.train(sample)  # the lists, unless already there; then the SQ8 codec
-        if faiss.try_extract_index_ivf(index) is None:
-            index = faiss.IndexIDMap2(index)
-        return index
+        return index if ivf is not None else faiss.IndexIDMap2(index)
 
     def _index_tasks(
         self, c: dict[str, Any], block: list[tuple[int, _TaskStats]], white: np.ndarray | None = None

@@ -160,14 +160,17 @@ def kmeans_twin(router: Any, nlist: int, spherical: bool) -> Any:
     use, which was trained at the last refresh."""
     import faiss
 
+    from promptbank.router import MIN_POINTS_PER_CENTROID
+
     c = router._cache
     serials = np.concatenate([c["serials"][t] for t in router._tasks])
     white = np.ascontiguousarray(np.concatenate([s.means for s in router._tasks.values()]).astype(np.float32) @ c["whiten"])
     index = faiss.index_factory(DIM, f"IVF{nlist},SQ8", faiss.METRIC_L2)
     twin = faiss.extract_index_ivf(index)
     twin.cp.min_points_per_centroid, twin.cp.spherical = 1, spherical
-    rng = np.random.default_rng(0)  # the router's sample size: twice 39 means per list
-    index.train(white[np.sort(rng.choice(len(white), min(len(white), 78 * nlist), replace=False))])
+    rng = np.random.default_rng(0)  # the router's sample size: twice the minimum per list
+    size = min(len(white), 2 * MIN_POINTS_PER_CENTROID * nlist)
+    index.train(white[np.sort(rng.choice(len(white), size, replace=False))])
     index.add_with_ids(white, serials)
     return index
 

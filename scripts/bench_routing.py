@@ -152,12 +152,11 @@ def ivf_probe_stats(ivf: Any, whitened_queries: np.ndarray) -> dict[str, float]:
             "mean_list": float(sizes.mean()), "scanned_per_query": float(sizes[lists].sum(1).mean())}
 
 
-def kmeans_twin(router: Any, nlist: int, spherical: bool) -> Any:
+def kmeans_twin(router: Any, nlist: int) -> Any:
     """The router's current whitened means in a fresh IVF-SQ8 with ``nlist`` lists, trained by
-    flat spherical or plain k-means on a sample of them as large as the router's (the auto
-    index used plain k-means and at most 4,096 lists until 2026-11-30; before the 1M run of
-    2026-11-30 the twins trained on every mean). Twins see the same data, unlike the index in
-    use, which was trained at the last refresh."""
+    flat spherical k-means on a sample of them as large as the router's (the auto index used
+    at most 4,096 such lists until 2026-11-30, evening). Twins see the same data, unlike the
+    index in use, which was trained at the last refresh."""
     import faiss
 
     from promptbank.router import MIN_POINTS_PER_CENTROID
@@ -167,12 +166,38 @@ def kmeans_twin(router: Any, nlist: int, spherical: bool) -> Any:
     white = np.ascontiguousarray(np.concatenate([s.means for s in router._tasks.values()]).astype(np.float32) @ c["whiten"])
     index = faiss.index_factory(DIM, f"IVF{nlist},SQ8", faiss.METRIC_L2)
     twin = faiss.extract_index_ivf(index)
-    twin.cp.min_points_per_centroid, twin.cp.spherical = 1, spherical
+    twin.cp.min_points_per_centroid, twin.cp.spherical = 1, True
     rng = np.random.default_rng(0)  # the router's sample size: twice the minimum per list
     size = min(len(white), 2 * MIN_POINTS_PER_CENTROID * nlist)
     index.train(white[np.sort(rng.choice(len(white), size, replace=False))])
     index.add_with_ids(white, serials)
     return index
+
+
+def fp32_coarse_search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The router's IVF search as it was until 2026-11-30 (evening), for a side-by-side twin:
+    the coarse step as one float32 numpy product with ``argpartition``, then
+    ``search_preassigned``. Only the flat-quantizer IVF path is kept (the router asks no more of it)."""
+    import faiss
+
+    quantizer = faiss.downcast_index(index.quantizer)
+    if memo.get("index") is not index:
+        cent = np.ascontiguousarray(quantizer.reconstruct_n(0, index.nlist), dtype=np.float32)
+        memo.clear()
+        memo.update(index=index, centroids=cent, norms=(cent.astype(np.float64) ** 2).sum(axis=1).astype(np.float32))
+    rows = max(1, (1 << 24) // int(index.nlist))
+    if len(x) > rows:
+        parts = [fp32_coarse_search(index, x[i : i + rows], k, memo) for i in range(0, len(x), rows)]
+        return np.concatenate([d for d, _ in parts]), np.concatenate([i for _, i in parts])
+    nlist, nprobe = int(index.nlist), min(int(index.nprobe), int(index.nlist))
+    score = x @ memo["centroids"].T
+    score *= 2.0
+    score -= memo["norms"]
+    lists = np.argpartition(score, nlist - nprobe, axis=1)[:, nlist - nprobe :]
+    coarse = (x.astype(np.float32) ** 2).sum(axis=1, keepdims=True) - np.take_along_axis(score, lists, axis=1)
+    return index.search_preassigned(
+        x, k, np.ascontiguousarray(lists, dtype=np.int64), np.ascontiguousarray(coarse, dtype=np.float32)
+    )
 
 
 def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, args: Any) -> dict[str, Any]:
@@ -216,31 +241,33 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
         "single": lambda: [router.route(singles[i : i + 1]) for i in range(len(singles))],
     }
     twins: dict[str, Any] = {}
-    if ivf is not None:  # side by side: the same router with each twin's lists swapped in
+    if ivf is not None:  # side by side: the same router with another search, nprobe or index swapped in
         z = queries.astype(np.float32) @ c["whiten"]
 
-        def routed_with(swap: dict[str, Any], nprobe: int) -> Callable[[np.ndarray], Any]:
+        def routed_with(swap: dict[str, Any], nprobe: int, search: Callable[..., Any] | None = None) -> Callable[[np.ndarray], Any]:
             def route(x: np.ndarray) -> Any:
                 for key in swap:
                     swap[key], c[key] = c[key], swap[key]
-                kept, router_mod.LDA_NPROBE = router_mod.LDA_NPROBE, nprobe
+                kept = router_mod.LDA_NPROBE, router_mod._search
+                router_mod.LDA_NPROBE, router_mod._search = nprobe, search or kept[1]
                 try:
                     return router.route(x)
                 finally:
-                    router_mod.LDA_NPROBE = kept
+                    router_mod.LDA_NPROBE, router_mod._search = kept
                     for key in swap:
                         swap[key], c[key] = c[key], swap[key]
             return route
 
-        if ivf.nlist <= router_mod.LDA_FLAT_KMEANS_MAX_NLIST:  # the last twin: the auto index before 2026-11-30
-            spherical, plain = kmeans_twin(router, ivf.nlist, True), kmeans_twin(router, ivf.nlist, False)
-            specs = (("spherical", spherical, ivf.nprobe), ("plain", plain, ivf.nprobe), ("plain_nprobe16", plain, 16))
-        else:  # two-level lists past the old cap vs as many flat spherical lists as the old cap (4,096)
-            specs = (("old_cap", kmeans_twin(router, router_mod.LDA_FLAT_KMEANS_MAX_NLIST, True), ivf.nprobe),)
-        for name, twin, nprobe in specs:
-            route = routed_with({"index": twin, "memo": {}}, nprobe)
+        specs = [("fp32_coarse", {"index": c["index"], "memo": {}}, ivf.nprobe, fp32_coarse_search),
+                 ("nprobe4", {"index": c["index"], "memo": {}}, 4, None)]
+        if ivf.nlist > router_mod.LDA_FLAT_KMEANS_MAX_NLIST:  # two-level lists vs as many flat ones as the old cap
+            old_cap = kmeans_twin(router, router_mod.LDA_FLAT_KMEANS_MAX_NLIST)
+            specs.append(("old_cap", {"index": old_cap, "memo": {}}, ivf.nprobe, None))
+        for name, swap, nprobe, search in specs:
+            route = routed_with(swap, nprobe, search)
             agreement = float(np.mean(route(queries).task_ids == ref))  # sets the twin's nprobe
-            twins[name] = {"probe": ivf_probe_stats(faiss.extract_index_ivf(twin), z), "agreement_with_exact_lda": agreement}
+            probe = ivf_probe_stats(faiss.extract_index_ivf(swap["index"]), z) if swap["index"] is not c["index"] else None
+            twins[name] = {"nprobe": nprobe, "probe": probe, "agreement_with_exact_lda": agreement}
             variants[f"twin_{name}"] = lambda route=route: route(batch)
     times = _bench.interleaved(variants, repeats=args.repeats, warmup=1)
     extra = _unit(keys[:kpt] + 0.1)
@@ -270,13 +297,13 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
         row["probe"] = ivf_probe_stats(ivf, z)
         for name, twin in twins.items():
             twin["route_batch_us_per_query"] = _bench.summary(times[f"twin_{name}"], scale=1e6 / args.batch)
-            _bench.log(f"  lda twin, {name} k-means: {twin['probe']}, agree {twin['agreement_with_exact_lda']:.3f}, "
-                       f"batch {twin['route_batch_us_per_query']['median']:.1f} us/q")
-        if "plain" in twins:
-            twins["plain_over_spherical_time"] = _bench.ratio(times["twin_plain"], times["twin_spherical"])
-        before = "twin_plain_nprobe16" if "plain" in twins else "twin_old_cap"
-        twins["before_over_now_time"] = _bench.ratio(times[before], times["lda"])
-        row["kmeans_twins"] = twins
+            _bench.log(f"  lda variant {name}: {twin['probe'] or 'own index'}, nprobe {twin['nprobe']}, agree "
+                       f"{twin['agreement_with_exact_lda']:.3f}, batch {twin['route_batch_us_per_query']['median']:.1f} us/q")
+        twins["fp32_coarse_over_now_time"] = _bench.ratio(times["twin_fp32_coarse"], times["lda"])
+        twins["nprobe4_over_now_time"] = _bench.ratio(times["twin_nprobe4"], times["lda"])
+        if "old_cap" in twins:
+            twins["old_cap_over_now_time"] = _bench.ratio(times["twin_old_cap"], times["lda"])
+        row["variants"] = twins
     _bench.log(f"  lda: built in {build_s:.1f}s (slowest add+route {slowest:.2f}s), {row['index_in_use']}, "
                f"{row['state_bytes_per_task']:.0f} B/task state, RSS +{rss / n_tasks:.0f} B/task (peak +{peak / n_tasks:.0f}), agree with exact LDA {row['agreement_with_exact_lda']:.3f}, "
                f"true {row['accuracy_true_task']:.3f} (exact {row['exact_lda_accuracy_true_task']:.3f}); batch "

@@ -308,7 +308,9 @@ def test_gaussian_confidence_is_a_distribution(data):
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_ivf_search_with_numpy_coarse_step_matches_faiss(metric):
+def test_ivf_search_with_int8_coarse_step_matches_faiss(metric):
+    """The 8-bit product only chooses the lists: probing all of them gives FAISS' exact
+    answer, and with a few probed the distances stay exact wherever the ids agree."""
     import faiss
 
     rng = np.random.default_rng(3)
@@ -318,12 +320,13 @@ def test_ivf_search_with_numpy_coarse_step_matches_faiss(metric):
     index = faiss.index_factory(32, "IVF32,SQ8", m)
     index.train(x)
     index.add_with_ids(x, np.arange(3000, dtype=np.int64) * 3)
-    for nprobe in (4, 32):
+    for nprobe, agree in ((4, 0.98), (32, 1.0)):
         index.nprobe = nprobe
         d_ref, i_ref = index.search(q, 10)
         d, i = router_mod._search(index, q, 10, {})
-        assert (i == i_ref).mean() >= 0.99
-        assert np.allclose(d, d_ref, atol=1e-4)
+        same = i == i_ref
+        assert same.mean() >= agree
+        assert np.allclose(d[same], d_ref[same], atol=1e-4)
 
 
 @pytest.mark.parametrize("novelty", ["posterior", "nearest"])

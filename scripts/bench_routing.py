@@ -269,7 +269,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
             probe = ivf_probe_stats(faiss.extract_index_ivf(swap["index"]), z) if swap["index"] is not c["index"] else None
             twins[name] = {"nprobe": nprobe, "probe": probe, "agreement_with_exact_lda": agreement}
             variants[f"twin_{name}"] = lambda route=route: route(batch)
-    times = _bench.interleaved(variants, repeats=args.repeats, warmup=1)
+    times = _bench.interleaved(variants, repeats=args.repeats, warmup=1, rewarm=not args.no_rewarm)
     extra = _unit(keys[:kpt] + 0.1)
     t0 = time.perf_counter()
     router.add_task(n_tasks, extra)
@@ -367,6 +367,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-remove", nargs="*", default=[], help="index types whose remove_task is not timed (e.g. HNSW32 at 100k: a full rebuild)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-rewarm", action="store_true",
+                        help="time each call right after a neighbour's, not after an untimed call of its own (the default before 2026-11-30, late)")
     parser.add_argument("--lda", action="store_true", help="also measure LDARouter (the bank default) at each size")
     parser.add_argument("--exact-chunked", action="store_true",
                         help="exact reference by chunked brute force through the router's vote, not a Flat router")
@@ -432,7 +434,7 @@ def main() -> None:
             cases[f"{view}|raw_single"] = lambda v=view: run(v, lambda r: [raw_search(r, singles[i : i + 1]) for i in range(len(singles))])
             cases[f"{view}|route_batch"] = lambda v=view: run(v, lambda r: r.route(batch))
             cases[f"{view}|raw_batch"] = lambda v=view: run(v, lambda r: raw_search(r, batch))
-        times = _bench.interleaved(cases, repeats=args.repeats, warmup=1)
+        times = _bench.interleaved(cases, repeats=args.repeats, warmup=1, rewarm=not args.no_rewarm)
         for key, samples in times.items():
             view, what = key.split("|")
             per = len(singles) if what.endswith("single") else args.batch

@@ -6,6 +6,7 @@ import json
 
 import faiss
 import numpy as np
+import torch
 import pytest
 
 import promptbank.router as router_mod
@@ -327,6 +328,25 @@ def test_ivf_search_with_int8_coarse_step_matches_faiss(metric):
         same = i == i_ref
         assert same.mean() >= agree
         assert np.allclose(d[same], d_ref[same], atol=1e-4)
+
+
+def test_int8_coarse_step_picks_the_float32_lists_at_key_size():
+    """At the bank's key sizes the 8-bit product picks the lists that FAISS' float32 coarse
+    search picks, so the answers are FAISS' own (ids and distances)."""
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(64, 384)).astype(np.float32)
+    x = (centres[rng.integers(0, 64, 4000)] + 0.5 * rng.normal(size=(4000, 384))).astype(np.float32)
+    q = (centres[rng.integers(0, 64, 400)] + 0.5 * rng.normal(size=(400, 384))).astype(np.float32)
+    index = faiss.index_factory(384, "IVF64,SQ8", faiss.METRIC_L2)
+    index.train(x)
+    index.add(x)
+    index.nprobe = 4
+    d_ref, i_ref = index.search(q, 5)
+    memo: dict = {}
+    d, i = router_mod._search(index, q, 5, memo)
+    assert memo["codes_t"].dtype == torch.int8  # the lists were chosen by the 8-bit product
+    assert (i == i_ref).all(axis=1).mean() >= 0.995
+    assert np.allclose(d[i == i_ref], d_ref[i == i_ref], rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize("novelty", ["posterior", "nearest"])

@@ -265,9 +265,10 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
             specs.append(("old_cap", {"index": old_cap, "memo": {}}, ivf.nprobe, None))
         for name, swap, nprobe, search in specs:
             route = routed_with(swap, nprobe, search)
-            agreement = float(np.mean(route(queries).task_ids == ref))  # sets the twin's nprobe
+            routed = route(queries).task_ids  # also sets the twin's nprobe
             probe = ivf_probe_stats(faiss.extract_index_ivf(swap["index"]), z) if swap["index"] is not c["index"] else None
-            twins[name] = {"nprobe": nprobe, "probe": probe, "agreement_with_exact_lda": agreement}
+            twins[name] = {"nprobe": nprobe, "probe": probe, "agreement_with_exact_lda": float(np.mean(routed == ref)),
+                           "accuracy_true_task": float(np.mean(routed == truth))}
             variants[f"twin_{name}"] = lambda route=route: route(batch)
     times = _bench.interleaved(variants, repeats=args.repeats, warmup=1, rewarm=not args.no_rewarm)
     extra = _unit(keys[:kpt] + 0.1)
@@ -298,7 +299,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
         for name, twin in twins.items():
             twin["route_batch_us_per_query"] = _bench.summary(times[f"twin_{name}"], scale=1e6 / args.batch)
             _bench.log(f"  lda variant {name}: {twin['probe'] or 'own index'}, nprobe {twin['nprobe']}, agree "
-                       f"{twin['agreement_with_exact_lda']:.3f}, batch {twin['route_batch_us_per_query']['median']:.1f} us/q")
+                       f"{twin['agreement_with_exact_lda']:.3f}, true {twin['accuracy_true_task']:.3f}, batch {twin['route_batch_us_per_query']['median']:.1f} us/q")
         twins["fp32_coarse_over_now_time"] = _bench.ratio(times["twin_fp32_coarse"], times["lda"])
         twins["nprobe4_over_now_time"] = _bench.ratio(times["twin_nprobe4"], times["lda"])
         if "old_cap" in twins:

@@ -368,9 +368,9 @@ def _search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np
     The lists are chosen by one 8-bit integer matrix product (queries x centroids, exact
     int32 sums: the same on every machine), then their distances are computed exactly in
     float32, so only the choice of lists is approximate. At 100k tasks (960-d, 4,096 lists,
-    batch 256) it took the coarse step from 66 to 19 us per query at one thread with the
-    same agreement with exact LDA (BENCHMARKS.md section 2); FAISS' own coarse search took
-    174 us at 384-d. ``memo`` keeps the centroids for the index it was taken from."""
+    batch 256) the float32 numpy product made the route 145 us per query at two threads,
+    this 107, with the same agreement with exact LDA (BENCHMARKS.md section 2; no gain at
+    384-d). ``memo`` keeps the centroids for the index it was taken from."""
     quantizer = faiss.downcast_index(index.quantizer) if isinstance(index, faiss.IndexIVF) else None
     if not isinstance(quantizer, faiss.IndexFlat) or quantizer.ntotal != index.nlist:
         return index.search(x, k)

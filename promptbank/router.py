@@ -383,7 +383,8 @@ def _search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np
         return np.concatenate([d for d, _ in parts]), np.concatenate([i for _, i in parts])
     nprobe = min(int(index.nprobe), int(index.nlist))
     l2 = quantizer.metric_type == faiss.METRIC_L2
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    xt = torch.from_numpy(x)  # shares x's memory
     codes, scales = _int8_rows(xt)
     score = torch._int_mm(codes, memo["codes_t"]).float()  # ~ x.c / (scale of x), in place below
     score.mul_(memo["scales_t"])

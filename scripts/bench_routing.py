@@ -180,12 +180,14 @@ def fp32_coarse_search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) 
     ``search_preassigned``. Only the flat-quantizer IVF path is kept (the router asks no more of it)."""
     import faiss
 
+    from promptbank.router import COARSE_SCORES_MAX
+
     quantizer = faiss.downcast_index(index.quantizer)
     if memo.get("index") is not index:
         cent = np.ascontiguousarray(quantizer.reconstruct_n(0, index.nlist), dtype=np.float32)
         memo.clear()
         memo.update(index=index, centroids=cent, norms=(cent.astype(np.float64) ** 2).sum(axis=1).astype(np.float32))
-    rows = max(1, (1 << 24) // int(index.nlist))
+    rows = max(1, COARSE_SCORES_MAX // int(index.nlist))
     if len(x) > rows:
         parts = [fp32_coarse_search(index, x[i : i + rows], k, memo) for i in range(0, len(x), rows)]
         return np.concatenate([d for d, _ in parts]), np.concatenate([i for _, i in parts])

@@ -312,8 +312,6 @@ def test_gaussian_confidence_is_a_distribution(data):
 def test_ivf_search_with_int8_coarse_step_matches_faiss(metric):
     """The 8-bit product only chooses the lists: probing all of them gives FAISS' exact
     answer, and with a few probed the distances stay exact wherever the ids agree."""
-    import faiss
-
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3000, 32)).astype(np.float32)
     q = rng.normal(size=(50, 32)).astype(np.float32)

@@ -353,7 +353,13 @@ def _int8_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _coarse_memo(index: Any, quantizer: Any) -> dict[str, Any]:
     """What the coarse step needs of ``index``'s centroids: float32 rows and norms for the
-    exact distances, 8-bit codes and scales for choosing the lists."""
+    exact distances, 8-bit codes and scales for choosing the lists.
+
+    Also sets the index's ``parallel_mode`` to 3. In FAISS's default mode 0, ``search()``
+    splits the queries over threads itself and ``search_preassigned`` scans on one thread;
+    mode 3 splits them inside it. At 100k tasks (960-d, two threads) that took the list scan
+    from 38 to 16 us per query (BENCHMARKS.md section 2)."""
+    index.parallel_mode = 3
     cent = torch.from_numpy(np.ascontiguousarray(quantizer.reconstruct_n(0, index.nlist), dtype=np.float32))
     codes, scales = _int8_rows(cent)
     norms = cent.double().square().sum(dim=1).float()
@@ -854,7 +860,9 @@ class GaussianRouter(Router):
     is recomputed once the number of keys has doubled or halved, so adds stay amortised
     O(1); a router loaded from its state starts from a fresh whitening. ``index``: "auto"
     (exact Flat up to ``AUTO_FLAT_MAX_VECTORS`` means, then IVF-SQ8 with spherical k-means
-    lists, 8 probed per query) or any FAISS factory spec (L2 over whitened means).
+    lists) or any FAISS factory spec (L2 over whitened means). ``nprobe``: lists an IVF index
+    scans per query (``LDA_NPROBE`` = 8; 4 routed 25-30% faster at 100k tasks but agreed with
+    exact LDA on 0.3 point fewer queries at 384-d, BENCHMARKS.md section 2).
     ``closeness`` (what ``unknown_threshold`` cuts; higher = more familiar) depends on
     ``novelty``: "posterior" (default) is the chosen task's posterior recomputed at the softer
     ``novelty_temperature`` (the routing temperature makes almost every pick look certain);
@@ -888,6 +896,7 @@ class GaussianRouter(Router):
         unknown_threshold: float | None = None,
         novelty: str = "posterior",
         novelty_temperature: float = 30.0,
+        nprobe: int = LDA_NPROBE,
     ) -> None:
         super().__init__(dim, unknown_threshold)
         if novelty not in NOVELTY_SCORES or not novelty_temperature > 0:
@@ -902,11 +911,11 @@ class GaussianRouter(Router):
             )
         if not 0 <= scatter_rank <= dim:
             raise InvalidDataError(f"scatter_rank must be in [0, {dim}], got {scatter_rank}")
-        if not temperature > 0 or search_k < 1:
-            raise InvalidDataError("temperature must be > 0 and search_k >= 1")
+        if not temperature > 0 or search_k < 1 or nprobe < 1:
+            raise InvalidDataError("temperature must be > 0, search_k >= 1 and nprobe >= 1")
         self.per_class, self.shrinkage = bool(per_class), shrinkage
         self.scatter_rank, self.temperature = int(scatter_rank), float(temperature)
-        self.search_k, self.index_spec = int(search_k), str(index)
+        self.search_k, self.index_spec, self.nprobe = int(search_k), str(index), int(nprobe)
         self._tasks: dict[int, _TaskStats] = {}
         self._scatter = np.zeros((self.dim, self.dim), dtype=np.float32)  # see _symmetric_float32
         self._cache: dict[str, Any] | None = None
@@ -1124,7 +1133,7 @@ class GaussianRouter(Router):
         k = min(c["index"].ntotal, max(self.search_k, top * c["max_classes"]))
         ivf = faiss.try_extract_index_ivf(c["index"])
         if ivf is not None:
-            ivf.nprobe = min(ivf.nlist, LDA_NPROBE)
+            ivf.nprobe = min(ivf.nlist, self.nprobe)
         dist, comp = _search(c["index"], z, k, c.setdefault("memo", {}))
         ok = comp >= 0
         tasks = np.where(ok, c["comp_task"][np.maximum(comp, 0)], -1)
@@ -1165,6 +1174,7 @@ class GaussianRouter(Router):
             "unknown_threshold": self.unknown_threshold,
             "novelty": self.novelty,
             "novelty_temperature": self.novelty_temperature,
+            "nprobe": self.nprobe,
             "tasks": [[tid, len(s.counts)] for tid, s in self._tasks.items()],
         }
         stats = list(self._tasks.values())
@@ -1201,6 +1211,7 @@ class GaussianRouter(Router):
             # states saved before the option had thresholds on the nearest-mean closeness
             novelty=config.get("novelty", "nearest"),
             novelty_temperature=config.get("novelty_temperature", 30.0),
+            nprobe=config.get("nprobe", LDA_NPROBE),
         )
         try:
             start = 0

@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python scripts/bench_x.py` from anywhere
     sys.path.insert(0, str(REPO))
 
+import promptbank  # noqa: E402,F401  (before torch loads: it sets the OpenMP spin default, see its __init__)
+
 
 def add_common_args(parser: argparse.ArgumentParser, out_default: str) -> None:
     parser.add_argument("--out", default=out_default, help="where the JSON result is written")
@@ -86,7 +88,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),
-        "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_SPINCOUNT")},
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "git": _git_state(),

@@ -177,7 +177,8 @@ def kmeans_twin(router: Any, nlist: int) -> Any:
 def fp32_coarse_search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The router's IVF search as it was until 2026-11-30 (evening), for a side-by-side twin:
     the coarse step as one float32 numpy product with ``argpartition``, then
-    ``search_preassigned``. Only the flat-quantizer IVF path is kept (the router asks no more of it)."""
+    ``search_preassigned`` (in the index's current parallel mode, the library's since the
+    router's first route). Only the flat-quantizer IVF path is kept (the router asks no more of it)."""
     import faiss
 
     from promptbank.router import COARSE_SCORES_MAX
@@ -246,27 +247,32 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
     if ivf is not None:  # side by side: the same router with another search, nprobe or index swapped in
         z = queries.astype(np.float32) @ c["whiten"]
 
-        def routed_with(swap: dict[str, Any], nprobe: int, search: Callable[..., Any] | None = None) -> Callable[[np.ndarray], Any]:
+        def routed_with(swap: dict[str, Any], nprobe: int, search: Callable[..., Any] | None = None,
+                        parallel_mode: int | None = None) -> Callable[[np.ndarray], Any]:
             def route(x: np.ndarray) -> Any:
                 for key in swap:
                     swap[key], c[key] = c[key], swap[key]
-                kept = router_mod.LDA_NPROBE, router_mod._search
-                router_mod.LDA_NPROBE, router_mod._search = nprobe, search or kept[1]
+                scanned = faiss.extract_index_ivf(c["index"])  # its mode was set by the memo (route above)
+                kept = router.nprobe, router_mod._search, scanned.parallel_mode
+                router.nprobe, router_mod._search = nprobe, search or kept[1]
+                if parallel_mode is not None:
+                    scanned.parallel_mode = parallel_mode
                 try:
                     return router.route(x)
                 finally:
-                    router_mod.LDA_NPROBE, router_mod._search = kept
+                    router.nprobe, router_mod._search, scanned.parallel_mode = kept
                     for key in swap:
                         swap[key], c[key] = c[key], swap[key]
             return route
 
-        specs = [("fp32_coarse", {"index": c["index"], "memo": {}}, ivf.nprobe, fp32_coarse_search),
-                 ("nprobe4", {"index": c["index"], "memo": {}}, 4, None)]
+        specs = [("fp32_coarse", {"index": c["index"], "memo": {}}, ivf.nprobe, fp32_coarse_search, None),
+                 ("serial_scan", {"index": c["index"]}, ivf.nprobe, None, 0),
+                 ("nprobe4", {"index": c["index"], "memo": {}}, 4, None, None)]
         if ivf.nlist > router_mod.LDA_FLAT_KMEANS_MAX_NLIST:  # two-level lists vs as many flat ones as the old cap
             old_cap = kmeans_twin(router, router_mod.LDA_FLAT_KMEANS_MAX_NLIST)
-            specs.append(("old_cap", {"index": old_cap, "memo": {}}, ivf.nprobe, None))
-        for name, swap, nprobe, search in specs:
-            route = routed_with(swap, nprobe, search)
+            specs.append(("old_cap", {"index": old_cap, "memo": {}}, ivf.nprobe, None, None))
+        for name, swap, nprobe, search, parallel_mode in specs:
+            route = routed_with(swap, nprobe, search, parallel_mode)
             routed = route(queries).task_ids  # also sets the twin's nprobe
             probe = ivf_probe_stats(faiss.extract_index_ivf(swap["index"]), z) if swap["index"] is not c["index"] else None
             twins[name] = {"nprobe": nprobe, "probe": probe, "agreement_with_exact_lda": float(np.mean(routed == ref)),
@@ -304,6 +310,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
                        f"{twin['agreement_with_exact_lda']:.3f}, true {twin['accuracy_true_task']:.3f}, batch {twin['route_batch_us_per_query']['median']:.1f} us/q")
         twins["fp32_coarse_over_now_time"] = _bench.ratio(times["twin_fp32_coarse"], times["lda"])
         twins["nprobe4_over_now_time"] = _bench.ratio(times["twin_nprobe4"], times["lda"])
+        twins["serial_scan_over_now_time"] = _bench.ratio(times["twin_serial_scan"], times["lda"])
         if "old_cap" in twins:
             twins["old_cap_over_now_time"] = _bench.ratio(times["twin_old_cap"], times["lda"])
         row["variants"] = twins

@@ -379,6 +379,17 @@ def test_lda_auto_index_turns_approximate_past_the_flat_limit(monkeypatch):
     assert (r.task_ids == flat.route(queries, top=1).task_ids).mean() >= 0.98
     router.remove_task(7)
     assert 7 not in router.route(queries).candidates
+    one_list = build(train, nprobe=1)  # the lists scanned per query are an option, and saved
+    loaded = router_from_state(*one_list.state())
+    assert loaded.nprobe == 1
+    for each in (one_list, loaded):
+        each.route(queries[:1])
+        assert faiss.try_extract_index_ivf(each._cache["index"]).nprobe == 1
+    fewer = one_list.route(queries, top=1).task_ids
+    np.testing.assert_array_equal(loaded.route(queries, top=1).task_ids, fewer)
+    assert (fewer == r.task_ids).mean() < 1.0  # one list of 8 is not all of them
+    with pytest.raises(InvalidDataError, match="nprobe"):
+        make_router("lda", dim=DIM, nprobe=0)
 
 
 def test_lda_large_auto_index_trains_two_level_lists_and_scores_in_bounded_chunks(monkeypatch):

@@ -357,8 +357,9 @@ def _coarse_memo(index: Any, quantizer: Any) -> dict[str, Any]:
 
     Also sets the index's ``parallel_mode`` to 3. In FAISS's default mode 0, ``search()``
     splits the queries over threads itself and ``search_preassigned`` scans on one thread;
-    mode 3 splits them inside it. At 100k tasks (960-d, two threads) that took the list scan
-    from 38 to 16 us per query (BENCHMARKS.md section 2)."""
+    mode 3 splits them inside it. At 100k tasks (960-d, two threads) the batched route took
+    91 us per query with the scan on one thread and 64 with it on both (paired 1.43x, same run;
+    BENCHMARKS.md section 2)."""
     index.parallel_mode = 3
     cent = torch.from_numpy(np.ascontiguousarray(quantizer.reconstruct_n(0, index.nlist), dtype=np.float32))
     codes, scales = _int8_rows(cent)
@@ -375,8 +376,9 @@ def _search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np
     int32 sums: the same on every machine), then their distances are computed exactly in
     float32, so only the choice of lists is approximate. At 100k tasks (960-d, 4,096 lists,
     batch 256) the float32 numpy product made the route 145 us per query at two threads,
-    this 107, with the same agreement with exact LDA (BENCHMARKS.md section 2; no gain at
-    384-d). ``memo`` keeps the centroids for the index it was taken from."""
+    this 107 (both with the list scan on one thread), with the same agreement with exact
+    LDA (BENCHMARKS.md section 2; no gain at 384-d). ``memo`` keeps the centroids for the
+    index it was taken from."""
     quantizer = faiss.downcast_index(index.quantizer) if isinstance(index, faiss.IndexIVF) else None
     if not isinstance(quantizer, faiss.IndexFlat) or quantizer.ntotal != index.nlist:
         return index.search(x, k)

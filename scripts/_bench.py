@@ -27,8 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python scripts/bench_x.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-import promptbank  # noqa: E402,F401  (before torch loads: it sets the OpenMP spin default, see its __init__)
-
 
 def add_common_args(parser: argparse.ArgumentParser, out_default: str) -> None:
     parser.add_argument("--out", default=out_default, help="where the JSON result is written")

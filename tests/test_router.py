@@ -368,18 +368,3 @@ def test_lda_novelty_flags_a_held_out_task_and_persists(novelty, data):
     assert router_from_state(config, arrays).novelty == "nearest"
     with pytest.raises(InvalidDataError, match="novelty"):
         make_router("lda", dim=DIM, novelty="entropy")
-
-
-def test_import_bounds_openmp_spinning_unless_the_user_chose() -> None:
-    """promptbank shortens libgomp's busy-wait before torch/faiss load (see its __init__), but a
-    value the user exported wins."""
-    import os
-    import subprocess
-    import sys
-
-    show = "import os, promptbank; print(os.environ['GOMP_SPINCOUNT'])"
-    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
-    out = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "10000"
-    out = subprocess.run([sys.executable, "-c", show], env={**env, "GOMP_SPINCOUNT": "123"}, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "123"

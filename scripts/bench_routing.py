@@ -252,15 +252,18 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
             def route(x: np.ndarray) -> Any:
                 for key in swap:
                     swap[key], c[key] = c[key], swap[key]
-                scanned = faiss.extract_index_ivf(c["index"])  # its mode was set by the memo (route above)
-                kept = router.nprobe, router_mod._search, scanned.parallel_mode
+                kept = router.nprobe, router_mod._search
                 router.nprobe, router_mod._search = nprobe, search or kept[1]
+                scanned = faiss.extract_index_ivf(c["index"])  # its mode was set by the memo (route above)
+                mode = scanned.parallel_mode
                 if parallel_mode is not None:
                     scanned.parallel_mode = parallel_mode
                 try:
                     return router.route(x)
                 finally:
-                    router.nprobe, router_mod._search, scanned.parallel_mode = kept
+                    if parallel_mode is not None:
+                        scanned.parallel_mode = mode
+                    router.nprobe, router_mod._search = kept
                     for key in swap:
                         swap[key], c[key] = c[key], swap[key]
             return route

@@ -374,7 +374,9 @@ def _search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np
 
     The lists are chosen by one 8-bit integer matrix product (queries x centroids, exact
     int32 sums: the same on every machine), then their distances are computed exactly in
-    float32, so only the choice of lists is approximate. At 100k tasks (960-d, 4,096 lists,
+    float32 where the scan uses them (not for scalar-quantised lists under L2: there FAISS
+    measures the query against the centroid itself; 88 -> 77 us per query at 100k tasks, two
+    threads, side test, same ids and distances), so only the choice of lists is approximate. At 100k tasks (960-d, 4,096 lists,
     batch 256) the float32 numpy product made the route 145 us per query at two threads,
     this 107 (both with the list scan on one thread), with the same agreement with exact
     LDA (BENCHMARKS.md section 2; no gain at 384-d). ``memo`` keeps the centroids for the
@@ -400,9 +402,14 @@ def _search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np
         score.mul_(scales).sub_(memo["half_norms"])
     lists = torch.topk(score, nprobe, dim=1, sorted=False).indices
     del score
-    coarse = torch.bmm(memo["centroids"][lists], xt[:, :, None])[..., 0]  # exact x.c of the chosen lists
-    if l2:
-        coarse = xt.double().square().sum(dim=1, keepdim=True).float() - 2 * coarse + memo["norms"][lists]
+    if l2 and isinstance(index, faiss.IndexIVFScalarQuantizer):
+        # FAISS's L2 scanner of scalar-quantised lists measures each query against the list's
+        # centroid itself and ignores the coarse distances passed in
+        coarse = torch.zeros(lists.shape)
+    else:
+        coarse = torch.bmm(memo["centroids"][lists], xt[:, :, None])[..., 0]  # exact x.c of the chosen lists
+        if l2:
+            coarse = xt.double().square().sum(dim=1, keepdim=True).float() - 2 * coarse + memo["norms"][lists]
     return index.search_preassigned(x, k, lists.numpy(), np.ascontiguousarray(coarse.numpy()))
 
 

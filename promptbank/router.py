@@ -246,11 +246,13 @@ def _segments(tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     that order, and each group's row and task.
     """
     n, k = tasks.shape
-    rows = np.repeat(np.arange(n), k)
-    flat = tasks.ravel()
-    keep = np.flatnonzero(flat >= 0)
-    order = keep[np.lexsort((flat[keep], rows[keep]))]
-    r, t = rows[order], flat[order]
+    # a stable sort within each row (-1 first, then dropped): the order a lexsort by (row,
+    # task) gives, at a quarter of its time for 256 x 32 neighbours
+    order = (np.argsort(tasks, axis=1, kind="stable") + (np.arange(n) * k)[:, None]).ravel()
+    t = tasks.ravel()[order]
+    keep = t >= 0
+    order, t = order[keep], t[keep]
+    r = order // k
     new = np.ones(len(order), dtype=bool)
     new[1:] = (r[1:] != r[:-1]) | (t[1:] != t[:-1])
     starts = np.flatnonzero(new)

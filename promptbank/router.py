@@ -360,8 +360,8 @@ def _coarse_memo(index: Any, quantizer: Any) -> dict[str, Any]:
     Also sets the index's ``parallel_mode`` to 3. In FAISS's default mode 0, ``search()``
     splits the queries over threads itself and ``search_preassigned`` scans on one thread;
     mode 3 splits them inside it. At 100k tasks (960-d, two threads) the batched route took
-    91 us per query with the scan on one thread and 64 with it on both (paired 1.43x, same run;
-    BENCHMARKS.md section 2)."""
+    80 us per query with the scan on one thread and 54.5 with it on both (paired 1.56x, same
+    run; BENCHMARKS.md section 2)."""
     index.parallel_mode = 3
     cent = torch.from_numpy(np.ascontiguousarray(quantizer.reconstruct_n(0, index.nlist), dtype=np.float32))
     codes, scales = _int8_rows(cent)

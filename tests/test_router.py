@@ -328,7 +328,7 @@ def test_ivf_search_with_int8_coarse_step_matches_faiss(metric, codes):
         assert same.mean() >= agree
         assert np.allclose(d[same], d_ref[same], rtol=1e-5, atol=1e-4)
     # search_preassigned splits the queries over threads only in mode 3 (FAISS' default 0
-    # leaves that to search(), which _search does not call): 1.43x at 100k tasks, two threads
+    # leaves that to search(), which _search does not call): 1.56x at 100k tasks, two threads
     assert index.parallel_mode == 3
 
 

@@ -91,6 +91,8 @@ REBUILD_BLOCK_MEANS = 8192
 #: (100 MB at 65,536 x 384), so smaller chunks cost time: at 1M tasks, one thread, a batch
 #: of 256 took 775 us/query in one chunk, 996 in four, 2,198 in sixteen.
 COARSE_SCORES_MAX = 1 << 24
+#: Queries from which FAISS computes exhaustive distances with BLAS (see ``_blas_search``).
+BLAS_MIN_QUERIES = 20
 #: Most neighbours one KNN query asks for (bounds the candidate search with "all" keys).
 MAX_SEARCH = 256
 #: FAISS warns below this many training points per IVF list / PQ centroid.
@@ -370,6 +372,23 @@ def _coarse_memo(index: Any, quantizer: Any) -> dict[str, Any]:
             "codes_t": codes.T, "scales_t": scales.T}
 
 
+def _blas_search(index: Any, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search(x, k)`` with FAISS's exhaustive distances done by BLAS from
+    ``BLAS_MIN_QUERIES`` queries on (FAISS's long-time default threshold).
+
+    The faiss-cpu 1.15.1 installed here ships a threshold of 128,000 and leaves, e.g., 256
+    queries x 384 dims or 32 x 960 to a kernel that streams the whole database once per query.
+    Exact LDA over 20k tasks routed 256 queries at 384-d in 103 instead of 464 us per query
+    and 32 at 960-d in 567 instead of 1,676, with the same tasks (BENCHMARKS.md, slow path 14).
+    FAISS's global is restored after the call."""
+    kept = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = min(kept, BLAS_MIN_QUERIES)
+    try:
+        return index.search(x, k)
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = kept
+
+
 def _search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """``index.search(x, k)``; for an IVF with a flat coarse quantizer, the coarse step runs
     here and the lists are scanned with ``search_preassigned``.
@@ -385,7 +404,7 @@ def _search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np
     index it was taken from."""
     quantizer = faiss.downcast_index(index.quantizer) if isinstance(index, faiss.IndexIVF) else None
     if not isinstance(quantizer, faiss.IndexFlat) or quantizer.ntotal != index.nlist:
-        return index.search(x, k)
+        return _blas_search(index, x, k)
     if memo.get("index") is not index:
         memo.clear()
         memo.update(_coarse_memo(index, quantizer))

@@ -243,6 +243,22 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
         "exact": lambda: exact.route(batch),
         "single": lambda: [router.route(singles[i : i + 1]) for i in range(len(singles))],
     }
+
+    def faiss_threshold(route: Callable[[], Any]) -> Callable[[], Any]:
+        """``route`` with exhaustive searches left to FAISS's own BLAS threshold (the router
+        lowers it to BLAS_MIN_QUERIES): the Flat path before 2026-11-30, night."""
+        def run() -> Any:
+            kept = router_mod._blas_search
+            router_mod._blas_search = lambda index, x, k: index.search(x, k)
+            try:
+                return route()
+            finally:
+                router_mod._blas_search = kept
+        return run
+
+    variants["exact_faiss_threshold"] = faiss_threshold(variants["exact"])
+    if ivf is None:
+        variants["lda_faiss_threshold"] = faiss_threshold(variants["lda"])
     twins: dict[str, Any] = {}
     if ivf is not None:  # side by side: the same router with another search, nprobe or index swapped in
         z = queries.astype(np.float32) @ c["whiten"]
@@ -302,6 +318,10 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
         "exact_lda_accuracy_true_task": float(np.mean(ref == truth)),
         "route_batch_us_per_query": _bench.summary(times["lda"], scale=1e6 / args.batch),
         "exact_route_batch_us_per_query": _bench.summary(times["exact"], scale=1e6 / args.batch),
+        "exact_faiss_threshold_over_now_time": _bench.ratio(times["exact_faiss_threshold"], times["exact"]),
+        **({"lda_faiss_threshold_route_batch_us_per_query": _bench.summary(times["lda_faiss_threshold"], scale=1e6 / args.batch),
+            "lda_faiss_threshold_over_now_time": _bench.ratio(times["lda_faiss_threshold"], times["lda"])}
+           if ivf is None else {}),
         "route_single_us_per_query": _bench.summary(times["single"], scale=1e6 / max(len(singles), 1)),
         "add_one_task_and_route_ms": add_ms, "remove_one_task_and_route_ms": remove_ms,
     }

@@ -397,11 +397,11 @@ def _search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np
     int32 sums: the same on every machine), then their distances are computed exactly in
     float32 where the scan uses them (not for scalar-quantised lists under L2: there FAISS
     measures the query against the centroid itself; 88 -> 77 us per query at 100k tasks, two
-    threads, side test, same ids and distances), so only the choice of lists is approximate. At 100k tasks (960-d, 4,096 lists,
-    batch 256) the float32 numpy product made the route 145 us per query at two threads,
-    this 107 (both with the list scan on one thread), with the same agreement with exact
-    LDA (BENCHMARKS.md section 2; no gain at 384-d). ``memo`` keeps the centroids for the
-    index it was taken from."""
+    threads, side test, same ids and distances), so only the choice of lists is approximate.
+    At 100k tasks (960-d, 4,096 lists, batch 256) the float32 numpy product made the route
+    145 us per query at two threads, this 107 (both with the list scan on one thread), with
+    the same agreement with exact LDA (BENCHMARKS.md section 2; no gain at 384-d). ``memo``
+    keeps the centroids for the index it was taken from."""
     quantizer = faiss.downcast_index(index.quantizer) if isinstance(index, faiss.IndexIVF) else None
     if not isinstance(quantizer, faiss.IndexFlat) or quantizer.ntotal != index.nlist:
         return _blas_search(index, x, k)

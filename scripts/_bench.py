@@ -27,10 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python scripts/bench_x.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-# before anything loads torch or faiss, as a program using promptbank would: the package sets
-# its OpenMP spin default (promptbank/__init__.py) only for runtimes that are not yet loaded
-import promptbank  # noqa: E402,F401
-
 
 def add_common_args(parser: argparse.ArgumentParser, out_default: str) -> None:
     parser.add_argument("--out", default=out_default, help="where the JSON result is written")

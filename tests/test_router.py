@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import faiss
 import numpy as np
@@ -401,27 +398,3 @@ def test_exhaustive_search_uses_blas_for_batches_and_restores_faiss_global(monke
     d_ref, i_ref = index.search(q, 5)
     np.testing.assert_array_equal(i, i_ref)
     np.testing.assert_allclose(d, d_ref, rtol=1e-4, atol=1e-3)
-
-
-def test_import_shortens_openmp_spin_before_torch_and_faiss_load():
-    """The spin default only works if it is in the environment when torch's and faiss's own
-    libgomp copies initialise, i.e. when those modules are first imported; a value the user
-    set is kept."""
-    spy = (
-        "import os, sys, json\n"
-        "seen = {}\n"
-        "class Spy:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name in ('torch', 'faiss') and name not in seen:\n"
-        "            seen[name] = os.environ.get('GOMP_SPINCOUNT')\n"
-        "sys.meta_path.insert(0, Spy())\n"
-        "import promptbank\n"
-        "print(json.dumps(seen))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
-    runs = [subprocess.run([sys.executable, "-c", spy], capture_output=True, text=True, env=e, timeout=300)
-            for e in (env, {**env, "GOMP_SPINCOUNT": "7"})]
-    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
-    default, kept = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
-    assert default == {"torch": "10000", "faiss": "10000"}
-    assert kept == {"torch": "7", "faiss": "7"}

@@ -37,6 +37,7 @@ def variants(n_tokens: int) -> list[tuple[str, str, dict, dict, str]]:
     grid += [
         ("ulpt/lda rank8 (default until 2026-11-30)", "ulpt", rank, {"strategy": "lda", "scatter_rank": 8}, "float16"),
         ("ulpt/gaussian rank0", "ulpt", rank, {"strategy": "gaussian", "scatter_rank": 0}, "float16"),
+        ("ulpt/lda one mean per task", "ulpt", rank, {"strategy": "lda", "per_class": False}, "float16"),
         ("ulpt/knn 4 centroids", "ulpt", rank, {"strategy": "knn", "n_centroids": 4}, "float16"),
         ("ulpt/knn 2 centroids SQfp16", "ulpt", rank, {"strategy": "knn", "n_centroids": 2, "index": "SQfp16"}, "float16"),
         ("ulpt/knn mean", "ulpt", rank, {"strategy": "knn", "summary": "mean"}, "float16"),
@@ -132,7 +133,15 @@ def main() -> None:
     parser.add_argument("--test-texts", type=int, default=40, help="test texts per task for the routing accuracy column")
     parser.add_argument("--n-tokens", type=int, default=20)
     parser.add_argument("--keys", default=None, help="key encoder (default: the bank's, promptbank.keys.DEFAULT_KEY_ENCODER)")
+    parser.add_argument("--variants", default=None, help="comma-separated row labels to run (default: all)")
     args = parser.parse_args()
+    grid = variants(args.n_tokens)
+    if args.variants:
+        wanted = [v.strip() for v in args.variants.split(",")]
+        unknown = sorted(set(wanted) - {g[0] for g in grid})
+        if unknown:
+            parser.error(f"unknown variants {unknown}; choose from {[g[0] for g in grid]}")
+        grid = [g for g in grid if g[0] in wanted]
     _bench.set_threads(args.threads)
     _bench.quiet_truncation()
 
@@ -155,7 +164,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for label, method, opts, router, dtype in variants(args.n_tokens):
+        for label, method, opts, router, dtype in grid:
             bank = PromptBank(backbone, key_encoder=keys, method=method, n_tokens=args.n_tokens,
                               prompt_options=opts, router=router, storage_dtype=dtype)
             sizes = []  # saved bank after 1..T tasks: the slope is the marginal cost per task

@@ -353,6 +353,8 @@ STRATEGIES: list[Strategy] = [
     _bank("knn-default", "KNNRouter defaults: 8 k-means centroids per task, 10-NN", strategy="knn"),
     _bank("knn-class-means", "nearest class mean (cosine), 1-NN", strategy="knn", k=1, summary="mean", per_class=True,
           n_centroids=1000),
+    _bank("knn-task-mean-sqfp16", "footprint-bound: one mean key per task, float16 index, 10-NN", strategy="knn",
+          summary="mean", index="SQfp16"),
     _bank("gaussian", "GaussianRouter defaults: one mean per task, rank-8+diag scatter", strategy="gaussian"),
     _bank("gaussian-perclass", "GaussianRouter per_class=True", strategy="gaussian", per_class=True),
     _bank("lda-task", "LDARouter per_class=False: one mean per task, exact pooled scatter", strategy="lda", per_class=False),

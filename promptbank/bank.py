@@ -131,7 +131,7 @@ def _check_label_names(label_names: Sequence[str] | None, labels: Sequence[Any])
 class PromptBank:
     """A frozen LLM plus a bank of per-task soft prompts and a key router.
 
-    >>> bank = PromptBank()                       # SmolLM2-135M offline, ULPT r=2, MiniLM keys
+    >>> bank = PromptBank()                       # SmolLM2-135M offline, ULPT r=2, MiniLM + token-embedding keys
     >>> bank.add_task("spam", texts, labels, label_names=["normal", "spam"], template="SMS: {text}\\nType:")
     >>> bank.predict(["WIN a free cruise, reply now"])[0].label
     """
@@ -140,10 +140,12 @@ class PromptBank:
         self,
         backbone: FrozenLM | str = DEFAULT_BACKBONE,
         config: BankConfig | None = None,
-        key_encoder: KeyEncoder | None = None,
+        key_encoder: KeyEncoder | str | None = None,
         **overrides: Any,
     ) -> None:
         self.backbone = load_backbone(backbone) if isinstance(backbone, str) else backbone
+        if isinstance(key_encoder, str):  # a name, as in BankConfig: "minilm", "minilm+embedding-mean", ...
+            overrides["key_encoder"], key_encoder = key_encoder, None
         self.config = dataclasses.replace(config or BankConfig(), **overrides)
         if key_encoder is not None:  # the manifest must name the encoder actually used, so load() rebuilds it
             self.config = dataclasses.replace(self.config, key_encoder=key_encoder.name)

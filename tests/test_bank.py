@@ -244,3 +244,13 @@ def test_a_given_key_encoder_is_recorded_so_load_rebuilds_it(tiny_llama, tmp_pat
     loaded = PromptBank.load(tmp_path / "bank", backbone=tiny_llama)  # no encoder passed: rebuilt from the manifest
     assert loaded.key_encoder.name == "embedding-mean"
     assert [p.task for p in loaded.predict(["a cat on the mat"])] == [p.task for p in b.predict(["a cat on the mat"])]
+
+
+def test_key_encoder_and_router_options_by_name(tiny_llama):
+    """The footprint-bound setting of BENCHMARKS.md, written the way the docs write it."""
+    b = PromptBank(tiny_llama, key_encoder="embedding-mean", n_tokens=2, router={"strategy": "lda", "per_class": False})
+    assert b.config.key_encoder == "embedding-mean" and b.key_encoder.name == "embedding-mean"
+    assert b.router.dim == tiny_llama.hidden_size and b.router.per_class is False
+    b.add_task("animals", *ANIMALS, train_config=FAST)
+    b.add_task("weather", *WEATHER, train_config=FAST)
+    assert [p.task for p in b.predict(["a cat on the mat"])] == ["animals"]

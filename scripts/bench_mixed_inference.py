@@ -14,6 +14,8 @@ Cases, timed side by side with alternating order:
 * ``single_task``   ``bank.predict(texts, task=<first task>)``: every input with one prompt;
 * ``limit``         ``predict_scores`` with one zero prompt on pre-tokenised inputs (no bank);
 * ``route_only``    ``bank.route(texts)``: the routing share of ``mixed_routed``.
+* ``*_float32_keys`` twins of ``mixed_routed`` and ``route_only`` with MiniLM keys in float32 even
+  where the hardware has native bf16 (the key path before 2026-11-30, late night).
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_mixed_inference.py --threads 1 \
         --tasks 8 --out runs/bench/mixed-m8.json
@@ -59,6 +61,7 @@ def main() -> None:
     import torch
 
     from promptbank.bank import BankConfig, PromptBank
+    import promptbank.keys as keys_mod
     from promptbank.keys import DEFAULT_KEY_ENCODER, make_key_encoder
     from promptbank.trainer import TrainConfig, predict_scores
     from streams.splits import get_task
@@ -106,6 +109,18 @@ def main() -> None:
             for t, xs in groups.items():
                 bank.predict(xs, task=t, batch_size=B)
 
+        def float32_keys(run: Any) -> Any:
+            """``run`` with MiniLM keys in float32 even where the hardware has native bf16 (the
+            library's path before 2026-11-30, late night): a twin for the bf16 key path."""
+            def twin() -> Any:
+                kept = keys_mod._native_bf16
+                keys_mod._native_bf16 = lambda device: False
+                try:
+                    return run()
+                finally:
+                    keys_mod._native_bf16 = kept
+            return twin
+
         cases: dict[str, Any] = {
             "mixed_routed": lambda: bank.predict(texts, batch_size=B),
             "mixed_oracle": lambda: bank.predict(texts, task=assigned, batch_size=B),
@@ -115,6 +130,8 @@ def main() -> None:
             "limit": lambda: predict_scores(backbone, zero, [0] * len(ids), ids, label_ids, B),
             "route_only": lambda: bank.route(texts),
         }
+        cases["mixed_routed_float32_keys"] = float32_keys(cases["mixed_routed"])
+        cases["route_only_float32_keys"] = float32_keys(cases["route_only"])
         routed = [p.task for p in bank.predict(texts, batch_size=B)]
         single_ids = backbone.encode(texts, bank.task_info(names[0]).template, args.max_input_tokens).input_ids
         padded = {  # token positions the forward passes compute (soft prompt included)
@@ -131,7 +148,7 @@ def main() -> None:
             "m": m, "inputs": n_inputs, "tasks_in_batch": len(groups), "tokens_per_input": float(np.mean([len(x) for x in ids])),
             "padded_tokens": padded, "routed_distinct_tasks": len(set(routed)), "routed_as_assigned": float(np.mean([r == a for r, a in zip(routed, assigned)])),
             "seconds": {k: _bench.summary(v) for k, v in times.items()},
-            "inputs_per_s": {k: n_inputs / _bench.summary(v)["median"] for k, v in times.items() if k != "route_only"},
+            "inputs_per_s": {k: n_inputs / _bench.summary(v)["median"] for k, v in times.items() if not k.startswith("route_only")},
         }
         # throughput ratios = inverse time ratios, both as ratio of medians and paired per repetition
         inv = lambda r: {k: 1.0 / v for k, v in r.items()}
@@ -144,6 +161,8 @@ def main() -> None:
             "mixed_oracle_bucketed_vs_grouped": inv(_bench.ratio(times["mixed_oracle_bucketed"], times["grouped"])),
             "mixed_oracle_bucketed_vs_single_task": inv(_bench.ratio(times["mixed_oracle_bucketed"], times["single_task"])),
             "mixed_routed_vs_grouped": inv(_bench.ratio(times["mixed_routed"], times["grouped"])),
+            "mixed_routed_vs_float32_keys": inv(_bench.ratio(times["mixed_routed"], times["mixed_routed_float32_keys"])),
+            "route_only_vs_float32_keys": inv(_bench.ratio(times["route_only"], times["route_only_float32_keys"])),
         }
         row["routing_share_of_mixed_routed"] = _bench.summary(times["route_only"])["median"] / _bench.summary(times["mixed_routed"])["median"]
         results.append(row)

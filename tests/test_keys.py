@@ -97,7 +97,16 @@ def test_minilm_keys_are_normalised_and_semantic(minilm):
     assert minilm.identity()["model"] == "sentence-transformers/all-MiniLM-L6-v2"  # no local path
 
 
-def test_encode_keeps_input_order_whatever_the_batching(minilm):
+@pytest.fixture
+def float32_keys(monkeypatch):
+    """MiniLM in float32 even on hardware with native bf16: exact comparisons across batchings
+    (bf16 rounding depends on the batch's padded shape; bounded in the bf16 test below)."""
+    import promptbank.keys as keys_mod
+
+    monkeypatch.setattr(keys_mod, "_native_bf16", lambda device: False)
+
+
+def test_encode_keeps_input_order_whatever_the_batching(minilm, float32_keys):
     texts = SENTENCES[:2] + ["short", "", "a much longer sentence " * 8]
     one_by_one = minilm.encode(texts, batch_size=1)
     batched = minilm.encode(texts, batch_size=3, progress=True)
@@ -145,7 +154,7 @@ def test_make_key_encoder_names():
         make_key_encoder("embedding-mean")
 
 
-def test_concatenated_keys_are_each_part_side_by_side(minilm, llama_stub):
+def test_concatenated_keys_are_each_part_side_by_side(minilm, llama_stub, float32_keys):
     enc = ConcatKeys([minilm, EmbeddingMeanKeys(llama_stub)])
     assert enc.name == "minilm+embedding-mean" and enc.dim == 384 + 32
     keys = enc.encode(SENTENCES, batch_size=3)
@@ -195,3 +204,19 @@ def test_cli_default_key_encoder_is_the_library_default():
     from promptbank.cli import build_parser  # the CLI spells it out to stay import-light
 
     assert build_parser().parse_args(["run"]).key_encoder == DEFAULT_KEY_ENCODER
+
+
+def test_minilm_bf16_path_stays_within_float32_keys(minilm, monkeypatch):
+    """Keys are computed in bf16 where the hardware does it natively; forced on or off here so
+    both paths run on any machine."""
+    import promptbank.keys as keys_mod
+
+    texts = SENTENCES + ["short", "a much longer sentence " * 8]
+    monkeypatch.setattr(keys_mod, "_native_bf16", lambda device: False)
+    ref = minilm.encode(texts)
+    monkeypatch.setattr(keys_mod, "_native_bf16", lambda device: True)
+    got = minilm.encode(texts)
+    assert not np.array_equal(ref, got)  # the bf16 path really ran
+    assert _unit_rows(got) and float((ref * got).sum(axis=1).min()) > 0.9999
+    one_by_one = minilm.encode(texts, batch_size=1)  # other padded shapes, other bf16 rounding
+    assert float((one_by_one * got).sum(axis=1).min()) > 0.9999

@@ -150,6 +150,19 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def with_attribute(obj: Any, name: str, value: Any, run: Callable[[], Any]) -> Callable[[], Any]:
+    """``run`` with ``obj.name`` set to ``value`` for the call and restored after it: a
+    side-by-side twin that puts back what a library change replaced."""
+    def twin() -> Any:
+        kept = getattr(obj, name)
+        setattr(obj, name, value)
+        try:
+            return run()
+        finally:
+            setattr(obj, name, kept)
+    return twin
+
+
 def interleaved(
     cases: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, log: Callable[[str], None] | None = None,
     rewarm: bool = False,

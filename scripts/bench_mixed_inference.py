@@ -112,14 +112,7 @@ def main() -> None:
         def float32_keys(run: Any) -> Any:
             """``run`` with MiniLM keys in float32 even where the hardware has native bf16 (the
             library's path before 2026-11-30, late night): a twin for the bf16 key path."""
-            def twin() -> Any:
-                kept = keys_mod._native_bf16
-                keys_mod._native_bf16 = lambda device: False
-                try:
-                    return run()
-                finally:
-                    keys_mod._native_bf16 = kept
-            return twin
+            return _bench.with_attribute(keys_mod, "_native_bf16", lambda device: False, run)
 
         cases: dict[str, Any] = {
             "mixed_routed": lambda: bank.predict(texts, batch_size=B),

@@ -247,14 +247,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
     def faiss_threshold(route: Callable[[], Any]) -> Callable[[], Any]:
         """``route`` with exhaustive searches left to FAISS's own BLAS threshold (the router
         lowers it to BLAS_MIN_QUERIES): the Flat path before 2026-11-30, night."""
-        def run() -> Any:
-            kept = router_mod._blas_search
-            router_mod._blas_search = lambda index, x, k: index.search(x, k)
-            try:
-                return route()
-            finally:
-                router_mod._blas_search = kept
-        return run
+        return _bench.with_attribute(router_mod, "_blas_search", lambda index, x, k: index.search(x, k), route)
 
     variants["exact_faiss_threshold"] = faiss_threshold(variants["exact"])
     if ivf is None:

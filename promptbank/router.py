@@ -961,7 +961,11 @@ class GaussianRouter(Router):
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def add_task(self, task_id: int, keys: np.ndarray, labels: np.ndarray | None = None) -> None:
+    def _new_task_classes(
+        self, task_id: int, keys: np.ndarray, labels: np.ndarray | None
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A new task's id, its unit keys minus their class means (float64), and its classes,
+        their key counts and means (one class for all keys without ``per_class`` or labels)."""
         tid = self._check_new(task_id)
         x = l2_normalize(check_keys(keys, self.dim)).astype(np.float64)
         labels = self._check_labels(labels, len(x))
@@ -971,7 +975,11 @@ class GaussianRouter(Router):
         means = np.zeros((len(classes), self.dim))
         np.add.at(means, inverse, x)
         means /= counts[:, None]
-        factor, variance = _principal_factor(x - means[inverse], self.scatter_rank)
+        return tid, x - means[inverse], classes, counts, means
+
+    def add_task(self, task_id: int, keys: np.ndarray, labels: np.ndarray | None = None) -> None:
+        tid, centred, classes, counts, means = self._new_task_classes(task_id, keys, labels)
+        factor, variance = _principal_factor(centred, self.scatter_rank)
         kept = (factor.astype(np.float64) ** 2).sum(axis=0)
         residual = np.clip(variance - kept, 0.0, None).astype(np.float32)
         stats = _TaskStats(classes, counts.astype(np.int64), _stored_means(means), factor, residual)
@@ -1340,16 +1348,7 @@ class LDARouter(GaussianRouter):
         super().__init__(dim, per_class=per_class, scatter_rank=scatter_rank, **options)
 
     def add_task(self, task_id: int, keys: np.ndarray, labels: np.ndarray | None = None) -> None:
-        tid = self._check_new(task_id)
-        x = l2_normalize(check_keys(keys, self.dim)).astype(np.float64)
-        labels = self._check_labels(labels, len(x))
-        if not self.per_class or labels is None:
-            labels = np.full(len(x), -1, dtype=np.int64)
-        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-        means = np.zeros((len(classes), self.dim))
-        np.add.at(means, inverse, x)
-        means /= counts[:, None]
-        centred = x - means[inverse]
+        tid, centred, classes, counts, means = self._new_task_classes(task_id, keys, labels)
         factor, _ = _principal_factor(centred, self.scatter_rank)
         no_residual = np.zeros(0, np.float32)  # removal does not use it: not kept
         stats = _TaskStats(classes, counts.astype(np.int64), _stored_means(means), factor, no_residual)

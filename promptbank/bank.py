@@ -144,7 +144,7 @@ class PromptBank:
         **overrides: Any,
     ) -> None:
         self.backbone = load_backbone(backbone) if isinstance(backbone, str) else backbone
-        if isinstance(key_encoder, str):  # a name, as in BankConfig: "minilm", "minilm+embedding-mean", ...
+        if isinstance(key_encoder, str):  # a name, as in BankConfig: "minilm", "minilm+embedding-set-mean", ...
             overrides["key_encoder"], key_encoder = key_encoder, None
         self.config = dataclasses.replace(config or BankConfig(), **overrides)
         if key_encoder is not None:  # the manifest must name the encoder actually used, so load() rebuilds it

@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method", default="ulpt", choices=["ulpt", "pt", "lopt1", "lopt2"])
     run.add_argument("--baseline", default=None, help="zero-shot | naive | ewc | lwf | replay | joint | linear-probe (default: the prompt bank)")
     run.add_argument("--backbone", default="smollm2-135m", help="offline asset name, local folder or hub id")
-    run.add_argument("--key-encoder", default="minilm+embedding-mean",
-                     help="minilm, backbone-mean, embedding-mean, or several joined with '+' (default: %(default)s)")
+    run.add_argument("--key-encoder", default="minilm+embedding-set-mean",
+                     help="minilm, backbone-mean, embedding-mean, embedding-set-mean, or several joined with '+' (default: %(default)s)")
     run.add_argument("--router", default="lda", choices=["lda", "gaussian", "knn"], help="routing strategy (lda: measured best, see docs/routing.md)")
     run.add_argument("--rescore-top", type=int, default=None,
                      help="re-score this many router candidates with their prompts (default 1: route on keys alone; see RESULTS.md)")

@@ -1,6 +1,6 @@
 """Routing at scale: KNNRouter over synthetic clustered keys, 10 -> 100,000+ tasks, per index type.
 
-Keys (``--dim``, default 960 like the bank's minilm+embedding-mean keys; 384 = MiniLM alone) are drawn around task centres that are themselves grouped in
+Keys (``--dim``, default 960 like the bank's minilm+embedding-set-mean keys; 384 = MiniLM alone) are drawn around task centres that are themselves grouped in
 "domains" of ``--domain-size`` tasks (near-neighbour tasks, as bbc/reuters are), so exact
 search is not trivially perfect and approximate indexes can be told apart. Per size and index:
 build time through the router (one ``add_task`` per task, as a bank adds them; the largest

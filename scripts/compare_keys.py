@@ -23,7 +23,7 @@ import routing_study as study  # noqa: E402  (sets threads/offline env, puts the
 from promptbank.router import make_router  # noqa: E402
 
 ROUTERS = {"lda": {"strategy": "lda"}, "knn-10-all": {"strategy": "knn", "k": 10, "summary": "all"}}
-KEYS = "minilm,embedding-mean,minilm+embedding-mean"  # add backbone-mean: a full LLM forward per text (~1 h here)
+KEYS = "minilm,embedding-mean,embedding-set-mean,minilm+embedding-mean,minilm+embedding-set-mean"  # add backbone-mean: a full LLM forward per text (~1 h here)
 
 
 def accuracy(router_options: dict, tasks: list[study.TaskKeys]) -> float:

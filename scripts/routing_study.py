@@ -72,7 +72,7 @@ def _set_threads() -> None:
 
 
 class _LazyEncoder:
-    """Loads a key encoder part (and the LLM for embedding-mean) only when a key file is missing."""
+    """Loads a key encoder part (and the LLM for the embedding parts) only when a key file is missing."""
 
     def __init__(self) -> None:
         self._parts: dict[str, Any] = {}
@@ -604,11 +604,14 @@ def main() -> None:
     parser.add_argument("--keys", default=DEFAULT_KEY_ENCODER, help="key encoder, parts joined with '+' (default: %(default)s)")
     parser.add_argument("--train-keys-only", action="store_true",
                         help="routers learn from training keys only (the bank also gives them validation keys)")
+    parser.add_argument("--seed", type=int, default=BUDGETS["seed"],
+                        help="data draw of every task (get_task's seed); the runner's is 0 (default: %(default)s)")
     parser.add_argument("--out", default="runs/routing_study.json")
     args = parser.parse_args()
     _set_threads()
     global KEY_ENCODER
     KEY_ENCODER = args.keys
+    BUDGETS["seed"] = args.seed
 
     chosen = STRATEGIES
     if args.strategies:

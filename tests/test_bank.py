@@ -220,8 +220,8 @@ def test_router_learns_from_validation_inputs_too(tiny_llama):
 def test_bank_with_the_default_concatenated_keys_saves_and_refuses_other_keys(tiny_llama, tmp_path: Path):
     from promptbank.keys import make_key_encoder
 
-    b = PromptBank(tiny_llama, BankConfig(n_tokens=2))  # default keys: minilm+embedding-mean
-    assert b.key_encoder.name == "minilm+embedding-mean" and b.router.dim == 384 + tiny_llama.hidden_size
+    b = PromptBank(tiny_llama, BankConfig(n_tokens=2))  # default keys: minilm+embedding-set-mean
+    assert b.key_encoder.name == "minilm+embedding-set-mean" and b.router.dim == 384 + tiny_llama.hidden_size
     b.add_task("animals", *ANIMALS, train_config=FAST)
     b.add_task("weather", *WEATHER, train_config=FAST)
     texts = ["a cat on the mat", "rain again tonight"]

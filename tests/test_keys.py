@@ -16,6 +16,7 @@ from promptbank.keys import (
     BackboneMeanKeys,
     ConcatKeys,
     EmbeddingMeanKeys,
+    EmbeddingSetMeanKeys,
     MiniLMKeys,
     make_key_encoder,
     summarize_keys,
@@ -158,6 +159,20 @@ def test_embedding_mean_matches_a_manual_mean(llama_stub):
     assert np.allclose(keys[0], emb / np.linalg.norm(emb), atol=1e-5)
 
 
+def test_embedding_set_mean_counts_each_distinct_token_once(llama_stub):
+    enc = make_key_encoder("embedding-set-mean", backbone=llama_stub)
+    assert isinstance(enc, EmbeddingSetMeanKeys) and enc.identity()["name"] == "embedding-set-mean"
+    texts = ["spam spam spam spam and eggs", "and eggs spam"]
+    keys = enc.encode(texts, batch_size=2)
+    ids = llama_stub.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    distinct = list(dict.fromkeys(ids))
+    assert len(distinct) < len(ids)  # the text repeats tokens
+    emb = llama_stub.model.get_input_embeddings().weight[distinct].mean(0).detach().numpy()
+    assert np.allclose(keys[0], emb / np.linalg.norm(emb), atol=1e-5)
+    plain = EmbeddingMeanKeys(llama_stub).encode(texts[:1])
+    assert not np.allclose(keys[0], plain[0], atol=1e-3)  # repeats no longer weigh more
+
+
 def test_backbone_mean_uses_the_encoder_of_encoder_decoders(t5_stub):
     enc = make_key_encoder("backbone-mean", backbone=t5_stub)
     texts = ["translate this", "and this somewhat longer text as well"]
@@ -191,7 +206,7 @@ def test_concatenated_keys_are_each_part_side_by_side(minilm, llama_stub, float3
 
 def test_make_key_encoder_joins_names_with_plus(llama_stub):
     enc = make_key_encoder(DEFAULT_KEY_ENCODER, backbone=llama_stub, device="cpu")
-    assert isinstance(enc, ConcatKeys) and enc.name == DEFAULT_KEY_ENCODER == "minilm+embedding-mean"
+    assert isinstance(enc, ConcatKeys) and enc.name == DEFAULT_KEY_ENCODER == "minilm+embedding-set-mean"
     with pytest.raises(InvalidDataError, match="twice"):
         make_key_encoder("minilm+minilm")
     with pytest.raises(InvalidDataError, match="unknown key encoder 'bow'"):

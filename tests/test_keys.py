@@ -254,3 +254,35 @@ def test_minilm_bf16_path_stays_within_float32_keys(minilm, monkeypatch):
     assert _unit_rows(got) and float((ref * got).sum(axis=1).min()) > 0.9999
     one_by_one = minilm.encode(texts, batch_size=1)  # other padded shapes, other bf16 rounding
     assert float((one_by_one * got).sum(axis=1).min()) > 0.9999
+
+
+def test_minilm_bf16_path_casts_its_weights_once_and_matches_autocast(minilm, monkeypatch):
+    """The bf16 path keeps bf16 copies of the Linear weights instead of letting autocast re-cast
+    them on every batch; the keys must be exactly what autocast over the float32 model gives."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import promptbank.keys as keys_mod
+
+    monkeypatch.setattr(keys_mod, "_native_bf16", lambda device: True)
+    texts = SENTENCES + ["short", "a much longer sentence " * 8]
+    ids, mask = keys_mod._pad(minilm._tokenize(texts), minilm.device)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = minilm.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    expected = keys_mod._masked_mean(hidden, mask)
+    minilm.encode(texts)  # first call: the one-off cast
+    weight_shapes = {tuple(m.weight.shape) for m in minilm.model.modules() if isinstance(m, torch.nn.Linear)}
+
+    class WeightCasts(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            casts = (torch.ops.aten.to, torch.ops.aten._to_copy)
+            if func.overloadpacket in casts and tuple(args[0].shape) in weight_shapes:
+                WeightCasts.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.inference_mode(), WeightCasts():
+        got = minilm._embed(ids, mask)
+    assert WeightCasts.count == 0
+    assert torch.equal(got, expected)
+    assert next(minilm.model.parameters()).dtype == torch.float32  # the float32 path is untouched

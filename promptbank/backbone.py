@@ -7,6 +7,7 @@ soft prompt and its own label set, so a batch that mixes tasks is a single forwa
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -33,6 +34,12 @@ TEXT_FIELD = "{text}"
 def auto_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_bf16(device: torch.device) -> bool:
+    """bf16 by default on a bf16-capable GPU only. On a CPU with bf16 matrix units (AMX) it is
+    ~1.8x faster but moves answers, so there it is opt-in (``bf16=True``; BENCHMARKS.md)."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def _convert_smollm2() -> Path:
@@ -95,11 +102,18 @@ class EncodedBatch:
 class FrozenLM:
     """A frozen causal or encoder-decoder LM that scores label verbalisations behind soft prompts."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: Any, name: str, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: Any, name: str, device: torch.device | str | None = None, bf16: bool | None = None
+    ) -> None:
         self.name = name
         self.device = torch.device(device) if device is not None else auto_device()
+        self.bf16 = default_bf16(self.device) if bf16 is None else bool(bf16)
         self.model = model.to(self.device).eval()
         self.model.requires_grad_(False)  # the LLM never receives gradients
+        # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name goes in 5.40)
+        forward_args = inspect.signature(self.model.base_model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
+        self._head_bf16 = self._cast_linear_weights() if self.bf16 else None
         self.tokenizer = tokenizer
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         self.hidden_size = int(model.get_input_embeddings().weight.shape[1])
@@ -124,8 +138,27 @@ class FrozenLM:
         }
 
     def autocast(self):
-        """bf16 autocast on CUDA; a no-op context on CPU (fp32)."""
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        """bf16 autocast when ``self.bf16`` (by default on CUDA), else a no-op context (fp32)."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _cast_linear_weights(self) -> torch.Tensor:
+        """Store the Linear layers in bf16 once; returns a bf16 copy of the output matrix.
+
+        Autocast casts a frozen float32 weight again at every forward (it caches only weights
+        that require grad), to the same values, so the answers are unchanged. Embeddings and
+        norms stay float32, as autocast leaves them; so does a tied output layer (it is the
+        embedding matrix), hence the copy. Normal tensors even under inference mode, so that
+        training can backpropagate through them later."""
+        head = self.model.get_output_embeddings()
+        with torch.inference_mode(False), torch.no_grad():
+            for module in self.model.modules():
+                if isinstance(module, nn.Linear) and module is not head:
+                    module.to(torch.bfloat16)
+            return head.weight.to(torch.bfloat16)
+
+    def output_weight(self) -> torch.Tensor:
+        """The output (unembedding) matrix for label scoring: its bf16 copy when ``self.bf16``."""
+        return self._head_bf16 if self._head_bf16 is not None else self.model.get_output_embeddings().weight
 
     # ----------------------------------------------------------------- tokenisation
     def encode(self, texts: Sequence[str], template: str, max_input_tokens: int) -> EncodedBatch:
@@ -204,12 +237,12 @@ class FrozenLM:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         multi = table.max_len > 1
         out = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=multi)
-        weight = self.model.get_output_embeddings().weight
+        weight = self.output_weight()
         first = torch.log_softmax((out.last_hidden_state[:, -1] @ weight.T).float(), dim=-1)  # (B, V)
         total = first.gather(1, table.ids[:, :, 0])  # (B, L)
         if multi:
             B, L, T = table.ids.shape
-            cache = out.past_key_values
+            cache = out.cache if hasattr(out, "cache") else out.past_key_values  # renamed in transformers 5
             cache.batch_repeat_interleave(L)
             cont_in = table.ids[:, :, :-1].reshape(B * L, T - 1)
             cont_mask = table.token_mask[:, :, :-1].reshape(B * L, T - 1).long()
@@ -217,7 +250,7 @@ class FrozenLM:
             start = mask.sum(-1).repeat_interleave(L, 0)[:, None]
             cont_pos = start + torch.arange(T - 1, device=self.device)[None, :]
             hidden = self.model.base_model(
-                input_ids=cont_in, attention_mask=full_mask, position_ids=cont_pos, past_key_values=cache, use_cache=False
+                input_ids=cont_in, attention_mask=full_mask, position_ids=cont_pos, use_cache=False, **{self._cache_kwarg: cache}
             ).last_hidden_state
             logp = torch.log_softmax((hidden @ weight.T).float(), dim=-1)
             nxt = logp.gather(2, table.ids[:, :, 1:].reshape(B * L, T - 1, 1)).reshape(B, L, T - 1)
@@ -270,14 +303,16 @@ class _LabelTable:
         return mean.masked_fill(~self.label_mask, float("-inf"))
 
 
-def load_backbone(name: str = DEFAULT_BACKBONE, device: torch.device | str | None = None) -> FrozenLM:
-    """Load a frozen LM by offline asset name, local folder, or hub id (fails fast offline)."""
+def load_backbone(name: str = DEFAULT_BACKBONE, device: torch.device | str | None = None, bf16: bool | None = None) -> FrozenLM:
+    """Load a frozen LM by offline asset name, local folder, or hub id (fails fast offline).
+
+    ``bf16``: run it under bf16 autocast; None picks :func:`default_bf16` for the device."""
     source, kwargs = resolve_model_source(name)
     config = AutoConfig.from_pretrained(source, **kwargs)
     model_cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = model_cls.from_pretrained(source, dtype=torch.float32, **kwargs)
-    return FrozenLM(model, tokenizer, name=name, device=device)
+    return FrozenLM(model, tokenizer, name=name, device=device, bf16=bf16)
 
 
 def count_frozen_grads(module: nn.Module) -> int:

@@ -24,7 +24,7 @@ def _run(args: argparse.Namespace) -> int:
         key_encoder=args.key_encoder, router={"strategy": args.router}, rescore=rescore, n_tokens=args.n_tokens, rank=args.rank,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
         max_input_tokens=args.max_input_tokens, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
-        test_per_class=args.test_per_class, seed=args.seed, tasks=args.tasks.split(",") if args.tasks else None,
+        test_per_class=args.test_per_class, seed=args.seed, tasks=args.tasks.split(",") if args.tasks else None, bf16=args.bf16,
     )
     out = Path(args.out) if args.out else cfg.default_out()
     results = run_stream(cfg, out=out, tracking_uri=args.tracking_uri, progress=not args.quiet, fresh=args.fresh)
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--val-per-class", type=int, default=16)
     run.add_argument("--test-per-class", type=int, default=100)
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                     help="run the LLM under bf16 autocast (default: on a bf16 GPU only; on a CPU with AMX "
+                          "--bf16 trains ~1.5x and answers ~2.8x faster, with slightly different answers)")
     run.add_argument("--out", default=None, help="output folder (default runs/<stream>-<strategy>)")
     run.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite store next to --out)")
     run.add_argument("--fresh", action="store_true", help="discard a previous run in --out instead of resuming it")

@@ -299,12 +299,11 @@ class BackboneMeanKeys(_BackboneKeys):
 
     def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         model = self.backbone.model
-        if self.backbone.is_encoder_decoder:
-            out = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
-        else:
-            out = model.base_model(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-            )
+        with self.backbone.autocast():
+            if self.backbone.is_encoder_decoder:
+                out = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+            else:
+                out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return _masked_mean(out.last_hidden_state, attention_mask)
 
 

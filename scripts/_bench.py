@@ -240,19 +240,20 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def load_frozen(name: str = "smollm2-135m", random_init: bool = False, device: str | None = None):
+def load_frozen(name: str = "smollm2-135m", random_init: bool = False, device: str | None = None, bf16: bool | None = None):
     """The frozen LM: the real weights, or a random model built from the same config
-    (speed does not depend on the weights' values; no weights need to be shipped)."""
+    (speed does not depend on the weights' values; no weights need to be shipped).
+    ``bf16``: as in ``load_backbone`` (None: on a bf16 GPU only)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from promptbank.backbone import FrozenLM, load_backbone, resolve_model_source
 
     if not random_init:
-        return load_backbone(name, device=device)
+        return load_backbone(name, device=device, bf16=bf16)
     source, kwargs = resolve_model_source(name)
     config = AutoConfig.from_pretrained(source, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return FrozenLM(model, tokenizer, name=f"{name}(random-init)", device=device)
+    return FrozenLM(model, tokenizer, name=f"{name}(random-init)", device=device, bf16=bf16)

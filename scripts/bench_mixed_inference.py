@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--random-init", action="store_true", help="random weights with the backbone's real config")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="the LLM under bf16 autocast (default: on a bf16 GPU only)")
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 8, 64], help="m: tasks in the bank and in the batch")
     parser.add_argument("--inputs", type=int, default=32, help="inputs per batch; it spans min(m, inputs) tasks")
     parser.add_argument("--bucket-batch", type=int, default=8,
@@ -68,7 +70,7 @@ def main() -> None:
     from streams.splits import get_task
 
     machine = _bench.machine_info()
-    backbone = _bench.load_frozen(args.backbone, args.random_init, args.device)
+    backbone = _bench.load_frozen(args.backbone, args.random_init, args.device, args.bf16)
     keys = make_key_encoder(DEFAULT_KEY_ENCODER, backbone=backbone, device=args.device)
     sources = [get_task(name) for name in args.source_tasks.split(",")]
     results = []
@@ -173,6 +175,7 @@ def main() -> None:
         "args": vars(args),
         "machine": machine,
         "backbone": backbone.identity(),
+        "llm_bf16": backbone.bf16,
         "goal": {"mixed_vs_single_task": 0.95, "mixed_vs_grouped_at_m8": 3.0},
         "results": results,
     })

@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--random-init", action="store_true", help="random weights with the backbone's real config")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="the LLM under bf16 autocast (default: on a bf16 GPU only)")
     parser.add_argument("--task", default="bbc", help="offline task giving texts, template and (single-token) labels")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64, help="target input length (template + text) in tokens")
@@ -57,7 +59,7 @@ def main() -> None:
     from streams.splits import get_task
 
     machine = _bench.machine_info()
-    backbone = _bench.load_frozen(args.backbone, args.random_init, args.device)
+    backbone = _bench.load_frozen(args.backbone, args.random_init, args.device, args.bf16)
     dev, n, B = backbone.device, args.n_tokens, args.batch
     task = get_task(args.task)
     label_ids = backbone.label_token_ids(list(task.label_names))
@@ -177,6 +179,7 @@ def main() -> None:
         "args": vars(args),
         "machine": machine,
         "backbone": backbone.identity(),
+        "llm_bf16": backbone.bf16,
         "batch": {"size": B, "input_tokens": lengths, "soft_tokens": n},
         "trainable_params": params,
         "goal": {"ulpt/pt": 1.05, "ulpt/peft": 1.0, "ulpt/limit": 1.15},

@@ -49,6 +49,8 @@ class PromptCache:
             "train": train,
             "data": hashlib.sha256("\x1f".join(task.train_texts + task.val_texts).encode()).hexdigest(),
         }
+        if bank.backbone.bf16:  # absent in float32, so the keys of existing caches stay valid
+            payload["bf16"] = True
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
     def get(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:

@@ -64,6 +64,7 @@ class RunConfig:
     test_per_class: int = 100
     seed: int = 0
     tasks: list[str] | None = None  # run a custom list instead of the named stream's order
+    bf16: bool | None = None  # the LLM under bf16 autocast; None: on a bf16 GPU only (promptbank.backbone.default_bf16)
 
     @property
     def strategy_name(self) -> str:
@@ -119,7 +120,7 @@ def run_stream(cfg: RunConfig, out: Path | None = None, tracking_uri: str | None
     tasks = load_tasks(cfg)
     names = [t.name for t in tasks]
     benchmark, table = build_benchmark(tasks)
-    backbone = load_backbone(cfg.backbone)
+    backbone = load_backbone(cfg.backbone, bf16=cfg.bf16)
     strategy = make_strategy(cfg, backbone, progress)
 
     state = _load_progress(out, cfg)

@@ -95,3 +95,49 @@ def test_local_folder_backbone_loads(tiny_llama: FrozenLM, tmp_path):
     lm = load_backbone(str(tmp_path / "m"), device="cpu")
     assert lm.identity()["hidden_size"] == tiny_llama.hidden_size
     assert lm.identity()["embedding_checksum"] == tiny_llama.identity()["embedding_checksum"]
+
+
+def _tiny_llama_copy(tiny_llama: FrozenLM, bf16: bool) -> FrozenLM:
+    import copy
+
+    return FrozenLM(copy.deepcopy(tiny_llama.model), tiny_llama.tokenizer, name="tiny-llama", device="cpu", bf16=bf16)
+
+
+def test_bf16_stores_linear_weights_once_and_answers_like_autocast(tiny_llama: FrozenLM):
+    """bf16=True keeps the Linear weights in bf16 instead of letting autocast cast them on every
+    forward: scores and prompt gradients must equal autocast's over the float32 weights exactly."""
+    lm = _tiny_llama_copy(tiny_llama, bf16=True)
+    ref = _tiny_llama_copy(tiny_llama, bf16=False)
+    ref.bf16 = True  # autocast over float32 weights: the path before
+    linear = [m for m in lm.model.modules() if isinstance(m, torch.nn.Linear) and m is not lm.model.get_output_embeddings()]
+    assert linear and all(m.weight.dtype == torch.bfloat16 for m in linear)
+    assert lm.model.get_input_embeddings().weight.dtype == torch.float32  # tied head and embeddings stay float32
+    labels = lm.label_token_ids(["cat", "hot dog stand", "rain"])
+    enc = lm.encode(["a short text", "a much longer text with many more words in it"], "In: {text} Out:", 64).input_ids
+    p_new, p_ref = (ULPT(4, lm.hidden_size, rank=2, seed=0) for _ in range(2))
+    s_new = lm.label_scores(p_new().unsqueeze(0).expand(2, -1, -1), enc, [labels, labels[:2]])
+    s_ref = ref.label_scores(p_ref().unsqueeze(0).expand(2, -1, -1), enc, [labels, labels[:2]])
+    assert torch.equal(s_new, s_ref) and torch.isfinite(s_new[:, :2]).all()
+    s_new[:, :2].sum().backward()
+    s_ref[:, :2].sum().backward()
+    assert torch.equal(p_new.z.grad, p_ref.z.grad) and p_new.z.grad.abs().sum() > 0
+    assert all(p.grad is None for p in lm.model.parameters())
+    fp32 = _tiny_llama_copy(tiny_llama, bf16=False)
+    with torch.no_grad():
+        s_fp32 = fp32.label_scores(p_new().unsqueeze(0).expand(2, -1, -1), enc, [labels, labels[:2]])
+    assert not torch.equal(s_fp32, s_new.detach())  # bf16 really ran
+    torch.testing.assert_close(s_fp32[:, :2], s_new.detach()[:, :2], atol=0.05, rtol=0.05)
+
+
+def test_bf16_encoder_decoder_scores_and_trains(tiny_t5: FrozenLM):
+    import copy
+
+    lm = FrozenLM(copy.deepcopy(tiny_t5.model), tiny_t5.tokenizer, name="tiny-t5", device="cpu", bf16=True)
+    labels = lm.label_token_ids(["yes", "no way"])
+    enc = lm.encode(["is it raining", "the sun is out"], "question: {text}", 32).input_ids
+    prompt = ULPT(4, lm.hidden_size, rank=2)
+    scores = lm.label_scores(prompt().unsqueeze(0).expand(2, -1, -1), enc, [labels, labels])
+    assert scores.shape == (2, 2) and torch.isfinite(scores).all()
+    torch.nn.functional.cross_entropy(scores.float(), torch.tensor([0, 1])).backward()
+    assert prompt.z.grad is not None and prompt.z.grad.abs().sum() > 0
+    assert all(p.grad is None for p in lm.model.parameters())

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from promptbank.assets import asset_path
+from promptbank.backbone import FrozenLM
 from promptbank.errors import InvalidDataError
 from promptbank.keys import (
     DEFAULT_KEY_ENCODER,
@@ -43,19 +43,15 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def _backbone(model, tokenizer, encoder_decoder: bool) -> SimpleNamespace:
-    """The four FrozenLM attributes the key encoders rely on."""
-    model.eval().requires_grad_(False)
-    return SimpleNamespace(
-        model=model,
-        tokenizer=tokenizer,
-        device=torch.device("cpu"),
-        is_encoder_decoder=encoder_decoder,
-    )
+def _backbone(model, tokenizer, encoder_decoder: bool) -> FrozenLM:
+    """A tiny random model wrapped as the frozen LLM the key encoders read from."""
+    lm = FrozenLM(model, tokenizer, name="tiny", device="cpu", bf16=False)
+    assert lm.is_encoder_decoder == encoder_decoder
+    return lm
 
 
 @pytest.fixture(scope="module")
-def llama_stub(tokenizer) -> SimpleNamespace:
+def llama_stub(tokenizer) -> FrozenLM:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -72,7 +68,7 @@ def llama_stub(tokenizer) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="module")
-def t5_stub(tokenizer) -> SimpleNamespace:
+def t5_stub(tokenizer) -> FrozenLM:
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)

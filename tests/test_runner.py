@@ -119,3 +119,18 @@ def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache,
 def test_unknown_stream_is_a_clear_cli_error(capsys):
     assert cli_main(["run", "--stream", "nope", "--quiet"]) == 2
     assert "unknown stream" in capsys.readouterr().err
+
+
+def test_bf16_run_trains_its_own_prompts_and_records_the_setting(tiny_folder, tmp_path, tmp_cache):
+    """--bf16 answers differ slightly from float32, so its prompts must not come from (or go to)
+    the float32 entries of the prompt cache; a float32 rerun still finds its own."""
+    cfg = _cfg(tiny_folder)
+    cached = lambda: sorted(p.name for p in (tmp_cache / "prompts").glob("*.safetensors"))  # noqa: E731
+    run_stream(cfg, out=tmp_path / "fp32", progress=False)
+    fp32_entries = cached()
+    results = run_stream(RunConfig(**{**cfg.__dict__, "bf16": True}), out=tmp_path / "bf16", progress=False)
+    assert results["config"]["bf16"] is True
+    assert all(not r["prompt_from_cache"] for r in results["reports"])
+    assert len(cached()) == 2 * len(fp32_entries) == 2 * len(TASKS)
+    again = run_stream(cfg, out=tmp_path / "fp32-again", progress=False)
+    assert all(r["prompt_from_cache"] for r in again["reports"]) and len(cached()) == 2 * len(TASKS)

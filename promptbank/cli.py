@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                      help="run the LLM under bf16 autocast (default: on a bf16 GPU only; on a CPU with AMX "
-                          "--bf16 trains ~1.5x and answers ~2.8x faster, with slightly different answers)")
+                          "--bf16 ran the main job 1.5x faster, with slightly different answers: BENCHMARKS.md)")
     run.add_argument("--out", default=None, help="output folder (default runs/<stream>-<strategy>)")
     run.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite store next to --out)")
     run.add_argument("--fresh", action="store_true", help="discard a previous run in --out instead of resuming it")

@@ -37,8 +37,8 @@ def auto_device() -> torch.device:
 
 
 def default_bf16(device: torch.device) -> bool:
-    """bf16 by default on a bf16-capable GPU only. On a CPU with bf16 matrix units (AMX) it is
-    ~1.8x faster but moves answers, so there it is opt-in (``bf16=True``; BENCHMARKS.md)."""
+    """bf16 by default on a bf16-capable GPU only. On a CPU with bf16 matrix units (AMX) it ran
+    the main job 1.5x faster but moves answers, so there it is opt-in (``bf16=True``; BENCHMARKS.md)."""
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 

@@ -231,7 +231,7 @@ class PromptBank:
         meta.update({"n_train": len(texts), "trainable_params": prompt.num_trainable(), "key_seconds": round(key_seconds, 3)})
         if result is not None:
             meta.update({"train_seconds": round(result.seconds, 2), "steps": result.steps, "best_step": result.best_step,
-                         "best_val_acc": result.best_val_acc, "train_config": cfg.to_dict()})
+                         "best_val_acc": result.best_val_acc, "train_config": cfg.to_dict(), "llm_bf16": self.backbone.bf16})
         info = TaskInfo(name, task_id, names, template, meta)
         self._tasks[name] = info
         self._set_state(name, prompt_state)

@@ -7,6 +7,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from promptbank.bank import PromptBank
 from promptbank.cli import main as cli_main
 from streams import runner as runner_mod
 from streams.bank_strategy import BankStrategy
@@ -130,6 +131,9 @@ def test_bf16_run_trains_its_own_prompts_and_records_the_setting(tiny_folder, tm
     fp32_entries = cached()
     results = run_stream(RunConfig(**{**cfg.__dict__, "bf16": True}), out=tmp_path / "bf16", progress=False)
     assert results["config"]["bf16"] is True
+    bank = PromptBank.load(tmp_path / "bf16" / "bank", backbone=tiny_folder)
+    assert bank.task_info(TASKS[0]).metadata["llm_bf16"] is True  # provenance; loading picks its own precision
+    assert bank.backbone.bf16 is False
     assert all(not r["prompt_from_cache"] for r in results["reports"])
     assert len(cached()) == 2 * len(fp32_entries) == 2 * len(TASKS)
     again = run_stream(cfg, out=tmp_path / "fp32-again", progress=False)

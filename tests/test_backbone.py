@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -141,3 +143,17 @@ def test_bf16_encoder_decoder_scores_and_trains(tiny_t5: FrozenLM):
     torch.nn.functional.cross_entropy(scores.float(), torch.tensor([0, 1])).backward()
     assert prompt.z.grad is not None and prompt.z.grad.abs().sum() > 0
     assert all(p.grad is None for p in lm.model.parameters())
+
+
+def test_bf16_on_cpu_bounds_the_kernel_caches_unless_the_user_set_them(tiny_llama: FrozenLM, monkeypatch):
+    """oneDNN keeps a bf16 kernel per input shape; a stream has hundreds of shapes, so the caches
+    are capped (BENCHMARKS.md, slow path 18). A user's own setting wins; float32 leaves them alone."""
+    import promptbank.backbone as backbone_mod
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "7")
+    _tiny_llama_copy(tiny_llama, bf16=False)
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
+    _tiny_llama_copy(tiny_llama, bf16=True)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == backbone_mod.CPU_BF16_KERNEL_CACHE
+    assert os.environ["LRU_CACHE_CAPACITY"] == "7"

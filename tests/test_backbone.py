@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -100,8 +101,6 @@ def test_local_folder_backbone_loads(tiny_llama: FrozenLM, tmp_path):
 
 
 def _tiny_llama_copy(tiny_llama: FrozenLM, bf16: bool) -> FrozenLM:
-    import copy
-
     return FrozenLM(copy.deepcopy(tiny_llama.model), tiny_llama.tokenizer, name="tiny-llama", device="cpu", bf16=bf16)
 
 
@@ -132,8 +131,6 @@ def test_bf16_stores_linear_weights_once_and_answers_like_autocast(tiny_llama: F
 
 
 def test_bf16_encoder_decoder_scores_and_trains(tiny_t5: FrozenLM):
-    import copy
-
     lm = FrozenLM(copy.deepcopy(tiny_t5.model), tiny_t5.tokenizer, name="tiny-t5", device="cpu", bf16=True)
     labels = lm.label_token_ids(["yes", "no way"])
     enc = lm.encode(["is it raining", "the sun is out"], "question: {text}", 32).input_ids

@@ -1,7 +1,8 @@
 """Learning one task's soft prompt against the frozen LLM.
 
 AdamW with warmup + cosine decay, gradient clipping, and the best validation checkpoint kept.
-The same seed gives the same prompt on CPU; on CUDA the forward runs under bf16 autocast.
+The same seed gives the same prompt on CPU. The frozen LLM's forward runs under bf16 autocast on a
+bf16 GPU, or wherever it was loaded with ``bf16=True`` (``FrozenLM.autocast``).
 """
 
 from __future__ import annotations

@@ -424,13 +424,17 @@ class PromptBank:
         return storage.write_bank(Path(path), manifest, tensors, router_arrays)
 
     @classmethod
-    def load(cls, path: str | Path, backbone: FrozenLM | str | None = None, key_encoder: KeyEncoder | None = None) -> "PromptBank":
-        """Load a bank directory; refuses damaged files and banks built on another backbone."""
+    def load(
+        cls, path: str | Path, backbone: FrozenLM | str | None = None, key_encoder: KeyEncoder | None = None, bf16: bool | None = None
+    ) -> "PromptBank":
+        """Load a bank directory; refuses damaged files and banks built on another backbone.
+
+        ``bf16`` applies when the backbone is loaded here (a name, or the recorded one)."""
         manifest, tensors, router_arrays = storage.read_bank(Path(path))
         recorded = manifest["backbone"]
         if backbone is None:
             backbone = recorded["name"]
-        backbone = load_backbone(backbone) if isinstance(backbone, str) else backbone
+        backbone = load_backbone(backbone, bf16=bf16) if isinstance(backbone, str) else backbone
         storage.check_backbone(recorded, backbone.identity())
         bank = cls.__new__(cls)
         bank.backbone = backbone

@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .bank import PromptBank
 
-    bank = PromptBank.load(args.bank, backbone=args.backbone)
+    bank = PromptBank.load(args.bank, backbone=args.backbone, bf16=args.bf16)
     texts = list(args.text) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     for text, p in zip(texts, bank.predict(texts, task=args.task)):
         print(json.dumps({"text": text, "task": p.task, "label": p.label, "route_score": None if p.route_score != p.route_score else round(p.route_score, 4),
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--bank", required=True)
     predict.add_argument("--task", default=None)
     predict.add_argument("--backbone", default=None)
+    predict.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                         help="the LLM under bf16 autocast (default: on a bf16 GPU only), e.g. to answer as a --bf16 run trained")
     predict.add_argument("text", nargs="*", help="texts (default: one per line on stdin)")
     predict.set_defaults(func=_predict)
 

@@ -115,6 +115,9 @@ def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache,
     assert cli_main(["predict", "--bank", str(out / "bank"), "--backbone", tiny_folder, "what is the capital of peru"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["task"] in TASKS
+    assert cli_main(["predict", "--bank", str(out / "bank"), "--backbone", tiny_folder, "--bf16", "what is the capital of peru"]) == 0
+    bf16_line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert bf16_line["task"] == line["task"] and bf16_line["scores"] != line["scores"]  # same route, bf16 answers
 
 
 def test_unknown_stream_is_a_clear_cli_error(capsys):
@@ -134,6 +137,7 @@ def test_bf16_run_trains_its_own_prompts_and_records_the_setting(tiny_folder, tm
     bank = PromptBank.load(tmp_path / "bf16" / "bank", backbone=tiny_folder)
     assert bank.task_info(TASKS[0]).metadata["llm_bf16"] is True  # provenance; loading picks its own precision
     assert bank.backbone.bf16 is False
+    assert PromptBank.load(tmp_path / "bf16" / "bank", backbone=tiny_folder, bf16=True).backbone.bf16 is True
     assert all(not r["prompt_from_cache"] for r in results["reports"])
     assert len(cached()) == 2 * len(fp32_entries) == 2 * len(TASKS)
     again = run_stream(cfg, out=tmp_path / "fp32-again", progress=False)

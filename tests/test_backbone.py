@@ -154,3 +154,26 @@ def test_bf16_on_cpu_bounds_the_kernel_caches_unless_the_user_set_them(tiny_llam
     _tiny_llama_copy(tiny_llama, bf16=True)
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == backbone_mod.CPU_BF16_KERNEL_CACHE
     assert os.environ["LRU_CACHE_CAPACITY"] == "7"
+
+
+def test_multi_token_labels_scored_a_few_at_a_time_give_the_same_scores_and_gradients(tiny_llama: FrozenLM, monkeypatch):
+    """The label continuations go through in passes of at most CONTINUATION_ROWS cache copies;
+    passes of one label each must match one pass over all labels, values and prompt gradients."""
+    import promptbank.backbone as backbone_mod
+
+    labels = tiny_llama.label_token_ids(["cat", "hot dog stand", "rain", "big red fire truck"])
+    enc = tiny_llama.encode(["a short text", "a much longer text with many more words in it", "mid length one"], "In: {text} Out:", 64).input_ids
+    results = []
+    for rows in (64, 3):  # one pass; then one label per pass (3 inputs x 1 label)
+        monkeypatch.setattr(backbone_mod, "CONTINUATION_ROWS", rows)
+        prompt = ULPT(4, tiny_llama.hidden_size, rank=2, seed=0)
+        scores = tiny_llama.label_scores(prompt().unsqueeze(0).expand(3, -1, -1), enc, [labels, labels[:3], labels])
+        scores[torch.isfinite(scores)].sum().backward()
+        results.append((scores.detach(), prompt.z.grad.clone()))
+    (one_pass, grad_one), (passes, grad_passes) = results
+    torch.testing.assert_close(passes, one_pass, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_passes, grad_one, atol=1e-5, rtol=1e-5)
+    assert passes[1, 3] == float("-inf") and grad_one.abs().sum() > 0
+    with torch.no_grad():
+        p = ULPT(4, tiny_llama.hidden_size, rank=2, seed=0)()
+        assert passes[0, 3].item() == pytest.approx(_brute_force_logprob(tiny_llama, p, enc[0], labels[3]), abs=1e-4)

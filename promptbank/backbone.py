@@ -117,6 +117,19 @@ class EncodedBatch:
     truncated: int
 
 
+def store_linear_in_bf16(model: nn.Module, keep: nn.Module | None = None) -> None:
+    """Convert ``model``'s Linear layers (all but ``keep``) to bf16 in place, for running it
+    under bf16 autocast. Autocast casts a frozen float32 weight again at every forward (it
+    caches only weights that require grad), to the same values, so the outputs are unchanged
+    and the casts are saved (BENCHMARKS.md, slow paths 17 and 18). Embeddings and norms stay
+    float32, as autocast leaves them. Normal tensors even under inference mode, so that
+    training can backpropagate through the layers later."""
+    with torch.inference_mode(False), torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module is not keep:
+                module.to(torch.bfloat16)
+
+
 class FrozenLM:
     """A frozen causal or encoder-decoder LM that scores label verbalisations behind soft prompts."""
 
@@ -162,18 +175,12 @@ class FrozenLM:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def _cast_linear_weights(self) -> torch.Tensor:
-        """Store the Linear layers in bf16 once; returns a bf16 copy of the output matrix.
-
-        Autocast casts a frozen float32 weight again at every forward (it caches only weights
-        that require grad), to the same values, so the answers are unchanged. Embeddings and
-        norms stay float32, as autocast leaves them; so does a tied output layer (it is the
-        embedding matrix), hence the copy. Normal tensors even under inference mode, so that
-        training can backpropagate through them later."""
+        """Store the Linear layers in bf16 once (:func:`store_linear_in_bf16`); returns a bf16
+        copy of the output matrix. A tied output layer is the embedding matrix, which stays
+        float32 as autocast leaves it, hence the copy."""
         head = self.model.get_output_embeddings()
+        store_linear_in_bf16(self.model, keep=head)
         with torch.inference_mode(False), torch.no_grad():
-            for module in self.model.modules():
-                if isinstance(module, nn.Linear) and module is not head:
-                    module.to(torch.bfloat16)
             return head.weight.to(torch.bfloat16)
 
     def output_weight(self) -> torch.Tensor:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .backbone import store_linear_in_bf16
 from .errors import HubUnavailableError, InvalidDataError
 from .hub import hub_reachable
 
@@ -179,7 +180,10 @@ class MiniLMKeys(PooledKeyEncoder):
     """all-MiniLM-L6-v2 sentence keys: masked mean pooling of the last hidden state.
 
     ``path_or_name`` defaults to the offline asset package; a local folder or a hub name
-    also works (the hub needs network).
+    also works (the hub needs network). ``bf16``: run it in bf16; None picks bf16 where the
+    hardware multiplies it natively (:func:`native_bf16`). On this project's 2-core AMX VM that
+    took 12.0 -> 4.3 ms per text with every key within cosine 0.99998 of its float32 key
+    (BENCHMARKS.md, slow path 15); where bf16 is emulated it is slower, so float32 there.
     """
 
     name = "minilm"
@@ -189,6 +193,7 @@ class MiniLMKeys(PooledKeyEncoder):
         path_or_name: str | Path | None = None,
         device: str | torch.device | None = None,
         max_length: int = DEFAULT_MAX_LENGTH,
+        bf16: bool | None = None,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
@@ -220,7 +225,9 @@ class MiniLMKeys(PooledKeyEncoder):
         self.model = model.to(self._device).eval().requires_grad_(False)
         self.dim = int(model.config.hidden_size)
         self.max_length = int(max_length)
-        self._bf16_weights: dict[str, torch.Tensor] | None = None
+        self.bf16 = native_bf16(self._device) if bf16 is None else bool(bf16)
+        if self.bf16:
+            store_linear_in_bf16(self.model)
 
     @property
     def device(self) -> torch.device:
@@ -233,31 +240,12 @@ class MiniLMKeys(PooledKeyEncoder):
         return _token_ids(self.tokenizer, texts, self.max_length, special=True)
 
     def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # bf16 where the hardware multiplies it natively: on this project's 2-core AMX VM,
-        # 12.0 -> 4.3 ms per text with every key within cosine 0.99998 of its float32 key
-        # (BENCHMARKS.md, slow path 15). Elsewhere bf16 is emulated and slower, so float32.
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if not _native_bf16(self._device):
-            return _masked_mean(self.model(**inputs).last_hidden_state, attention_mask)
-        with torch.autocast(self._device.type, dtype=torch.bfloat16):
-            hidden = torch.func.functional_call(self.model, self._bf16_linear_weights(), args=(), kwargs=inputs)
-        return _masked_mean(hidden.last_hidden_state, attention_mask)
-
-    def _bf16_linear_weights(self) -> dict[str, torch.Tensor]:
-        """The Linear layers' parameters cast to bf16 once. Autocast would cast them again on
-        every batch, to the same values: the keys are bit-identical and 10% faster on 32 mixed
-        texts (BENCHMARKS.md, slow path 17). The float32 model stays as it is."""
-        if self._bf16_weights is None:
-            self._bf16_weights = {
-                f"{name}.{pname}": p.to(torch.bfloat16)
-                for name, module in self.model.named_modules()
-                if isinstance(module, torch.nn.Linear)
-                for pname, p in module.named_parameters(recurse=False)
-            }
-        return self._bf16_weights
+        with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return _masked_mean(hidden, attention_mask)
 
 
-def _native_bf16(device: torch.device) -> bool:
+def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bf16 matrices in hardware: a bf16-capable GPU, or a CPU
     with AMX tiles (torch's own check; absent from older torch, then float32)."""
     if device.type == "cuda":

@@ -14,9 +14,6 @@ Cases, timed side by side with alternating order:
 * ``single_task``   ``bank.predict(texts, task=<first task>)``: every input with one prompt;
 * ``limit``         ``predict_scores`` with one zero prompt on pre-tokenised inputs (no bank);
 * ``route_only``    ``bank.route(texts)``: the routing share of ``mixed_routed``.
-* ``*_recast_key_weights`` twins of ``mixed_routed`` and ``route_only`` where autocast casts
-  MiniLM's float32 weights to bf16 on every key batch (the key path before 2026-12-01;
-  ``MiniLMKeys._bf16_linear_weights``).
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_mixed_inference.py --threads 1 \
         --tasks 8 --out runs/bench/mixed-m8.json
@@ -64,7 +61,6 @@ def main() -> None:
     import torch
 
     from promptbank.bank import BankConfig, PromptBank
-    import promptbank.keys as keys_mod
     from promptbank.keys import DEFAULT_KEY_ENCODER, make_key_encoder
     from promptbank.trainer import TrainConfig, predict_scores
     from streams.splits import get_task
@@ -112,12 +108,6 @@ def main() -> None:
             for t, xs in groups.items():
                 bank.predict(xs, task=t, batch_size=B)
 
-        def recast_key_weights(run: Any) -> Any:
-            """``run`` with MiniLM's float32 weights handed to autocast, which casts them to bf16
-            again on every key batch (the library's path before 2026-12-01): a twin for slow path 17.
-            A no-op twin where the keys run in float32."""
-            return _bench.with_attribute(keys_mod.MiniLMKeys, "_bf16_linear_weights", lambda enc: dict(enc.model.named_parameters()), run)
-
         cases: dict[str, Any] = {
             "mixed_routed": lambda: bank.predict(texts, batch_size=B),
             "mixed_oracle": lambda: bank.predict(texts, task=assigned, batch_size=B),
@@ -127,8 +117,6 @@ def main() -> None:
             "limit": lambda: predict_scores(backbone, zero, [0] * len(ids), ids, label_ids, B),
             "route_only": lambda: bank.route(texts),
         }
-        cases["mixed_routed_recast_key_weights"] = recast_key_weights(cases["mixed_routed"])
-        cases["route_only_recast_key_weights"] = recast_key_weights(cases["route_only"])
         routed = [p.task for p in bank.predict(texts, batch_size=B)]
         single_ids = backbone.encode(texts, bank.task_info(names[0]).template, args.max_input_tokens).input_ids
         padded = {  # token positions the forward passes compute (soft prompt included)
@@ -158,8 +146,6 @@ def main() -> None:
             "mixed_oracle_bucketed_vs_grouped": inv(_bench.ratio(times["mixed_oracle_bucketed"], times["grouped"])),
             "mixed_oracle_bucketed_vs_single_task": inv(_bench.ratio(times["mixed_oracle_bucketed"], times["single_task"])),
             "mixed_routed_vs_grouped": inv(_bench.ratio(times["mixed_routed"], times["grouped"])),
-            "mixed_routed_vs_recast_key_weights": inv(_bench.ratio(times["mixed_routed"], times["mixed_routed_recast_key_weights"])),
-            "route_only_vs_recast_key_weights": inv(_bench.ratio(times["route_only"], times["route_only_recast_key_weights"])),
         }
         row["routing_share_of_mixed_routed"] = _bench.summary(times["route_only"])["median"] / _bench.summary(times["mixed_routed"])["median"]
         results.append(row)

@@ -51,7 +51,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from promptbank.keys import DEFAULT_KEY_ENCODER, PooledKeyEncoder, _native_bf16, l2_normalize  # noqa: E402
+from promptbank.keys import DEFAULT_KEY_ENCODER, PooledKeyEncoder, l2_normalize, native_bf16  # noqa: E402
 from promptbank.router import LDARouter, Router, make_router, router_from_state  # noqa: E402
 from streams.named import STREAMS, stream_tasks  # noqa: E402
 from streams.splits import get_task  # noqa: E402
@@ -94,9 +94,9 @@ def _cached_keys(encoder: _LazyEncoder, task: str, split: str, texts: list[str])
     """Keys of ``texts`` (each part of a "+" key from runs/keys_cache/ when encoded before)."""
     digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
     blocks = []
-    # MiniLM keys computed in bf16 (promptbank.keys._native_bf16) are cached apart from float32 ones,
+    # MiniLM keys computed in bf16 (promptbank.keys.native_bf16) are cached apart from float32 ones,
     # and by the token budget per key batch: bf16 rounding depends on the batch's padded shape
-    bf16 = f"-bf16-t{PooledKeyEncoder.batch_tokens}" if _native_bf16(torch.device("cpu")) else ""
+    bf16 = f"-bf16-t{PooledKeyEncoder.batch_tokens}" if native_bf16(torch.device("cpu")) else ""
     for part in KEY_ENCODER.split("+"):
         path = CACHE / f"{part}{bf16 if part == 'minilm' else ''}-{task}-{split}-{digest}.npy"
         if path.exists():

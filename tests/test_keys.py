@@ -19,6 +19,7 @@ from promptbank.keys import (
     EmbeddingSetMeanKeys,
     MiniLMKeys,
     make_key_encoder,
+    native_bf16,
     summarize_keys,
 )
 
@@ -94,43 +95,47 @@ def test_minilm_keys_are_normalised_and_semantic(minilm):
     assert minilm.identity()["model"] == "sentence-transformers/all-MiniLM-L6-v2"  # no local path
 
 
-@pytest.fixture
-def float32_keys(monkeypatch):
+@pytest.fixture(scope="module")
+def minilm_fp32() -> MiniLMKeys:
     """MiniLM in float32 even on hardware with native bf16: exact comparisons across batchings
     (bf16 rounding depends on the batch's padded shape; bounded in the bf16 test below)."""
-    import promptbank.keys as keys_mod
-
-    monkeypatch.setattr(keys_mod, "_native_bf16", lambda device: False)
+    return MiniLMKeys(device="cpu", bf16=False)
 
 
-def test_encode_keeps_input_order_whatever_the_batching(minilm, float32_keys):
+@pytest.fixture(scope="module")
+def minilm_bf16() -> MiniLMKeys:
+    """MiniLM in bf16 whatever the hardware, so the bf16 path runs on any machine."""
+    return MiniLMKeys(device="cpu", bf16=True)
+
+
+def test_encode_keeps_input_order_whatever_the_batching(minilm_fp32):
     texts = SENTENCES[:2] + ["short", "", "a much longer sentence " * 8]
-    one_by_one = minilm.encode(texts, batch_size=1)
-    batched = minilm.encode(texts, batch_size=3, progress=True)
+    one_by_one = minilm_fp32.encode(texts, batch_size=1)
+    batched = minilm_fp32.encode(texts, batch_size=3, progress=True)
     assert np.allclose(one_by_one, batched, atol=1e-5)
     assert _unit_rows(batched)
-    assert minilm.encode([]).shape == (0, 384)
+    assert minilm_fp32.encode([]).shape == (0, 384)
     with pytest.raises(InvalidDataError):
-        minilm.encode("not a list")
+        minilm_fp32.encode("not a list")
 
 
-def test_key_batches_hold_at_most_batch_tokens_padded_positions(minilm, float32_keys, monkeypatch):
+def test_key_batches_hold_at_most_batch_tokens_padded_positions(minilm_fp32, monkeypatch):
     texts = ["a much longer sentence " * 8] * 2 + SENTENCES + ["short", "tiny"] * 3
     shapes = []
-    embed = minilm._embed
+    embed = minilm_fp32._embed
 
     def recording(input_ids, attention_mask):
         shapes.append(tuple(input_ids.shape))
         return embed(input_ids, attention_mask)
 
-    monkeypatch.setattr(minilm, "_embed", recording)
-    monkeypatch.setattr(minilm, "batch_tokens", 64)
-    keys = minilm.encode(texts, batch_size=4)
+    monkeypatch.setattr(minilm_fp32, "_embed", recording)
+    monkeypatch.setattr(minilm_fp32, "batch_tokens", 64)
+    keys = minilm_fp32.encode(texts, batch_size=4)
     assert sum(rows for rows, _ in shapes) == len(texts)
     assert all(rows <= 4 and (rows * width <= 64 or rows == 1) for rows, width in shapes)
     assert [rows for rows, _ in shapes[:2]] == [1, 1]  # the two long texts: one per batch
     assert max(rows for rows, _ in shapes) == 4  # short ones: batch_size to a batch
-    assert np.allclose(keys, minilm.encode(texts, batch_size=1), atol=1e-5)
+    assert np.allclose(keys, minilm_fp32.encode(texts, batch_size=1), atol=1e-5)
 
 
 def test_backbone_mean_matches_a_manual_masked_mean(llama_stub):
@@ -184,13 +189,13 @@ def test_make_key_encoder_names():
         make_key_encoder("embedding-mean")
 
 
-def test_concatenated_keys_are_each_part_side_by_side(minilm, llama_stub, float32_keys):
-    enc = ConcatKeys([minilm, EmbeddingMeanKeys(llama_stub)])
+def test_concatenated_keys_are_each_part_side_by_side(minilm_fp32, llama_stub):
+    enc = ConcatKeys([minilm_fp32, EmbeddingMeanKeys(llama_stub)])
     assert enc.name == "minilm+embedding-mean" and enc.dim == 384 + 32
     keys = enc.encode(SENTENCES, batch_size=3)
     assert keys.shape == (4, 416) and keys.dtype == np.float32 and _unit_rows(keys)
     # each part keeps its own geometry: equal weight, unit norm within the block
-    assert np.allclose(keys[:, :384] * np.sqrt(2), minilm.encode(SENTENCES), atol=1e-5)
+    assert np.allclose(keys[:, :384] * np.sqrt(2), minilm_fp32.encode(SENTENCES), atol=1e-5)
     assert np.allclose(keys[:, 384:] * np.sqrt(2), EmbeddingMeanKeys(llama_stub).encode(SENTENCES), atol=1e-5)
     ident = enc.identity()
     assert [p["name"] for p in ident["parts"]] == ["minilm", "embedding-mean"] and ident["dim"] == 416
@@ -236,37 +241,33 @@ def test_cli_default_key_encoder_is_the_library_default():
     assert build_parser().parse_args(["run"]).key_encoder == DEFAULT_KEY_ENCODER
 
 
-def test_minilm_bf16_path_stays_within_float32_keys(minilm, monkeypatch):
-    """Keys are computed in bf16 where the hardware does it natively; forced on or off here so
-    both paths run on any machine."""
-    import promptbank.keys as keys_mod
-
+def test_minilm_bf16_path_stays_within_float32_keys(minilm, minilm_fp32, minilm_bf16):
+    """Keys are computed in bf16 where the hardware does it natively (the default), else float32."""
+    assert minilm.bf16 == native_bf16(torch.device("cpu"))
     texts = SENTENCES + ["short", "a much longer sentence " * 8]
-    monkeypatch.setattr(keys_mod, "_native_bf16", lambda device: False)
-    ref = minilm.encode(texts)
-    monkeypatch.setattr(keys_mod, "_native_bf16", lambda device: True)
-    got = minilm.encode(texts)
+    ref = minilm_fp32.encode(texts)
+    got = minilm_bf16.encode(texts)
     assert not np.array_equal(ref, got)  # the bf16 path really ran
     assert _unit_rows(got) and float((ref * got).sum(axis=1).min()) > 0.9999
-    one_by_one = minilm.encode(texts, batch_size=1)  # other padded shapes, other bf16 rounding
+    one_by_one = minilm_bf16.encode(texts, batch_size=1)  # other padded shapes, other bf16 rounding
     assert float((one_by_one * got).sum(axis=1).min()) > 0.9999
 
 
-def test_minilm_bf16_path_casts_its_weights_once_and_matches_autocast(minilm, monkeypatch):
-    """The bf16 path keeps bf16 copies of the Linear weights instead of letting autocast re-cast
-    them on every batch; the keys must be exactly what autocast over the float32 model gives."""
+def test_minilm_bf16_stores_its_linear_weights_once_and_matches_autocast(minilm_fp32, minilm_bf16):
+    """In bf16 the Linear weights are stored in bf16 instead of letting autocast re-cast them on
+    every batch; the keys must be exactly what autocast over the float32 model gives."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     import promptbank.keys as keys_mod
 
-    monkeypatch.setattr(keys_mod, "_native_bf16", lambda device: True)
     texts = SENTENCES + ["short", "a much longer sentence " * 8]
-    ids, mask = keys_mod._pad(minilm._tokenize(texts), minilm.device)
+    ids, mask = keys_mod._pad(minilm_fp32._tokenize(texts), minilm_fp32.device)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        hidden = minilm.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = minilm_fp32.model(input_ids=ids, attention_mask=mask).last_hidden_state
     expected = keys_mod._masked_mean(hidden, mask)
-    minilm.encode(texts)  # first call: the one-off cast
-    weight_shapes = {tuple(m.weight.shape) for m in minilm.model.modules() if isinstance(m, torch.nn.Linear)}
+    linear = [m for m in minilm_bf16.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear and all(m.weight.dtype == torch.bfloat16 for m in linear)
+    weight_shapes = {tuple(m.weight.shape) for m in linear}
 
     class WeightCasts(TorchDispatchMode):
         count = 0
@@ -278,7 +279,7 @@ def test_minilm_bf16_path_casts_its_weights_once_and_matches_autocast(minilm, mo
             return func(*args, **(kwargs or {}))
 
     with torch.inference_mode(), WeightCasts():
-        got = minilm._embed(ids, mask)
+        got = minilm_bf16._embed(ids, mask)
     assert WeightCasts.count == 0
     assert torch.equal(got, expected)
-    assert next(minilm.model.parameters()).dtype == torch.float32  # the float32 path is untouched
+    assert next(minilm_fp32.model.parameters()).dtype == torch.float32

@@ -186,11 +186,16 @@ class PromptBank:
         train_config: TrainConfig | None = None,
         metadata: dict[str, Any] | None = None,
         prompt_state: dict[str, torch.Tensor] | None = None,
+        key_texts: Sequence[str] | None = None,
+        key_labels: Sequence[Any] | None = None,
     ) -> TaskInfo:
         """Train a prompt for a new task and index its keys.
 
-        ``prompt_state`` (trainable tensors of an already trained prompt) skips training; the
-        stream runner uses it to reuse cached prompts.
+        The router learns from the keys of ``texts``, ``val_texts`` and ``key_texts``: further
+        labelled inputs of the task that the prompt does not train on. Keys are cheap and the
+        routing state does not grow with them, while routing improves with more keys per class
+        (docs/routing.md). ``prompt_state`` (trainable tensors of an already trained prompt)
+        skips training; the stream runner uses it to reuse cached prompts.
         """
         if not isinstance(name, str) or not name.strip():
             raise InvalidDataError(f"task name must be a non-empty string, got {name!r}")
@@ -207,6 +212,12 @@ class PromptBank:
         if val_texts is not None:
             val_texts = _check_texts(val_texts, "val_texts")
             val_y = _label_indices(val_labels, names, len(val_texts), "val_labels")
+        if (key_texts is None) != (key_labels is None):
+            raise InvalidDataError("give both key_texts and key_labels, or neither")
+        key_y: list[int] = []
+        if key_texts is not None:
+            key_texts = _check_texts(key_texts, "key_texts")
+            key_y = _label_indices(key_labels, names, len(key_texts), "key_labels")
         label_ids = self.backbone.label_token_ids(names)
         encoded = self.backbone.encode(texts, template, self.config.max_input_tokens).input_ids
         cfg = train_config or TrainConfig(seed=self.config.seed)
@@ -220,15 +231,15 @@ class PromptBank:
         started = time.perf_counter()
         # Validation inputs are labelled inputs of the task too: the router gets their keys
         # (a quarter more keys per class, +0.2 to +1.3 pt routing; docs/routing.md).
-        key_texts, key_labels = (texts + val_texts, y + val_y) if val_texts else (texts, y)
-        keys = self.key_encoder.encode(key_texts, progress=cfg.progress)
+        routed = texts + (val_texts or []) + (key_texts or [])
+        keys = self.key_encoder.encode(routed, progress=cfg.progress)
         task_id = self._next_id
-        self.router.add_task(task_id, keys, np.asarray(key_labels))
+        self.router.add_task(task_id, keys, np.asarray(y + (val_y or []) + key_y))
         key_seconds = time.perf_counter() - started
         self._next_id += 1
 
         meta = dict(metadata or {})
-        meta.update({"n_train": len(texts), "trainable_params": prompt.num_trainable(), "key_seconds": round(key_seconds, 3)})
+        meta.update({"n_train": len(texts), "n_keys": len(routed), "trainable_params": prompt.num_trainable(), "key_seconds": round(key_seconds, 3)})
         if result is not None:
             meta.update({"train_seconds": round(result.seconds, 2), "steps": result.steps, "best_step": result.best_step,
                          "best_val_acc": result.best_val_acc, "train_config": cfg.to_dict(), "llm_bf16": self.backbone.bf16})

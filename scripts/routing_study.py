@@ -5,7 +5,7 @@
     # the 2026-11-23 study: --keys minilm --train-keys-only
 
 Per stream: tasks are loaded with the stream runner's default budgets (64 train / 16 val /
-100 test per class, seed 0), texts are encoded once per key part (cached as .npy under
+100 test per class, seed 0, router keys from up to 256 training inputs per class), texts are encoded once per key part (cached as .npy under
 runs/keys_cache/), tasks are added to each router in stream order with their train and
 validation keys and class labels (exactly what ``PromptBank.add_task`` gives the router), and every test input
 is routed on its own, in one batch. Reported per stream and strategy: routing accuracy
@@ -54,9 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from promptbank.keys import DEFAULT_KEY_ENCODER, PooledKeyEncoder, l2_normalize, native_bf16  # noqa: E402
 from promptbank.router import LDARouter, Router, make_router, router_from_state  # noqa: E402
 from streams.named import STREAMS, stream_tasks  # noqa: E402
+from streams.runner import KEY_PER_CLASS  # noqa: E402
 from streams.splits import get_task  # noqa: E402
 
-BUDGETS = {"train_per_class": 64, "val_per_class": 16, "test_per_class": 100, "seed": 0}
+BUDGETS = {"train_per_class": 64, "val_per_class": 16, "test_per_class": 100, "seed": 0, "key_per_class": KEY_PER_CLASS}
 CACHE = Path("runs/keys_cache")
 KEY_ENCODER = DEFAULT_KEY_ENCODER  # --keys overrides
 REJECT_KNOWN = 0.05  # share of known-task validation inputs the unknown threshold rejects
@@ -129,6 +130,9 @@ def load_stream(name: str, order: int | None, encoder: _LazyEncoder, router_val:
         train = _cached_keys(encoder, task_name, "train", data.train_texts)
         val = _cached_keys(encoder, task_name, "val", data.val_texts)
         labels = np.asarray(data.train_labels, np.int64)
+        if data.key_texts:  # --key-per-class: further training inputs for the router only
+            train = np.concatenate([train, _cached_keys(encoder, task_name, "key", data.key_texts)])
+            labels = np.concatenate([labels, np.asarray(data.key_labels, np.int64)])
         if router_val:
             train = np.concatenate([train, val])
             labels = np.concatenate([labels, np.asarray(data.val_labels, np.int64)])
@@ -606,12 +610,16 @@ def main() -> None:
                         help="routers learn from training keys only (the bank also gives them validation keys)")
     parser.add_argument("--seed", type=int, default=BUDGETS["seed"],
                         help="data draw of every task (get_task's seed); the runner's is 0 (default: %(default)s)")
+    parser.add_argument("--key-per-class", type=int, default=BUDGETS["key_per_class"],
+                        help="labelled training inputs per class the routers learn from (default: the stream runner's, "
+                             "%(default)s; 0: the prompt's 64 only, as in the studies before 2026-12-01)")
     parser.add_argument("--out", default="runs/routing_study.json")
     args = parser.parse_args()
     _set_threads()
     global KEY_ENCODER
     KEY_ENCODER = args.keys
     BUDGETS["seed"] = args.seed
+    BUDGETS["key_per_class"] = args.key_per_class
 
     chosen = STRATEGIES
     if args.strategies:

@@ -45,7 +45,8 @@ class PromptCache:
             "task": task.name,
             "labels": list(task.label_names),
             "template": task.template,
-            "budgets": task.budgets,
+            # the router's extra keys do not change the prompt
+            "budgets": {k: v for k, v in task.budgets.items() if not k.startswith("key_")},
             "train": train,
             "data": hashlib.sha256("\x1f".join(task.train_texts + task.val_texts).encode()).hexdigest(),
         }
@@ -96,6 +97,7 @@ class BankStrategy(StreamStrategy):
         info = self.bank.add_task(
             task.name, texts, labels, label_names=list(task.label_names), template=task.template,
             val_texts=task.val_texts or None, val_labels=task.val_labels or None,
+            key_texts=task.key_texts or None, key_labels=task.key_labels or None,
             train_config=self.train_config, prompt_state=cached[0] if cached else None,
             metadata={"budgets": task.budgets},
         )

@@ -37,6 +37,10 @@ from .splits import TaskData, get_task
 from .strategy import StreamStrategy
 
 RESULTS = "results.json"
+#: Labelled training inputs per class whose keys the router learns from, of which the prompt trains
+#: on the first ``train_per_class``. More keys per class route better at no routing-state cost
+#: (docs/routing.md, "More keys per class").
+KEY_PER_CLASS = 256
 PROGRESS = "progress.json"
 
 
@@ -61,6 +65,7 @@ class RunConfig:
     max_input_tokens: int = 64
     train_per_class: int = 64
     val_per_class: int = 16
+    key_per_class: int = KEY_PER_CLASS  # labelled training inputs per class the router learns from (the prompt: the first train_per_class)
     test_per_class: int = 100
     seed: int = 0
     tasks: list[str] | None = None  # run a custom list instead of the named stream's order
@@ -72,6 +77,7 @@ class RunConfig:
 
     def budgets(self) -> dict[str, int]:
         return {"train_per_class": self.train_per_class, "val_per_class": self.val_per_class, "test_per_class": self.test_per_class,
+                "key_per_class": self.key_per_class,
                 "steps": self.steps, "batch_size": self.batch_size, "max_input_tokens": self.max_input_tokens}
 
     def fingerprint(self) -> str:
@@ -106,7 +112,8 @@ def make_strategy(cfg: RunConfig, backbone, progress: bool) -> StreamStrategy:
 
 def load_tasks(cfg: RunConfig) -> list[TaskData]:
     names = cfg.tasks or stream_tasks(cfg.stream, cfg.order)
-    return [get_task(n, cfg.train_per_class, cfg.val_per_class, cfg.test_per_class, seed=cfg.seed) for n in names]
+    return [get_task(n, cfg.train_per_class, cfg.val_per_class, cfg.test_per_class, seed=cfg.seed, key_per_class=cfg.key_per_class)
+            for n in names]
 
 
 def run_stream(cfg: RunConfig, out: Path | None = None, tracking_uri: str | None = None, progress: bool = True, fresh: bool = False) -> dict[str, Any]:

@@ -21,7 +21,8 @@ SPLIT_VERSION = 1  # bump if the sampling rule changes (recorded in TaskData.bud
 
 @dataclass
 class TaskData:
-    """A task ready to train on: verbaliser, template and the three budgeted splits."""
+    """A task ready to train on: verbaliser, template and the three budgeted splits, plus
+    (``key_per_class`` > ``train_per_class``) more labelled training inputs for the router only."""
 
     name: str
     label_names: tuple[str, ...]
@@ -33,6 +34,8 @@ class TaskData:
     test_texts: list[str]
     test_labels: list[int]
     budgets: dict = field(default_factory=dict)
+    key_texts: list[str] = field(default_factory=list)
+    key_labels: list[int] = field(default_factory=list)
 
 
 def _allocate(n: int, wanted: list[int]) -> list[int]:
@@ -64,8 +67,14 @@ def get_task(
     test_per_class: int = 200,
     seed: int = 0,
     data_files: DataFiles | None = None,
+    key_per_class: int = 0,
 ) -> TaskData:
     """Sample disjoint train/val/test sets of up to the given sizes per class.
+
+    ``key_per_class`` above ``train_per_class`` adds up to the difference per class of further
+    training inputs (``key_texts``), disjoint from the splits, which leave them unchanged: the
+    router learns from them and the prompt does not train on them (keys are cheap and the
+    routing state does not grow with them; docs/routing.md).
 
     Where the raw data has an official test split (20newsgroups, reuters_r8, most hub
     datasets) test comes from it and train/val from the official train part. A class short
@@ -75,6 +84,8 @@ def get_task(
     for key, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class), ("test_per_class", test_per_class)):
         if int(value) < 1:
             raise InvalidDataError(f"{key} must be >= 1, got {value}")
+    if int(key_per_class) < 0:
+        raise InvalidDataError(f"key_per_class must be >= 0, got {key_per_class}")
     source = get_source(name)
     raw = load_raw(name, data_files=data_files)
     labels = np.asarray(raw.labels, dtype=np.int64)
@@ -82,8 +93,9 @@ def get_task(
     is_test = np.asarray([s == "test" for s in raw.split]) if official else np.zeros(len(labels), bool)
     rng = np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8"))])
 
-    picked: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    counts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    extra = max(0, int(key_per_class) - int(train_per_class))
+    picked: dict[str, list[int]] = {"train": [], "val": [], "test": [], "key": []}
+    counts: dict[str, list[int]] = {"train": [], "val": [], "test": [], "key": []}
     for c, label in enumerate(source.label_names):
         if official:
             test_pool = rng.permutation(np.flatnonzero((labels == c) & is_test))
@@ -102,14 +114,16 @@ def get_task(
             # Test is drawn first, so changing the train budget never changes the test set.
             n_test, n_val, n_train = _allocate(len(pool), [test_per_class, val_per_class, train_per_class])
             test, pool = pool[:n_test], pool[n_test:]
-        for split, idx in (("test", test), ("val", pool[:n_val]), ("train", pool[n_val : n_val + n_train])):
+        splits = {"test": test, "val": pool[:n_val], "train": pool[n_val : n_val + n_train],
+                  "key": pool[n_val + n_train : n_val + n_train + extra]}
+        for split, idx in splits.items():
             picked[split].extend(int(i) for i in idx)
             counts[split].append(len(idx))
 
     out: dict[str, tuple[list[str], list[int]]] = {}
     for k, (split, idx) in enumerate(picked.items()):
         # Interleave the classes; one stream per split so the test order never depends on
-        # the train budget.
+        # the train budget (the key split comes last, so it changes none of the others).
         split_rng = np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8")), k + 1])
         order = split_rng.permutation(np.asarray(idx, dtype=np.int64))
         out[split] = ([raw.texts[i] for i in order], [int(labels[i]) for i in order])
@@ -134,5 +148,9 @@ def get_task(
             "val_counts": counts["val"],
             "test_counts": counts["test"],
             "split_version": SPLIT_VERSION,
+            # only when asked for, so the budgets (and prompt-cache keys) of other runs stay as they were
+            **({"key_per_class": int(key_per_class), "key_counts": counts["key"]} if extra else {}),
         },
+        key_texts=out["key"][0],
+        key_labels=out["key"][1],
     )

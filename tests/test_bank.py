@@ -217,6 +217,26 @@ def test_router_learns_from_validation_inputs_too(tiny_llama):
     assert counts == {0: len(ANIMALS[0]) + 2, 1: len(WEATHER[0])}
 
 
+def test_router_learns_from_extra_key_inputs_the_prompt_does_not_train_on(tiny_llama, monkeypatch):
+    """``key_texts``: more labelled inputs for the router only; the trainer never sees them."""
+    import promptbank.bank as bank_mod
+
+    trained_on = []
+    train = bank_mod.train_prompt
+    monkeypatch.setattr(bank_mod, "train_prompt", lambda bb, p, ids, *a, **k: trained_on.append(len(ids)) or train(bb, p, ids, *a, **k))
+    b = PromptBank(tiny_llama, BankConfig(n_tokens=2, key_encoder="embedding-mean"))
+    extra = (["a kitten sleeps", "the puppy plays", "cats climb"], ["cat", "dog", "cat"])
+    info = b.add_task("animals", *ANIMALS, key_texts=extra[0], key_labels=extra[1], train_config=FAST)
+    assert trained_on == [len(ANIMALS[0])]
+    assert info.metadata["n_keys"] == len(ANIMALS[0]) + 3
+    assert b.router._tasks[0].counts.tolist() == [6 + 2, 6 + 1]  # cat, dog: train + extra keys
+    with pytest.raises(InvalidDataError, match="key_texts and key_labels"):
+        b.add_task("weather", *WEATHER, key_texts=extra[0], train_config=FAST)
+    with pytest.raises(InvalidDataError, match="key_labels"):
+        b.add_task("weather", *WEATHER, key_texts=["sunny"], key_labels=["cat"], train_config=FAST)
+    assert b.tasks == ["animals"]
+
+
 def test_bank_with_the_default_concatenated_keys_saves_and_refuses_other_keys(tiny_llama, tmp_path: Path):
     from promptbank.keys import make_key_encoder
 

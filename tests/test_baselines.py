@@ -146,10 +146,11 @@ def test_plugin_state_exists_after_first_experience(stream_runs):
     # A student whose prompt has moved away from the teacher's is penalised.
     moved = copy.deepcopy(student)
     with torch.no_grad():
-        assert float(plugin.lwf._lwf_penalty(student(rows, 1), rows, student)) == 0.0
+        # 0 up to float rounding: the teacher's forward may take other kernels (7e-9 on an AMD EPYC)
+        assert abs(float(plugin.lwf._lwf_penalty(student(rows, 1), rows, student))) < 1e-7
         moved.prompt.z.add_(0.5)  # a fixed shift: deterministic, and far from the teacher
         penalty = plugin.lwf._lwf_penalty(moved(rows, 1), rows, moved)
-    assert float(penalty) > 0 and torch.isfinite(torch.as_tensor(penalty))
+    assert float(penalty) > 1e-5 and torch.isfinite(torch.as_tensor(penalty))
     assert stream_runs["replay"]["first"]["replay_buffer"] == len(TASKS[0].train_texts)
     assert stream_runs["replay"]["reports"][1].extra["replay_buffer"] == sum(len(t.train_texts) for t in TASKS)
     assert len(stream_runs["joint"]["strategy"].strategy.dataset) == sum(len(t.train_texts) for t in TASKS)

@@ -13,6 +13,7 @@ from streams import runner as runner_mod
 from streams.bank_strategy import BankStrategy
 from streams.metrics import confusion_matrix, continual_metrics
 from streams.runner import RunConfig, run_stream
+from streams.splits import get_task
 
 TASKS = ["sms_spam", "trec"]
 
@@ -53,7 +54,7 @@ def tiny_folder(tmp_path_factory, tiny_llama) -> str:
 
 def _cfg(backbone: str) -> RunConfig:
     return RunConfig(stream="custom", tasks=TASKS, backbone=backbone, steps=2, eval_every=1, batch_size=4,
-                     train_per_class=4, val_per_class=2, test_per_class=3, max_input_tokens=16, n_tokens=4)
+                     train_per_class=4, val_per_class=2, test_per_class=3, max_input_tokens=16, n_tokens=4, key_per_class=8)
 
 
 def test_interrupted_run_resumes_after_last_finished_task(tiny_folder, tmp_path, tmp_cache, monkeypatch):
@@ -85,7 +86,7 @@ def test_interrupted_run_resumes_after_last_finished_task(tiny_folder, tmp_path,
 def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache, capsys):
     out = tmp_path / "cli"
     code = cli_main(["run", "--tasks", ",".join(TASKS), "--backbone", tiny_folder, "--steps", "2", "--eval-every", "1",
-                     "--batch-size", "4", "--train-per-class", "4", "--val-per-class", "2", "--test-per-class", "3",
+                     "--batch-size", "4", "--train-per-class", "4", "--val-per-class", "2", "--test-per-class", "3", "--key-per-class", "8",
                      "--max-input-tokens", "16", "--n-tokens", "4", "--out", str(out), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -118,6 +119,18 @@ def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache,
     assert cli_main(["predict", "--bank", str(out / "bank"), "--backbone", tiny_folder, "--bf16", "what is the capital of peru"]) == 0
     bf16_line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert bf16_line["task"] == line["task"] and bf16_line["scores"] != line["scores"]  # same route, bf16 answers
+
+
+def test_router_keys_beyond_the_prompt_budget_reuse_the_cached_prompts(tiny_folder, tmp_path, tmp_cache):
+    """key_per_class only feeds the router: the prompts are the same, so they come from the cache."""
+    cfg = _cfg(tiny_folder)
+    few = run_stream(RunConfig(**{**cfg.__dict__, "key_per_class": 0}), out=tmp_path / "few", progress=False)
+    more = run_stream(cfg, out=tmp_path / "more", progress=False)
+    assert all(r["prompt_from_cache"] for r in more["reports"])
+    assert few["budgets"]["key_per_class"] == 0 and more["budgets"]["key_per_class"] == 8
+    n_keys = lambda run: [PromptBank.load(tmp_path / run / "bank", backbone=tiny_folder).task_info(t).metadata["n_keys"] for t in TASKS]  # noqa: E731
+    classes = [len(get_task(t).label_names) for t in TASKS]
+    assert [m - f for m, f in zip(n_keys("more"), n_keys("few"))] == [4 * c for c in classes]
 
 
 def test_unknown_stream_is_a_clear_cli_error(capsys):

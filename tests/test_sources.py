@@ -208,6 +208,25 @@ def test_test_set_does_not_move_with_train_budget():
     assert set(small.train_texts) <= set(large.train_texts) | set(large.val_texts)
 
 
+def test_key_split_adds_router_inputs_and_moves_no_other_split():
+    """``key_per_class``: further training inputs for the router, disjoint from the splits, which
+    stay exactly as without it (so cached prompts stay valid); together with train they are the
+    first ``key_per_class`` training inputs of each class."""
+    for name in ("sms_spam", "20newsgroups"):  # sampled and official test splits
+        plain, more, most = get_task(name, 4, 2, 5), get_task(name, 4, 2, 5, key_per_class=10), get_task(name, 10, 2, 5)
+        assert (more.train_texts, more.val_texts, more.test_texts) == (plain.train_texts, plain.val_texts, plain.test_texts)
+        assert {k: v for k, v in more.budgets.items() if not k.startswith("key_")} == plain.budgets
+        n_classes = len(plain.label_names)
+        assert more.budgets["key_counts"] == [6] * n_classes and _by_class(more.key_labels, n_classes) == [6] * n_classes
+        assert set(more.train_texts) | set(more.key_texts) == set(most.train_texts)
+        assert not set(more.key_texts) & (set(more.train_texts) | set(more.val_texts) | set(more.test_texts))
+        raw = dict(zip(*(lambda r: (r.texts, r.labels))(load_raw(name))))
+        assert all(raw[t] == lab for t, lab in zip(more.key_texts, more.key_labels))
+    assert get_task("trec", 4, 2, 5, key_per_class=3).key_texts == [] == plain.key_texts  # not above train: none
+    with pytest.raises(InvalidDataError, match="key_per_class"):
+        get_task("trec", key_per_class=-1)
+
+
 def test_official_test_split_is_used():
     raw = load_raw("20newsgroups")
     official_test = {t for t, s in zip(raw.texts, raw.split) if s == "test"}

@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from promptbank.keys import DEFAULT_KEY_ENCODER
+from streams.splits import KEY_PER_CLASS
 
-DEFAULTS = {"steps": 80, "train_per_class": 64, "val_per_class": 16, "test_per_class": 100, "max_input_tokens": 64}
+DEFAULTS = {"steps": 80, "train_per_class": 64, "val_per_class": 16, "test_per_class": 100, "max_input_tokens": 64,
+            "key_per_class": KEY_PER_CLASS}
+BEFORE = {"key_per_class": 0}  # what runs from before a setting existed did
 
 
 def command(r: dict[str, Any]) -> str:
@@ -27,7 +30,8 @@ def command(r: dict[str, Any]) -> str:
     if cfg.get("order"):
         parts.append(f"--order {cfg['order']}")
     parts.append(f"--baseline {r['baseline']}" if r.get("baseline") else (f"--method {r['method']}" if r["method"] != "ulpt" else ""))
-    parts += [f"--{k.replace('_', '-')} {cfg[k]}" for k, v in DEFAULTS.items() if cfg.get(k) != v]
+    given = {k: cfg.get(k, BEFORE.get(k)) for k in DEFAULTS}
+    parts += [f"--{k.replace('_', '-')} {given[k]}" for k, v in DEFAULTS.items() if given[k] != v]
     if not r.get("baseline") and r.get("key_encoder", DEFAULT_KEY_ENCODER) != DEFAULT_KEY_ENCODER:
         parts.append(f"--key-encoder {r['key_encoder']}")
     rescore = cfg.get("rescore") or {}

@@ -54,8 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from promptbank.keys import DEFAULT_KEY_ENCODER, PooledKeyEncoder, l2_normalize, native_bf16  # noqa: E402
 from promptbank.router import LDARouter, Router, make_router, router_from_state  # noqa: E402
 from streams.named import STREAMS, stream_tasks  # noqa: E402
-from streams.runner import KEY_PER_CLASS  # noqa: E402
-from streams.splits import get_task  # noqa: E402
+from streams.splits import KEY_PER_CLASS, get_task  # noqa: E402
 
 BUDGETS = {"train_per_class": 64, "val_per_class": 16, "test_per_class": 100, "seed": 0, "key_per_class": KEY_PER_CLASS}
 CACHE = Path("runs/keys_cache")

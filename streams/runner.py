@@ -33,14 +33,10 @@ from .bank_strategy import BankStrategy, PromptCache
 from .benchmark import build_benchmark
 from .metrics import confusion_matrix, continual_metrics
 from .named import STREAMS, stream_tasks
-from .splits import TaskData, get_task
+from .splits import KEY_PER_CLASS, TaskData, get_task
 from .strategy import StreamStrategy
 
 RESULTS = "results.json"
-#: Labelled training inputs per class whose keys the router learns from, of which the prompt trains
-#: on the first ``train_per_class``. More keys per class route better at no routing-state cost
-#: (docs/routing.md, "More keys per class").
-KEY_PER_CLASS = 256
 PROGRESS = "progress.json"
 
 

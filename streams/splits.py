@@ -17,6 +17,10 @@ from promptbank.errors import InvalidDataError
 from .sources import DataFiles, get_source, load_raw
 
 SPLIT_VERSION = 1  # bump if the sampling rule changes (recorded in TaskData.budgets)
+#: The stream runner's default ``key_per_class``: labelled training inputs per class whose keys the
+#: router learns from, of which the prompt trains on the first ``train_per_class``. More keys per
+#: class route better at no routing-state cost (docs/routing.md, "More keys per class").
+KEY_PER_CLASS = 256
 
 
 @dataclass

@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
         max_input_tokens=args.max_input_tokens, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
         test_per_class=args.test_per_class, seed=args.seed, tasks=args.tasks.split(",") if args.tasks else None, bf16=args.bf16,
-        **({} if args.key_per_class is None else {"key_per_class": args.key_per_class}),
+        key_per_class=args.key_per_class,
     )
     out = Path(args.out) if args.out else cfg.default_out()
     results = run_stream(cfg, out=out, tracking_uri=args.tracking_uri, progress=not args.quiet, fresh=args.fresh)
@@ -68,6 +68,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from streams.splits import KEY_PER_CLASS  # light: no datasets or Avalanche import
+
     parser = argparse.ArgumentParser(prog="promptbank", description="Continual learning with a frozen LLM and a bank of tiny prompts.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -93,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-input-tokens", type=int, default=64)
     run.add_argument("--train-per-class", type=int, default=64)
     run.add_argument("--val-per-class", type=int, default=16)
-    run.add_argument("--key-per-class", type=int, default=None,
-                     help="labelled training inputs per class the router learns from (default 256); the prompt trains "
-                          "on the first --train-per-class of them. More keys route better at no routing-state cost")
+    run.add_argument("--key-per-class", type=int, default=KEY_PER_CLASS,
+                     help="labelled training inputs per class the router learns from (default %(default)s); the prompt "
+                          "trains on the first --train-per-class of them. More keys route better at no routing-state cost")
     run.add_argument("--test-per-class", type=int, default=100)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,

@@ -152,8 +152,8 @@ def get_task(
             "val_counts": counts["val"],
             "test_counts": counts["test"],
             "split_version": SPLIT_VERSION,
-            # only when asked for, so the budgets (and prompt-cache keys) of other runs stay as they were
-            **({"key_per_class": int(key_per_class), "key_counts": counts["key"]} if extra else {}),
+            "key_per_class": int(key_per_class),  # the prompt cache ignores the key_ entries
+            "key_counts": counts["key"],
         },
         key_texts=out["key"][0],
         key_labels=out["key"][1],

@@ -5,7 +5,7 @@
     # the 2026-11-23 study: --keys minilm --train-keys-only
 
 Per stream: tasks are loaded with the stream runner's default budgets (64 train / 16 val /
-100 test per class, seed 0, router keys from up to 256 training inputs per class), texts are encoded once per key part (cached as .npy under
+100 test per class, seed 0, router keys from up to 1,024 training inputs per class), texts are encoded once per key part (cached as .npy under
 runs/keys_cache/), tasks are added to each router in stream order with their train and
 validation keys and class labels (exactly what ``PromptBank.add_task`` gives the router), and every test input
 is routed on its own, in one batch. Reported per stream and strategy: routing accuracy
@@ -370,6 +370,7 @@ STRATEGIES: list[Strategy] = [
     _bank("lda-rank8", "lda storing a rank-8 factor of each task's scatter, subtracted on removal (default until "
           "2026-11-30)", strategy="lda", scatter_rank=8),
     _bank("lda-2-per-class", "LDARouter, 2 k-means components per class", relabel=_subclusters(2), strategy="lda"),
+    _bank("lda-4-per-class", "LDARouter, 4 k-means components per class", relabel=_subclusters(4), strategy="lda"),
     Strategy("lda-rm-diagonal", LDARemoveDiagonal, "ablation: lda removing the diagonal residual too (GaussianRouter's "
              "rule)", reference=True, removal_only=True),
     Strategy("lda+knn-all", LDAPlusKNN, "LDA log-posterior + log 10-NN vote share (all keys)", reference=True),

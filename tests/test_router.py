@@ -177,6 +177,31 @@ def test_gaussian_removal_subtracts_exactly_what_was_added(data):
     assert np.array_equal(only.route(queries).task_ids, more.route(queries).task_ids)
 
 
+@pytest.mark.parametrize("strategy", ["lda", "gaussian"])
+@pytest.mark.parametrize("dim", [DIM, 16])  # fewer keys than dimensions (Gram path), and more
+def test_class_statistics_do_not_depend_on_the_block_size(strategy, dim, monkeypatch):
+    """add_task centres a task's keys a block of rows at a time to bound its memory; the
+    means, scatter and principal factor it keeps must be those of the whole task."""
+    train, queries, _ = clustered(n_tasks=3, n=60, dim=dim)
+
+    def built(rows: int) -> router_mod.Router:
+        monkeypatch.setattr(router_mod, "STATS_BLOCK_ROWS", rows)
+        router = make_router(strategy, dim=dim, per_class=True, scatter_rank=4)
+        for t, (keys, labels) in enumerate(train):
+            router.add_task(t, keys, labels)
+        return router
+
+    whole, blocks = built(10_000), built(7)
+    (_, a), (_, b) = whole.state(), blocks.state()
+    assert a.keys() == b.keys()
+    for name in a:
+        x, y = a[name].astype(np.float64), b[name].astype(np.float64)
+        if name == "task_factor":  # F^T F: a principal direction's sign is arbitrary
+            x, y = np.einsum("trd,tre->tde", x, x), np.einsum("trd,tre->tde", y, y)
+        np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5, err_msg=name)
+    assert np.array_equal(whole.route(queries).task_ids, blocks.route(queries).task_ids)
+
+
 @pytest.mark.parametrize("spec", ["IVF4,Flat", "HNSW32"])
 def test_knn_approximate_indexes_add_and_remove(spec, data):
     train, queries, truth = data

@@ -9,6 +9,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any, Sequence
 
 import numpy as np
@@ -77,6 +78,14 @@ class Prediction:
     @property
     def label_index(self) -> int:
         return -1 if self.label is None else list(self.scores).index(self.label)
+
+
+def _labelled_blocks(blocks: Iterable[np.ndarray], labels: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each block of keys (in input order) with the labels of its rows."""
+    start = 0
+    for keys in blocks:
+        yield keys, labels[start : start + len(keys)]
+        start += len(keys)
 
 
 def _check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
@@ -232,9 +241,10 @@ class PromptBank:
         # Validation inputs are labelled inputs of the task too: the router gets their keys
         # (a quarter more keys per class, +0.2 to +1.3 pt routing; docs/routing.md).
         routed = texts + (val_texts or []) + (key_texts or [])
-        keys = self.key_encoder.encode(routed, progress=cfg.progress)
+        labels = np.asarray(y + (val_y or []) + key_y)
+        blocks = self.key_encoder.encode_blocks(routed, progress=cfg.progress)
         task_id = self._next_id
-        self.router.add_task(task_id, keys, np.asarray(y + (val_y or []) + key_y))
+        self.router.add_task_blocks(task_id, _labelled_blocks(blocks, labels))
         key_seconds = time.perf_counter() - started
         self._next_id += 1
 

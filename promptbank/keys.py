@@ -23,7 +23,7 @@ All encoders return unit-norm rows so that inner product == cosine similarity in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ DEFAULT_MAX_LENGTH = 128
 #: ``batch_size``. Less padding in mixed-length batches, and memory bounded by tokens
 #: (BENCHMARKS.md, slow path 16).
 DEFAULT_BATCH_TOKENS = 2048
+#: Texts encoded at a time by ``encode_blocks`` (3.9 MB of float32 keys at 960-d): a bank
+#: adding a task with 100k router texts holds this many keys, not 100k.
+KEY_BLOCK_TEXTS = 1024
 KEY_ENCODERS = ("minilm", "backbone-mean", "embedding-mean", "embedding-set-mean")  # combine with "+"
 DEFAULT_KEY_ENCODER = "minilm+embedding-set-mean"
 SUMMARY_METHODS = ("kmeans", "all", "mean")
@@ -71,6 +74,22 @@ class KeyEncoder(ABC):
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
     ) -> np.ndarray:
         """Keys for ``texts`` as a float32 (N, dim) array with unit-norm rows, input order."""
+
+    def encode_blocks(
+        self, texts: Sequence[str], block: int | None = None, batch_size: int = 64, progress: bool = False
+    ) -> Iterator[np.ndarray]:
+        """The keys of ``block`` texts at a time (default ``KEY_BLOCK_TEXTS``), in input order:
+        a caller that folds them in as they come (``Router.add_task_blocks``) holds one
+        block's keys and token ids, not the whole set's."""
+        texts = _check_texts(texts, batch_size)
+        block = KEY_BLOCK_TEXTS if block is None else int(block)
+        if block < 1:
+            raise InvalidDataError(f"block must be >= 1, got {block}")
+        with tqdm(total=len(texts), desc=f"keys ({self.name})", unit="text", disable=not progress) as bar:
+            for start in range(0, len(texts), block):
+                keys = self.encode(texts[start : start + block], batch_size=batch_size)
+                bar.update(len(keys))
+                yield keys
 
 
 def _check_texts(texts: Sequence[str], batch_size: int) -> list[str]:

@@ -22,6 +22,7 @@ import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable, ClassVar
 
 import faiss
@@ -87,9 +88,9 @@ WHITENING_REFRESH_FACTOR = 2.0
 #: Gaussian/LDA rebuilds whiten this many means at a time (63 MB of float64 at 960-d).
 REBUILD_BLOCK_MEANS = 8192
 #: Gaussian/LDA ``add_task`` centres and multiplies a task's keys this many rows at a time
-#: (7.9 MB of float64 at 960-d), so beyond the keys themselves its memory does not grow with
-#: them: for a 20newsgroups-sized task (11,267 keys, 960-d) numpy's peak inside add_task went
-#: from 248 to 30 MiB, the time from 0.56 to 0.21 s (runs/explore/add_mem.py).
+#: (7.9 MB of float64 at 960-d), and ``add_task_blocks`` takes them a block at a time, so its
+#: memory does not grow with the task: for a 20newsgroups-sized task (11,267 keys, 960-d)
+#: numpy's peak inside add_task went from 248 to 30 MiB (BENCHMARKS.md, slow path 20).
 STATS_BLOCK_ROWS = 1024
 #: Largest (queries x lists) coarse-score matrix one search builds (64 MB of float32):
 #: 4,096 queries at 4,096 lists, 256 at 65,536. Every chunk reads the whole centroid matrix
@@ -142,6 +143,20 @@ class Router(ABC):
     @abstractmethod
     def add_task(self, task_id: int, keys: np.ndarray, labels: np.ndarray | None = None) -> None:
         """Index a new task from its raw per-input keys (and optional class labels)."""
+
+    def add_task_blocks(self, task_id: int, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]]) -> None:
+        """Index a new task from its keys given a block of rows at a time, each block with its
+        labels (or None). Routers that keep only statistics (``gaussian``, ``lda``) hold one
+        block at a time, so a task's keys never need to be in memory at once; the others
+        gather the blocks and call :meth:`add_task`."""
+        pairs = list(blocks)
+        labels = [lab for _, lab in pairs]
+        if not pairs:
+            raise InvalidDataError("a task needs at least one key; got no blocks of keys")
+        if any(lab is None for lab in labels) and any(lab is not None for lab in labels):
+            raise InvalidDataError("give labels with every block of keys, or with none")
+        self.add_task(task_id, np.concatenate([k for k, _ in pairs]),
+                      None if labels[0] is None else np.concatenate(labels))
 
     @abstractmethod
     def remove_task(self, task_id: int) -> None:
@@ -831,22 +846,68 @@ class _ClassStats:
     centred: np.ndarray | None  # (N, dim) float64 when N <= dim
 
 
-def _class_stats(keys: np.ndarray, labels: np.ndarray) -> _ClassStats:
-    """Class statistics of ``keys`` (float32, normalised here), ``STATS_BLOCK_ROWS`` rows at a time."""
-    n, dim = keys.shape
-    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    blocks = [slice(i, min(i + STATS_BLOCK_ROWS, n)) for i in range(0, n, STATS_BLOCK_ROWS)]
-    means = np.zeros((len(classes), dim))
-    for rows in blocks:
-        np.add.at(means, inverse[rows], l2_normalize(keys[rows]).astype(np.float64))
-    means /= counts[:, None]
-    scatter, kept = np.zeros((dim, dim)), []
-    for rows in blocks:
-        centred = l2_normalize(keys[rows]).astype(np.float64) - means[inverse[rows]]
-        scatter += centred.T @ centred
-        if n <= dim:
-            kept.append(centred)
-    return _ClassStats(classes, counts.astype(np.int64), means, scatter, np.concatenate(kept) if kept else None)
+class _ClassStatsSum:
+    """A task's class statistics, summed one block of keys at a time, so adding a task holds
+    one block, not all its keys. Each block is centred on its own class means and merged
+    with the pairwise update of Chan, Golub and LeVeque (1979): as precise as centring the
+    whole task at once, in one pass."""
+
+    def __init__(self, dim: int) -> None:
+        self.classes = np.zeros(0, np.int64)
+        self.counts = np.zeros(0, np.int64)
+        self.means = np.zeros((0, dim))
+        self.scatter = np.zeros((dim, dim))
+        self._unit: list[tuple[np.ndarray, np.ndarray]] | None = []  # the rows while n <= dim
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def add(self, keys: np.ndarray, labels: np.ndarray) -> None:
+        """Fold in a block of float32 keys (normalised here) and their int64 labels."""
+        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        n, dim = keys.shape
+        # One buffer, one product: the block's centred unit keys, then per class one row
+        # sqrt(n_a n_b / n) (block mean - earlier mean), whose outer products are the
+        # scatter between the block's and the earlier class means.
+        rows = np.empty((n + len(classes), dim))
+        unit = rows[:n]
+        unit[:] = l2_normalize(keys)
+        onehot = np.zeros((len(classes), n))
+        onehot[inverse, np.arange(n)] = 1.0
+        means = onehot @ unit / counts[:, None]
+        new = np.setdiff1d(classes, self.classes)
+        if len(new):
+            self.classes = np.concatenate([self.classes, new])
+            self.counts = np.concatenate([self.counts, np.zeros(len(new), np.int64)])
+            self.means = np.concatenate([self.means, np.zeros((len(new), dim))])
+        pos = np.array([np.flatnonzero(self.classes == c)[0] for c in classes])
+        before = self.counts[pos]
+        total = before + counts
+        delta = means - self.means[pos]
+        rows[n:] = delta * np.sqrt(before * counts / total)[:, None]
+        self.means[pos] += delta * (counts / total)[:, None]
+        self.counts[pos] = total
+        if self._unit is not None:
+            self._unit = None if self.n > dim else [*self._unit, (unit.copy(), labels)]
+        unit -= means[inverse]
+        self.scatter += rows.T @ rows
+
+    def result(self) -> _ClassStats:
+        order = np.argsort(self.classes)
+        classes, counts, means = self.classes[order], self.counts[order], self.means[order]
+        centred = None
+        if self._unit is not None:
+            unit = np.concatenate([u for u, _ in self._unit])
+            labels = np.concatenate([lab for _, lab in self._unit])
+            centred = unit - means[np.searchsorted(classes, labels)]
+        return _ClassStats(classes, counts, means, self.scatter, centred)
+
+
+def _row_blocks(keys: np.ndarray, labels: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """``keys`` and ``labels`` in blocks of ``STATS_BLOCK_ROWS`` rows (views, no copies)."""
+    for i in range(0, len(keys), STATS_BLOCK_ROWS):
+        yield keys[i : i + STATS_BLOCK_ROWS], None if labels is None else labels[i : i + STATS_BLOCK_ROWS]
 
 
 def _principal_factor(cs: _ClassStats, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -998,19 +1059,31 @@ class GaussianRouter(Router):
         return len(self._tasks)
 
     def _new_task_classes(
-        self, task_id: int, keys: np.ndarray, labels: np.ndarray | None
+        self, task_id: int, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]]
     ) -> tuple[int, _ClassStats]:
         """A new task's id and the class statistics of its unit keys (one class for all keys
-        without ``per_class`` or labels)."""
+        without ``per_class`` or labels), read one block at a time."""
         tid = self._check_new(task_id)
-        keys = check_keys(keys, self.dim)
-        labels = self._check_labels(labels, len(keys))
-        if not self.per_class or labels is None:
-            labels = np.full(len(keys), -1, dtype=np.int64)
-        return tid, _class_stats(keys, labels)
+        stats, labelled = _ClassStatsSum(self.dim), set()
+        for keys, labels in blocks:
+            keys = check_keys(keys, self.dim)
+            labels = self._check_labels(labels, len(keys))
+            labelled.add(labels is not None)
+            if len(labelled) > 1:
+                raise InvalidDataError("give labels with every block of keys, or with none")
+            if not self.per_class or labels is None:
+                labels = np.full(len(keys), -1, dtype=np.int64)
+            stats.add(keys, labels)
+        if stats.n == 0:
+            raise InvalidDataError("a task needs at least one key; got no blocks of keys")
+        return tid, stats.result()
 
     def add_task(self, task_id: int, keys: np.ndarray, labels: np.ndarray | None = None) -> None:
-        tid, cs = self._new_task_classes(task_id, keys, labels)
+        keys = check_keys(keys, self.dim)
+        self.add_task_blocks(task_id, _row_blocks(keys, self._check_labels(labels, len(keys))))
+
+    def add_task_blocks(self, task_id: int, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]]) -> None:
+        tid, cs = self._new_task_classes(task_id, blocks)
         factor, variance = _principal_factor(cs, self.scatter_rank)
         kept = (factor.astype(np.float64) ** 2).sum(axis=0)
         residual = np.clip(variance - kept, 0.0, None).astype(np.float32)
@@ -1318,7 +1391,7 @@ ROUTERS: dict[str, type[Router]] = {"knn": KNNRouter, "gaussian": GaussianRouter
 
 
 def make_router(strategy: str = "knn", *, dim: int, **options: Any) -> Router:
-    """A new router by strategy name ("knn" or "gaussian"); options go to its constructor."""
+    """A new router by strategy name ("knn", "gaussian" or "lda"); options go to its constructor."""
     if strategy not in ROUTERS:
         raise InvalidDataError(
             f"unknown routing strategy '{strategy}'; choose one of: {', '.join(ROUTERS)}"
@@ -1379,8 +1452,8 @@ class LDARouter(GaussianRouter):
         # the scatter factor only serves removal, where it did not earn its bytes.
         super().__init__(dim, per_class=per_class, scatter_rank=scatter_rank, **options)
 
-    def add_task(self, task_id: int, keys: np.ndarray, labels: np.ndarray | None = None) -> None:
-        tid, cs = self._new_task_classes(task_id, keys, labels)
+    def add_task_blocks(self, task_id: int, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]]) -> None:
+        tid, cs = self._new_task_classes(task_id, blocks)
         factor, _ = _principal_factor(cs, self.scatter_rank)
         no_residual = np.zeros(0, np.float32)  # removal does not use it: not kept
         stats = _TaskStats(cs.classes, cs.counts, _stored_means(cs.means), factor, no_residual)

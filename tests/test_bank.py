@@ -14,6 +14,7 @@ from promptbank import storage
 from promptbank.backbone import FrozenLM, count_frozen_grads
 from promptbank.bank import BankConfig, PromptBank
 from promptbank.errors import BackboneMismatchError, BankFormatError, InvalidDataError, TaskExistsError, UnknownTaskError
+from promptbank.router import make_router
 from promptbank.trainer import TrainConfig
 
 FAST = TrainConfig(steps=4, batch_size=4, eval_every=2, progress=False)
@@ -235,6 +236,26 @@ def test_router_learns_from_extra_key_inputs_the_prompt_does_not_train_on(tiny_l
     with pytest.raises(InvalidDataError, match="key_labels"):
         b.add_task("weather", *WEATHER, key_texts=["sunny"], key_labels=["cat"], train_config=FAST)
     assert b.tasks == ["animals"]
+
+
+def test_router_keys_are_encoded_and_added_a_block_of_texts_at_a_time(tiny_llama, monkeypatch):
+    """Memory while a task is added is one block of keys, not all of them; each block must
+    reach the router with its own labels."""
+    import promptbank.keys as keys_mod
+
+    monkeypatch.setattr(keys_mod, "KEY_BLOCK_TEXTS", 5)
+    b = PromptBank(tiny_llama, BankConfig(n_tokens=2, key_encoder="embedding-mean"))
+    sizes, add = [], b.router.add_task_blocks
+    monkeypatch.setattr(b.router, "add_task_blocks", lambda tid, blocks: add(tid, (sizes.append(len(k)) or (k, y) for k, y in blocks)))
+    extra = (["a kitten sleeps", "the puppy plays", "cats climb"], ["cat", "dog", "cat"])
+    b.add_task("animals", *ANIMALS, key_texts=extra[0], key_labels=extra[1], train_config=FAST)
+    assert sizes == [5, 5, 5]
+    whole = make_router(dim=b.key_encoder.dim, **b.config.router)
+    labels = np.array([["cat", "dog"].index(y) for y in ANIMALS[1] + extra[1]])
+    whole.add_task(0, b.key_encoder.encode(ANIMALS[0] + extra[0]), labels)
+    (_, mine), (_, theirs) = b.router.state(), whole.state()
+    for name in theirs:
+        np.testing.assert_allclose(mine[name].astype(np.float64), theirs[name].astype(np.float64), atol=1e-5, err_msg=name)
 
 
 def test_bank_with_the_default_concatenated_keys_saves_and_refuses_other_keys(tiny_llama, tmp_path: Path):

@@ -119,6 +119,16 @@ def test_encode_keeps_input_order_whatever_the_batching(minilm_fp32):
         minilm_fp32.encode("not a list")
 
 
+def test_encode_blocks_are_encode_a_block_of_texts_at_a_time(minilm_fp32):
+    texts = SENTENCES[:2] + ["short", "", "a much longer sentence " * 8]
+    blocks = list(minilm_fp32.encode_blocks(texts, block=2, progress=True))
+    assert [len(b) for b in blocks] == [2, 2, 1]
+    np.testing.assert_allclose(np.concatenate(blocks), minilm_fp32.encode(texts), atol=1e-5)
+    assert list(minilm_fp32.encode_blocks([])) == []
+    with pytest.raises(InvalidDataError, match="block"):
+        next(minilm_fp32.encode_blocks(texts, block=0))
+
+
 def test_key_batches_hold_at_most_batch_tokens_padded_positions(minilm_fp32, monkeypatch):
     texts = ["a much longer sentence " * 8] * 2 + SENTENCES + ["short", "tiny"] * 3
     shapes = []

@@ -202,6 +202,41 @@ def test_class_statistics_do_not_depend_on_the_block_size(strategy, dim, monkeyp
     assert np.array_equal(whole.route(queries).task_ids, blocks.route(queries).task_ids)
 
 
+@pytest.mark.parametrize("strategy", ["lda", "gaussian", "knn"])
+def test_a_task_added_in_blocks_is_the_task_added_whole(strategy):
+    """``add_task_blocks`` takes a task's keys a block at a time (the bank encodes them so):
+    uneven blocks, each with its own labels, must give the state of one ``add_task``."""
+    train, queries, _ = clustered(n_tasks=3, n=60, dim=16)
+    whole = make_router(strategy, dim=16, per_class=True)
+    pieces = make_router(strategy, dim=16, per_class=True)
+    for t, (keys, labels) in enumerate(train):
+        whole.add_task(t, keys, labels)
+        cuts = [0, 1, 8, 33, len(keys)]  # a one-row block, and blocks of either size
+        pieces.add_task_blocks(t, ((keys[a:b], labels[a:b]) for a, b in zip(cuts, cuts[1:])))
+    (_, a), (_, b) = whole.state(), pieces.state()
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name].astype(np.float64), b[name].astype(np.float64), rtol=1e-3, atol=1e-5, err_msg=name)
+    assert np.array_equal(whole.route(queries).task_ids, pieces.route(queries).task_ids)
+
+
+@pytest.mark.parametrize("strategy", ["lda", "knn"])
+def test_blocks_of_keys_are_checked_before_the_task_is_added(strategy):
+    keys, labels = clustered(n_tasks=1, n=20, dim=16)[0][0]
+    router = make_router(strategy, dim=16, per_class=True)
+    with pytest.raises(InvalidDataError, match="with every block"):
+        router.add_task_blocks(0, [(keys[:10], labels[:10]), (keys[10:], None)])
+    with pytest.raises(InvalidDataError, match="at least one key"):
+        router.add_task_blocks(0, [])
+    bad = keys[10:].copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(InvalidDataError, match="NaN"):
+        router.add_task_blocks(0, [(keys[:10], labels[:10]), (bad, labels[10:])])
+    assert router.task_ids() == []  # nothing half-added
+    router.add_task_blocks(0, [(keys[:10], labels[:10]), (keys[10:], labels[10:])])
+    assert router.task_ids() == [0]
+
+
 @pytest.mark.parametrize("spec", ["IVF4,Flat", "HNSW32"])
 def test_knn_approximate_indexes_add_and_remove(spec, data):
     train, queries, truth = data

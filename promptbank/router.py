@@ -21,8 +21,8 @@ import functools
 import json
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import faiss

@@ -21,7 +21,7 @@ from .errors import BackboneMismatchError, InvalidDataError, TaskExistsError, Un
 from .keys import DEFAULT_KEY_ENCODER, KeyEncoder, make_key_encoder
 from .prompts import SoftPrompt, build_prompt
 from .rescore import Rescorer
-from .router import Router, Routing, make_router, router_from_state
+from .routing import Router, Routing, make_router, router_from_state
 from .trainer import TrainConfig, TrainResult, predict_scores, train_prompt
 
 DEFAULT_TEMPLATE = "Input: {text}\nLabel:"

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import InvalidDataError
-from .router import Routing
+from .routing import Routing
 
 
 @dataclass(frozen=True)

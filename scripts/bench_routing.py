@@ -72,7 +72,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def build(spec: str, keys: np.ndarray, kpt: int, nprobe: int) -> tuple[Any, dict[str, Any]]:
     """A KNNRouter filled task by task; build-time stats."""
-    from promptbank.router import KNNRouter
+    from promptbank.routing import KNNRouter
 
     router = KNNRouter(DIM, index=spec, nprobe=nprobe)
     n_tasks = len(keys) // kpt
@@ -129,7 +129,7 @@ class ChunkedExact:
 
 
 def chunked_exact_router(keys: np.ndarray, kpt: int) -> Any:
-    from promptbank.router import TASK_SHIFT, KNNRouter
+    from promptbank.routing import TASK_SHIFT, KNNRouter
 
     class ExactRouter(KNNRouter):
         def _tune_search(self, k: int) -> None:  # no FAISS index to tune
@@ -159,7 +159,7 @@ def kmeans_twin(router: Any, nlist: int) -> Any:
     index in use, which was trained at the last refresh."""
     import faiss
 
-    from promptbank.router import MIN_POINTS_PER_CENTROID
+    from promptbank.routing import MIN_POINTS_PER_CENTROID
 
     c = router._cache
     serials = np.concatenate([c["serials"][t] for t in router._tasks])
@@ -181,7 +181,7 @@ def fp32_coarse_search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) 
     router's first route). Only the flat-quantizer IVF path is kept (the router asks no more of it)."""
     import faiss
 
-    from promptbank.router import COARSE_SCORES_MAX
+    from promptbank.routing import COARSE_SCORES_MAX
 
     quantizer = faiss.downcast_index(index.quantizer)
     if memo.get("index") is not index:
@@ -210,8 +210,8 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
     whose first route recomputes the whitening and whitens every mean."""
     import faiss
 
-    import promptbank.router as router_mod
-    from promptbank.router import LDARouter, router_from_state
+    import promptbank.routing as router_mod
+    from promptbank.routing import LDARouter, router_from_state
 
     n_tasks = len(keys) // kpt
     router = LDARouter(DIM)
@@ -402,7 +402,7 @@ def main() -> None:
     DIM = args.dim
     _bench.set_threads(args.threads)
 
-    from promptbank.router import AUTO_FLAT_MAX_VECTORS, auto_large_spec
+    from promptbank.routing import AUTO_FLAT_MAX_VECTORS, auto_large_spec
 
     machine = _bench.machine_info()
     results = []
@@ -432,7 +432,7 @@ def main() -> None:
             _bench.log(f"  built {base} ({spec}) in {stats['build_s']:.2f}s, in use {stats['index_in_use']}, "
                        f"{stats['index_bytes_per_task']:.0f} B/task, slowest add_task {stats['slowest_add_task_s'] * 1e3:.1f} ms "
                        f"(task {stats['slowest_add_task_at']})")
-        from promptbank.router import HNSW_MIN_EF_SEARCH
+        from promptbank.routing import HNSW_MIN_EF_SEARCH
 
         defaults = {"nprobe": args.nprobe, "ef": HNSW_MIN_EF_SEARCH}
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import routing_study as study  # noqa: E402  (sets threads/offline env, puts the repo on sys.path)
 
-from promptbank.router import make_router  # noqa: E402
+from promptbank.routing import make_router  # noqa: E402
 
 ROUTERS = {"lda": {"strategy": "lda"}, "knn-10-all": {"strategy": "knn", "k": 10, "summary": "all"}}
 KEYS = "minilm,embedding-mean,embedding-set-mean,minilm+embedding-mean,minilm+embedding-set-mean"  # add backbone-mean: a full LLM forward per text (~1 h here)

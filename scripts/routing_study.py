@@ -52,7 +52,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from promptbank.keys import DEFAULT_KEY_ENCODER, PooledKeyEncoder, l2_normalize, native_bf16  # noqa: E402
-from promptbank.router import LDARouter, Router, make_router, router_from_state  # noqa: E402
+from promptbank.routing import LDARouter, Router, make_router, router_from_state  # noqa: E402
 from streams.named import STREAMS, stream_tasks  # noqa: E402
 from streams.splits import KEY_PER_CLASS, get_task  # noqa: E402
 

@@ -14,7 +14,7 @@ from promptbank import storage
 from promptbank.backbone import FrozenLM, count_frozen_grads
 from promptbank.bank import BankConfig, PromptBank
 from promptbank.errors import BackboneMismatchError, BankFormatError, InvalidDataError, TaskExistsError, UnknownTaskError
-from promptbank.router import make_router
+from promptbank.routing import make_router
 from promptbank.trainer import TrainConfig
 
 FAST = TrainConfig(steps=4, batch_size=4, eval_every=2, progress=False)
@@ -291,7 +291,7 @@ def test_key_encoder_and_router_options_by_name(tiny_llama):
     """The footprint-bound setting of BENCHMARKS.md, written the way the docs write it."""
     b = PromptBank(tiny_llama, key_encoder="embedding-mean", n_tokens=2, router={"strategy": "lda", "per_class": False})
     assert b.config.key_encoder == "embedding-mean" and b.key_encoder.name == "embedding-mean"
-    assert b.router.dim == tiny_llama.hidden_size and b.router.per_class is False
+    assert b.router.dim == tiny_llama.hidden_size and b.router.config.per_class is False
     b.add_task("animals", *ANIMALS, train_config=FAST)
     b.add_task("weather", *WEATHER, train_config=FAST)
     assert [p.task for p in b.predict(["a cat on the mat"])] == ["animals"]

@@ -11,7 +11,7 @@ from promptbank.backbone import FrozenLM
 from promptbank.bank import BankConfig, PromptBank
 from promptbank.errors import InvalidDataError
 from promptbank.rescore import Rescorer, max_label_prob, max_logprob
-from promptbank.router import Routing
+from promptbank.routing import Routing
 from promptbank.trainer import TrainConfig
 
 FAST = TrainConfig(steps=3, batch_size=4, eval_every=3, progress=False)

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import pytest
 
-import promptbank.router as router_mod
+import promptbank.routing as router_mod
+from promptbank.routing import faiss_index, knn, stats
 from promptbank.errors import (
     BankFormatError,
     InvalidDataError,
@@ -17,7 +18,7 @@ from promptbank.errors import (
     TaskExistsError,
     UnknownTaskError,
 )
-from promptbank.router import GaussianRouter, KNNRouter, Routing, make_router, router_from_state
+from promptbank.routing import GaussianRouter, KNNRouter, Routing, make_router, router_from_state
 
 DIM = 384
 N_TASKS = 5
@@ -185,7 +186,7 @@ def test_class_statistics_do_not_depend_on_the_block_size(strategy, dim, monkeyp
     train, queries, _ = clustered(n_tasks=3, n=60, dim=dim)
 
     def built(rows: int) -> router_mod.Router:
-        monkeypatch.setattr(router_mod, "STATS_BLOCK_ROWS", rows)
+        monkeypatch.setattr(stats, "STATS_BLOCK_ROWS", rows)
         router = make_router(strategy, dim=dim, per_class=True, scatter_rank=4)
         for t, (keys, labels) in enumerate(train):
             router.add_task(t, keys, labels)
@@ -258,7 +259,7 @@ def test_knn_approximate_indexes_add_and_remove(spec, data):
 
 def test_knn_auto_index_turns_compressed_past_threshold(monkeypatch):
     # Real threshold is 50k vectors; shrink it so the switch to IVF-SQ8 happens here.
-    monkeypatch.setattr(router_mod, "AUTO_FLAT_MAX_VECTORS", 600)
+    monkeypatch.setattr(knn, "AUTO_FLAT_MAX_VECTORS", 600)
     train, queries, truth = clustered(n_tasks=6, n=200, dim=32, seed=1)
     router = KNNRouter(dim=32, summary="all")
     exact = KNNRouter(dim=32, summary="all", index="Flat")
@@ -280,21 +281,21 @@ def test_knn_auto_index_turns_compressed_past_threshold(monkeypatch):
 
 def test_knn_auto_spec_follows_the_routing_benchmark():
     # BENCHMARKS.md section 2: Flat up to ~50k vectors, then IVF-SQ8 (PQ48 lost 11-26 points)
-    assert router_mod.AUTO_FLAT_MAX_VECTORS == 50_000
-    assert router_mod.auto_large_spec(50_001, 384) == "IVF1024,SQ8"
-    assert router_mod.auto_large_spec(100_000, 384) == "IVF2048,SQ8"
+    assert faiss_index.AUTO_FLAT_MAX_VECTORS == 50_000
+    assert faiss_index.auto_large_spec(50_001, 384) == "IVF1024,SQ8"
+    assert faiss_index.auto_large_spec(100_000, 384) == "IVF2048,SQ8"
     # 4,096 lists at 400k keys: 99.2% agreement at nprobe 8, against 95.6% with 2,048
-    assert router_mod.auto_large_spec(400_000, 384) == "IVF4096,SQ8"
+    assert faiss_index.auto_large_spec(400_000, 384) == "IVF4096,SQ8"
     # 1M tasks (4M keys): 4,096 lists agreed on 42%; 16,384 is the cap (k-means cost)
-    assert router_mod.auto_large_spec(1_000_000, 384) == "IVF8192,SQ8"
-    assert router_mod.auto_large_spec(4_000_000, 384) == "IVF16384,SQ8"
-    assert router_mod.auto_large_spec(100_000_000, 384) == "IVF16384,SQ8"
-    assert router_mod.auto_large_spec(1_000, 384) == "IVF16,SQ8"  # no more lists than it can train
+    assert faiss_index.auto_large_spec(1_000_000, 384) == "IVF8192,SQ8"
+    assert faiss_index.auto_large_spec(4_000_000, 384) == "IVF16384,SQ8"
+    assert faiss_index.auto_large_spec(100_000_000, 384) == "IVF16384,SQ8"
+    assert faiss_index.auto_large_spec(1_000, 384) == "IVF16,SQ8"  # no more lists than it can train
 
 
 def test_knn_auto_index_regrows_with_the_bank(monkeypatch):
-    monkeypatch.setattr(router_mod, "AUTO_FLAT_MAX_VECTORS", 400)
-    monkeypatch.setattr(router_mod, "AUTO_REGROW_FACTOR", 2)
+    monkeypatch.setattr(knn, "AUTO_FLAT_MAX_VECTORS", 400)
+    monkeypatch.setattr(knn, "AUTO_REGROW_FACTOR", 2)
     train, queries, truth = clustered(n_tasks=10, n=200, dim=32, seed=2)
     router = KNNRouter(dim=32, summary="all")
     specs = []
@@ -312,8 +313,8 @@ def test_knn_auto_index_regrows_with_the_bank(monkeypatch):
 
 def test_knn_auto_index_trains_many_lists_on_the_minimum_sample(monkeypatch):
     # Past TRAIN_SAMPLE_MAX (2 x 39 x 4,096; here 2 x 39 x 8), k-means gets 39 points per list, not 78.
-    monkeypatch.setattr(router_mod, "AUTO_FLAT_MAX_VECTORS", 400)
-    monkeypatch.setattr(router_mod, "TRAIN_SAMPLE_MAX", 2 * 39 * 8)
+    monkeypatch.setattr(knn, "AUTO_FLAT_MAX_VECTORS", 400)
+    monkeypatch.setattr(knn, "TRAIN_SAMPLE_MAX", 2 * 39 * 8)
     sizes = []
     real_train = faiss.IndexIVFScalarQuantizer.train
     monkeypatch.setattr(faiss.IndexIVFScalarQuantizer, "train", lambda self, x: sizes.append(len(x)) or real_train(self, x))
@@ -328,15 +329,15 @@ def test_knn_auto_index_trains_many_lists_on_the_minimum_sample(monkeypatch):
 
 @pytest.mark.parametrize("spec", ["IVF4,PQ8", "PQ8", "OPQ8,IVF4,PQ8"])
 def test_pq_specs_skip_polysemous_training(spec):
-    index = router_mod._make_index(spec, 32)
-    pqs = [p for p in router_mod._unwrap(index) if hasattr(p, "do_polysemous_training")]
+    index = faiss_index.make_index(spec, 32)
+    pqs = [p for p in faiss_index.unwrap(index) if hasattr(p, "do_polysemous_training")]
     assert pqs and not any(p.do_polysemous_training for p in pqs)
 
 
 def test_knn_train_size_is_computed_once_per_target(monkeypatch, data):
     calls = []
-    real = router_mod._make_index
-    monkeypatch.setattr(router_mod, "_make_index", lambda spec, dim: calls.append(spec) or real(spec, dim))
+    real = faiss_index.make_index
+    monkeypatch.setattr(faiss_index, "make_index", lambda spec, dim: calls.append(spec) or real(spec, dim))
     train, queries, truth = data
     router = KNNRouter(dim=DIM, summary="all", index="IVF4,Flat")  # needs 156 vectors
     calls.clear()
@@ -355,7 +356,7 @@ def test_knn_hnsw_searches_with_a_useful_ef(data):
     router = build("knn", train, index="HNSW32")
     router.route(queries[:2])
     inner = faiss.downcast_index(router._index.index)
-    assert inner.hnsw.efSearch >= router_mod.HNSW_MIN_EF_SEARCH
+    assert inner.hnsw.efSearch >= faiss_index.HNSW_MIN_EF_SEARCH
 
 
 def test_gaussian_confidence_is_a_distribution(data):
@@ -383,7 +384,7 @@ def test_ivf_search_with_int8_coarse_step_matches_faiss(metric, codes):
     for nprobe, agree in ((4, 0.98), (32, 1.0)):
         index.nprobe = nprobe
         d_ref, i_ref = index.search(q, 10)
-        d, i = router_mod._search(index, q, 10, {})
+        d, i = faiss_index.search(index, q, 10, {})
         same = i == i_ref
         assert same.mean() >= agree
         assert np.allclose(d[same], d_ref[same], rtol=1e-5, atol=1e-4)
@@ -405,7 +406,7 @@ def test_int8_coarse_step_picks_the_float32_lists_at_key_size():
     index.nprobe = 4
     d_ref, i_ref = index.search(q, 5)
     memo: dict = {}
-    d, i = router_mod._search(index, q, 5, memo)
+    d, i = faiss_index.search(index, q, 5, memo)
     assert memo["codes_t"].dtype == torch.int8  # the lists were chosen by the 8-bit product
     assert (i == i_ref).all(axis=1).mean() >= 0.995
     assert np.allclose(d[i == i_ref], d_ref[i == i_ref], rtol=1e-5, atol=1e-3)
@@ -429,7 +430,7 @@ def test_lda_novelty_flags_a_held_out_task_and_persists(novelty, data):
     loaded = router_from_state(config, {k: a.copy() for k, a in arrays.items()})
     assert same_routing(router.route(queries), loaded.route(queries))
     del config["novelty"]  # a state saved before the option: its threshold was on the distance
-    assert router_from_state(config, arrays).novelty == "nearest"
+    assert router_from_state(config, arrays).config.novelty == "nearest"
     with pytest.raises(InvalidDataError, match="novelty"):
         make_router("lda", dim=DIM, novelty="entropy")
 
@@ -451,9 +452,9 @@ def test_exhaustive_search_uses_blas_for_batches_and_restores_faiss_global(monke
         return real_search(self, *args, **kwargs)
 
     monkeypatch.setattr(faiss.IndexIDMap2, "search", spy)
-    d, i = router_mod._search(index, q, 5, {})
+    d, i = faiss_index.search(index, q, 5, {})
     monkeypatch.undo()
-    assert seen == [min(kept, router_mod.BLAS_MIN_QUERIES)]
+    assert seen == [min(kept, faiss_index.BLAS_MIN_QUERIES)]
     assert faiss.cvar.distance_compute_blas_threshold == kept
     d_ref, i_ref = index.search(q, 5)
     np.testing.assert_array_equal(i, i_ref)

@@ -3,17 +3,14 @@ measurements, on synthetic clustered keys."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from promptbank.errors import InvalidDataError, TaskExistsError, UnknownTaskError
-import promptbank.router as router_mod
-from promptbank.router import GaussianRouter, LDARouter, Routing, make_router, router_from_state
+from promptbank.routing import faiss_index, gaussian
+from promptbank.routing import GaussianRouter, LDARouter, Routing, make_router, router_from_state
 
 DIM = 64
 N_TASKS = 5
@@ -73,7 +70,7 @@ def exact_pooled_covariance(train) -> np.ndarray:
 def test_lda_is_registered_and_routes_separated_tasks(data):
     train, queries, truth = data
     router = build(train)
-    assert isinstance(router, LDARouter) and router.strategy == "lda" and router.per_class
+    assert isinstance(router, LDARouter) and router.strategy == "lda" and router.config.per_class
     assert router.task_ids() == list(range(N_TASKS)) and len(router) == N_TASKS and 3 in router
     r = router.route(queries, top=3)
     assert r.task_ids.dtype == np.int64 and r.candidates.shape == (len(queries), 3)
@@ -153,7 +150,7 @@ def test_lda_removal_factor_is_optional_and_subtracted(data):
     # scatter_rank=8 stores a rank-8 factor per task and subtracts it on removal
     train, _, _ = data
     plain, ranked = build(train), build(train, scatter_rank=8)
-    assert plain.scatter_rank == 0 and ranked.scatter_rank == 8
+    assert plain.config.scatter_rank == 0 and ranked.config.scatter_rank == 8
     np.testing.assert_allclose(plain._scatter, ranked._scatter)  # routing does not depend on it
     plain.remove_task(2)
     ranked.remove_task(2)
@@ -166,7 +163,7 @@ def test_lda_removal_factor_is_optional_and_subtracted(data):
 def test_lda_rebuild_whitens_block_by_block_like_all_at_once(monkeypatch, data):
     train, queries, _ = data
     whole = build(train).route(queries, top=3)
-    monkeypatch.setattr(router_mod, "REBUILD_BLOCK_MEANS", 3)  # 2 classes per task: 3 blocks
+    monkeypatch.setattr(gaussian, "REBUILD_BLOCK_MEANS", 3)  # 2 classes per task: 3 blocks
     blocks = build(train)
     got = blocks.route(queries, top=3)
     assert len(blocks._cache["serials"]) == N_TASKS and blocks._cache["index"].ntotal == 2 * N_TASKS
@@ -295,45 +292,12 @@ def test_lda_compact_statistics_route_like_float64_ones():
 # -- the study script ------------------------------------------------------------------------
 
 
-def _load_study():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "routing_study.py"
-    spec = importlib.util.spec_from_file_location("routing_study", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("routing_study", module)  # dataclasses look their module up
-    spec.loader.exec_module(sys.modules["routing_study"])
-    return sys.modules["routing_study"]
-    return module
-
-
-def test_study_measures_strategies_and_unknown_tasks():
-    study = _load_study()
-    train, queries, _ = clustered(n_tasks=3, n=60, seed=5)
-    held = np.split(queries, 3)  # per task: 20 validation and 40 test keys
-    tasks = [study.TaskKeys(f"t{i}", k, lab, held[i][20:], held[i][:20]) for i, (k, lab) in enumerate(train)]
-    names = ["knn-10-all", "lda", "lda-2-per-class", "lda+knn-all", "logreg-all-keys"]
-    chosen = [s for s in study.STRATEGIES if s.name in names]
-    assert [s.name for s in chosen] == names
-    for strategy in chosen:
-        row = study.measure(strategy, tasks)
-        assert 0.9 <= row["accuracy"] <= row["top2_recall"] <= row["top3_recall"] <= 1.0
-        assert set(row["per_task"]) == {"t0", "t1", "t2"}
-        assert np.asarray(row["confusion"]).sum() == 3 * 40
-        assert row["us_per_input_batched"] > 0 and row["bytes_per_task"] > 0
-        assert row["remove_agreement_min"] >= 0.9
-        if not strategy.reference:
-            assert row["state_round_trip_identical"]
-        json.dumps(row)
-        unknown = study.unknown_study(strategy, tasks)
-        assert set(unknown["per_held_out"]) == {"t0", "t1", "t2"}
-        assert 0.0 <= unknown["mean"]["false_reject"] <= 0.3 and 0.0 <= unknown["mean"]["auroc"] <= 1.0
-    assert study._auroc(np.array([2.0, 3.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)
-
 
 # -- scale: incremental whitening and an approximate index of whitened means ----------------
 
 
 def test_lda_large_banks_update_incrementally_and_refresh_when_doubled(monkeypatch):
-    monkeypatch.setattr(router_mod, "EXACT_WHITENING_MAX_COMPONENTS", 8)
+    monkeypatch.setattr(gaussian, "EXACT_WHITENING_MAX_COMPONENTS", 8)
     train, queries, truth = clustered(n_tasks=40, n=40, seed=4)
     router = build(train[:10])
     first = router.route(queries[:1])  # whitening computed with 10 tasks (400 keys)
@@ -364,15 +328,15 @@ def test_lda_large_banks_update_incrementally_and_refresh_when_doubled(monkeypat
 def test_lda_auto_index_turns_approximate_past_the_flat_limit(monkeypatch):
     import faiss
 
-    monkeypatch.setattr(router_mod, "AUTO_FLAT_MAX_VECTORS", 60)
+    monkeypatch.setattr(gaussian, "AUTO_FLAT_MAX_VECTORS", 60)
     train, queries, truth = clustered(n_tasks=40, n=40, seed=5)
     router = build(train)  # 80 class means > 60: IVF over the whitened means
     r = router.route(queries, top=1)
-    monkeypatch.setattr(router_mod, "REBUILD_BLOCK_MEANS", 7)  # training sample whitened in blocks
+    monkeypatch.setattr(gaussian, "REBUILD_BLOCK_MEANS", 7)  # training sample whitened in blocks
     blocks = build(train)
     np.testing.assert_array_equal(blocks.route(queries, top=1).task_ids, r.task_ids)
     ivf = faiss.try_extract_index_ivf(router._cache["index"])
-    assert ivf is not None and ivf.nprobe == min(ivf.nlist, router_mod.LDA_NPROBE)
+    assert ivf is not None and ivf.nprobe == min(ivf.nlist, gaussian.LDA_NPROBE)
     centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)  # spherical k-means: unit centroids
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-4)
     flat = build(train, index="Flat")
@@ -381,7 +345,7 @@ def test_lda_auto_index_turns_approximate_past_the_flat_limit(monkeypatch):
     assert 7 not in router.route(queries).candidates
     one_list = build(train, nprobe=1)  # the lists scanned per query are an option, and saved
     loaded = router_from_state(*one_list.state())
-    assert loaded.nprobe == 1
+    assert loaded.config.nprobe == 1
     for each in (one_list, loaded):
         each.route(queries[:1])
         assert faiss.try_extract_index_ivf(each._cache["index"]).nprobe == 1
@@ -395,11 +359,11 @@ def test_lda_auto_index_turns_approximate_past_the_flat_limit(monkeypatch):
 def test_lda_large_auto_index_trains_two_level_lists_and_scores_in_bounded_chunks(monkeypatch):
     import faiss
 
-    monkeypatch.setattr(router_mod, "AUTO_FLAT_MAX_VECTORS", 60)
-    monkeypatch.setattr(router_mod, "LDA_FLAT_KMEANS_MAX_NLIST", 2)  # 8 lists for 80 means
+    monkeypatch.setattr(gaussian, "AUTO_FLAT_MAX_VECTORS", 60)
+    monkeypatch.setattr(gaussian, "LDA_FLAT_KMEANS_MAX_NLIST", 2)  # 8 lists for 80 means
     calls = []
-    real = router_mod._two_level_lists
-    monkeypatch.setattr(router_mod, "_two_level_lists", lambda ivf, x: calls.append(len(x)) or real(ivf, x))
+    real = faiss_index.two_level_lists
+    monkeypatch.setattr(faiss_index, "two_level_lists", lambda ivf, x: calls.append(len(x)) or real(ivf, x))
     train, queries, truth = clustered(n_tasks=40, n=40, seed=5)
     router = build(train)
     r = router.route(queries, top=1)
@@ -409,5 +373,5 @@ def test_lda_large_auto_index_trains_two_level_lists_and_scores_in_bounded_chunk
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-4)
     flat = build(train, index="Flat")
     assert (r.task_ids == flat.route(queries, top=1).task_ids).mean() >= 0.98
-    monkeypatch.setattr(router_mod, "COARSE_SCORES_MAX", 3 * ivf.nlist)  # 3 queries per coarse step
+    monkeypatch.setattr(faiss_index, "COARSE_SCORES_MAX", 3 * ivf.nlist)  # 3 queries per coarse step
     assert same_routing(router.route(queries, top=1), r)

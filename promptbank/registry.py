@@ -1,0 +1,83 @@
+"""One way to name the library's extension points: prompt methods, routers and key encoders.
+
+Each extension point is a :class:`Registry`; a new kind plugs in with a decorator on its
+class (or factory) and is then buildable by name from configs, banks and the command line::
+
+    from promptbank.routing import ROUTERS, Router
+
+    @ROUTERS.register("my-router")
+    class MyRouter(Router):
+        ...
+
+Names are unique per registry (registering one twice is an error, not a silent override),
+and asking for an unknown name gives one error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from .errors import InvalidDataError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> class (or factory) table for one extension point.
+
+    Args:
+        kind: what the entries are, for error messages ("router", "prompt method", ...).
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that adds ``obj`` under ``name``.
+
+        Args:
+            name: the public name, as written in configs, manifests and CLI flags.
+
+        Returns:
+            The decorator; it returns the object unchanged.
+
+        Raises:
+            ValueError: ``name`` is already registered (a programming error, not bad input).
+        """
+
+        def add(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice ({self._entries[name]!r} and {obj!r})")
+            self._entries[name] = obj
+            return obj
+
+        return add
+
+    def get(self, name: str) -> T:
+        """The entry called ``name``.
+
+        Raises:
+            InvalidDataError: no entry has that name; the message lists the valid names.
+        """
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise InvalidDataError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
+
+    def names(self) -> list[str]:
+        """Registered names, in registration order."""
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"

@@ -1,0 +1,472 @@
+"""The Gaussian router: per-task (or per-class) means and one shared covariance (LDA)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import faiss
+import numpy as np
+import torch
+
+from ..errors import BankFormatError, InvalidDataError
+from ..keys import check_keys, l2_normalize
+from . import faiss_index as fx
+from .base import (
+    ROUTERS,
+    Router,
+    RouterConfig,
+    group_neighbours,
+    pick_rows,
+    rank_candidates,
+)
+from .faiss_index import (
+    AUTO_FLAT_MAX_VECTORS,
+    AUTO_LARGE_SPEC,
+    LDA_FLAT_KMEANS_MAX_NLIST,
+)
+from .stats import (
+    ClassStats,
+    ClassStatsSum,
+    TaskStats,
+    eigh,
+    pack_upper,
+    principal_factor,
+    row_blocks,
+    stored_means,
+    symmetric_float32,
+    unpack_upper,
+)
+
+#: The LDA router's index of whitened means: lists of ~24 means at the next refresh, at most
+#: this many. The cap was 4,096 until 2026-11-30: at 1M tasks (384-d) its lists held 244
+#: means each and agreed with exact LDA on 39.8% of queries; with 65,536 lists of ~15 means,
+#: on 96.0% (true task 0.910 vs 0.944 exact; BENCHMARKS.md section 2).
+LDA_MAX_NLIST = 65536
+#: Lists the LDA router scans per query. Its auto IVF trains spherical k-means, whose lists
+#: come out even (at 100k synthetic tasks the largest held 80 means, not 403), so 8 lists
+#: suffice: 99.4-99.7% / 100% agreement with exact LDA at 384 / 960 dims (BENCHMARKS.md section 2).
+LDA_NPROBE = 8
+#: Gaussian/LDA routers: with at most this many class means the whitening (one dim x dim
+#: eigendecomposition) and the index of whitened means are rebuilt after every change, so
+#: routing is exact LDA. Past it a change is applied incrementally (new means whitened
+#: with the current whitening, removed ones dropped from the index) and everything is
+#: rebuilt once the number of keys has grown or shrunk by ``WHITENING_REFRESH_FACTOR``:
+#: amortised O(1) per add instead of O(number of means).
+EXACT_WHITENING_MAX_COMPONENTS = 1024
+WHITENING_REFRESH_FACTOR = 2.0
+#: Gaussian/LDA rebuilds whiten this many means at a time (63 MB of float64 at 960-d).
+REBUILD_BLOCK_MEANS = 8192
+#: what a Gaussian/LDA router's ``closeness`` measures (see GaussianRouter)
+NOVELTY_SCORES = ("posterior", "nearest")
+
+
+@dataclass
+class GaussianConfig(RouterConfig):
+    """Options of the Gaussian router (and, with other defaults, of LDA).
+
+    Args:
+        per_class: one Gaussian per class of each task (else one per task).
+        shrinkage: covariance shrinkage towards a scaled identity: "oas" (from the data) or
+            a number in [0, 1].
+        scatter_rank: rank of the per-task scatter factor kept for exact removal.
+        temperature: softmax temperature of the routing posterior.
+        search_k: nearest whitened means searched per query.
+        index: "auto" or a FAISS factory spec (L2 over whitened means).
+        novelty: what ``closeness`` measures: "posterior" or "nearest" (class docstring).
+        novelty_temperature: the softer temperature of the "posterior" closeness.
+        nprobe: IVF lists scanned per query (``LDA_NPROBE``).
+    """
+
+    per_class: bool = False
+    shrinkage: str | float = "oas"
+    scatter_rank: int = 8
+    temperature: float = 1.0
+    search_k: int = 32
+    index: str = "auto"
+    novelty: str = "posterior"
+    novelty_temperature: float = 30.0
+    nprobe: int = LDA_NPROBE
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.novelty not in NOVELTY_SCORES or not self.novelty_temperature > 0:
+            raise InvalidDataError(
+                f"novelty must be one of {NOVELTY_SCORES} and novelty_temperature > 0, "
+                f"got {self.novelty!r} / {self.novelty_temperature!r}"
+            )
+        shrinkage = self.shrinkage
+        if shrinkage != "oas" and not (isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1):
+            raise InvalidDataError(f"shrinkage must be 'oas' or a number in [0, 1], got {shrinkage!r}")
+        if not 0 <= self.scatter_rank <= self.dim:
+            raise InvalidDataError(f"scatter_rank must be in [0, {self.dim}], got {self.scatter_rank}")
+        if not self.temperature > 0 or self.search_k < 1 or self.nprobe < 1:
+            raise InvalidDataError("temperature must be > 0, search_k >= 1 and nprobe >= 1")
+        self.per_class, self.scatter_rank, self.temperature = bool(self.per_class), int(self.scatter_rank), float(self.temperature)
+        self.search_k, self.index, self.nprobe = int(self.search_k), str(self.index), int(self.nprobe)
+        self.novelty_temperature = float(self.novelty_temperature)
+
+
+@ROUTERS.register("gaussian")
+class GaussianRouter(Router):
+    """Linear discriminant routing: per-task (or per-class) means, one shared covariance.
+
+    Score of a task = log of its Gaussian likelihood (classes of a task mixed by their
+    frequencies), i.e. -0.5 * squared Mahalanobis distance / temperature; confidences are
+    the softmax over the tasks found among the ``search_k`` nearest whitened means.
+    The covariance is the pooled within-class scatter of all tasks, shrunk towards a
+    scaled identity (``shrinkage``: "oas" picks the amount from the data, or a float in
+    [0, 1]). Adding/removing a task adds/subtracts its sufficient statistics; the
+    whitening and the FAISS index over whitened means are rebuilt lazily at the next route
+    while there are at most ``EXACT_WHITENING_MAX_COMPONENTS`` means (exact LDA). In larger
+    banks a change is applied to the index incrementally with the current whitening, which
+    is recomputed once the number of keys has doubled or halved, so adds stay amortised
+    O(1); a router loaded from its state starts from a fresh whitening. ``index``: "auto"
+    (exact Flat up to ``AUTO_FLAT_MAX_VECTORS`` means, then IVF-SQ8 with spherical k-means
+    lists) or any FAISS factory spec (L2 over whitened means). ``nprobe``: lists an IVF index
+    scans per query (``LDA_NPROBE`` = 8; 4 routed 25-30% faster at 100k tasks but agreed with
+    exact LDA on 0.3 point fewer queries at 384-d, BENCHMARKS.md section 2).
+    ``closeness`` (what ``unknown_threshold`` cuts; higher = more familiar) depends on
+    ``novelty``: "posterior" (default) is the chosen task's posterior recomputed at the softer
+    ``novelty_temperature`` (the routing temperature makes almost every pick look certain);
+    "nearest" is -(squared Mahalanobis distance to the chosen task's nearest mean) / dim. On
+    offline-9 with one task held out, "posterior" flags 79% of the unseen task's inputs at 5.9%
+    false rejects, "nearest" 24%, for +4% routing time (docs/routing.md, BENCHMARKS.md).
+    Keys and queries are L2-normalised first (a no-op for KeyEncoder output), which also
+    keeps the float16 scatter factors in range.
+
+    Cost: per task, its means (float16, 768 B per mean at 384-d), a ``scatter_rank`` x dim
+    float16 factor and a dim float32 residual (~8.4 KB at rank 8, 384-d); shared: the
+    upper triangle of the dim x dim scatter in float32 (296 KB at 384-d). The scatter and
+    the means are kept in memory at exactly the precision they are saved in, so a loaded
+    router routes exactly like the one that saved it. States saved with a full float64
+    scatter and float32 means still load.
+    """
+
+    strategy = "gaussian"
+    #: whether the per-task diagonal residual is part of the state (removal subtracts it)
+    _uses_residual: ClassVar[bool] = True
+
+    config_class = GaussianConfig
+
+    def __init__(self, config: GaussianConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self._tasks: dict[int, TaskStats] = {}
+        self._scatter = np.zeros((self.dim, self.dim), dtype=np.float32)  # see symmetric_float32
+        self._cache: dict[str, Any] | None = None
+        self._n_keys = 0  # keys and components (class means) of all tasks, kept current
+        self._n_comp = 0
+
+    def task_ids(self) -> list[int]:
+        return list(self._tasks)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._tasks
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def _new_task_classes(
+        self, task_id: int, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]]
+    ) -> tuple[int, ClassStats]:
+        """A new task's id and the class statistics of its unit keys (one class for all keys
+        without ``per_class`` or labels), read one block at a time."""
+        tid = self._check_new(task_id)
+        stats, labelled = ClassStatsSum(self.dim), set()
+        for keys, labels in blocks:
+            keys = check_keys(keys, self.dim)
+            labels = self._check_labels(labels, len(keys))
+            labelled.add(labels is not None)
+            if len(labelled) > 1:
+                raise InvalidDataError("give labels with every block of keys, or with none")
+            if not self.config.per_class or labels is None:
+                labels = np.full(len(keys), -1, dtype=np.int64)
+            stats.add(keys, labels)
+        if stats.n == 0:
+            raise InvalidDataError("a task needs at least one key; got no blocks of keys")
+        return tid, stats.result()
+
+    def add_task(self, task_id: int, keys: np.ndarray, labels: np.ndarray | None = None) -> None:
+        keys = check_keys(keys, self.dim)
+        self.add_task_blocks(task_id, row_blocks(keys, self._check_labels(labels, len(keys))))
+
+    def add_task_blocks(self, task_id: int, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]]) -> None:
+        tid, cs = self._new_task_classes(task_id, blocks)
+        factor, variance = principal_factor(cs, self.config.scatter_rank)
+        kept = (factor.astype(np.float64) ** 2).sum(axis=0)
+        residual = np.clip(variance - kept, 0.0, None).astype(np.float32)
+        stats = TaskStats(cs.classes, cs.counts, stored_means(cs.means), factor, residual)
+        self._scatter = symmetric_float32(self._scatter + stats.scatter())
+        self._tasks[tid] = stats
+        self._changed(tid, stats, +1)
+
+    def remove_task(self, task_id: int) -> None:
+        tid = self._check_known(task_id)
+        stats = self._tasks.pop(tid)
+        self._scatter = symmetric_float32(self._scatter - stats.scatter())
+        if not self._tasks:
+            self._scatter[:] = 0.0  # no float residue once empty
+        self._changed(tid, stats, -1)
+
+    def _changed(self, tid: int, stats: TaskStats, sign: int) -> None:
+        """Book-keeping after ``tid`` was added (+1) or removed (-1)."""
+        self._n_keys += sign * int(stats.counts.sum())
+        self._n_comp += sign * len(stats.counts)
+        if self._cache is not None and self._tasks:
+            self._cache["dirty"].add(tid)
+        else:
+            self._cache = None
+
+    def covariance(self) -> np.ndarray:
+        """The shared, shrunk covariance the router whitens with (float64, dim x dim)."""
+        n = sum(int(s.counts.sum()) for s in self._tasks.values())
+        m = sum(len(s.counts) for s in self._tasks.values())
+        dof = max(n - m, 1)
+        s = self._scatter.astype(np.float64) / dof
+        tr = float(np.trace(s))
+        if tr <= 0:
+            return np.eye(self.dim)
+        p = self.dim
+        mu = tr / p
+        if self.config.shrinkage == "oas":  # Chen et al. 2010, oracle approximating shrinkage
+            tr2 = float((s * s).sum())
+            den = (dof + 1 - 2 / p) * (tr2 - tr * tr / p)
+            rho = 1.0 if den <= 0 else min(1.0, ((1 - 2 / p) * tr2 + tr * tr) / den)
+        else:
+            rho = float(self.config.shrinkage)
+        cov = (1 - rho) * s
+        cov[np.diag_indices_from(cov)] += rho * mu
+        return cov
+
+    def _prepared(self) -> dict[str, Any]:
+        """Whitening + index of whitened means, brought up to date with the tasks."""
+        c = self._cache
+        if c is not None and not c["dirty"]:
+            return c
+        if c is None or self._refresh_due(c):
+            self._cache = c = None  # free the old index before the new one is built
+            return self._rebuild()
+        added = []
+        for tid in sorted(c["dirty"]):  # incremental: the whitening stays as it is
+            old = c["serials"].pop(tid, None)
+            if old is not None:
+                c["index"].remove_ids(faiss.IDSelectorRange(int(old[0]), int(old[-1]) + 1))
+                c["comp_task"][old] = -1
+            if tid in self._tasks:
+                added.append((tid, self._tasks[tid]))
+        self._index_tasks(c, added)
+        c["dirty"].clear()
+        return c
+
+    def _refresh_due(self, c: dict[str, Any]) -> bool:
+        f = WHITENING_REFRESH_FACTOR
+        return (
+            self._n_comp <= EXACT_WHITENING_MAX_COMPONENTS
+            or self._n_keys >= f * c["keys_at"]
+            or self._n_keys * f <= c["keys_at"]
+        )
+
+    def _rebuild(self) -> dict[str, Any]:
+        """Whitening from the current scatter, and a new index of every whitened mean.
+
+        The means are whitened a block of tasks at a time (and, to train an IVF index, a
+        sample of them), so the transient memory is one block, not a float32 copy of every
+        mean: at 1M tasks x 960-d that copy alone would be 3.8 GB."""
+        vals, vecs = eigh(self.covariance())
+        whiten = vecs / np.sqrt(np.maximum(vals, vals.max() * 1e-9))
+        items = list(self._tasks.items())
+        sizes = np.array([len(s.counts) for _, s in items], dtype=np.int64)
+        ends = np.cumsum(sizes)
+        n = int(ends[-1]) if len(ends) else 0
+
+        def white_of(means: list[np.ndarray]) -> np.ndarray:
+            """Whitened rows of ``means`` (float64 products, float32 result)."""
+            return (np.concatenate(means).astype(np.float64) @ whiten).astype(np.float32)
+
+        def whitened(rows: np.ndarray) -> np.ndarray:
+            """Whitened means of the (sorted) global rows ``rows``, a block at a time."""
+            owner = np.searchsorted(ends, rows, side="right")
+            out = np.empty((len(rows), self.dim), np.float32)
+            for lo in range(0, len(rows), REBUILD_BLOCK_MEANS):
+                hi = min(len(rows), lo + REBUILD_BLOCK_MEANS)
+                out[lo:hi] = white_of([items[o][1].means[r - (ends[o] - sizes[o])][None]
+                                       for o, r in zip(owner[lo:hi], rows[lo:hi])])
+            return out
+
+        c: dict[str, Any] = {
+            "whiten": whiten.astype(np.float32),
+            "index": self._new_index(n, whitened),
+            "comp_task": np.full(max(n, 16), -1, np.int64),
+            "comp_logw": np.zeros(max(n, 16)),
+            "serials": {},
+            "next": 0,
+            "max_classes": 1,
+            "keys_at": self._n_keys,
+            "dirty": set(),
+        }
+        block: list[tuple[int, TaskStats]] = []
+        held = 0
+        for i, item in enumerate(items):
+            block.append(item)
+            held += len(item[1].counts)
+            if held >= REBUILD_BLOCK_MEANS or i + 1 == len(items):
+                self._index_tasks(c, block, white_of([s.means for _, s in block]))
+                block, held = [], 0
+        self._cache = c
+        return c
+
+    def _new_index(self, n: int, whitened: Callable[[np.ndarray], np.ndarray]) -> Any:
+        """Empty L2 index with int64 ids for ``n`` whitened means (trained on a sample of
+        them, ``whitened(rows)``, if IVF).
+
+        "auto" past ``AUTO_FLAT_MAX_VECTORS`` means: IVF-SQ8 with lists for ~24 means each
+        at twice the current size (the size at the next refresh), trained with *spherical*
+        k-means. Plain k-means on whitened means left hub lists near the origin that most
+        queries probed: at 100k synthetic tasks (960-d, 4,096 lists) a query scanned 1,902
+        means at nprobe 16 instead of ~390. Spherical lists at nprobe 8 (``LDA_NPROBE``) took
+        the batched route from 336 to 181 us per query, agreement with exact LDA 0.998 ->
+        1.000 (BENCHMARKS.md section 2). Past ``LDA_FLAT_KMEANS_MAX_NLIST`` lists (a refresh at
+        ~70k+ means) the k-means is two-level, so it stays a matter of seconds.
+        """
+        spec, need = self.config.index, None
+        if spec == "auto":
+            nlist = min(LDA_MAX_NLIST, 1 << max(round(math.log2(max(2 * n / 24, 1))), 0))
+            spec = "Flat" if n <= AUTO_FLAT_MAX_VECTORS else AUTO_LARGE_SPEC.format(nlist=nlist, m=1)
+            need = nlist  # k-means with fewer than 39 points per list: fine for this use
+        index = faiss.index_factory(self.dim, spec, faiss.METRIC_L2)
+        ivf, auto = faiss.try_extract_index_ivf(index), need is not None
+        if auto and ivf is not None:
+            ivf.cp.min_points_per_centroid, ivf.cp.spherical = 1, True  # no warning; no hub lists
+        if not index.is_trained:
+            need = fx.train_size(index) if need is None else need
+            if n < need:
+                index, ivf = faiss.IndexFlatL2(self.dim), None  # too few means to train on yet
+            else:
+                rng = np.random.default_rng(0)
+                cap = min(n, 2 * fx.train_size(index))
+                sample = np.ascontiguousarray(whitened(np.sort(rng.choice(n, cap, replace=False))))
+                if auto and ivf.nlist > LDA_FLAT_KMEANS_MAX_NLIST:
+                    fx.two_level_lists(ivf, sample)
+                index.train(sample)  # the lists, unless already there; then the SQ8 codec
+        return index if ivf is not None else faiss.IndexIDMap2(index)
+
+    def _index_tasks(
+        self, c: dict[str, Any], block: list[tuple[int, TaskStats]], white: np.ndarray | None = None
+    ) -> None:
+        """Register ``block``'s means in the cache and add them to the index in one call
+        (``white``: already whitened, in block order; else whitened here)."""
+        if not block:
+            return
+        if white is None:
+            white = np.concatenate([s.means for _, s in block]) @ c["whiten"]  # float32
+        first = c["next"]
+        for tid, stats in block:
+            k = len(stats.counts)
+            serials = np.arange(c["next"], c["next"] + k, dtype=np.int64)
+            c["next"] += k
+            if c["next"] > len(c["comp_task"]):  # amortised growth
+                size = max(c["next"], 2 * len(c["comp_task"]))
+                c["comp_task"] = np.concatenate([c["comp_task"], np.full(size - len(c["comp_task"]), -1)])
+                c["comp_logw"] = np.concatenate([c["comp_logw"], np.zeros(size - len(c["comp_logw"]))])
+            c["comp_task"][serials] = tid
+            c["comp_logw"][serials] = np.log(stats.counts / stats.counts.sum())
+            c["serials"][tid] = serials
+            c["max_classes"] = max(c["max_classes"], k)
+        ids = np.arange(first, c["next"], dtype=np.int64)
+        c["index"].add_with_ids(np.ascontiguousarray(white, dtype=np.float32), ids)
+
+    def _candidates(self, queries: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
+        c = self._prepared()
+        n = len(queries)
+        # torch, like the coarse step in fx.search: one thread pool for the route's matrix
+        # products (numpy's BLAS pool next to torch's doubled the route's time on 2 cores)
+        z = (torch.from_numpy(l2_normalize(queries)) @ torch.from_numpy(c["whiten"])).numpy()
+        k = min(c["index"].ntotal, max(self.config.search_k, top * c["max_classes"]))
+        ivf = faiss.try_extract_index_ivf(c["index"])
+        if ivf is not None:
+            ivf.nprobe = min(ivf.nlist, self.config.nprobe)
+        dist, comp = fx.search(c["index"], z, k, c.setdefault("memo", {}))
+        ok = comp >= 0
+        tasks = np.where(ok, c["comp_task"][np.maximum(comp, 0)], -1)
+        dist = np.maximum(dist.astype(np.float64), 0.0)
+        logw = c["comp_logw"][np.maximum(comp, 0)]
+        order, starts, seg_row, seg_task = group_neighbours(tasks)
+        if len(starts) == 0:
+            return (np.full((n, top), -1, np.int64), np.zeros((n, top)), np.full(n, -np.inf))
+        seg_of = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(order))))
+
+        def task_posterior(temperature: float) -> tuple[np.ndarray, np.ndarray]:
+            """Per (row, task) segment: log-likelihood and posterior over the row's tasks."""
+            lf = np.where(ok, -0.5 * dist / temperature + logw, -np.inf).ravel()[order]
+            seg_max = np.maximum.reduceat(lf, starts)
+            task_logit = seg_max + np.log(np.add.reduceat(np.exp(lf - seg_max[seg_of]), starts))
+            row_max = np.full(n, -np.inf)
+            np.maximum.at(row_max, seg_row, task_logit)
+            p = np.exp(task_logit - row_max[seg_row])
+            return task_logit, p / np.bincount(seg_row, weights=p, minlength=n)[seg_row]
+
+        task_logit, prob = task_posterior(self.config.temperature)
+        near = np.maximum.reduceat(-dist.ravel()[order], starts) / self.dim
+        chosen = rank_candidates(n, seg_row, task_logit, near, top)
+        cand = np.where(chosen >= 0, seg_task[np.maximum(chosen, 0)], -1)
+        familiar = near if self.config.novelty == "nearest" else task_posterior(self.config.novelty_temperature)[1]
+        return cand, pick_rows(prob, chosen, 0.0), pick_rows(familiar, chosen[:, :1], -np.inf)[:, 0]
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        config = {
+            **self.config_state(),
+            "tasks": [[tid, len(s.counts)] for tid, s in self._tasks.items()],
+        }
+        stats = list(self._tasks.values())
+        d, r = self.dim, self.config.scatter_rank
+
+        def join(field: str, empty_shape: tuple[int, ...], dtype: Any, stack: bool) -> np.ndarray:
+            if not stats:
+                return np.zeros(empty_shape, dtype)
+            parts = [getattr(s, field) for s in stats]
+            return np.stack(parts) if stack else np.concatenate(parts)
+
+        arrays = {
+            "comp_label": join("labels", (0,), np.int64, stack=False),
+            "comp_count": join("counts", (0,), np.int64, stack=False),
+            "comp_mean": join("means", (0, d), np.float32, stack=False).astype(np.float16),
+            "task_factor": join("factor", (0, r, d), np.float16, stack=True),
+            "scatter_packed": pack_upper(self._scatter),
+        }
+        if self._uses_residual:
+            arrays["task_residual"] = join("residual", (0, d), np.float32, stack=True)
+        return config, arrays
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> GaussianRouter:
+        # states saved before the novelty option had thresholds on the nearest-mean closeness
+        router = cls(cls.config_class.from_state(config, novelty="nearest"))
+        try:
+            start = 0
+            residuals = arrays.get("task_residual")
+            for i, (tid, n_comp) in enumerate(config["tasks"]):
+                sl = slice(start, start + int(n_comp))
+                router._tasks[int(tid)] = TaskStats(
+                    labels=np.asarray(arrays["comp_label"][sl], np.int64),
+                    counts=np.asarray(arrays["comp_count"][sl], np.int64),
+                    means=np.asarray(arrays["comp_mean"][sl]),  # float16 (float32 if saved so)
+                    factor=np.asarray(arrays["task_factor"][i], np.float16),
+                    residual=(np.zeros(0, np.float32) if residuals is None
+                              else np.asarray(residuals[i], np.float32)),
+                )
+                start += int(n_comp)
+            if residuals is None and router._uses_residual:
+                raise KeyError("task_residual")
+            router._n_keys = sum(int(t.counts.sum()) for t in router._tasks.values())
+            router._n_comp = sum(len(t.counts) for t in router._tasks.values())
+            if "scatter_packed" in arrays:
+                router._scatter = unpack_upper(np.asarray(arrays["scatter_packed"]), router.dim)
+            else:  # saved before the packed float32 layout: a full float64 matrix
+                router._scatter = np.array(arrays["scatter"], dtype=np.float64)
+        except (KeyError, IndexError) as exc:
+            raise BankFormatError(f"Gaussian router state is incomplete: {exc}") from None
+        if router._scatter.shape != (router.dim, router.dim) or start != len(arrays["comp_count"]):
+            raise BankFormatError("Gaussian router arrays do not match its config")
+        return router

@@ -1,0 +1,209 @@
+"""Class statistics of a task's keys (counts, means, within-class scatter), accumulated a
+block of keys at a time, and the compact forms the Gaussian and LDA routers keep them in."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import BankFormatError
+from ..keys import l2_normalize
+
+#: Gaussian/LDA ``add_task`` centres and multiplies a task's keys this many rows at a time
+#: (7.9 MB of float64 at 960-d), and ``add_task_blocks`` takes them a block at a time, so its
+#: memory does not grow with the task: for a 20newsgroups-sized task (11,267 keys, 960-d)
+#: numpy's peak inside add_task went from 248 to 30 MiB (BENCHMARKS.md, slow path 20).
+STATS_BLOCK_ROWS = 1024
+
+
+
+@dataclass
+class TaskStats:
+    """What a task contributes: component (class) counts and means, and its scatter.
+
+    The scatter is kept as ``count * (F^T F + diag(residual))``: F (rank x dim, float16)
+    holds the top principal directions of the within-class spread (scaled per key), and
+    the residual the rest of each dimension's variance. Exactly this matrix is added to
+    the shared scatter, so removing the task subtracts exactly what it added, at a few KB
+    per task instead of the 590 KB of a full 384x384 float32 matrix.
+    """
+
+    labels: np.ndarray  # (C,) int64, -1 when classes are not modelled
+    counts: np.ndarray  # (C,) int64
+    means: np.ndarray  # (C, dim) float16 (float32 in states saved before that layout)
+    factor: np.ndarray  # (rank, dim) float16
+    residual: np.ndarray  # (dim,) float32, per-key variance left outside the factor; (0,) for LDA
+
+    def scatter(self) -> np.ndarray:
+        f = self.factor.astype(np.float64)
+        n = float(self.counts.sum())
+        out = n * (f.T @ f)
+        out[np.diag_indices_from(out)] += n * self.residual.astype(np.float64)
+        return out
+
+
+def stored_means(means: np.ndarray) -> np.ndarray:
+    """Class means at the precision they are saved in, float16, and held so in memory (half
+    the RAM of float32: 1.9 KB per mean at 960-d). On the routing study's MiniLM keys
+    (offline-9, vader-4, split-20ng) float16 means routed every input as float32 means did."""
+    return means.astype(np.float16)
+
+
+@functools.lru_cache(maxsize=1)
+def blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS, built once: building it scans the process'
+    libraries (~8 ms, measured as 60% of an LDA add_task when done on every call)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # optional: only a speed-up
+        return None
+    return ThreadpoolController()
+
+
+def eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.linalg.eigh on one BLAS thread: the matrices are small (at most dim x dim), and
+    multithreaded LAPACK on busy cores was measured 10-100x slower than one thread."""
+    controller = blas_controller() if len(matrix) >= 32 else None
+    if controller is None:
+        return np.linalg.eigh(matrix)
+    with controller.limit(limits=1, user_api="blas"):
+        return np.linalg.eigh(matrix)
+
+
+@dataclass
+class ClassStats:
+    """A new task's classes, their key counts and means, and its within-class scatter (the
+    sum of outer products of its unit keys minus their class means, float64). ``centred``
+    holds those rows themselves only while they are fewer than the dimensions."""
+
+    classes: np.ndarray  # (C,) int64
+    counts: np.ndarray  # (C,) int64
+    means: np.ndarray  # (C, dim) float64
+    scatter: np.ndarray  # (dim, dim) float64
+    centred: np.ndarray | None  # (N, dim) float64 when N <= dim
+
+
+class ClassStatsSum:
+    """A task's class statistics, summed one block of keys at a time, so adding a task holds
+    one block, not all its keys. Each block is centred on its own class means and merged
+    with the pairwise update of Chan, Golub and LeVeque (1979): as precise as centring the
+    whole task at once, in one pass."""
+
+    def __init__(self, dim: int) -> None:
+        self.classes = np.zeros(0, np.int64)
+        self.counts = np.zeros(0, np.int64)
+        self.means = np.zeros((0, dim))
+        self.scatter = np.zeros((dim, dim))
+        self._unit: list[tuple[np.ndarray, np.ndarray]] | None = []  # the rows while n <= dim
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def add(self, keys: np.ndarray, labels: np.ndarray) -> None:
+        """Fold in a block of float32 keys (normalised here) and their int64 labels."""
+        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        n, dim = keys.shape
+        # One buffer, one product: the block's centred unit keys, then per class one row
+        # sqrt(n_a n_b / n) (block mean - earlier mean), whose outer products are the
+        # scatter between the block's and the earlier class means.
+        rows = np.empty((n + len(classes), dim))
+        unit = rows[:n]
+        unit[:] = l2_normalize(keys)
+        onehot = np.zeros((len(classes), n))
+        onehot[inverse, np.arange(n)] = 1.0
+        means = onehot @ unit / counts[:, None]
+        new = np.setdiff1d(classes, self.classes)
+        if len(new):
+            self.classes = np.concatenate([self.classes, new])
+            self.counts = np.concatenate([self.counts, np.zeros(len(new), np.int64)])
+            self.means = np.concatenate([self.means, np.zeros((len(new), dim))])
+        pos = np.array([np.flatnonzero(self.classes == c)[0] for c in classes])
+        before = self.counts[pos]
+        total = before + counts
+        delta = means - self.means[pos]
+        rows[n:] = delta * np.sqrt(before * counts / total)[:, None]
+        self.means[pos] += delta * (counts / total)[:, None]
+        self.counts[pos] = total
+        if self._unit is not None:
+            self._unit = None if self.n > dim else [*self._unit, (unit.copy(), labels)]
+        unit -= means[inverse]
+        self.scatter += rows.T @ rows
+
+    def result(self) -> ClassStats:
+        order = np.argsort(self.classes)
+        classes, counts, means = self.classes[order], self.counts[order], self.means[order]
+        centred = None
+        if self._unit is not None:
+            unit = np.concatenate([u for u, _ in self._unit])
+            labels = np.concatenate([lab for _, lab in self._unit])
+            centred = unit - means[np.searchsorted(classes, labels)]
+        return ClassStats(classes, counts, means, self.scatter, centred)
+
+
+def row_blocks(keys: np.ndarray, labels: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """``keys`` and ``labels`` in blocks of ``STATS_BLOCK_ROWS`` rows (views, no copies)."""
+    for i in range(0, len(keys), STATS_BLOCK_ROWS):
+        yield keys[i : i + STATS_BLOCK_ROWS], None if labels is None else labels[i : i + STATS_BLOCK_ROWS]
+
+
+def principal_factor(cs: ClassStats, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """(F, per-dimension variance) with F^T F the best rank-``rank`` part of the per-key
+    covariance.
+
+    With fewer keys than dimensions the small Gram matrix is decomposed instead of the
+    rank-deficient covariance: cheaper, and LAPACK is very slow on the latter here.
+    """
+    n, d = int(cs.counts.sum()), cs.scatter.shape[0]
+    variance = np.diag(cs.scatter) / n
+    if rank == 0:
+        return np.zeros((0, d), np.float16), variance
+    if cs.centred is not None:
+        vals, vecs = eigh(cs.centred @ cs.centred.T / n)
+        vals, vecs = np.clip(vals[::-1][:rank], 0.0, None), vecs[:, ::-1][:, :rank]
+        # right singular vectors scaled by sqrt(eigenvalue): centred^T u / sqrt(n)
+        factor = (cs.centred.T @ vecs).T / np.sqrt(n)
+    else:
+        vals, vecs = eigh(cs.scatter / n)
+        vals, vecs = np.clip(vals[::-1][:rank], 0.0, None), vecs[:, ::-1][:, :rank]
+        factor = (vecs * np.sqrt(vals)).T
+    out = np.zeros((rank, d), np.float16)
+    out[: len(factor)] = factor
+    return out, variance
+
+
+@functools.lru_cache(maxsize=4)
+def strictly_lower(dim: int) -> np.ndarray:
+    return np.tri(dim, dtype=bool, k=-1)
+
+
+def symmetric_float32(scatter: np.ndarray) -> np.ndarray:
+    """``scatter`` rounded to float32 and made exactly symmetric from its upper triangle:
+    the precision it is stored at, kept in memory too (590 KB at 384-d instead of 1.2 MB),
+    so a saved router routes exactly like the one that saved it. Updates are computed in
+    float64 and rounded once."""
+    s32 = scatter.astype(np.float32)
+    np.copyto(s32, s32.T, where=strictly_lower(len(s32)))
+    return s32
+
+
+def pack_upper(matrix: np.ndarray) -> np.ndarray:
+    """Upper triangle (diagonal included) of a symmetric matrix, row by row, float32."""
+    return matrix.astype(np.float32)[np.triu_indices(len(matrix))]
+
+
+def unpack_upper(packed: np.ndarray, dim: int) -> np.ndarray:
+    if packed.shape != (dim * (dim + 1) // 2,):
+        raise BankFormatError(
+            f"packed scatter has {packed.size} values, a {dim}x{dim} upper triangle has "
+            f"{dim * (dim + 1) // 2}"
+        )
+    out = np.zeros((dim, dim), np.float32)
+    out[np.triu_indices(dim)] = packed
+    lower = np.tril_indices(dim, -1)
+    out[lower] = out.T[lower]
+    return out

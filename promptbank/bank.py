@@ -21,7 +21,7 @@ from .errors import BackboneMismatchError, InvalidDataError, TaskExistsError, Un
 from .keys import DEFAULT_KEY_ENCODER, KeyEncoder, make_key_encoder
 from .prompts import SoftPrompt, build_prompt
 from .rescore import Rescorer
-from .routing import Router, Routing, make_router, router_from_state
+from .routing import DEFAULT_ROUTER, Router, Routing, make_router, router_from_state
 from .trainer import TrainConfig, TrainResult, predict_scores, train_prompt
 
 DEFAULT_TEMPLATE = "Input: {text}\nLabel:"
@@ -30,17 +30,32 @@ STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32
 
 @dataclass
 class BankConfig:
-    """Bank-wide choices, fixed at creation (every task's prompt has the same shape)."""
+    """Bank-wide choices, fixed at creation (every task's prompt has the same shape).
+
+    Args:
+        method: prompt method, a name in ``promptbank.prompts.PROMPTS``.
+        n_tokens: soft tokens per prompt.
+        prompt_options: the method's config fields, e.g. ``{"rank": 2}`` (its defaults otherwise).
+        key_encoder: what turns a text into a routing key (``promptbank.keys.KEY_ENCODERS``,
+            several joined with "+").
+        router: ``{"strategy": name, **options}`` of a router in ``promptbank.routing.ROUTERS``.
+        rescore: candidate re-scoring (``promptbank.rescore.Rescorer`` fields); top 1 routes on keys alone.
+        storage_dtype: dtype prompts are stored in.
+        max_input_tokens: inputs are truncated to this many tokens (the template never is).
+        seed: seed of each new prompt's initialisation.
+
+    Example:
+        >>> BankConfig(method="lopt1", n_tokens=10, prompt_options={"rank": 4}, router={"strategy": "lda", "nprobe": 4})
+    """
 
     method: str = "ulpt"
     n_tokens: int = 20
-    prompt_options: dict[str, Any] = field(default_factory=lambda: {"rank": 2})
+    prompt_options: dict[str, Any] = field(default_factory=dict)
     key_encoder: str = DEFAULT_KEY_ENCODER
-    router: dict[str, Any] = field(default_factory=lambda: {"strategy": "lda"})
-    #: candidate re-scoring (promptbank.rescore.Rescorer fields); {"top": 1} routes on keys alone
+    router: dict[str, Any] = field(default_factory=lambda: {"strategy": DEFAULT_ROUTER})
     rescore: dict[str, Any] = field(default_factory=lambda: Rescorer().to_dict())
     storage_dtype: str = "float16"
-    max_input_tokens: int = 128
+    max_input_tokens: int = 64
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -436,7 +451,7 @@ class PromptBank:
             "backbone": self.backbone.identity(),
             "key_encoder": self.key_encoder.identity(),
             "config": dataclasses.asdict(self.config),
-            "prompt_config": self.new_prompt().config(),
+            "prompt_config": self.new_prompt().config_state(),
             "router": router_config,
             "next_task_id": self._next_id,
             "tasks": [dataclasses.asdict(t) for t in self._tasks.values()],

@@ -7,12 +7,17 @@ on the CPU with a fixed generator, so the same seed yields the same bits on ever
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from .errors import InvalidDataError
+from .errors import BankFormatError, InvalidDataError
+from .registry import Registry
+
+#: Every prompt method, by the name banks and configs use for it.
+PROMPTS: Registry[type[SoftPrompt]] = Registry("prompt method")
 
 
 def frozen_xavier(rows: int, cols: int, seed: int) -> torch.Tensor:
@@ -27,20 +32,57 @@ def seeded_normal(shape: tuple[int, ...], std: float, seed: int) -> torch.Tensor
     return torch.randn(*shape, generator=gen, dtype=torch.float32) * std
 
 
+@dataclass
+class PromptConfig:
+    """What rebuilds a prompt besides its trainable tensors; each method subclasses it.
+
+    Args:
+        n_tokens: prompt length n (soft tokens).
+        dim: embedding size d of the frozen LLM.
+        seed: seed of the trainable tensors' initialisation.
+    """
+
+    n_tokens: int
+    dim: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.n_tokens) < 1 or int(self.dim) < 1:
+            raise InvalidDataError(f"prompt needs n_tokens >= 1 and dim >= 1, got {self.n_tokens}, {self.dim}")
+        self.n_tokens, self.dim, self.seed = int(self.n_tokens), int(self.dim), int(self.seed)
+
+
+@dataclass
+class LowRankConfig(PromptConfig):
+    """A prompt factored through rank ``rank``."""
+
+    rank: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if int(self.rank) < 1:
+            raise InvalidDataError(f"rank must be >= 1, got {self.rank}")
+        self.rank = int(self.rank)
+
+
 class SoftPrompt(nn.Module):
-    """Base class: a prompt of ``n_tokens`` vectors of size ``dim``."""
+    """Base class: a prompt of ``n_tokens`` vectors of size ``dim``.
+
+    A method subclasses this, sets ``config_class`` to its :class:`PromptConfig` subclass and
+    registers itself with ``@PROMPTS.register("name")`` (docs/architecture.md).
+    """
 
     method: ClassVar[str]
+    config_class: ClassVar[type[PromptConfig]] = PromptConfig
 
-    def __init__(self, n_tokens: int, dim: int, seed: int = 0) -> None:
+    def __init__(self, config: PromptConfig) -> None:
         super().__init__()
-        if n_tokens < 1 or dim < 1:
-            raise InvalidDataError(f"prompt needs n_tokens >= 1 and dim >= 1, got {n_tokens}, {dim}")
-        self.n_tokens, self.dim, self.seed = int(n_tokens), int(dim), int(seed)
+        self.config = config
+        self.n_tokens, self.dim, self.seed = config.n_tokens, config.dim, config.seed
 
-    def config(self) -> dict[str, Any]:
-        """Everything (besides trainable tensors) needed to rebuild this prompt."""
-        return {"method": self.method, "n_tokens": self.n_tokens, "dim": self.dim, "seed": self.seed}
+    def config_state(self) -> dict[str, Any]:
+        """Everything (besides trainable tensors) needed to rebuild this prompt, JSON-able."""
+        return {"method": self.method, **asdict(self.config)}
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -68,13 +110,14 @@ class SoftPrompt(nn.Module):
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
 
+@PROMPTS.register("pt")
 class PromptTuning(SoftPrompt):
     """Vanilla prompt tuning (Lester et al.): P in R^{n x d} trainable."""
 
     method = "pt"
 
     def __init__(self, n_tokens: int, dim: int, seed: int = 0, init: torch.Tensor | None = None, init_std: float = 0.02) -> None:
-        super().__init__(n_tokens, dim, seed)
+        super().__init__(PromptConfig(n_tokens, dim, seed))
         weight = init.clone().float() if init is not None else seeded_normal((n_tokens, dim), init_std, seed)
         self.weight = nn.Parameter(weight)
 
@@ -82,6 +125,25 @@ class PromptTuning(SoftPrompt):
         return self.weight
 
 
+@dataclass
+class ULPTConfig(LowRankConfig):
+    """ULPT's options: ``rank`` r of Z, the seed of the frozen projection A, Z's init scale,
+    the initial scale s, and ``lr_scale``, the step of s and b relative to Z's."""
+
+    proj_seed: int = 1234
+    z_std: float = 1.0
+    scale_init: float = 1.0
+    lr_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.z_std > 0 or not self.lr_scale > 0:
+            raise InvalidDataError(f"z_std and lr_scale must be > 0, got {self.z_std}, {self.lr_scale}")
+        self.proj_seed, self.z_std = int(self.proj_seed), float(self.z_std)
+        self.scale_init, self.lr_scale = float(self.scale_init), float(self.lr_scale)
+
+
+@PROMPTS.register("ulpt")
 class ULPT(SoftPrompt):
     """Ultra-low-dimensional prompt: P = (Z A) * s + b.
 
@@ -90,6 +152,7 @@ class ULPT(SoftPrompt):
     """
 
     method = "ulpt"
+    config_class = ULPTConfig
 
     def __init__(
         self,
@@ -103,24 +166,14 @@ class ULPT(SoftPrompt):
         scale_init: float = 1.0,
         lr_scale: float = 0.1,
     ) -> None:
-        super().__init__(n_tokens, dim, seed)
-        self.rank, self.proj_seed = int(rank), int(proj_seed)
-        self.z_std, self.scale_init, self.lr_scale = float(z_std), float(scale_init), float(lr_scale)
+        super().__init__(ULPTConfig(n_tokens, dim, seed, rank, proj_seed, z_std, scale_init, lr_scale))
+        c = self.config
+        self.rank, self.proj_seed, self.z_std, self.scale_init, self.lr_scale = c.rank, c.proj_seed, c.z_std, c.scale_init, c.lr_scale
         self.register_buffer("proj", frozen_xavier(self.rank, dim, self.proj_seed), persistent=False)
         self.z = nn.Parameter(seeded_normal((n_tokens, self.rank), self.z_std, seed))
         self.scale = nn.Parameter(torch.full((dim,), self.scale_init))
         shift = shift_init.clone().float().reshape(dim) if shift_init is not None else torch.zeros(dim)
         self.shift = nn.Parameter(shift)
-
-    def config(self) -> dict[str, Any]:
-        return {
-            **super().config(),
-            "rank": self.rank,
-            "proj_seed": self.proj_seed,
-            "z_std": self.z_std,
-            "scale_init": self.scale_init,
-            "lr_scale": self.lr_scale,
-        }
 
     def forward(self) -> torch.Tensor:
         return (self.z @ self.proj) * self.scale + self.shift
@@ -134,57 +187,90 @@ class ULPT(SoftPrompt):
         ]
 
 
+@PROMPTS.register("lopt1")
 class LoPT1(SoftPrompt):
     """LoPT-1: P = U V with U (n x r) and V (r x d) both trainable."""
 
     method = "lopt1"
+    config_class = LowRankConfig
 
     def __init__(self, n_tokens: int, dim: int, seed: int = 0, rank: int = 2, init_std: float = 0.02) -> None:
-        super().__init__(n_tokens, dim, seed)
-        self.rank = int(rank)
+        super().__init__(LowRankConfig(n_tokens, dim, seed, rank))
+        self.rank = self.config.rank
         self.u = nn.Parameter(seeded_normal((n_tokens, self.rank), 1.0 / math.sqrt(self.rank), seed))
         self.v = nn.Parameter(seeded_normal((self.rank, dim), init_std, seed + 1))
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "rank": self.rank}
 
     def forward(self) -> torch.Tensor:
         return self.u @ self.v
 
 
+@dataclass
+class LoPT2Config(LowRankConfig):
+    """LoPT-2's options: ``rank`` and the seed of the frozen random input X0."""
+
+    x0_seed: int = 4321
+
+
+@PROMPTS.register("lopt2")
 class LoPT2(SoftPrompt):
     """LoPT-2: P = ELU(X0 U) V, X0 (n x d) frozen random, U (d x r) and V (r x d) trainable."""
 
     method = "lopt2"
+    config_class = LoPT2Config
 
     def __init__(self, n_tokens: int, dim: int, seed: int = 0, rank: int = 2, init_std: float = 0.02, x0_seed: int = 4321) -> None:
-        super().__init__(n_tokens, dim, seed)
-        self.rank, self.x0_seed = int(rank), int(x0_seed)
+        super().__init__(LoPT2Config(n_tokens, dim, seed, rank, int(x0_seed)))
+        self.rank, self.x0_seed = self.config.rank, self.config.x0_seed
         self.register_buffer("x0", seeded_normal((n_tokens, dim), 1.0, self.x0_seed), persistent=False)
         self.u = nn.Parameter(frozen_xavier(dim, self.rank, seed))
         self.v = nn.Parameter(seeded_normal((self.rank, dim), init_std, seed + 1))
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "rank": self.rank, "x0_seed": self.x0_seed}
 
     def forward(self) -> torch.Tensor:
         return nn.functional.elu(self.x0 @ self.u) @ self.v
 
 
-METHODS: dict[str, type[SoftPrompt]] = {cls.method: cls for cls in (ULPT, PromptTuning, LoPT1, LoPT2)}
-
-
 def build_prompt(method: str, n_tokens: int, dim: int, **options: Any) -> SoftPrompt:
-    """Create a prompt of ``method`` ('ulpt', 'pt', 'lopt1', 'lopt2')."""
-    if method not in METHODS:
-        raise InvalidDataError(f"unknown prompt method '{method}'; choose one of {sorted(METHODS)}")
-    return METHODS[method](n_tokens, dim, **options)
+    """A new prompt of a registered method.
+
+    Args:
+        method: a name in :data:`PROMPTS` ("ulpt", "pt", "lopt1", "lopt2").
+        n_tokens: prompt length.
+        dim: embedding size of the frozen LLM.
+        **options: the method's config fields (e.g. ``rank=2``) or init-only arguments.
+
+    Returns:
+        The prompt module (trainable tensors initialised from ``seed``).
+
+    Raises:
+        InvalidDataError: unknown method, or an option the method does not take.
+
+    Example:
+        >>> prompt = build_prompt("ulpt", n_tokens=20, dim=576, rank=2)
+        >>> prompt().shape
+        torch.Size([20, 576])
+    """
+    cls = PROMPTS.get(method)
+    try:
+        return cls(n_tokens, dim, **options)
+    except TypeError as exc:
+        raise InvalidDataError(f"bad option for the '{method}' prompt: {exc}") from None
 
 
 def prompt_from_config(config: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> SoftPrompt:
-    """Rebuild a prompt from ``config()`` output and (optionally) its trainable tensors."""
-    options = {k: v for k, v in config.items() if k not in ("method", "n_tokens", "dim")}
-    prompt = build_prompt(config["method"], config["n_tokens"], config["dim"], **options)
+    """Rebuild a prompt from ``config_state()`` output and (optionally) its trainable tensors.
+
+    Raises:
+        BankFormatError: the config names no known method or misses a field.
+    """
+    method = config.get("method")
+    if method not in PROMPTS:
+        raise BankFormatError(f"saved prompt has unknown method {method!r}; known: {', '.join(PROMPTS.names())}")
+    cls = PROMPTS.get(method)
+    names = {f.name for f in fields(cls.config_class)}
+    try:
+        prompt = cls(**{k: v for k, v in config.items() if k in names})
+    except (TypeError, InvalidDataError) as exc:
+        raise BankFormatError(f"saved {method} prompt config is not valid: {exc}") from None
     if state is not None:
         prompt.load_trainable_state(state)
     return prompt

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbone import FrozenLM
+from .errors import InvalidDataError
 from .prompts import SoftPrompt
 
 # Learning rates that worked on SmolLM2-135M at the default budget (see RESULTS.md).
@@ -26,18 +27,43 @@ DEFAULT_LR: dict[str, float] = {"ulpt": 0.3, "pt": 0.3, "lopt1": 0.03, "lopt2": 
 
 @dataclass
 class TrainConfig:
-    """How one task's prompt is trained. ``lr=None`` takes the method's default."""
+    """How one task's prompt is trained.
 
-    steps: int = 100
+    Args:
+        steps: optimiser steps.
+        batch_size: training examples per step.
+        lr: peak learning rate; None takes the method's default (``DEFAULT_LR``).
+        weight_decay: AdamW weight decay.
+        warmup_ratio: share of the steps spent warming the learning rate up (then cosine decay).
+        grad_clip: gradient-norm clipping.
+        eval_every: steps between validation checks (the best checkpoint is kept).
+        eval_batch_size: examples per validation batch.
+        seed: seed of the batch order.
+        progress: show a progress bar.
+
+    Example:
+        >>> TrainConfig(steps=200, lr=0.3)
+    """
+
+    steps: int = 80
     batch_size: int = 8
     lr: float | None = None
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
-    eval_every: int = 25
+    eval_every: int = 20
     eval_batch_size: int = 16
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise InvalidDataError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise InvalidDataError(f"TrainConfig.lr must be > 0 (or None for the method's default), got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InvalidDataError(f"TrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

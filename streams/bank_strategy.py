@@ -39,7 +39,7 @@ class PromptCache:
         train = {k: v for k, v in train_config.to_dict().items() if k != "progress"}
         payload = {
             "backbone": bank.backbone.identity(),
-            "prompt": bank.new_prompt(seed=train_config.seed).config(),
+            "prompt": bank.new_prompt(seed=train_config.seed).config_state(),
             "storage": bank.config.storage_dtype,
             "max_input_tokens": bank.config.max_input_tokens,
             "task": task.name,

@@ -8,11 +8,9 @@ finished one. Everything is tracked in one MLflow run with a nested run per task
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,95 +18,45 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from promptbank.backbone import DEFAULT_BACKBONE, load_backbone
-from promptbank.bank import BankConfig, PromptBank
+from promptbank.backbone import load_backbone
+from promptbank.bank import PromptBank
 from promptbank.errors import InvalidDataError
-from promptbank.keys import DEFAULT_KEY_ENCODER, make_key_encoder
-from promptbank.rescore import Rescorer
-from promptbank.tracking import Tracker, quiet_mlflow
-from promptbank.trainer import TrainConfig
+from promptbank.keys import make_key_encoder
+from .tracking import Tracker, quiet_mlflow
 
 from . import plots
 from .bank_strategy import BankStrategy, PromptCache
 from .benchmark import build_benchmark
+from .config import RunConfig
 from .metrics import confusion_matrix, continual_metrics
 from .named import STREAMS, stream_tasks
-from .splits import KEY_PER_CLASS, TaskData, get_task
+from .splits import TaskData, get_task
 from .strategy import StreamStrategy
 
 RESULTS = "results.json"
 PROGRESS = "progress.json"
 
 
-@dataclass
-class RunConfig:
-    """Everything that defines a stream run (and so its resume identity)."""
-
-    stream: str = "offline-5"
-    order: int | None = None
-    method: str = "ulpt"
-    baseline: str | None = None
-    backbone: str = DEFAULT_BACKBONE
-    key_encoder: str = DEFAULT_KEY_ENCODER
-    router: dict[str, Any] = field(default_factory=lambda: {"strategy": "lda"})
-    rescore: dict[str, Any] = field(default_factory=lambda: Rescorer().to_dict())
-    n_tokens: int = 20
-    rank: int = 2
-    steps: int = 80
-    batch_size: int = 8
-    lr: float | None = None
-    eval_every: int = 20
-    max_input_tokens: int = 64
-    train_per_class: int = 64
-    val_per_class: int = 16
-    key_per_class: int = KEY_PER_CLASS  # labelled training inputs per class the router learns from (the prompt: the first train_per_class)
-    test_per_class: int = 100
-    seed: int = 0
-    tasks: list[str] | None = None  # run a custom list instead of the named stream's order
-    bf16: bool | None = None  # the LLM under bf16 autocast; None: on a bf16 GPU only (promptbank.backbone.default_bf16)
-
-    @property
-    def strategy_name(self) -> str:
-        return self.baseline or f"bank-{self.method}"
-
-    def budgets(self) -> dict[str, int]:
-        return {"train_per_class": self.train_per_class, "val_per_class": self.val_per_class, "test_per_class": self.test_per_class,
-                "key_per_class": self.key_per_class,
-                "steps": self.steps, "batch_size": self.batch_size, "max_input_tokens": self.max_input_tokens}
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
-
-    def default_out(self) -> Path:
-        order = f"-o{self.order}" if self.order else ""
-        return Path("runs") / f"{self.stream}{order}-{self.strategy_name}"
-
-
-def _prompt_options(cfg: RunConfig) -> dict[str, Any]:
-    return {} if cfg.method == "pt" else {"rank": cfg.rank}
-
-
 def make_strategy(cfg: RunConfig, backbone, progress: bool) -> StreamStrategy:
-    train = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, eval_every=cfg.eval_every,
-                        seed=cfg.seed, progress=progress)
+    train = dataclasses.replace(cfg.train, progress=progress)
     if cfg.baseline:
         from .baselines import BASELINES
 
         if cfg.baseline not in BASELINES:
             raise InvalidDataError(f"unknown baseline {cfg.baseline!r}; choose one of {sorted(BASELINES)}")
         if cfg.baseline == "linear-probe":
-            return BASELINES[cfg.baseline](backbone, key_encoder=make_key_encoder(cfg.key_encoder, backbone=backbone), progress=progress)
-        return BASELINES[cfg.baseline](backbone, method=cfg.method, n_tokens=cfg.n_tokens, prompt_options=_prompt_options(cfg),
-                                       steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                                       max_input_tokens=cfg.max_input_tokens, progress=progress)
-    bank_cfg = BankConfig(method=cfg.method, n_tokens=cfg.n_tokens, prompt_options=_prompt_options(cfg), key_encoder=cfg.key_encoder,
-                          router=dict(cfg.router), rescore=dict(cfg.rescore), max_input_tokens=cfg.max_input_tokens, seed=cfg.seed)
-    return BankStrategy(PromptBank(backbone, bank_cfg), train, PromptCache(), progress=progress)
+            return BASELINES[cfg.baseline](backbone, key_encoder=make_key_encoder(cfg.bank.key_encoder, backbone=backbone), progress=progress)
+        b = cfg.bank
+        return BASELINES[cfg.baseline](backbone, method=b.method, n_tokens=b.n_tokens, prompt_options=dict(b.prompt_options),
+                                       steps=train.steps, batch_size=train.batch_size, lr=train.lr, seed=cfg.seed,
+                                       max_input_tokens=b.max_input_tokens, progress=progress)
+    return BankStrategy(PromptBank(backbone, cfg.bank), train, PromptCache(), progress=progress)
 
 
 def load_tasks(cfg: RunConfig) -> list[TaskData]:
     names = cfg.tasks or stream_tasks(cfg.stream, cfg.order)
-    return [get_task(n, cfg.train_per_class, cfg.val_per_class, cfg.test_per_class, seed=cfg.seed, key_per_class=cfg.key_per_class)
+    d = cfg.data
+    return [get_task(n, d.train_per_class, d.val_per_class, d.test_per_class, seed=cfg.seed, key_per_class=d.key_per_class)
             for n in names]
 
 
@@ -195,8 +143,9 @@ def summarize(cfg: RunConfig, tasks: list[TaskData], state: dict[str, Any]) -> d
         counts = confusion_matrix(true, pred, len(names))
     reports = state["reports"]
     return {
-        "stream": cfg.stream, "order": cfg.order or 1, "method": cfg.method, "strategy": cfg.strategy_name, "baseline": cfg.baseline,
-        "backbone": cfg.backbone, "key_encoder": cfg.key_encoder, "router": cfg.router, "tasks": names,
+        "stream": cfg.stream if cfg.tasks is None else "custom", "order": cfg.order or 1, "method": cfg.bank.method,
+        "strategy": cfg.strategy_name, "baseline": cfg.baseline,
+        "backbone": cfg.backbone, "key_encoder": cfg.bank.key_encoder, "router": cfg.bank.router, "tasks": names,
         "acc_matrix": acc, "oracle_matrix": state["oracle_matrix"],
         "avg_acc": summary["avg_acc"],
         "oracle_avg_acc": float(np.mean(oracle_final)) if None not in oracle_final else None,

@@ -25,6 +25,24 @@ KEY_PER_CLASS = 1024
 
 
 @dataclass
+class DataConfig:
+    """Per-class budgets of a task's splits: the one place their defaults live.
+
+    Args:
+        train_per_class: training examples per class the prompt learns from.
+        val_per_class: validation examples per class (checkpoint choice).
+        key_per_class: labelled training inputs per class the router learns from; the prompt
+            trains on the first ``train_per_class`` of them.
+        test_per_class: test examples per class.
+    """
+
+    train_per_class: int = 64
+    val_per_class: int = 16
+    key_per_class: int = KEY_PER_CLASS
+    test_per_class: int = 100
+
+
+@dataclass
 class TaskData:
     """A task ready to train on: verbaliser, template and the three budgeted splits, plus
     (``key_per_class`` > ``train_per_class``) more labelled training inputs for the router only."""
@@ -67,9 +85,9 @@ def _too_few(name: str, label: str, n: int, need: int, pool: str) -> InvalidData
 
 def get_task(
     name: str,
-    train_per_class: int = 64,
-    val_per_class: int = 32,
-    test_per_class: int = 200,
+    train_per_class: int = DataConfig.train_per_class,
+    val_per_class: int = DataConfig.val_per_class,
+    test_per_class: int = DataConfig.test_per_class,
     seed: int = 0,
     data_files: DataFiles | None = None,
     key_per_class: int = 0,

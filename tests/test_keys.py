@@ -245,12 +245,6 @@ def test_summarize_keys_shapes_and_norms():
         summarize_keys(np.full((3, 16), np.nan))
 
 
-def test_cli_default_key_encoder_is_the_library_default():
-    from promptbank.cli import build_parser  # the CLI spells it out to stay import-light
-
-    assert build_parser().parse_args(["run"]).key_encoder == DEFAULT_KEY_ENCODER
-
-
 def test_minilm_bf16_path_stays_within_float32_keys(minilm, minilm_fp32, minilm_bf16):
     """Keys are computed in bf16 where the hardware does it natively (the default), else float32."""
     assert minilm.bf16 == native_bf16(torch.device("cpu"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from promptbank.errors import InvalidDataError
-from promptbank.prompts import METHODS, ULPT, LoPT1, LoPT2, PromptTuning, build_prompt, frozen_xavier, prompt_from_config
+from promptbank.prompts import PROMPTS, ULPT, LoPT1, LoPT2, PromptTuning, build_prompt, frozen_xavier, prompt_from_config
 
 N, D, R = 20, 576, 2
 
@@ -60,7 +60,7 @@ def test_lopt_formulas():
     assert not p2.x0.requires_grad and "x0" not in p2.trainable_state()
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", PROMPTS.names())
 def test_seed_determinism(method):
     opts = {} if method == "pt" else {"rank": R}
     a, b, c = (build_prompt(method, N, D, seed=s, **opts) for s in (1, 1, 2))
@@ -68,14 +68,14 @@ def test_seed_determinism(method):
     assert not torch.equal(a(), c())
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", PROMPTS.names())
 def test_round_trip_through_config_and_state(method):
     opts = {} if method == "pt" else {"rank": R}
     p = build_prompt(method, N, D, seed=5, **opts)
     with torch.no_grad():
         for param in p.parameters():
             param.add_(torch.randn_like(param))
-    q = prompt_from_config(p.config(), p.trainable_state())
+    q = prompt_from_config(p.config_state(), p.trainable_state())
     assert torch.equal(p(), q())
 
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from promptbank.bank import PromptBank
-from promptbank.cli import main as cli_main
+from promptbank.bank import BankConfig, PromptBank
+from promptbank.trainer import TrainConfig
 from streams import runner as runner_mod
 from streams.bank_strategy import BankStrategy
+from streams.cli import main as cli_main
 from streams.metrics import confusion_matrix, continual_metrics
-from streams.runner import RunConfig, run_stream
+from streams.config import RunConfig
+from streams.runner import run_stream
+from streams.splits import DataConfig
 from streams.splits import get_task
 
 TASKS = ["sms_spam", "trec"]
@@ -53,8 +57,9 @@ def tiny_folder(tmp_path_factory, tiny_llama) -> str:
 
 
 def _cfg(backbone: str) -> RunConfig:
-    return RunConfig(stream="custom", tasks=TASKS, backbone=backbone, steps=2, eval_every=1, batch_size=4,
-                     train_per_class=4, val_per_class=2, test_per_class=3, max_input_tokens=16, n_tokens=4, key_per_class=8)
+    return RunConfig(stream="custom", tasks=TASKS, backbone=backbone, train=TrainConfig(steps=2, eval_every=1, batch_size=4),
+                     data=DataConfig(train_per_class=4, val_per_class=2, test_per_class=3, key_per_class=8),
+                     bank=BankConfig(max_input_tokens=16, n_tokens=4))
 
 
 def test_interrupted_run_resumes_after_last_finished_task(tiny_folder, tmp_path, tmp_cache, monkeypatch):
@@ -80,7 +85,7 @@ def test_interrupted_run_resumes_after_last_finished_task(tiny_folder, tmp_path,
     assert trained == [TASKS[0], TASKS[1]]  # the first task was not trained again
     assert results["tasks"] == TASKS and len(results["acc_matrix"]) == 2 and len(results["acc_matrix"][1]) == 2
     with pytest.raises(Exception, match="other arguments"):
-        run_stream(RunConfig(**{**cfg.__dict__, "seed": 1}), out=out, progress=False)
+        run_stream(dataclasses.replace(cfg, seed=1), out=out, progress=False)
 
 
 def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache, capsys):
@@ -101,7 +106,7 @@ def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache,
 
     client = MlflowClient(results["mlflow"]["tracking_uri"])
     run = client.get_run(results["mlflow"]["run_id"])
-    assert run.data.params["method"] == "ulpt" and run.data.params["steps"] == "2"
+    assert run.data.params["bank.method"] == "ulpt" and run.data.params["train.steps"] == "2"
     assert run.data.metrics["avg_acc"] == pytest.approx(results["avg_acc"])
     history = client.get_metric_history(run.info.run_id, f"R.{TASKS[0]}")
     assert [m.step for m in history] == [0, 1]
@@ -124,7 +129,7 @@ def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache,
 def test_router_keys_beyond_the_prompt_budget_reuse_the_cached_prompts(tiny_folder, tmp_path, tmp_cache):
     """key_per_class only feeds the router: the prompts are the same, so they come from the cache."""
     cfg = _cfg(tiny_folder)
-    few = run_stream(RunConfig(**{**cfg.__dict__, "key_per_class": 0}), out=tmp_path / "few", progress=False)
+    few = run_stream(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, key_per_class=0)), out=tmp_path / "few", progress=False)
     more = run_stream(cfg, out=tmp_path / "more", progress=False)
     assert all(r["prompt_from_cache"] for r in more["reports"])
     assert few["budgets"]["key_per_class"] == 0 and more["budgets"]["key_per_class"] == 8
@@ -145,7 +150,7 @@ def test_bf16_run_trains_its_own_prompts_and_records_the_setting(tiny_folder, tm
     cached = lambda: sorted(p.name for p in (tmp_cache / "prompts").glob("*.safetensors"))  # noqa: E731
     run_stream(cfg, out=tmp_path / "fp32", progress=False)
     fp32_entries = cached()
-    results = run_stream(RunConfig(**{**cfg.__dict__, "bf16": True}), out=tmp_path / "bf16", progress=False)
+    results = run_stream(dataclasses.replace(cfg, bf16=True), out=tmp_path / "bf16", progress=False)
     assert results["config"]["bf16"] is True
     bank = PromptBank.load(tmp_path / "bf16" / "bank", backbone=tiny_folder)
     assert bank.task_info(TASKS[0]).metadata["llm_bf16"] is True  # provenance; loading picks its own precision

@@ -239,12 +239,12 @@ def test_official_test_split_is_used():
 
 
 def test_short_class_is_shared_proportionally():
-    td = get_task("reuters_r8")  # grain: 41 official-train and 10 official-test examples
+    td = get_task("reuters_r8", 64, 32, 200)  # grain: 41 official-train and 10 official-test examples
     grain = 3
     assert td.budgets["train_counts"][grain] == 27 and td.budgets["val_counts"][grain] == 14
     assert td.budgets["test_counts"][grain] == 10
     assert td.budgets["train_counts"][0] == 64 and td.budgets["test_counts"][0] == 200
-    trec = get_task("trec")  # abbreviation: 86 examples for 64 + 32 + 200
+    trec = get_task("trec", 64, 32, 200)  # abbreviation: 86 examples for 64 + 32 + 200
     assert (trec.budgets["test_counts"][0], trec.budgets["val_counts"][0], trec.budgets["train_counts"][0]) == (58, 9, 19)
 
 

@@ -12,9 +12,10 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -259,7 +260,7 @@ class FrozenLM:
             seqs.append(torch.cat([filler[:start], body, filler[: width - start - body.shape[0]]], dim=0))
         return torch.stack(seqs), mask.to(self.device)
 
-    def _scores_causal(self, prompts: torch.Tensor, input_ids: list[list[int]], table: "_LabelTable") -> torch.Tensor:
+    def _scores_causal(self, prompts: torch.Tensor, input_ids: list[list[int]], table: _LabelTable) -> torch.Tensor:
         embeds, mask = self._embed_with_prompts(prompts, input_ids, left_pad=True)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         multi = table.max_len > 1
@@ -272,7 +273,7 @@ class FrozenLM:
             total = total + self._continuations(cache, mask, table, weight)
         return table.finish(total)
 
-    def _continuations(self, cache: Any, mask: torch.Tensor, table: "_LabelTable", weight: torch.Tensor) -> torch.Tensor:
+    def _continuations(self, cache: Any, mask: torch.Tensor, table: _LabelTable, weight: torch.Tensor) -> torch.Tensor:
         """Summed log-probs of each label's tokens after its first, (B, L), from the prefix's cache.
 
         Each label needs its own copy of the prefix cache, so the labels go through a few at a
@@ -304,7 +305,7 @@ class FrozenLM:
                 cache.batch_select_indices(torch.arange(0, B * c, c, device=self.device))
         return (torch.cat(parts, dim=1) * table.token_mask[:, :, 1:]).sum(-1)
 
-    def _scores_seq2seq(self, prompts: torch.Tensor, input_ids: list[list[int]], table: "_LabelTable") -> torch.Tensor:
+    def _scores_seq2seq(self, prompts: torch.Tensor, input_ids: list[list[int]], table: _LabelTable) -> torch.Tensor:
         embeds, mask = self._embed_with_prompts(prompts, input_ids, left_pad=False)
         enc = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         B, L, T = table.ids.shape
@@ -332,7 +333,7 @@ class _LabelTable:
         return int(self.ids.shape[2])
 
     @classmethod
-    def build(cls, labels: list[list[list[int]]], pad_id: int, device: torch.device) -> "_LabelTable":
+    def build(cls, labels: list[list[list[int]]], pad_id: int, device: torch.device) -> _LabelTable:
         L = max(len(ls) for ls in labels)
         T = max(len(t) for ls in labels for t in ls)
         ids = torch.full((len(labels), L, T), pad_id, dtype=torch.long)

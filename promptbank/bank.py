@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -462,7 +462,7 @@ class PromptBank:
     @classmethod
     def load(
         cls, path: str | Path, backbone: FrozenLM | str | None = None, key_encoder: KeyEncoder | None = None, bf16: bool | None = None
-    ) -> "PromptBank":
+    ) -> PromptBank:
         """Load a bank directory; refuses damaged files and banks built on another backbone.
 
         ``bf16`` applies when the backbone is loaded here (a name, or the recorded one)."""

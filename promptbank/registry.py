@@ -66,6 +66,13 @@ class Registry(Generic[T]):
         except (KeyError, TypeError):
             raise InvalidDataError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
 
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def items(self) -> list[tuple[str, T]]:
+        """(name, entry) pairs, in registration order."""
+        return list(self._entries.items())
+
     def names(self) -> list[str]:
         """Registered names, in registration order."""
         return list(self._entries)

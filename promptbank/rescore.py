@@ -21,8 +21,9 @@ ones. So it is off by default (``top=1``) and kept as an option with its measure
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -32,8 +32,9 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ from tqdm.auto import tqdm
 from promptbank.backbone import FrozenLM
 from promptbank.errors import InvalidDataError
 from promptbank.prompts import SoftPrompt, build_prompt
+from promptbank.registry import Registry
 from promptbank.trainer import DEFAULT_LR, TrainConfig, predict_scores
 
 from .benchmark import TextTable
@@ -171,7 +173,7 @@ class SharedPromptModel(MultiTaskModule):
             self._ids.update({(r, t): ids for r, ids in zip(todo, encoded.input_ids)})
         return [self._ids[(r, t)] for r, t in zip(rows, tasks)]
 
-    def __deepcopy__(self, memo: dict) -> "SharedPromptModel":
+    def __deepcopy__(self, memo: dict) -> SharedPromptModel:
         """LwF keeps ``deepcopy(model)`` as its teacher: copy the prompt and heads, share the
         LLM, the text table and the token cache (all read-only here)."""
         for shared in (self.backbone, self.table, self._ids):
@@ -376,12 +378,8 @@ class JointBaseline(AvalancheBaseline):
         return Cumulative(**common)
 
 
-BASELINES: dict[str, Callable[..., StreamStrategy]] = {
-    "zero-shot": ZeroShot,
-    "naive": NaiveBaseline,
-    "ewc": EWCBaseline,
-    "lwf": LwFBaseline,
-    "replay": ReplayBaseline,
-    "joint": JointBaseline,
-    "linear-probe": LinearProbe,
-}
+#: Every baseline strategy, by the name ``promptbank run --baseline`` takes.
+BASELINES: Registry[Callable[..., StreamStrategy]] = Registry("baseline")
+for _name, _cls in (("zero-shot", ZeroShot), ("naive", NaiveBaseline), ("ewc", EWCBaseline), ("lwf", LwFBaseline),
+                    ("replay", ReplayBaseline), ("joint", JointBaseline), ("linear-probe", LinearProbe)):
+    BASELINES.register(_name)(_cls)

@@ -7,7 +7,7 @@ measured right after training it, the last is after the final task.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from avalanche.evaluation.metrics.forgetting_bwt import BWT, Forgetting

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from promptbank.errors import InvalidDataError
+from promptbank.registry import Registry
 
 from .sources import TASKS
 
@@ -97,7 +98,10 @@ _STREAMS = [
     ),
 ]
 
-STREAMS: dict[str, StreamDef] = {s.name: s for s in _STREAMS}
+#: Every named stream, by name.
+STREAMS: Registry[StreamDef] = Registry("stream")
+for _stream in _STREAMS:
+    STREAMS.register(_stream.name)(_stream)
 
 for _s in _STREAMS:  # a typo in a stream must fail at import, not mid-run
     for _order in _s.orders.values():
@@ -111,8 +115,6 @@ for _s in _STREAMS:  # a typo in a stream must fail at import, not mid-run
 def stream_tasks(name: str, order: int | None = None) -> list[str]:
     """Task names of stream ``name`` in ``order`` (default: the stream's first order)."""
     stream = STREAMS.get(name)
-    if stream is None:
-        raise InvalidDataError(f"unknown stream {name!r}. Valid streams: {', '.join(STREAMS)}")
     key = stream.default_order if order is None else order
     if key not in stream.orders:
         raise InvalidDataError(

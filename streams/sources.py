@@ -25,6 +25,7 @@ from promptbank.assets import asset_path, cache_dir
 from promptbank.errors import HubUnavailableError, InvalidDataError
 from promptbank.hub import hub_reachable as _hub_reachable
 from promptbank.hub import offline_mode as _offline_mode
+from promptbank.registry import Registry
 
 # Bump when any parser or cleaning rule changes: old on-disk caches are then ignored.
 LOADER_VERSION = 1
@@ -587,15 +588,15 @@ _SOURCES += [
             "MultiRC: is this answer correct?"),
 ]
 
-TASKS: dict[str, TaskSource] = {s.name: s for s in _SOURCES}
+#: Every task source, by task name.
+TASKS: Registry[TaskSource] = Registry("task")
+for _source in _SOURCES:
+    TASKS.register(_source.name)(_source)
 
 
 def get_source(name: str) -> TaskSource:
     """The registered task ``name``; InvalidDataError listing valid names otherwise."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise InvalidDataError(f"unknown task {name!r}. Valid tasks: {', '.join(sorted(TASKS))}") from None
+    return TASKS.get(name)
 
 
 # ---------------------------------------------------------------- loading + caching

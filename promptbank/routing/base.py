@@ -34,7 +34,7 @@ MAX_KEYS_PER_TASK = 1 << TASK_SHIFT
 MAX_TASK_ID = (1 << (63 - TASK_SHIFT)) - 1
 
 #: Every routing strategy, by the name banks and configs use for it.
-ROUTERS: Registry[type["Router"]] = Registry("routing strategy")
+ROUTERS: Registry[type[Router]] = Registry("routing strategy")
 
 
 @dataclass

@@ -234,16 +234,16 @@ def chunks(index: Any, size: int = 65_536):
     got_ids: list[np.ndarray] = []
     got_codes: list[np.ndarray] = []
     held = 0
-    for l in range(ivf.nlist):
-        n = lists.list_size(l)
+    for li in range(ivf.nlist):
+        n = lists.list_size(li)
         if n:
-            ids = faiss.rev_swig_ptr(lists.get_ids(l), n).astype(np.int64)
-            codes = faiss.rev_swig_ptr(lists.get_codes(l), n * code_size).reshape(n, code_size)
-            prefix = np.frombuffer(int(l).to_bytes(prefix_size, "little"), np.uint8)
+            ids = faiss.rev_swig_ptr(lists.get_ids(li), n).astype(np.int64)
+            codes = faiss.rev_swig_ptr(lists.get_codes(li), n * code_size).reshape(n, code_size)
+            prefix = np.frombuffer(int(li).to_bytes(prefix_size, "little"), np.uint8)
             got_ids.append(ids)
             got_codes.append(np.hstack([np.broadcast_to(prefix, (n, prefix_size)), codes]))
             held += n
-        if held and (held >= size or l == ivf.nlist - 1):
+        if held and (held >= size or li == ivf.nlist - 1):
             codes = np.ascontiguousarray(np.concatenate(got_codes))
             yield np.concatenate(got_ids), np.asarray(ivf.sa_decode(codes), np.float32)
             got_ids, got_codes, held = [], [], 0

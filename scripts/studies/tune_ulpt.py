@@ -1,7 +1,7 @@
 """ULPT vs vanilla prompt tuning at equal steps on the real SmolLM2: the experiment behind
 ULPT's defaults. Each variant trains one prompt per task and reports test accuracy.
 
-    .venv/bin/python scripts/tune_ulpt.py --variants pt,ulpt --out runs/tune_ulpt.json
+    .venv/bin/python scripts/studies/tune_ulpt.py --variants pt,ulpt --out runs/tune_ulpt.json
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ own allocator is not traced), the process's peak RSS growth over the call, and i
 The prompt is given (``prompt_state``), so no training is measured; the router is the
 default one on the default key.
 
-    .venv/bin/python scripts/bench_add_task.py --task 20newsgroups --key-per-class 1024 \
+    .venv/bin/python scripts/bench/add_task.py --task 20newsgroups --key-per-class 1024 \
         --out runs/bench/add_task.json
 """
 

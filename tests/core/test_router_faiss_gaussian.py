@@ -1,27 +1,27 @@
-"""Router behaviour on synthetic clustered keys: routing, add/remove, persistence, unknowns."""
+"""The k-NN and Gaussian routers beyond the shared contract: FAISS index choice, scale, statistics, novelty."""
 
 from __future__ import annotations
 
-import json
-
 import faiss
 import numpy as np
-import torch
 import pytest
+import torch
+from helpers import DIM, N_TASKS, clustered, same_routing
 
 import promptbank.routing as router_mod
-from promptbank.routing import faiss_index, knn, stats
 from promptbank.errors import (
     BankFormatError,
     InvalidDataError,
-    PromptBankError,
-    TaskExistsError,
-    UnknownTaskError,
 )
-from promptbank.routing import GaussianRouter, KNNRouter, Routing, make_router, router_from_state
-
-DIM = 384
-N_TASKS = 5
+from promptbank.routing import (
+    GaussianRouter,
+    KNNRouter,
+    faiss_index,
+    knn,
+    make_router,
+    router_from_state,
+    stats,
+)
 
 STRATEGIES = {
     "knn": ("knn", {}),
@@ -29,26 +29,6 @@ STRATEGIES = {
     "gaussian": ("gaussian", {}),
     "gaussian-perclass": ("gaussian", {"per_class": True}),
 }
-# closeness thresholds between in-task inputs and random directions, per strategy
-UNKNOWN = {"knn": 0.3, "gaussian": -3.0}
-
-
-def clustered(n_tasks: int = N_TASKS, n: int = 60, dim: int = DIM, seed: int = 0):
-    """Per task: two classes around a task centre, anisotropic noise, unit-norm keys."""
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for t in range(n_tasks):
-        centre = rng.normal(size=dim)
-        classes = centre + 0.5 * rng.normal(size=(2, dim))
-        scale = rng.uniform(0.2, 1.0, size=dim)
-        for split in (train, test):
-            labels = rng.integers(0, 2, size=n)
-            x = classes[labels] + rng.normal(size=(n, dim)) * scale
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
-            split.append((x.astype(np.float32), labels))
-    queries = np.concatenate([x for x, _ in test])
-    truth = np.repeat(np.arange(n_tasks), n)
-    return train, queries, truth
 
 
 @pytest.fixture(scope="module")
@@ -62,86 +42,6 @@ def build(name: str, train, **extra) -> router_mod.Router:
     for t, (keys, labels) in enumerate(train):
         router.add_task(t, keys, labels)
     return router
-
-
-def same_routing(a: Routing, b: Routing) -> bool:
-    fields = ("task_ids", "scores", "candidates", "candidate_scores", "closeness")
-    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in fields)
-
-
-@pytest.mark.parametrize("name", STRATEGIES)
-def test_routes_separated_tasks_and_forgets_removed_ones(name, data):
-    train, queries, truth = data
-    router = build(name, train)
-    assert router.task_ids() == list(range(N_TASKS))
-    r = router.route(queries, top=3)
-    assert r.task_ids.dtype == np.int64 and r.candidates.shape == (len(queries), 3)
-    assert r.scores.dtype == np.float32 and r.candidate_scores.shape == (len(queries), 3)
-    assert (r.task_ids == truth).mean() >= 0.99
-    assert np.array_equal(r.candidates[:, 0], r.task_ids)
-    assert np.all((r.candidate_scores >= 0) & (r.candidate_scores <= 1 + 1e-6))
-    assert np.all(np.diff(r.candidate_scores, axis=1) <= 1e-6)  # best first
-
-    router.remove_task(2)
-    assert router.task_ids() == [0, 1, 3, 4]
-    after = router.route(queries, top=3)
-    assert not (after.candidates == 2).any()
-    others = truth != 2
-    assert (after.task_ids[others] == truth[others]).mean() >= 0.99
-
-
-@pytest.mark.parametrize("name", STRATEGIES)
-def test_state_round_trip_routes_identically_and_stays_editable(name, data):
-    train, queries, _ = data
-    router = build(name, train[:4])
-    config, arrays = router.state()
-    config = json.loads(json.dumps(config))  # must be plain JSON
-    assert all(isinstance(a, np.ndarray) and a.dtype.kind in "biuf" for a in arrays.values())
-    loaded = router_from_state(config, {k: a.copy() for k, a in arrays.items()})
-    assert type(loaded) is type(router)
-    assert same_routing(router.route(queries), loaded.route(queries))
-
-    for r in (router, loaded):  # both keep evolving the same way
-        r.add_task(4, *train[4])
-        r.remove_task(1)
-    assert same_routing(router.route(queries), loaded.route(queries))
-
-
-@pytest.mark.parametrize("name", STRATEGIES)
-def test_unknown_threshold_flags_far_queries(name, data):
-    train, queries, _ = data
-    threshold = UNKNOWN[STRATEGIES[name][0]]
-    extra = {"novelty": "nearest"} if STRATEGIES[name][0] == "gaussian" else {}  # distance-based closeness
-    router = build(name, train, unknown_threshold=threshold, **extra)
-    far = np.random.default_rng(7).normal(size=(50, DIM)).astype(np.float32)
-    far /= np.linalg.norm(far, axis=1, keepdims=True)
-    r_far = router.route(far)
-    assert (r_far.task_ids == -1).all()
-    assert (r_far.candidates[:, 0] >= 0).all()  # candidates kept for re-scoring
-    assert (router.route(queries).task_ids >= 0).mean() >= 0.99
-
-
-@pytest.mark.parametrize("strategy", ["knn", "gaussian"])
-def test_errors_are_clear(strategy, data):
-    train, queries, _ = data
-    router = make_router(strategy, dim=DIM)
-    empty = router.route(queries[:3], top=2)
-    assert (empty.task_ids == -1).all() and empty.candidates.shape == (3, 2)
-    router.add_task(7, train[0][0])
-    with pytest.raises(TaskExistsError, match="already"):
-        router.add_task(7, train[1][0])
-    with pytest.raises(UnknownTaskError, match="not in the router"):
-        router.remove_task(8)
-    with pytest.raises(InvalidDataError, match="dimension"):
-        router.add_task(9, train[1][0][:, :10])
-    with pytest.raises(InvalidDataError):
-        router.add_task(9, train[1][0], labels=np.zeros(3, dtype=np.int64))
-    with pytest.raises(InvalidDataError):
-        router.add_task(-1, train[1][0])
-    with pytest.raises(InvalidDataError):
-        router.route(queries[:, :10])
-    assert issubclass(TaskExistsError, PromptBankError)
-    assert router.task_ids() == [7]
 
 
 def test_factories_reject_unknown_names():

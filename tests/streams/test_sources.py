@@ -20,7 +20,7 @@ from streams import sources
 from streams.sources import NEWSGROUPS, TASKS, load_raw
 from streams.splits import get_task
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 AGNEWS = {"train": str(DATA / "agnews" / "train.csv"), "test": str(DATA / "agnews" / "test.csv")}
 RTE = {"train": str(DATA / "rte" / "train.jsonl"), "validation": str(DATA / "rte" / "validation.jsonl")}
 OFFLINE = sorted(n for n, s in TASKS.items() if not s.online)

@@ -20,7 +20,7 @@ vectors to train on (39 per list and per PQ centroid), so at small sizes it *is*
 chunks, through the router's own vote, instead of building a Flat router (saves a second copy of
 every key: needed at 1M tasks).
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_routing.py --threads 1 \
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench/routing.py --threads 1 \
         --tasks 10000 --out runs/bench/routing-10k.json
 """
 
@@ -30,11 +30,11 @@ import argparse
 import gc
 import json
 import time
-from typing import Any, Callable
-
-import numpy as np
+from collections.abc import Callable
+from typing import Any
 
 import _bench
+import numpy as np
 
 DIM = 960  # --dim overrides
 
@@ -159,7 +159,7 @@ def kmeans_twin(router: Any, nlist: int) -> Any:
     index in use, which was trained at the last refresh."""
     import faiss
 
-    from promptbank.routing import MIN_POINTS_PER_CENTROID
+    from promptbank.routing.faiss_index import MIN_POINTS_PER_CENTROID
 
     c = router._cache
     serials = np.concatenate([c["serials"][t] for t in router._tasks])
@@ -181,7 +181,7 @@ def fp32_coarse_search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) 
     router's first route). Only the flat-quantizer IVF path is kept (the router asks no more of it)."""
     import faiss
 
-    from promptbank.routing import COARSE_SCORES_MAX
+    from promptbank.routing.faiss_index import COARSE_SCORES_MAX
 
     quantizer = faiss.downcast_index(index.quantizer)
     if memo.get("index") is not index:
@@ -210,8 +210,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
     whose first route recomputes the whitening and whitens every mean."""
     import faiss
 
-    import promptbank.routing as router_mod
-    from promptbank.routing import LDARouter, router_from_state
+    from promptbank.routing import LDARouter, faiss_index, router_from_state
 
     n_tasks = len(keys) // kpt
     router = LDARouter(DIM)
@@ -247,7 +246,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
     def faiss_threshold(route: Callable[[], Any]) -> Callable[[], Any]:
         """``route`` with exhaustive searches left to FAISS's own BLAS threshold (the router
         lowers it to BLAS_MIN_QUERIES): the Flat path before 2026-11-30, night."""
-        return _bench.with_attribute(router_mod, "_blas_search", lambda index, x, k: index.search(x, k), route)
+        return _bench.with_attribute(faiss_index, "blas_search", lambda index, x, k: index.search(x, k), route)
 
     variants["exact_faiss_threshold"] = faiss_threshold(variants["exact"])
     if ivf is None:
@@ -261,8 +260,8 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
             def route(x: np.ndarray) -> Any:
                 for key in swap:
                     swap[key], c[key] = c[key], swap[key]
-                kept = router.nprobe, router_mod._search
-                router.nprobe, router_mod._search = nprobe, search or kept[1]
+                kept = router.config.nprobe, faiss_index.search
+                router.config.nprobe, faiss_index.search = nprobe, search or kept[1]
                 scanned = faiss.extract_index_ivf(c["index"])  # its mode was set by the memo (route above)
                 mode = scanned.parallel_mode
                 if parallel_mode is not None:
@@ -272,7 +271,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
                 finally:
                     if parallel_mode is not None:
                         scanned.parallel_mode = mode
-                    router.nprobe, router_mod._search = kept
+                    router.config.nprobe, faiss_index.search = kept
                     for key in swap:
                         swap[key], c[key] = c[key], swap[key]
             return route
@@ -280,8 +279,8 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
         specs = [("fp32_coarse", {"index": c["index"], "memo": {}}, ivf.nprobe, fp32_coarse_search, None),
                  ("serial_scan", {"index": c["index"]}, ivf.nprobe, None, 0),
                  ("nprobe4", {"index": c["index"], "memo": {}}, 4, None, None)]
-        if ivf.nlist > router_mod.LDA_FLAT_KMEANS_MAX_NLIST:  # two-level lists vs as many flat ones as the old cap
-            old_cap = kmeans_twin(router, router_mod.LDA_FLAT_KMEANS_MAX_NLIST)
+        if ivf.nlist > faiss_index.LDA_FLAT_KMEANS_MAX_NLIST:  # two-level lists vs as many flat ones as the old cap
+            old_cap = kmeans_twin(router, faiss_index.LDA_FLAT_KMEANS_MAX_NLIST)
             specs.append(("old_cap", {"index": old_cap, "memo": {}}, ivf.nprobe, None, None))
         for name, swap, nprobe, search, parallel_mode in specs:
             route = routed_with(swap, nprobe, search, parallel_mode)
@@ -340,7 +339,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
 
 def raw_search(router: Any, queries: np.ndarray) -> None:
     """The FAISS search the router issues, without the router's vote / bookkeeping."""
-    k = min(router.ntotal, 256, router.k + 2 * max(router._counts.values()))
+    k = min(router.ntotal, 256, router.config.k + 2 * max(router._counts.values()))
     router._tune_search(k)
     router._index.search(queries, k)
 
@@ -360,7 +359,7 @@ def configure(router: Any, params: dict[str, int], defaults: dict[str, Any]) -> 
     """Search-time settings of one view of a built router (same index, other knobs)."""
     import faiss
 
-    router.nprobe = params.get("nprobe", defaults["nprobe"])
+    router.config.nprobe = params.get("nprobe", defaults["nprobe"])
     inner = faiss.downcast_index(router._index.index) if hasattr(router._index, "id_map") else None
     if inner is not None and hasattr(inner, "hnsw"):
         # the router only ever raises efSearch (max(current, 2k)): reset it per view
@@ -402,7 +401,7 @@ def main() -> None:
     DIM = args.dim
     _bench.set_threads(args.threads)
 
-    from promptbank.routing import AUTO_FLAT_MAX_VECTORS, auto_large_spec
+    from promptbank.routing.faiss_index import AUTO_FLAT_MAX_VECTORS, auto_large_spec
 
     machine = _bench.machine_info()
     results = []
@@ -432,7 +431,7 @@ def main() -> None:
             _bench.log(f"  built {base} ({spec}) in {stats['build_s']:.2f}s, in use {stats['index_in_use']}, "
                        f"{stats['index_bytes_per_task']:.0f} B/task, slowest add_task {stats['slowest_add_task_s'] * 1e3:.1f} ms "
                        f"(task {stats['slowest_add_task_at']})")
-        from promptbank.routing import HNSW_MIN_EF_SEARCH
+        from promptbank.routing.faiss_index import HNSW_MIN_EF_SEARCH
 
         defaults = {"nprobe": args.nprobe, "ef": HNSW_MIN_EF_SEARCH}
 
@@ -507,12 +506,12 @@ def main() -> None:
                        f"add {add}, remove {rm}")
         entry = {"n_tasks": n_tasks, "n_vectors": n_vec, "rows": list(rows.values())}
         if args.lda:
-            del routers
+            routers = None
             gc.collect()
             routers = {}
             entry["lda"] = lda_row(keys, kpt, queries, truth, args)
         results.append(entry)
-        del routers, keys, centres
+        routers = keys = centres = None
         gc.collect()
 
     _bench.write_json(args.out, {

@@ -15,17 +15,15 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the benchmarks never need the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as `python scripts/bench_x.py` from anywhere
-    sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def add_common_args(parser: argparse.ArgumentParser, out_default: str) -> None:
@@ -98,7 +96,7 @@ def machine_info() -> dict[str, Any]:
     except (OSError, StopIteration):
         info["cpu_model"] = platform.processor()
     try:
-        mem = {l.split(":")[0]: int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.split()[1].isdigit()}
+        mem = {row.split(":")[0]: int(row.split()[1]) for row in Path("/proc/meminfo").read_text().splitlines() if row.split()[1].isdigit()}
         info["mem_total_gib"] = round(mem["MemTotal"] / 2**20, 1)
         info["mem_available_gib_at_start"] = round(mem["MemAvailable"] / 2**20, 1)
     except (OSError, KeyError):

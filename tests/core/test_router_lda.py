@@ -7,16 +7,16 @@ import json
 
 import numpy as np
 import pytest
+from helpers import same_routing
 
 from promptbank.errors import InvalidDataError, TaskExistsError, UnknownTaskError
-from promptbank.routing import faiss_index, gaussian
-from promptbank.routing import GaussianRouter, LDARouter, Routing, make_router, router_from_state
+from promptbank.routing import GaussianRouter, LDARouter, faiss_index, gaussian, make_router, router_from_state
 
 DIM = 64
 N_TASKS = 5
 
 
-def clustered(n_tasks: int = N_TASKS, n: int = 80, dim: int = DIM, seed: int = 0):
+def shared_covariance_tasks(n_tasks: int = N_TASKS, n: int = 80, dim: int = DIM, seed: int = 0):
     """Per task: two classes around a task centre; every class shares one full-rank,
     rotated noise covariance (the case LDA is built for). Well separated, unit-norm keys."""
     rng = np.random.default_rng(seed)
@@ -39,7 +39,7 @@ def clustered(n_tasks: int = N_TASKS, n: int = 80, dim: int = DIM, seed: int = 0
 
 @pytest.fixture(scope="module")
 def data():
-    return clustered()
+    return shared_covariance_tasks()
 
 
 def build(train, skip: int | None = None, **options) -> LDARouter:
@@ -48,11 +48,6 @@ def build(train, skip: int | None = None, **options) -> LDARouter:
         if t != skip:
             router.add_task(t, *task)
     return router
-
-
-def same_routing(a: Routing, b: Routing) -> bool:
-    fields = ("task_ids", "scores", "candidates", "candidate_scores", "closeness")
-    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in fields)
 
 
 def exact_pooled_covariance(train) -> np.ndarray:
@@ -298,9 +293,9 @@ def test_lda_compact_statistics_route_like_float64_ones():
 
 def test_lda_large_banks_update_incrementally_and_refresh_when_doubled(monkeypatch):
     monkeypatch.setattr(gaussian, "EXACT_WHITENING_MAX_COMPONENTS", 8)
-    train, queries, truth = clustered(n_tasks=40, n=40, seed=4)
+    train, queries, truth = shared_covariance_tasks(n_tasks=40, n=40, seed=4)
     router = build(train[:10])
-    first = router.route(queries[:1])  # whitening computed with 10 tasks (400 keys)
+    router.route(queries[:1])  # whitening computed with 10 tasks (400 keys)
     whiten = router._cache["whiten"]
     for t in range(10, 19):  # 760 keys < 2 x 400: applied incrementally
         router.add_task(t, *train[t])
@@ -329,7 +324,7 @@ def test_lda_auto_index_turns_approximate_past_the_flat_limit(monkeypatch):
     import faiss
 
     monkeypatch.setattr(gaussian, "AUTO_FLAT_MAX_VECTORS", 60)
-    train, queries, truth = clustered(n_tasks=40, n=40, seed=5)
+    train, queries, truth = shared_covariance_tasks(n_tasks=40, n=40, seed=5)
     router = build(train)  # 80 class means > 60: IVF over the whitened means
     r = router.route(queries, top=1)
     monkeypatch.setattr(gaussian, "REBUILD_BLOCK_MEANS", 7)  # training sample whitened in blocks
@@ -364,7 +359,7 @@ def test_lda_large_auto_index_trains_two_level_lists_and_scores_in_bounded_chunk
     calls = []
     real = faiss_index.two_level_lists
     monkeypatch.setattr(faiss_index, "two_level_lists", lambda ivf, x: calls.append(len(x)) or real(ivf, x))
-    train, queries, truth = clustered(n_tasks=40, n=40, seed=5)
+    train, queries, truth = shared_covariance_tasks(n_tasks=40, n=40, seed=5)
     router = build(train)
     r = router.route(queries, top=1)
     ivf = faiss.try_extract_index_ivf(router._cache["index"])

@@ -1,6 +1,6 @@
 """Which routing strategy identifies the task best on the same keys?
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/routing_study.py \
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/studies/routing_study.py \
         --streams offline-9,vader-4,split-20ng --out runs/routing_study.json
     # the 2026-11-23 study: --keys minilm --train-keys-only
 
@@ -48,8 +48,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from promptbank.keys import DEFAULT_KEY_ENCODER, PooledKeyEncoder, l2_normalize, native_bf16  # noqa: E402
 from promptbank.routing import LDARouter, Router, make_router, router_from_state  # noqa: E402
@@ -147,7 +145,7 @@ class _AllKeysRouter(Router):
     """Keeps every training key; subclasses score tasks from them. Not a bank router."""
 
     def __init__(self, dim: int, unknown_threshold: float | None = None) -> None:
-        super().__init__(dim, unknown_threshold)
+        super().__init__(dim=dim, unknown_threshold=unknown_threshold)
         self._keys: dict[int, np.ndarray] = {}
         self._dirty = True
 
@@ -206,7 +204,7 @@ class LogRegAllKeys(_AllKeysRouter):
     strategy = "logreg-all-keys"
 
     def __init__(self, dim: int, l2: float = 1e-4, unknown_threshold: float | None = None) -> None:
-        super().__init__(dim, unknown_threshold)
+        super().__init__(dim=dim, unknown_threshold=unknown_threshold)
         self.l2 = l2
 
     def _fit(self) -> None:
@@ -254,7 +252,7 @@ class LDAPlusKNN(Router):
     strategy = "lda+knn-all"
 
     def __init__(self, dim: int, unknown_threshold: float | None = None) -> None:
-        super().__init__(dim, unknown_threshold)
+        super().__init__(dim=dim, unknown_threshold=unknown_threshold)
         self.lda = make_router("lda", dim=dim)
         self.knn = make_router("knn", dim=dim, k=10, summary="all")
 

@@ -19,7 +19,7 @@ Cases, timed side by side with alternating order on the same batch:
 Labels must be single-token words for the PEFT cases to compute the same loss; the default
 task (bbc) has single-token labels on SmolLM2 (checked at start).
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_training_step.py --threads 1 \
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench/training_step.py --threads 1 \
         --out runs/bench/training_step.json
 """
 

@@ -13,11 +13,10 @@ from promptbank.trainer import TrainConfig
 from streams import runner as runner_mod
 from streams.bank_strategy import BankStrategy
 from streams.cli import main as cli_main
-from streams.metrics import confusion_matrix, continual_metrics
 from streams.config import RunConfig
+from streams.metrics import confusion_matrix, continual_metrics
 from streams.runner import run_stream
-from streams.splits import DataConfig
-from streams.splits import get_task
+from streams.splits import DataConfig, get_task
 
 TASKS = ["sms_spam", "trec"]
 

@@ -16,8 +16,8 @@ from promptbank.backbone import count_frozen_grads
 from promptbank.errors import InvalidDataError
 from promptbank.keys import EmbeddingMeanKeys
 from streams.baselines import BASELINES, PAD_SCORE, AvalancheBaseline, SharedPromptModel, ZeroShot
-from streams.probe import PENALTIES, LinearProbe, fit_logistic
 from streams.benchmark import build_benchmark
+from streams.probe import PENALTIES, LinearProbe, fit_logistic
 from streams.splits import TaskData
 
 STEPS, BATCH = 3, 4

@@ -15,7 +15,7 @@ Cases, timed side by side with alternating order:
 * ``limit``         ``predict_scores`` with one zero prompt on pre-tokenised inputs (no bank);
 * ``route_only``    ``bank.route(texts)``: the routing share of ``mixed_routed``.
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_mixed_inference.py --threads 1 \
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench/mixed_inference.py --threads 1 \
         --tasks 8 --out runs/bench/mixed-m8.json
 """
 
@@ -154,7 +154,7 @@ def main() -> None:
                    + f" | mixed/single {r['mixed_oracle_vs_single_task']['paired_median']:.3f}, mixed/limit "
                    f"{r['mixed_oracle_vs_limit']['paired_median']:.3f}, mixed/grouped {r['mixed_oracle_vs_grouped']['paired_median']:.2f}"
                    f" | padded tokens {padded}")
-        del bank
+        bank = None  # free the bank before the next size
 
     _bench.write_json(args.out, {
         "bench": "mixed_inference",

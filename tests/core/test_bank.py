@@ -13,7 +13,13 @@ import torch
 from promptbank import storage
 from promptbank.backbone import FrozenLM, count_frozen_grads
 from promptbank.bank import BankConfig, PromptBank
-from promptbank.errors import BackboneMismatchError, BankFormatError, InvalidDataError, TaskExistsError, UnknownTaskError
+from promptbank.errors import (
+    BackboneMismatchError,
+    BankFormatError,
+    InvalidDataError,
+    TaskExistsError,
+    UnknownTaskError,
+)
 from promptbank.routing import make_router
 from promptbank.trainer import TrainConfig
 

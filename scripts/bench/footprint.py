@@ -6,7 +6,7 @@ training: the size does not depend on the values); keys come from real texts of 
 Disk bytes are split into prompt tensors / routing state / manifest share, both as the average
 over the bank (total / tasks) and as the marginal cost of one more task (slope over 1..T tasks).
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_footprint.py --threads 1 \
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench/footprint.py --threads 1 \
         --out runs/bench/footprint.json
 """
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import pytest
 
@@ -44,10 +42,3 @@ def test_run_config_has_one_seed_and_reads_back_from_json():
 def test_train_config_is_checked(bad):
     with pytest.raises(InvalidDataError):
         TrainConfig(**bad)
-
-
-def test_importing_the_library_loads_no_experiment_layer():
-    code = ("import sys, promptbank, promptbank.cli, promptbank.routing, promptbank.bank; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'streams', 'avalanche', 'mlflow'}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "[]"

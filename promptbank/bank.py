@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import torch
 from . import storage
 from .backbone import DEFAULT_BACKBONE, FrozenLM, load_backbone
 from .errors import BackboneMismatchError, InvalidDataError, TaskExistsError, UnknownTaskError
+from .inputs import check_label_names, check_texts, label_indices, labelled_blocks
 from .keys import DEFAULT_KEY_ENCODER, KeyEncoder, make_key_encoder
 from .prompts import SoftPrompt, build_prompt
 from .rescore import Rescorer
@@ -95,69 +96,25 @@ class Prediction:
         return -1 if self.label is None else list(self.scores).index(self.label)
 
 
-def _labelled_blocks(blocks: Iterable[np.ndarray], labels: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Each block of keys (in input order) with the labels of its rows."""
-    start = 0
-    for keys in blocks:
-        yield keys, labels[start : start + len(keys)]
-        start += len(keys)
-
-
-def _check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
-    if isinstance(texts, str):
-        raise InvalidDataError(f"{what} must be a list of strings, got a single string; wrap it: [text]")
-    texts = list(texts)
-    if not texts:
-        raise InvalidDataError(f"{what} is empty: give at least one example")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise InvalidDataError(f"{what}[{bad[0]}] is {type(texts[bad[0]]).__name__}, not str ({len(bad)} non-string items)")
-    blank = [i for i, t in enumerate(texts) if not t.strip()]
-    if blank:
-        raise InvalidDataError(f"{what}[{blank[0]}] is empty or whitespace ({len(blank)} such items); drop them first")
-    return texts
-
-
-def _label_indices(labels: Sequence[Any], label_names: list[str], n: int, what: str) -> list[int]:
-    labels = list(labels)
-    if len(labels) != n:
-        raise InvalidDataError(f"{what}: {n} texts but {len(labels)} labels")
-    out = []
-    for i, y in enumerate(labels):
-        if isinstance(y, (str, np.str_)):
-            if y not in label_names:
-                raise InvalidDataError(f"{what}[{i}] = {y!r} is not one of label_names {label_names}")
-            out.append(label_names.index(y))
-        elif isinstance(y, (int, np.integer)) and not isinstance(y, bool):
-            if not 0 <= int(y) < len(label_names):
-                raise InvalidDataError(f"{what}[{i}] = {y} is outside 0..{len(label_names) - 1} (label_names {label_names})")
-            out.append(int(y))
-        else:
-            raise InvalidDataError(f"{what}[{i}] = {y!r}: labels must be label names (str) or indices (int)")
-    return out
-
-
-def _check_label_names(label_names: Sequence[str] | None, labels: Sequence[Any]) -> list[str]:
-    if label_names is None:
-        if not all(isinstance(y, str) for y in labels):
-            raise InvalidDataError("label_names is required when labels are integers: the LLM answers with words")
-        label_names = sorted(set(labels))
-    names = list(label_names)
-    if len(names) < 2:
-        raise InvalidDataError(f"a task needs at least 2 label names, got {names}")
-    if any(not isinstance(x, str) or not x.strip() for x in names):
-        raise InvalidDataError(f"label names must be non-empty strings, got {names}")
-    if len(set(names)) != len(names):
-        raise InvalidDataError(f"label names must be unique, got {names}")
-    return names
-
-
 class PromptBank:
     """A frozen LLM plus a bank of per-task soft prompts and a key router.
 
-    >>> bank = PromptBank()                       # SmolLM2-135M offline, ULPT r=2, MiniLM + token-embedding keys
-    >>> bank.add_task("spam", texts, labels, label_names=["normal", "spam"], template="SMS: {text}\\nType:")
-    >>> bank.predict(["WIN a free cruise, reply now"])[0].label
+    Args:
+        backbone: the frozen LLM: a loaded ``FrozenLM``, an offline asset name (default
+            ``"smollm2-135m"``), a local folder or a hub id.
+        config: bank-wide choices (:class:`BankConfig`); its defaults otherwise.
+        key_encoder: an encoder instance or name, overriding ``config.key_encoder``.
+        **overrides: any :class:`BankConfig` field, e.g. ``method="pt"``, ``router={"strategy": "knn"}``.
+
+    Raises:
+        InvalidDataError: a config value no method, router or encoder accepts.
+        HubUnavailableError: a hub id with no network (fails fast).
+
+    Example:
+        >>> bank = PromptBank()                   # SmolLM2-135M offline, ULPT r=2, lda router
+        >>> bank.add_task("spam", texts, labels, label_names=["normal", "spam"], template="SMS: {text}\\nType:")
+        >>> bank.predict(["WIN a free cruise, reply now"])[0].label
+        'spam'
     """
 
     def __init__(
@@ -218,30 +175,52 @@ class PromptBank:
         The router learns from the keys of ``texts``, ``val_texts`` and ``key_texts``: further
         labelled inputs of the task that the prompt does not train on. Keys are cheap and the
         routing state does not grow with them, while routing improves with more keys per class
-        (docs/routing.md). ``prompt_state`` (trainable tensors of an already trained prompt)
-        skips training; the stream runner uses it to reuse cached prompts.
+        (docs/routing.md).
+
+        Args:
+            name: the task's unique name.
+            texts: training inputs.
+            labels: their labels, as label names or indices into ``label_names``.
+            label_names: the label words the LLM scores (with a leading space added); default: the
+                sorted distinct string labels.
+            template: how an input is shown to the LLM; ``{text}`` marks the input.
+            val_texts: validation inputs (with ``val_labels``) for checkpoint choice.
+            val_labels: their labels.
+            train_config: how the prompt trains (:class:`TrainConfig`); default: its defaults
+                with the bank's seed.
+            metadata: JSON-able facts kept with the task.
+            prompt_state: trainable tensors of an already trained prompt: skips training.
+            key_texts: more labelled inputs for the router only (with ``key_labels``).
+            key_labels: their labels.
+
+        Returns:
+            The task's :class:`TaskInfo` (its id, labels, template and training summary).
+
+        Raises:
+            TaskExistsError: a task of that name is in the bank.
+            InvalidDataError: empty or non-string texts, labels that do not match, one class only.
         """
         if not isinstance(name, str) or not name.strip():
             raise InvalidDataError(f"task name must be a non-empty string, got {name!r}")
         if name in self._tasks:
             raise TaskExistsError(f"task {name!r} is already in the bank; remove_task({name!r}) first or pick another name")
-        texts = _check_texts(texts)
-        names = _check_label_names(label_names, labels)
-        y = _label_indices(labels, names, len(texts), "labels")
+        texts = check_texts(texts)
+        names = check_label_names(label_names, labels)
+        y = label_indices(labels, names, len(texts), "labels")
         if len(set(y)) < 2:
             raise InvalidDataError(f"task {name!r} has only one class in its labels ({names[y[0]]!r}); a classifier needs at least two")
         if (val_texts is None) != (val_labels is None):
             raise InvalidDataError("give both val_texts and val_labels, or neither")
         val_y: list[int] | None = None
         if val_texts is not None:
-            val_texts = _check_texts(val_texts, "val_texts")
-            val_y = _label_indices(val_labels, names, len(val_texts), "val_labels")
+            val_texts = check_texts(val_texts, "val_texts")
+            val_y = label_indices(val_labels, names, len(val_texts), "val_labels")
         if (key_texts is None) != (key_labels is None):
             raise InvalidDataError("give both key_texts and key_labels, or neither")
         key_y: list[int] = []
         if key_texts is not None:
-            key_texts = _check_texts(key_texts, "key_texts")
-            key_y = _label_indices(key_labels, names, len(key_texts), "key_labels")
+            key_texts = check_texts(key_texts, "key_texts")
+            key_y = label_indices(key_labels, names, len(key_texts), "key_labels")
         label_ids = self.backbone.label_token_ids(names)
         encoded = self.backbone.encode(texts, template, self.config.max_input_tokens).input_ids
         cfg = train_config or TrainConfig(seed=self.config.seed)
@@ -259,7 +238,7 @@ class PromptBank:
         labels = np.asarray(y + (val_y or []) + key_y)
         blocks = self.key_encoder.encode_blocks(routed, progress=cfg.progress)
         task_id = self._next_id
-        self.router.add_task_blocks(task_id, _labelled_blocks(blocks, labels))
+        self.router.add_task_blocks(task_id, labelled_blocks(blocks, labels))
         key_seconds = time.perf_counter() - started
         self._next_id += 1
 
@@ -320,6 +299,11 @@ class PromptBank:
 
 
     def remove_task(self, name: str) -> None:
+        """Forget a task: its prompt is dropped and no input is routed to it any more.
+
+        Raises:
+            UnknownTaskError: no task of that name.
+        """
         info = self.task_info(name)
         self.router.remove_task(info.task_id)
         del self._tasks[name], self._states[name], self._matrices[name]
@@ -329,7 +313,7 @@ class PromptBank:
         """Task chosen for each input by its key alone (None = unknown) and the router's full answer."""
         if not self._tasks:
             raise InvalidDataError("the bank has no tasks yet: add_task(...) first")
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         routing = self.router.route(self.key_encoder.encode(texts), top=top)
         by_id = self._names_by_id()
         return [by_id.get(int(t)) for t in routing.task_ids], routing
@@ -365,10 +349,23 @@ class PromptBank:
     ) -> list[Prediction]:
         """Answer each input with its task's prompt; all tasks share one forward pass per batch.
 
-        ``task`` may be one task name for all inputs, a name per input (oracle), or None (route,
-        re-scoring uncertain inputs with their candidate prompts; see ``BankConfig.rescore``).
+        Args:
+            texts: the inputs.
+            task: None to route each input by its key (re-scoring uncertain ones if
+                ``BankConfig.rescore`` says so), one task name for all inputs, or a name (or
+                None) per input.
+            batch_size: inputs per forward pass.
+            progress: show a progress bar.
+
+        Returns:
+            One :class:`Prediction` per input: its task (None if unknown), label and every
+            label's score (mean log-probability of the label word).
+
+        Raises:
+            InvalidDataError: empty or non-string texts; a task list of another length.
+            UnknownTaskError: a task name the bank does not hold.
         """
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if task is None:
             return self._predict_routed(texts, batch_size, progress)
         if isinstance(task, str):
@@ -427,12 +424,25 @@ class PromptBank:
         return out
 
     def evaluate(self, texts: Sequence[str], labels: Sequence[Any], task: str | None = None, batch_size: int = 16) -> dict[str, float]:
-        """Accuracy on labelled inputs of one task (``task`` given: oracle; None: routed)."""
-        texts = _check_texts(texts)
+        """Routed and task-given accuracy on labelled inputs of one task.
+
+        Args:
+            texts: inputs of ``task``.
+            labels: their labels (names or indices).
+            task: the true task (required: routing is measured against it).
+            batch_size: inputs per forward pass.
+
+        Returns:
+            ``accuracy`` (routed), ``oracle_accuracy`` (task given), ``routing_accuracy`` and ``n``.
+
+        Raises:
+            InvalidDataError: no task given, or labels that do not match.
+        """
+        texts = check_texts(texts)
         if task is None:
             raise InvalidDataError("evaluate needs the true task name to score labels; routing is measured against it")
         info = self.task_info(task)
-        y = _label_indices(labels, info.label_names, len(texts), "labels")
+        y = label_indices(labels, info.label_names, len(texts), "labels")
         oracle = self.predict(texts, task=task, batch_size=batch_size)
         routed = self.predict(texts, batch_size=batch_size)
         correct = lambda preds: [p.task == task and p.label == info.label_names[t] for p, t in zip(preds, y)]
@@ -445,7 +455,16 @@ class PromptBank:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Write the bank atomically: a crash at any point leaves the previous bank loadable."""
+        """Write the bank to a directory atomically (docs/format.md).
+
+        A crash at any point leaves the previous bank loadable.
+
+        Args:
+            path: the bank directory (created if missing).
+
+        Returns:
+            The directory.
+        """
         router_config, router_arrays = self.router.state()
         manifest = {
             "backbone": self.backbone.identity(),
@@ -465,7 +484,19 @@ class PromptBank:
     ) -> PromptBank:
         """Load a bank directory; refuses damaged files and banks built on another backbone.
 
-        ``bf16`` applies when the backbone is loaded here (a name, or the recorded one)."""
+        Args:
+            path: a directory written by :meth:`save`.
+            backbone: the frozen LLM (instance or name); default: the one the bank records.
+            key_encoder: an encoder instance to reuse; default: built from the bank's config.
+            bf16: bf16 autocast for a backbone loaded here (default: on a bf16 GPU only).
+
+        Returns:
+            The bank, answering exactly as the one that was saved.
+
+        Raises:
+            BankFormatError: a missing, damaged or inconsistent file.
+            BackboneMismatchError: the backbone or key encoder differs from the recorded one.
+        """
         manifest, tensors, router_arrays = storage.read_bank(Path(path))
         recorded = manifest["backbone"]
         if backbone is None:

@@ -1,91 +1,256 @@
-"""Markdown table of finished stream runs, straight from their results.json (no hand copying).
+"""Results are data: record a run or benchmark as a small JSON file in docs/results/, and
+regenerate every table in README.md, RESULTS.md, BENCHMARKS.md and docs/routing.md from those files.
 
-    .venv/bin/python scripts/results_table.py runs/offline-5-*/results.json
+    # after `promptbank run ...` (and optionally `/usr/bin/time -v ... 2> time.log`):
+    .venv/bin/python scripts/results_table.py add-run runs/offline-5-bank-ulpt --name main-job \\
+        --command "promptbank run --stream offline-5" [--time-log time.log]
+    # after a benchmark script wrote its JSON:
+    .venv/bin/python scripts/results_table.py add-bench runs/bench/footprint.json --name bench-footprint \\
+        --command ".venv/bin/python scripts/bench/footprint.py ..."
+    # rewrite the generated tables (between <!-- generated:NAME --> and <!-- /generated --> markers):
+    .venv/bin/python scripts/results_table.py render [--check]
 
-One row per run: average accuracy after the last task (routed, and with the oracle task id),
-routing accuracy (after re-scoring, and from keys alone), BWT and forgetting in points,
-trainable parameters and bank bytes per task, total wall time, and the command that
-reproduces the row. A second table gives each task's accuracy after the last task (routed,
-and the oracle's where it differs), one column per run.
+Each result file names the machine (CPU model, threads, memory) and the commit that produced it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from promptbank.keys import DEFAULT_KEY_ENCODER
-from streams.splits import KEY_PER_CLASS
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "docs" / "results"
+DOCS = [REPO / "README.md", REPO / "RESULTS.md", REPO / "BENCHMARKS.md", REPO / "docs" / "routing.md"]
+BLOCK = re.compile(r"(<!-- generated:([\w-]+) -->\n)(.*?)(<!-- /generated -->)", re.S)
+# per-input lists a run keeps to resume, not to report
+DROP = ("mlflow",)
 
-DEFAULTS = {"steps": 80, "train_per_class": 64, "val_per_class": 16, "test_per_class": 100, "max_input_tokens": 64,
-            "key_per_class": KEY_PER_CLASS}
-BEFORE = {"key_per_class": 0}  # what runs from before a setting existed did
+
+# -- recording -------------------------------------------------------------------------------
 
 
-def command(r: dict[str, Any]) -> str:
-    cfg = r["config"]
-    parts = [f"promptbank run --stream {r['stream']}"]
-    if cfg.get("order"):
-        parts.append(f"--order {cfg['order']}")
-    parts.append(f"--baseline {r['baseline']}" if r.get("baseline") else (f"--method {r['method']}" if r["method"] != "ulpt" else ""))
-    given = {k: cfg.get(k, BEFORE.get(k)) for k in DEFAULTS}
-    parts += [f"--{k.replace('_', '-')} {given[k]}" for k, v in DEFAULTS.items() if given[k] != v]
-    if not r.get("baseline") and r.get("key_encoder", DEFAULT_KEY_ENCODER) != DEFAULT_KEY_ENCODER:
-        parts.append(f"--key-encoder {r['key_encoder']}")
-    rescore = cfg.get("rescore") or {}
-    if not r.get("baseline") and rescore.get("top", 1) != 1:
-        parts.append(f"--rescore-top {rescore['top']} --rescore-weight {rescore['weight']}")
-    return " ".join(p for p in parts if p)
+def machine() -> dict[str, Any]:
+    """CPU model, logical CPUs, torch threads, memory: what a reader needs to compare times."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        mem_kb = 0
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "gpu": None}
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def time_log(path: Path | None) -> dict[str, Any]:
+    """Wall time and peak RSS from a `/usr/bin/time -v` log."""
+    if path is None:
+        return {}
+    text = path.read_text(errors="replace")
+    out: dict[str, Any] = {}
+    m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    if m:
+        parts = [float(p) for p in m.group(1).split(":")]
+        out["wall_s"] = round(sum(p * 60**i for i, p in enumerate(reversed(parts))), 1)
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    if m:
+        out["peak_rss_gib"] = round(int(m.group(1)) / 2**20, 2)
+    return out
+
+
+def write(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path
+
+
+def add_run(args: argparse.Namespace) -> None:
+    results = json.loads((Path(args.run) / "results.json").read_text())
+    threads = results.get("torch_threads")
+    payload = {
+        "name": args.name, "kind": "stream", "command": args.command, "commit": args.commit or commit(),
+        "machine": {**machine(), "torch_threads": threads}, **time_log(args.time_log),
+        "result": {k: v for k, v in results.items() if k not in DROP},
+    }
+    print(write(args.name, payload))
+
+
+def add_bench(args: argparse.Namespace) -> None:
+    data = json.loads(Path(args.json).read_text())
+    payload = {"name": args.name, "kind": "bench", "command": args.command, "commit": args.commit or data.get("git_commit") or commit(),
+               "machine": {**machine(), **{k: v for k, v in data.get("machine", {}).items() if k in ("torch_threads", "threads")}},
+               "result": data}
+    print(write(args.name, payload))
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((RESULTS / f"{name}.json").read_text())
 
 
 def pct(v: float | None, signed: bool = False) -> str:
     return "–" if v is None else (f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}")
 
 
-def label(r: dict[str, Any]) -> str:
-    if r["baseline"]:
-        return r["baseline"]
-    keys = r.get("key_encoder")
-    return f"bank · {r['method']}" + (f" · {keys} keys" if keys and keys != DEFAULT_KEY_ENCODER else "")
+def where(d: dict[str, Any]) -> str:
+    m = d["machine"]
+    threads = m.get("torch_threads") or m.get("threads")
+    return f"{m['cpu']}, {m['logical_cpus']} CPUs" + (f", {threads} threads" if threads else "") + f"; commit `{d['commit']}`"
 
 
-def row(r: dict[str, Any]) -> str:
-    name = label(r)
-    keys_only = r.get("routing_acc_keys_only")
-    routing = pct(r["routing_acc"]) + (f" ({pct(keys_only)})" if keys_only is not None else "")
-    params = r["trainable_params_per_task"]
-    nbytes = r["bank_bytes_per_task"]
-    return (f"| {name} | {pct(r['avg_acc'])} | {pct(r['oracle_avg_acc'])} | {routing} | {pct(r['bwt'], True)} | {pct(r['forgetting'])} | "
-            f"{params:,} | {f'{nbytes / 1024:.1f} KB' if nbytes else '–'} | {sum(r['seconds_per_task']) / 60:.0f} min ({r.get('torch_threads', '?')} thr) | `{command(r)}` |")
+def minutes(d: dict[str, Any]) -> str:
+    if "wall_s" in d:
+        return f"{d['wall_s'] / 60:.1f} min"
+    return f"{sum(d['result']['seconds_per_task']) / 60:.1f} min*"
 
 
-def per_task_table(runs: list[dict[str, Any]]) -> list[str]:
-    """Accuracy on each task after the whole stream, R[T][j] (oracle in brackets when it differs)."""
-    lines = ["| task | " + " | ".join(label(r) for r in runs) + " |", "|---|" + "---|" * len(runs)]
-    for j, task in enumerate(runs[0]["tasks"]):
-        cells = []
-        for r in runs:
-            routed, oracle = r["acc_matrix"][-1][j], (r.get("oracle_matrix") or r["acc_matrix"])[-1][j]
-            cells.append(pct(routed) + ("" if abs(routed - oracle) < 5e-4 else f" ({pct(oracle)})"))
-        lines.append(f"| {task} | " + " | ".join(cells) + " |")
-    return lines
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
 
 
-def main() -> None:
+STREAM_RUNS = ["main-job", "offline-9-o1", "vader-4", "split-20ng"]
+
+
+def streams_table() -> str:
+    rows = []
+    for name in STREAM_RUNS:
+        if not (RESULTS / f"{name}.json").exists():
+            continue
+        d = load(name)
+        r = d["result"]
+        rows.append([f"`{r['stream']}`" + (f" o{r['order']}" if r.get("order", 1) != 1 else ""), str(len(r["tasks"])),
+                     pct(r["avg_acc"]), pct(r["oracle_avg_acc"]), pct(r["routing_acc"]), pct(r["bwt"], True),
+                     pct(r["forgetting"]), f"{r['trainable_params_per_task']:,}", f"{r['bank_bytes_per_task'] / 1024:.1f} KB",
+                     minutes(d), f"`{d['command']}`"])
+    note = ("Accuracy in %, after the last task. *routed*: every test input routed to a task by its key alone; "
+            "*oracle*: the task given; BWT and forgetting in points. Time: the whole command, "
+            "or (*) the sum of per-task train + eval time.")
+    sources = ", ".join(f"`docs/results/{n}.json` ({where(load(n))})" for n in STREAM_RUNS if (RESULTS / f"{n}.json").exists())
+    return table(["stream", "tasks", "routed", "oracle", "routing", "BWT", "forgetting", "params/task", "bank/task", "time",
+                  "command"], rows) + f"\n\n{note} Sources: {sources}.\n"
+
+
+def per_task_table(name: str) -> str:
+    d = load(name)
+    r = d["result"]
+    final, oracle = r["acc_matrix"][-1], r["oracle_matrix"][-1]
+    rows = []
+    for j, task in enumerate(r["tasks"]):
+        rows.append([task, pct(final[j]), pct(oracle[j]), pct(r["routing_acc_per_task"].get(task)),
+                     str(r["budgets"]["per_task"][task].get("test_counts", ["?"]) and sum(r["budgets"]["per_task"][task]["test_counts"]))])
+    rows.append(["**average**", f"**{pct(r['avg_acc'])}**", f"**{pct(r['oracle_avg_acc'])}**", f"**{pct(r['routing_acc'])}**", ""])
+    return table(["task", "routed", "oracle", "routing", "test inputs"], rows) + f"\n\n`docs/results/{name}.json` ({where(d)}).\n"
+
+
+def main_job_line() -> str:
+    d = load("main-job")
+    r = d["result"]
+    rss = f", peak RSS {d['peak_rss_gib']:.2f} GiB" if "peak_rss_gib" in d else ""
+    return (f"On {d['machine']['cpu']} ({d['machine']['logical_cpus']} CPUs) the main job took {minutes(d)}{rss}: "
+            f"routed accuracy **{pct(r['avg_acc'])}**, oracle {pct(r['oracle_avg_acc'])}, routing {pct(r['routing_acc'])}%, "
+            f"BWT {pct(r['bwt'], True)} pt, {r['trainable_params_per_task']:,} trainable parameters and "
+            f"{r['bank_bytes_per_task'] / 1024:.1f} KB of bank per task (`docs/results/main-job.json`).\n")
+
+
+def routing_confusion(name: str) -> str:
+    d = load(name)
+    r = d["result"]
+    names = r["tasks"]
+    rows = []
+    for i, row in enumerate(r["routing_confusion"]):
+        rows.append([names[i]] + [str(v) if v else "·" for v in row])
+    return table(["true \\ routed"] + names + ["unknown"], rows) + f"\n\n`docs/results/{name}.json`.\n"
+
+
+def bench_table(name: str, render: Callable[[dict[str, Any]], str]) -> str:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return f"(no `docs/results/{name}.json` yet)\n"
+    d = load(name)
+    return render(d["result"]) + f"\n\nCommand: `{d['command']}` ({where(d)}).\n"
+
+
+GENERATED: dict[str, Callable[[], str]] = {
+    "streams": streams_table,
+    "main-job-line": main_job_line,
+    "main-job-tasks": lambda: per_task_table("main-job"),
+    "offline-9-tasks": lambda: per_task_table("offline-9-o1"),
+    "offline-9-confusion": lambda: routing_confusion("offline-9-o1"),
+    "split-20ng-confusion": lambda: routing_confusion("split-20ng"),
+    "vader-4-confusion": lambda: routing_confusion("vader-4"),
+}
+
+
+def render(args: argparse.Namespace) -> int:
+    from bench_tables import BENCH_TABLES  # noqa: PLC0415  (the benchmark renderers, next to this file)
+
+    generated = {**GENERATED, **BENCH_TABLES}
+    stale = []
+    for doc in DOCS:
+        if not doc.exists():
+            continue
+        text = doc.read_text()
+
+        def fill(m: re.Match) -> str:
+            name = m.group(2)
+            if name not in generated:
+                raise SystemExit(f"{doc.name}: no generator for block {name!r}; known: {', '.join(generated)}")
+            return m.group(1) + generated[name]() + m.group(4)
+
+        new = BLOCK.sub(fill, text)
+        if new != text:
+            stale.append(doc.name)
+            if not args.check:
+                doc.write_text(new)
+    if args.check and stale:
+        print(f"out of date: {', '.join(stale)}; run: python scripts/results_table.py render", file=sys.stderr)
+        return 1
+    print(("up to date" if not stale else f"rewrote {', '.join(stale)}") if not args.check else "up to date")
+    return 0
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", nargs="+", type=Path)
+    sub = parser.add_subparsers(dest="what", required=True)
+    run = sub.add_parser("add-run", help="record a stream run's results.json")
+    run.add_argument("run", help="the run's output folder (holds results.json)")
+    bench = sub.add_parser("add-bench", help="record a benchmark script's JSON")
+    bench.add_argument("json")
+    for p in (run, bench):
+        p.add_argument("--name", required=True, help="file name under docs/results/ (no .json)")
+        p.add_argument("--command", required=True, help="the exact command that produced it")
+        p.add_argument("--commit", default=None, help="the commit that ran it (default: HEAD)")
+    run.add_argument("--time-log", type=Path, default=None, help="a `/usr/bin/time -v` log of the command")
+    rend = sub.add_parser("render", help="rewrite the generated tables in the docs")
+    rend.add_argument("--check", action="store_true", help="only report whether they are up to date")
     args = parser.parse_args()
-    print("| method | avg acc (routed) | avg acc (oracle) | routing acc (keys only) | BWT (pt) | forgetting (pt) | params/task | bytes/task | wall time | command |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    runs = [json.loads(path.read_text()) for path in args.results]
-    for r in runs:
-        print(row(r))
-    if len({tuple(r["tasks"]) for r in runs}) == 1:
-        print()
-        print("\n".join(per_task_table(runs)))
+    if args.what == "add-run":
+        add_run(args)
+    elif args.what == "add-bench":
+        add_bench(args)
+    else:
+        return render(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

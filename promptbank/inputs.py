@@ -1,0 +1,71 @@
+"""Checks of what users hand the bank: texts, labels, label names. Each failure is one
+``InvalidDataError`` that names the first bad item and the fix, raised before any model work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidDataError
+
+
+def labelled_blocks(blocks: Iterable[np.ndarray], labels: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each block of keys (in input order) with the labels of its rows."""
+    start = 0
+    for keys in blocks:
+        yield keys, labels[start : start + len(keys)]
+        start += len(keys)
+
+
+def check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
+    """``texts`` as a list of non-blank strings; one clear error naming the first bad item."""
+    if isinstance(texts, str):
+        raise InvalidDataError(f"{what} must be a list of strings, got a single string; wrap it: [text]")
+    texts = list(texts)
+    if not texts:
+        raise InvalidDataError(f"{what} is empty: give at least one example")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise InvalidDataError(f"{what}[{bad[0]}] is {type(texts[bad[0]]).__name__}, not str ({len(bad)} non-string items)")
+    blank = [i for i, t in enumerate(texts) if not t.strip()]
+    if blank:
+        raise InvalidDataError(f"{what}[{blank[0]}] is empty or whitespace ({len(blank)} such items); drop them first")
+    return texts
+
+
+def label_indices(labels: Sequence[Any], label_names: list[str], n: int, what: str) -> list[int]:
+    """Labels given as names or indices, as indices into ``label_names``."""
+    labels = list(labels)
+    if len(labels) != n:
+        raise InvalidDataError(f"{what}: {n} texts but {len(labels)} labels")
+    out = []
+    for i, y in enumerate(labels):
+        if isinstance(y, (str, np.str_)):
+            if y not in label_names:
+                raise InvalidDataError(f"{what}[{i}] = {y!r} is not one of label_names {label_names}")
+            out.append(label_names.index(y))
+        elif isinstance(y, (int, np.integer)) and not isinstance(y, bool):
+            if not 0 <= int(y) < len(label_names):
+                raise InvalidDataError(f"{what}[{i}] = {y} is outside 0..{len(label_names) - 1} (label_names {label_names})")
+            out.append(int(y))
+        else:
+            raise InvalidDataError(f"{what}[{i}] = {y!r}: labels must be label names (str) or indices (int)")
+    return out
+
+
+def check_label_names(label_names: Sequence[str] | None, labels: Sequence[Any]) -> list[str]:
+    """A task's label words: given, or the sorted distinct string labels; at least two, unique."""
+    if label_names is None:
+        if not all(isinstance(y, str) for y in labels):
+            raise InvalidDataError("label_names is required when labels are integers: the LLM answers with words")
+        label_names = sorted(set(labels))
+    names = list(label_names)
+    if len(names) < 2:
+        raise InvalidDataError(f"a task needs at least 2 label names, got {names}")
+    if any(not isinstance(x, str) or not x.strip() for x in names):
+        raise InvalidDataError(f"label names must be non-empty strings, got {names}")
+    if len(set(names)) != len(names):
+        raise InvalidDataError(f"label names must be unique, got {names}")
+    return names

@@ -18,7 +18,24 @@ from .trainer import TrainConfig
 __version__ = "0.1.0"
 
 __all__ = [
-    "AssetMissingError", "BackboneMismatchError", "BankConfig", "BankFormatError", "FrozenLM", "HubUnavailableError",
-    "InvalidDataError", "LoPT1", "LoPT2", "Prediction", "PromptBank", "PromptBankError", "PromptTuning", "TaskExistsError",
-    "TaskInfo", "TrainConfig", "ULPT", "UnknownTaskError", "build_prompt", "load_backbone",
+    "AssetMissingError",
+    "BackboneMismatchError",
+    "BankConfig",
+    "BankFormatError",
+    "FrozenLM",
+    "HubUnavailableError",
+    "InvalidDataError",
+    "LoPT1",
+    "LoPT2",
+    "Prediction",
+    "PromptBank",
+    "PromptBankError",
+    "PromptTuning",
+    "TaskExistsError",
+    "TaskInfo",
+    "TrainConfig",
+    "ULPT",
+    "UnknownTaskError",
+    "build_prompt",
+    "load_backbone",
 ]

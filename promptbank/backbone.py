@@ -135,7 +135,12 @@ class FrozenLM:
     """A frozen causal or encoder-decoder LM that scores label verbalisations behind soft prompts."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: Any, name: str, device: torch.device | str | None = None, bf16: bool | None = None
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        name: str,
+        device: torch.device | str | None = None,
+        bf16: bool | None = None,
     ) -> None:
         self.name = name
         self.device = torch.device(device) if device is not None else auto_device()
@@ -237,7 +242,9 @@ class FrozenLM:
                 return self._scores_seq2seq(prompts, input_ids, table)
             return self._scores_causal(prompts, input_ids, table)
 
-    def _embed_with_prompts(self, prompts: torch.Tensor, input_ids: list[list[int]], left_pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _embed_with_prompts(
+        self, prompts: torch.Tensor, input_ids: list[list[int]], left_pad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         emb_layer = self.model.get_input_embeddings()
         n = prompts.shape[1]
         lengths = [n + len(ids) for ids in input_ids]
@@ -294,7 +301,11 @@ class FrozenLM:
             start = mask.sum(-1).repeat_interleave(c, 0)[:, None]
             cont_pos = start + torch.arange(T - 1, device=self.device)[None, :]
             hidden = self.model.base_model(
-                input_ids=cont_in, attention_mask=full_mask, position_ids=cont_pos, use_cache=False, **{self._cache_kwarg: cache}
+                input_ids=cont_in,
+                attention_mask=full_mask,
+                position_ids=cont_pos,
+                use_cache=False,
+                **{self._cache_kwarg: cache},
             ).last_hidden_state
             logp = torch.log_softmax((hidden @ weight.T).float(), dim=-1)
             parts.append(logp.gather(2, table.ids[:, labels, 1:].reshape(B * c, T - 1, 1)).reshape(B, c, T - 1))
@@ -310,7 +321,9 @@ class FrozenLM:
         enc = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         B, L, T = table.ids.shape
         start_id = self.model.config.decoder_start_token_id
-        dec_in = torch.cat([torch.full((B, L, 1), start_id, device=self.device, dtype=torch.long), table.ids[:, :, :-1]], dim=2)
+        dec_in = torch.cat(
+            [torch.full((B, L, 1), start_id, device=self.device, dtype=torch.long), table.ids[:, :, :-1]], dim=2
+        )
         logits = self.model(
             encoder_outputs=(enc.repeat_interleave(L, 0),),
             attention_mask=mask.repeat_interleave(L, 0),
@@ -351,7 +364,9 @@ class _LabelTable:
         return mean.masked_fill(~self.label_mask, float("-inf"))
 
 
-def load_backbone(name: str = DEFAULT_BACKBONE, device: torch.device | str | None = None, bf16: bool | None = None) -> FrozenLM:
+def load_backbone(
+    name: str = DEFAULT_BACKBONE, device: torch.device | str | None = None, bf16: bool | None = None
+) -> FrozenLM:
     """Load a frozen LM by offline asset name, local folder, or hub id (fails fast offline).
 
     ``bf16``: run it under bf16 autocast; None picks :func:`default_bf16` for the device."""

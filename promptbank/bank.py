@@ -68,7 +68,9 @@ class BankConfig:
         try:
             return Rescorer(**self.rescore)
         except TypeError as exc:
-            raise InvalidDataError(f"bad rescore options {self.rescore!r}: {exc}; use fields of promptbank.rescore.Rescorer") from None
+            raise InvalidDataError(
+                f"bad rescore options {self.rescore!r}: {exc}; use fields of promptbank.rescore.Rescorer"
+            ) from None
 
 
 @dataclass
@@ -203,12 +205,16 @@ class PromptBank:
         if not isinstance(name, str) or not name.strip():
             raise InvalidDataError(f"task name must be a non-empty string, got {name!r}")
         if name in self._tasks:
-            raise TaskExistsError(f"task {name!r} is already in the bank; remove_task({name!r}) first or pick another name")
+            raise TaskExistsError(
+                f"task {name!r} is already in the bank; remove_task({name!r}) first or pick another name"
+            )
         texts = check_texts(texts)
         names = check_label_names(label_names, labels)
         y = label_indices(labels, names, len(texts), "labels")
         if len(set(y)) < 2:
-            raise InvalidDataError(f"task {name!r} has only one class in its labels ({names[y[0]]!r}); a classifier needs at least two")
+            raise InvalidDataError(
+                f"task {name!r} has only one class in its labels ({names[y[0]]!r}); a classifier needs at least two"
+            )
         if (val_texts is None) != (val_labels is None):
             raise InvalidDataError("give both val_texts and val_labels, or neither")
         val_y: list[int] | None = None
@@ -228,8 +234,12 @@ class PromptBank:
         prompt = self.new_prompt(seed=cfg.seed)
         result: TrainResult | None = None
         if prompt_state is None:
-            val_ids = self.backbone.encode(val_texts, template, self.config.max_input_tokens).input_ids if val_texts else None
-            result = train_prompt(self.backbone, prompt, encoded, y, label_ids, val_ids, val_y, cfg, desc=f"train {name}")
+            val_ids = (
+                self.backbone.encode(val_texts, template, self.config.max_input_tokens).input_ids if val_texts else None
+            )
+            result = train_prompt(
+                self.backbone, prompt, encoded, y, label_ids, val_ids, val_y, cfg, desc=f"train {name}"
+            )
             prompt_state = prompt.trainable_state()
         started = time.perf_counter()
         # Validation inputs are labelled inputs of the task too: the router gets their keys
@@ -243,10 +253,25 @@ class PromptBank:
         self._next_id += 1
 
         meta = dict(metadata or {})
-        meta.update({"n_train": len(texts), "n_keys": len(routed), "trainable_params": prompt.num_trainable(), "key_seconds": round(key_seconds, 3)})
+        meta.update(
+            {
+                "n_train": len(texts),
+                "n_keys": len(routed),
+                "trainable_params": prompt.num_trainable(),
+                "key_seconds": round(key_seconds, 3),
+            }
+        )
         if result is not None:
-            meta.update({"train_seconds": round(result.seconds, 2), "steps": result.steps, "best_step": result.best_step,
-                         "best_val_acc": result.best_val_acc, "train_config": cfg.to_dict(), "llm_bf16": self.backbone.bf16})
+            meta.update(
+                {
+                    "train_seconds": round(result.seconds, 2),
+                    "steps": result.steps,
+                    "best_step": result.best_step,
+                    "best_val_acc": result.best_val_acc,
+                    "train_config": cfg.to_dict(),
+                    "llm_bf16": self.backbone.bf16,
+                }
+            )
         info = TaskInfo(name, task_id, names, template, meta)
         self._tasks[name] = info
         self._set_state(name, prompt_state)
@@ -296,7 +321,6 @@ class PromptBank:
             if self._matrices.get(old) is not None:  # a removed task has no entry left
                 self._matrices[old] = None
         return matrix
-
 
     def remove_task(self, name: str) -> None:
         """Forget a task: its prompt is dropped and no input is routed to it any more.
@@ -385,7 +409,13 @@ class PromptBank:
         candidates = rescorer.candidates(routing)
         pairs = [(i, t) for i, cands in enumerate(candidates) for t in cands]
         by_id = self._names_by_id()
-        answers = self._answer([texts[i] for i, _ in pairs], [by_id[t] for _, t in pairs], np.full(len(pairs), np.nan), batch_size, progress)
+        answers = self._answer(
+            [texts[i] for i, _ in pairs],
+            [by_id[t] for _, t in pairs],
+            np.full(len(pairs), np.nan),
+            batch_size,
+            progress,
+        )
         by_pair = dict(zip(pairs, answers))
         chosen = rescorer.choose(routing, candidates, lambda i, t: np.fromiter(by_pair[(i, t)].scores.values(), float))
         out = []
@@ -398,7 +428,9 @@ class PromptBank:
             out.append(dataclasses.replace(p, route_score=float(posterior[0]) if len(posterior) else float("nan")))
         return out
 
-    def _answer(self, texts: list[str], assigned: list[str | None], route_scores: np.ndarray, batch_size: int, progress: bool) -> list[Prediction]:
+    def _answer(
+        self, texts: list[str], assigned: list[str | None], route_scores: np.ndarray, batch_size: int, progress: bool
+    ) -> list[Prediction]:
         known = [i for i, t in enumerate(assigned) if t is not None]
         names = sorted({assigned[i] for i in known})
         slot = {n: k for k, n in enumerate(names)}
@@ -406,7 +438,9 @@ class PromptBank:
         for n in names:
             members = [i for i in known if assigned[i] == n]
             info = self._tasks[n]
-            encoded = self.backbone.encode([texts[i] for i in members], info.template, self.config.max_input_tokens).input_ids
+            encoded = self.backbone.encode(
+                [texts[i] for i in members], info.template, self.config.max_input_tokens
+            ).input_ids
             for i, e in zip(members, encoded):
                 ids[i] = e
         label_ids = {n: self.backbone.label_token_ids(self._tasks[n].label_names) for n in names}
@@ -414,16 +448,28 @@ class PromptBank:
         if known:
             matrices = torch.stack([self.prompt_matrix(n) for n in names]).to(self.backbone.device)
             scores = predict_scores(
-                self.backbone, matrices, [slot[assigned[i]] for i in known], [ids[i] for i in known],
-                [label_ids[assigned[i]] for i in known], batch_size, progress,
+                self.backbone,
+                matrices,
+                [slot[assigned[i]] for i in known],
+                [ids[i] for i in known],
+                [label_ids[assigned[i]] for i in known],
+                batch_size,
+                progress,
             )
         out: list[Prediction] = [Prediction(None, None, {}, float(route_scores[i])) for i in range(len(texts))]
         for i, s in zip(known, scores):
             label_names = self._tasks[assigned[i]].label_names
-            out[i] = Prediction(assigned[i], label_names[int(np.argmax(s))], dict(zip(label_names, map(float, s))), float(route_scores[i]))
+            out[i] = Prediction(
+                assigned[i],
+                label_names[int(np.argmax(s))],
+                dict(zip(label_names, map(float, s))),
+                float(route_scores[i]),
+            )
         return out
 
-    def evaluate(self, texts: Sequence[str], labels: Sequence[Any], task: str | None = None, batch_size: int = 16) -> dict[str, float]:
+    def evaluate(
+        self, texts: Sequence[str], labels: Sequence[Any], task: str | None = None, batch_size: int = 16
+    ) -> dict[str, float]:
         """Routed and task-given accuracy on labelled inputs of one task.
 
         Args:
@@ -480,7 +526,11 @@ class PromptBank:
 
     @classmethod
     def load(
-        cls, path: str | Path, backbone: FrozenLM | str | None = None, key_encoder: KeyEncoder | None = None, bf16: bool | None = None
+        cls,
+        path: str | Path,
+        backbone: FrozenLM | str | None = None,
+        key_encoder: KeyEncoder | None = None,
+        bf16: bool | None = None,
     ) -> PromptBank:
         """Load a bank directory; refuses damaged files and banks built on another backbone.
 
@@ -519,7 +569,7 @@ class PromptBank:
             info = TaskInfo(**t)
             bank._tasks[info.name] = info
             prefix = f"task{info.task_id}."
-            bank._set_state(info.name, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            bank._set_state(info.name, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
         return bank
 
     # ------------------------------------------------------------------ footprint
@@ -527,6 +577,8 @@ class PromptBank:
         """Stored bytes per task: prompt tensors, routing state, and the manifest's share."""
         if not self._tasks:
             return {"prompt": 0.0, "routing": 0.0, "total": 0.0}
-        prompt = float(np.mean([sum(v.numel() * v.element_size() for v in st.values()) for st in self._states.values()]))
+        prompt = float(
+            np.mean([sum(v.numel() * v.element_size() for v in st.values()) for st in self._states.values()])
+        )
         routing = float(self.router.nbytes_per_task())
         return {"prompt": prompt, "routing": routing, "total": prompt + routing}

@@ -24,7 +24,9 @@ def _predict(args: argparse.Namespace) -> int:
         try:
             texts = [line for line in raw.decode("utf-8").splitlines() if line.strip()]
         except UnicodeDecodeError as exc:
-            raise InvalidDataError(f"stdin is not valid UTF-8 (byte {exc.start}); Fix: re-encode the input as UTF-8") from None
+            raise InvalidDataError(
+                f"stdin is not valid UTF-8 (byte {exc.start}); Fix: re-encode the input as UTF-8"
+            ) from None
     if not texts:
         raise InvalidDataError("no texts to answer; Fix: pass them as arguments or one per line on stdin")
     from .bank import PromptBank  # the model loads only once the input is known to be usable
@@ -32,8 +34,17 @@ def _predict(args: argparse.Namespace) -> int:
     bank = PromptBank.load(args.bank, backbone=args.backbone, bf16=args.bf16)
     for text, p in zip(texts, bank.predict(texts, task=args.task)):
         score = None if p.route_score != p.route_score else round(p.route_score, 4)
-        print(json.dumps({"text": text, "task": p.task, "label": p.label, "route_score": score,
-                          "scores": {k: round(v, 4) for k, v in p.scores.items()}}))
+        print(
+            json.dumps(
+                {
+                    "text": text,
+                    "task": p.task,
+                    "label": p.label,
+                    "route_score": score,
+                    "scores": {k: round(v, 4) for k, v in p.scores.items()},
+                }
+            )
+        )
     return 0
 
 
@@ -47,8 +58,10 @@ def _info(args: argparse.Namespace) -> int:
     backbone, cfg = manifest["backbone"], manifest["config"]
     print(f"bank: {args.bank}  (schema {manifest['schema_version']})")
     print(f"backbone: {backbone['name']} ({backbone['model_type']}, d={backbone['hidden_size']})")
-    print(f"method: {cfg['method']} n={cfg['n_tokens']} {cfg['prompt_options']} · keys: {cfg['key_encoder']} · "
-          f"router: {manifest['router'].get('strategy')}")
+    print(
+        f"method: {cfg['method']} n={cfg['n_tokens']} {cfg['prompt_options']} · keys: {cfg['key_encoder']} · "
+        f"router: {manifest['router'].get('strategy')}"
+    )
     print(f"tasks ({len(manifest['tasks'])}):")
     for t in manifest["tasks"]:
         print(f"  {t['name']:<20} labels={t['label_names']}  best_val_acc={t['metadata'].get('best_val_acc')}")
@@ -58,15 +71,21 @@ def _info(args: argparse.Namespace) -> int:
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The ``promptbank`` parser with the library's commands, and its subparsers (for more)."""
-    parser = argparse.ArgumentParser(prog="promptbank", description="Continual learning with a frozen LLM and a bank of tiny prompts.")
+    parser = argparse.ArgumentParser(
+        prog="promptbank", description="Continual learning with a frozen LLM and a bank of tiny prompts."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     predict = sub.add_parser("predict", help="answer texts with a saved bank (routed unless --task)")
     predict.add_argument("--bank", required=True)
     predict.add_argument("--task", default=None)
     predict.add_argument("--backbone", default=None)
-    predict.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                         help="the LLM under bf16 autocast (default: on a bf16 GPU only), e.g. to answer as a --bf16 run trained")
+    predict.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the LLM under bf16 autocast (default: on a bf16 GPU only), e.g. to answer as a --bf16 run trained",
+    )
     predict.add_argument("text", nargs="*", help="texts (default: one per line on stdin)")
     predict.set_defaults(func=_predict)
 

@@ -28,7 +28,9 @@ def check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
         raise InvalidDataError(f"{what} is empty: give at least one example")
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
-        raise InvalidDataError(f"{what}[{bad[0]}] is {type(texts[bad[0]]).__name__}, not str ({len(bad)} non-string items)")
+        raise InvalidDataError(
+            f"{what}[{bad[0]}] is {type(texts[bad[0]]).__name__}, not str ({len(bad)} non-string items)"
+        )
     blank = [i for i, t in enumerate(texts) if not t.strip()]
     if blank:
         raise InvalidDataError(f"{what}[{blank[0]}] is empty or whitespace ({len(blank)} such items); drop them first")
@@ -48,7 +50,9 @@ def label_indices(labels: Sequence[Any], label_names: list[str], n: int, what: s
             out.append(label_names.index(y))
         elif isinstance(y, (int, np.integer)) and not isinstance(y, bool):
             if not 0 <= int(y) < len(label_names):
-                raise InvalidDataError(f"{what}[{i}] = {y} is outside 0..{len(label_names) - 1} (label_names {label_names})")
+                raise InvalidDataError(
+                    f"{what}[{i}] = {y} is outside 0..{len(label_names) - 1} (label_names {label_names})"
+                )
             out.append(int(y))
         else:
             raise InvalidDataError(f"{what}[{i}] = {y!r}: labels must be label names (str) or indices (int)")

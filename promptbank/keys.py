@@ -81,9 +81,7 @@ class KeyEncoder(ABC):
         return {"name": self.name, "dim": int(self.dim)}
 
     @abstractmethod
-    def encode(
-        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
-    ) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Keys for ``texts`` as a float32 (N, dim) array with unit-norm rows, input order."""
 
     def encode_blocks(
@@ -106,9 +104,7 @@ class KeyEncoder(ABC):
 def _check_texts(texts: Sequence[str], batch_size: int) -> list[str]:
     """The texts as a list, or one clear error for a bare string, non-strings or a bad batch size."""
     if isinstance(texts, str):
-        raise InvalidDataError(
-            "encode() takes a sequence of texts, not one string; wrap it in a list"
-        )
+        raise InvalidDataError("encode() takes a sequence of texts, not one string; wrap it in a list")
     texts = list(texts)
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
@@ -147,9 +143,7 @@ class PooledKeyEncoder(KeyEncoder):
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "max_length": int(self.max_length)}
 
-    def encode(
-        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
-    ) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         texts = _check_texts(texts, batch_size)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
@@ -198,9 +192,7 @@ def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _token_ids(tokenizer: Any, texts: list[str], max_length: int, special: bool) -> list[list[int]]:
     """Truncated ids per text; an empty text gets one filler token so it still has a key."""
-    enc = tokenizer(
-        texts, add_special_tokens=special, truncation=True, max_length=max_length
-    )["input_ids"]
+    enc = tokenizer(texts, add_special_tokens=special, truncation=True, max_length=max_length)["input_ids"]
     specials = (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id)
     filler = next((t for t in specials if t is not None), 0)
     return [list(x) if len(x) else [filler] for x in enc]
@@ -379,9 +371,7 @@ class ConcatKeys(KeyEncoder):
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "parts": [p.identity() for p in self.parts]}
 
-    def encode(
-        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
-    ) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         texts = _check_texts(texts, batch_size)
         blocks = [p.encode(texts, batch_size=batch_size, progress=progress) for p in self.parts]
         return l2_normalize(np.concatenate(blocks, axis=1))
@@ -448,9 +438,7 @@ def check_keys(keys: np.ndarray, dim: int | None = None) -> np.ndarray:
     return arr
 
 
-def summarize_keys(
-    keys: np.ndarray, method: str = "kmeans", n_centroids: int = 8, seed: int = 0
-) -> np.ndarray:
+def summarize_keys(keys: np.ndarray, method: str = "kmeans", n_centroids: int = 8, seed: int = 0) -> np.ndarray:
     """A few unit-norm vectors standing for a task's keys, so the index stays small per task.
 
     "kmeans": spherical k-means centroids (the points themselves when there are no more
@@ -462,9 +450,7 @@ def summarize_keys(
     if method == "mean":
         return l2_normalize(x.mean(axis=0, keepdims=True))
     if method != "kmeans":
-        raise InvalidDataError(
-            f"unknown key summary '{method}'; choose one of: {', '.join(SUMMARY_METHODS)}"
-        )
+        raise InvalidDataError(f"unknown key summary '{method}'; choose one of: {', '.join(SUMMARY_METHODS)}")
     if n_centroids < 1:
         raise InvalidDataError(f"n_centroids must be >= 1, got {n_centroids}")
     if len(x) <= n_centroids:

@@ -102,7 +102,9 @@ class SoftPrompt(nn.Module):
         with torch.no_grad():
             for k, v in state.items():
                 if tuple(v.shape) != tuple(own[k].shape):
-                    raise InvalidDataError(f"{self.method} tensor '{k}' has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+                    raise InvalidDataError(
+                        f"{self.method} tensor '{k}' has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}"
+                    )
                 own[k].copy_(v.to(own[k].dtype))
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
@@ -116,7 +118,9 @@ class PromptTuning(SoftPrompt):
 
     method = "pt"
 
-    def __init__(self, n_tokens: int, dim: int, seed: int = 0, init: torch.Tensor | None = None, init_std: float = 0.02) -> None:
+    def __init__(
+        self, n_tokens: int, dim: int, seed: int = 0, init: torch.Tensor | None = None, init_std: float = 0.02
+    ) -> None:
         super().__init__(PromptConfig(n_tokens, dim, seed))
         weight = init.clone().float() if init is not None else seeded_normal((n_tokens, dim), init_std, seed)
         self.weight = nn.Parameter(weight)
@@ -168,7 +172,13 @@ class ULPT(SoftPrompt):
     ) -> None:
         super().__init__(ULPTConfig(n_tokens, dim, seed, rank, proj_seed, z_std, scale_init, lr_scale))
         c = self.config
-        self.rank, self.proj_seed, self.z_std, self.scale_init, self.lr_scale = c.rank, c.proj_seed, c.z_std, c.scale_init, c.lr_scale
+        self.rank, self.proj_seed, self.z_std, self.scale_init, self.lr_scale = (
+            c.rank,
+            c.proj_seed,
+            c.z_std,
+            c.scale_init,
+            c.lr_scale,
+        )
         self.register_buffer("proj", frozen_xavier(self.rank, dim, self.proj_seed), persistent=False)
         self.z = nn.Parameter(seeded_normal((n_tokens, self.rank), self.z_std, seed))
         self.scale = nn.Parameter(torch.full((dim,), self.scale_init))
@@ -218,7 +228,9 @@ class LoPT2(SoftPrompt):
     method = "lopt2"
     config_class = LoPT2Config
 
-    def __init__(self, n_tokens: int, dim: int, seed: int = 0, rank: int = 2, init_std: float = 0.02, x0_seed: int = 4321) -> None:
+    def __init__(
+        self, n_tokens: int, dim: int, seed: int = 0, rank: int = 2, init_std: float = 0.02, x0_seed: int = 4321
+    ) -> None:
         super().__init__(LoPT2Config(n_tokens, dim, seed, rank, int(x0_seed)))
         self.rank, self.x0_seed = self.config.rank, self.config.x0_seed
         self.register_buffer("x0", seeded_normal((n_tokens, dim), 1.0, self.x0_seed), persistent=False)

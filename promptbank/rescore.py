@@ -76,7 +76,8 @@ class Rescorer:
                 out.append([int(chosen)])
                 continue
             keep = [
-                int(t) for t, p in zip(routing.candidates[i, : self.top], routing.candidate_scores[i, : self.top])
+                int(t)
+                for t, p in zip(routing.candidates[i, : self.top], routing.candidate_scores[i, : self.top])
                 if t >= 0 and (t == chosen or p >= self.min_posterior)
             ]
             out.append(keep)

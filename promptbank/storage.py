@@ -45,12 +45,22 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_bank(path: Path, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], router_arrays: dict[str, np.ndarray]) -> Path:
+def write_bank(
+    path: Path, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], router_arrays: dict[str, np.ndarray]
+) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     arrays = {k: v for k, v in router_arrays.items() if k != INDEX_ARRAY}
     blobs = {
-        "prompts": ("prompts-{}.safetensors", save_safetensors(tensors) if tensors else save_safetensors({"_empty": torch.zeros(0)})),
-        "router": ("router-{}.safetensors", save_safetensors({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}) if arrays else save_safetensors({"_empty": torch.zeros(0)})),
+        "prompts": (
+            "prompts-{}.safetensors",
+            save_safetensors(tensors) if tensors else save_safetensors({"_empty": torch.zeros(0)}),
+        ),
+        "router": (
+            "router-{}.safetensors",
+            save_safetensors({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
+            if arrays
+            else save_safetensors({"_empty": torch.zeros(0)}),
+        ),
     }
     if INDEX_ARRAY in router_arrays:
         blobs["index"] = ("keys-{}.faiss", np.ascontiguousarray(router_arrays[INDEX_ARRAY], dtype=np.uint8).tobytes())
@@ -86,24 +96,34 @@ def _fsync_dir(path: Path) -> None:
 
 def read_bank(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, np.ndarray]]:
     if not (path / MANIFEST).is_file():
-        raise BankFormatError(f"{path} is not a promptbank bank: {MANIFEST} is missing. Fix: pass the directory given to bank.save()")
+        raise BankFormatError(
+            f"{path} is not a promptbank bank: {MANIFEST} is missing. Fix: pass the directory given to bank.save()"
+        )
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BankFormatError(f"{path / MANIFEST} is damaged ({exc}). Fix: restore the bank from a copy or rebuild it") from None
+        raise BankFormatError(
+            f"{path / MANIFEST} is damaged ({exc}). Fix: restore the bank from a copy or rebuild it"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BankFormatError(f"{path / MANIFEST} is not a promptbank manifest")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise BankFormatError(f"bank schema version {version} is not supported (this promptbank reads {SCHEMA_VERSION}); upgrade promptbank")
+        raise BankFormatError(
+            f"bank schema version {version} is not supported (this promptbank reads {SCHEMA_VERSION}); upgrade promptbank"
+        )
     blobs: dict[str, bytes] = {}
     for role, entry in manifest.get("files", {}).items():
         file = path / entry["file"]
         if not file.is_file():
-            raise BankFormatError(f"bank file {file.name} ({role}) is missing. Fix: restore the bank directory from a copy")
+            raise BankFormatError(
+                f"bank file {file.name} ({role}) is missing. Fix: restore the bank directory from a copy"
+            )
         data = file.read_bytes()
         if _sha(data) != entry["sha256"]:
-            raise BankFormatError(f"bank file {file.name} ({role}) is damaged: checksum mismatch. Fix: restore it from a copy")
+            raise BankFormatError(
+                f"bank file {file.name} ({role}) is damaged: checksum mismatch. Fix: restore it from a copy"
+            )
         blobs[role] = data
     try:
         tensors = {k: v for k, v in load_safetensors(blobs["prompts"]).items() if k != "_empty"}
@@ -120,7 +140,11 @@ def read_bank(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict
 def check_backbone(recorded: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse a bank whose prompts were trained for another LLM."""
     structural = ("model_type", "hidden_size", "vocab_size", "num_layers")
-    diffs = [f"{k}: bank {recorded.get(k)!r} vs loaded {current.get(k)!r}" for k in structural if recorded.get(k) != current.get(k)]
+    diffs = [
+        f"{k}: bank {recorded.get(k)!r} vs loaded {current.get(k)!r}"
+        for k in structural
+        if recorded.get(k) != current.get(k)
+    ]
     a, b = recorded.get("embedding_checksum"), current.get("embedding_checksum")
     if a is not None and b is not None and abs(a - b) > 1e-3 * max(abs(a), 1e-8):
         diffs.append(f"embedding weights differ (checksum {a} vs {b})")

@@ -152,7 +152,9 @@ def train_prompt(
             order.extend(rng.permutation(len(train_ids)).tolist())
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
         p = prompt()
-        scores = backbone.label_scores(p.unsqueeze(0).expand(len(idx), -1, -1), [train_ids[i] for i in idx], [label_ids] * len(idx))
+        scores = backbone.label_scores(
+            p.unsqueeze(0).expand(len(idx), -1, -1), [train_ids[i] for i in idx], [label_ids] * len(idx)
+        )
         y = torch.as_tensor(targets[idx], device=scores.device)
         loss = torch.nn.functional.cross_entropy(scores.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -173,7 +175,9 @@ def train_prompt(
                 best = (val_acc, step + 1, copy.deepcopy(prompt.state_dict()))
             prompt.train()
         history.append(record)
-        bar.set_postfix(loss=f"{running_loss:.3f}", acc=f"{running_acc:.2f}", best_val=f"{max(best[0], 0):.2f}" if has_val else "-")
+        bar.set_postfix(
+            loss=f"{running_loss:.3f}", acc=f"{running_acc:.2f}", best_val=f"{max(best[0], 0):.2f}" if has_val else "-"
+        )
     if has_val:
         prompt.load_state_dict(best[2])
     prompt.eval()
@@ -197,5 +201,7 @@ def evaluate_prompt(
     """Accuracy of one prompt on pre-tokenised inputs."""
     with torch.inference_mode():
         matrix = prompt() if isinstance(prompt, SoftPrompt) else prompt
-    scores = predict_scores(backbone, matrix.unsqueeze(0), [0] * len(input_ids), input_ids, [label_ids] * len(input_ids), batch_size)
+    scores = predict_scores(
+        backbone, matrix.unsqueeze(0), [0] * len(input_ids), input_ids, [label_ids] * len(input_ids), batch_size
+    )
     return accuracy(scores, targets)

@@ -18,25 +18,51 @@ def footprint(r: dict[str, Any]) -> str:
     for row in r["rows"]:
         marginal = row["disk_marginal_per_task"]
         at = row["disk_per_task_at"]
-        rows.append([row["variant"], f"{row['trainable_params']:,}", f"{marginal['prompts']:,.0f}", f"{marginal['routing']:,.0f}",
-                     f"{marginal['total']:,.0f}", f"{at.get('1000', float('nan')):,.0f}", f"{peft / marginal['total']:.1f}×"])
-    return (table(["prompt / router", "trainable params", "prompt B/task", "routing B/task", "marginal B/task",
-                   "B/task at 1,000 tasks", "vs PEFT file"], rows)
-            + f"\n\nPEFT's prompt-tuning checkpoint of the same prompt (n × d expanded): {peft:,} B. *Marginal*: what one more "
-              "task adds on disk (prompt tensors + routing state + its manifest entry); *at 1,000 tasks*: everything, shared "
-              "matrices included, divided by the tasks.")
+        rows.append(
+            [
+                row["variant"],
+                f"{row['trainable_params']:,}",
+                f"{marginal['prompts']:,.0f}",
+                f"{marginal['routing']:,.0f}",
+                f"{marginal['total']:,.0f}",
+                f"{at.get('1000', float('nan')):,.0f}",
+                f"{peft / marginal['total']:.1f}×",
+            ]
+        )
+    return (
+        table(
+            [
+                "prompt / router",
+                "trainable params",
+                "prompt B/task",
+                "routing B/task",
+                "marginal B/task",
+                "B/task at 1,000 tasks",
+                "vs PEFT file",
+            ],
+            rows,
+        )
+        + f"\n\nPEFT's prompt-tuning checkpoint of the same prompt (n × d expanded): {peft:,} B. *Marginal*: what one more "
+        "task adds on disk (prompt tensors + routing state + its manifest entry); *at 1,000 tasks*: everything, shared "
+        "matrices included, divided by the tasks."
+    )
 
 
 def training_step(r: dict[str, Any]) -> str:
     stats, ratios = r["seconds_per_step"], r["ratios"]
-    rows = [[case, _med(s, 1.0, 3), f"{r['trainable_params'].get(case, '–'):,}" if case in r["trainable_params"] else "–"]
-            for case, s in stats.items()]
+    rows = [
+        [case, _med(s, 1.0, 3), f"{r['trainable_params'].get(case, '–'):,}" if case in r["trainable_params"] else "–"]
+        for case, s in stats.items()
+    ]
     ratio_rows = [[k, f"{v['paired_median']:.3f}", f"{v['of_medians']:.3f}"] for k, v in ratios.items()]
     b = r["batch"]
-    return (table(["case", "s/step (median)", "trainable params"], rows)
-            + "\n\n" + table(["ratio", "paired median", "of medians"], ratio_rows)
-            + f"\n\nBatch {b['size']}, {b['soft_tokens']} soft tokens, LLM in {'bf16' if r.get('llm_bf16') else 'float32'}. "
-              "*limit*: a bare frozen forward + backward to the input embeddings.")
+    return (
+        table(["case", "s/step (median)", "trainable params"], rows)
+        + "\n\n"
+        + table(["ratio", "paired median", "of medians"], ratio_rows)
+        + f"\n\nBatch {b['size']}, {b['soft_tokens']} soft tokens, LLM in {'bf16' if r.get('llm_bf16') else 'float32'}. "
+        "*limit*: a bare frozen forward + backward to the input embeddings."
+    )
 
 
 def mixed_inference(r: dict[str, Any]) -> str:
@@ -44,34 +70,89 @@ def mixed_inference(r: dict[str, Any]) -> str:
     for res in r["results"]:
         s = res["seconds"]
         single = s["single_task"]["median"]
-        rows.append([str(res["m"]), str(res["inputs"]), _med(s["mixed_routed"]), _med(s["mixed_oracle"]), _med(s["grouped"]),
-                     _med(s["single_task"]), _med(s["limit"]), _med(s.get("route_only")),
-                     f"{single / s['mixed_routed']['median']:.2f}×", f"{single / s['mixed_oracle']['median']:.2f}×",
-                     f"{s['grouped']['median'] / s['mixed_oracle']['median']:.2f}×"])
-    return (table(["m tasks", "inputs", "mixed, routed (s)", "mixed, task given (s)", "grouped by task (s)", "single task (s)",
-                   "bare model (s)", "routing only (s)", "routed vs single", "task given vs single", "mixed vs grouped"], rows)
-            + "\n\nOne batch of inputs spanning m tasks, answered in one forward pass (mixed) or one pass per task (grouped, "
-              "as PEFT must); *single task*: the same inputs all with one prompt; *bare model*: no bank, same tokens.")
+        rows.append(
+            [
+                str(res["m"]),
+                str(res["inputs"]),
+                _med(s["mixed_routed"]),
+                _med(s["mixed_oracle"]),
+                _med(s["grouped"]),
+                _med(s["single_task"]),
+                _med(s["limit"]),
+                _med(s.get("route_only")),
+                f"{single / s['mixed_routed']['median']:.2f}×",
+                f"{single / s['mixed_oracle']['median']:.2f}×",
+                f"{s['grouped']['median'] / s['mixed_oracle']['median']:.2f}×",
+            ]
+        )
+    return (
+        table(
+            [
+                "m tasks",
+                "inputs",
+                "mixed, routed (s)",
+                "mixed, task given (s)",
+                "grouped by task (s)",
+                "single task (s)",
+                "bare model (s)",
+                "routing only (s)",
+                "routed vs single",
+                "task given vs single",
+                "mixed vs grouped",
+            ],
+            rows,
+        )
+        + "\n\nOne batch of inputs spanning m tasks, answered in one forward pass (mixed) or one pass per task (grouped, "
+        "as PEFT must); *single task*: the same inputs all with one prompt; *bare model*: no bank, same tokens."
+    )
 
 
 def routing(r: dict[str, Any]) -> str:
     rows = []
     for res in r["results"]:
         for row in res["rows"]:
-            rows.append([f"{res['n_tasks']:,}", row["view"], f"{row['agreement_with_exact']:.3f}", f"{row['accuracy_true_task']:.3f}",
-                         _med(row.get("route_batch_us_per_query"), 1.0, 1), _med(row.get("route_single_us_per_query"), 1.0, 0),
-                         f"{row['index_bytes_per_task']:,.0f}" if row.get("index_bytes_per_task") else "–"])
+            rows.append(
+                [
+                    f"{res['n_tasks']:,}",
+                    row["view"],
+                    f"{row['agreement_with_exact']:.3f}",
+                    f"{row['accuracy_true_task']:.3f}",
+                    _med(row.get("route_batch_us_per_query"), 1.0, 1),
+                    _med(row.get("route_single_us_per_query"), 1.0, 0),
+                    f"{row['index_bytes_per_task']:,.0f}" if row.get("index_bytes_per_task") else "–",
+                ]
+            )
         lda = res.get("lda")
         if lda:
-            rows.append([f"{res['n_tasks']:,}", f"lda ({lda['index_in_use']})", f"{lda['agreement_with_exact_lda']:.3f}",
-                         f"{lda['accuracy_true_task']:.3f}", _med(lda.get("route_batch_us_per_query"), 1.0, 1),
-                         _med(lda.get("route_single_us_per_query"), 1.0, 0), f"{lda['state_bytes_per_task']:,.0f}"])
+            rows.append(
+                [
+                    f"{res['n_tasks']:,}",
+                    f"lda ({lda['index_in_use']})",
+                    f"{lda['agreement_with_exact_lda']:.3f}",
+                    f"{lda['accuracy_true_task']:.3f}",
+                    _med(lda.get("route_batch_us_per_query"), 1.0, 1),
+                    _med(lda.get("route_single_us_per_query"), 1.0, 0),
+                    f"{lda['state_bytes_per_task']:,.0f}",
+                ]
+            )
     a = r["args"]
-    return (table(["tasks", "router / index", "agreement with exact", "true task", "µs/query, batch", "µs/query, single",
-                   "B/task (index or state)"], rows)
-            + f"\n\nSynthetic keys: {a['keys_per_task']} per task, {a['dim']}-d, tasks in domains of {a['domain_size']}; "
-              f"batches of {a['batch']} queries. Rows other than `lda` are the `knn` router's FAISS index; "
-              "*agreement*: same task as the exact search of the same router.")
+    return (
+        table(
+            [
+                "tasks",
+                "router / index",
+                "agreement with exact",
+                "true task",
+                "µs/query, batch",
+                "µs/query, single",
+                "B/task (index or state)",
+            ],
+            rows,
+        )
+        + f"\n\nSynthetic keys: {a['keys_per_task']} per task, {a['dim']}-d, tasks in domains of {a['domain_size']}; "
+        f"batches of {a['batch']} queries. Rows other than `lda` are the `knn` router's FAISS index; "
+        "*agreement*: same task as the exact search of the same router."
+    )
 
 
 BENCH_TABLES: dict[str, Callable[[], str]] = {

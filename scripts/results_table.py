@@ -45,7 +45,9 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-        mem_kb = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
+        mem_kb = next(
+            int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")
+        )
     except (OSError, StopIteration):
         mem_kb = 0
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "gpu": None}
@@ -83,8 +85,12 @@ def add_run(args: argparse.Namespace) -> None:
     results = json.loads((Path(args.run) / "results.json").read_text())
     threads = results.get("torch_threads")
     payload = {
-        "name": args.name, "kind": "stream", "command": args.command, "commit": args.commit or commit(),
-        "machine": {**machine(), "torch_threads": threads}, **time_log(args.time_log),
+        "name": args.name,
+        "kind": "stream",
+        "command": args.command,
+        "commit": args.commit or commit(),
+        "machine": {**machine(), "torch_threads": threads},
+        **time_log(args.time_log),
         "result": {k: v for k, v in results.items() if k not in DROP},
     }
     print(write(args.name, payload))
@@ -92,9 +98,17 @@ def add_run(args: argparse.Namespace) -> None:
 
 def add_bench(args: argparse.Namespace) -> None:
     data = json.loads(Path(args.json).read_text())
-    payload = {"name": args.name, "kind": "bench", "command": args.command, "commit": args.commit or data.get("git_commit") or commit(),
-               "machine": {**machine(), **{k: v for k, v in data.get("machine", {}).items() if k in ("torch_threads", "threads")}},
-               "result": data}
+    payload = {
+        "name": args.name,
+        "kind": "bench",
+        "command": args.command,
+        "commit": args.commit or data.get("git_commit") or commit(),
+        "machine": {
+            **machine(),
+            **{k: v for k, v in data.get("machine", {}).items() if k in ("torch_threads", "threads")},
+        },
+        "result": data,
+    }
     print(write(args.name, payload))
 
 
@@ -112,7 +126,11 @@ def pct(v: float | None, signed: bool = False) -> str:
 def where(d: dict[str, Any]) -> str:
     m = d["machine"]
     threads = m.get("torch_threads") or m.get("threads")
-    return f"{m['cpu']}, {m['logical_cpus']} CPUs" + (f", {threads} threads" if threads else "") + f"; commit `{d['commit']}`"
+    return (
+        f"{m['cpu']}, {m['logical_cpus']} CPUs"
+        + (f", {threads} threads" if threads else "")
+        + f"; commit `{d['commit']}`"
+    )
 
 
 def minutes(d: dict[str, Any]) -> str:
@@ -137,16 +155,48 @@ def streams_table() -> str:
             continue
         d = load(name)
         r = d["result"]
-        rows.append([f"`{r['stream']}`" + (f" o{r['order']}" if r.get("order", 1) != 1 else ""), str(len(r["tasks"])),
-                     pct(r["avg_acc"]), pct(r["oracle_avg_acc"]), pct(r["routing_acc"]), pct(r["bwt"], True),
-                     pct(r["forgetting"]), f"{r['trainable_params_per_task']:,}", f"{r['bank_bytes_per_task'] / 1024:.1f} KB",
-                     minutes(d), f"`{d['command']}`"])
-    note = ("Accuracy in %, after the last task. *routed*: every test input routed to a task by its key alone; "
-            "*oracle*: the task given; BWT and forgetting in points. Time: the whole command, "
-            "or (*) the sum of per-task train + eval time.")
-    sources = ", ".join(f"`docs/results/{n}.json` ({where(load(n))})" for n in STREAM_RUNS if (RESULTS / f"{n}.json").exists())
-    return table(["stream", "tasks", "routed", "oracle", "routing", "BWT", "forgetting", "params/task", "bank/task", "time",
-                  "command"], rows) + f"\n\n{note} Sources: {sources}.\n"
+        rows.append(
+            [
+                f"`{r['stream']}`" + (f" o{r['order']}" if r.get("order", 1) != 1 else ""),
+                str(len(r["tasks"])),
+                pct(r["avg_acc"]),
+                pct(r["oracle_avg_acc"]),
+                pct(r["routing_acc"]),
+                pct(r["bwt"], True),
+                pct(r["forgetting"]),
+                f"{r['trainable_params_per_task']:,}",
+                f"{r['bank_bytes_per_task'] / 1024:.1f} KB",
+                minutes(d),
+                f"`{d['command']}`",
+            ]
+        )
+    note = (
+        "Accuracy in %, after the last task. *routed*: every test input routed to a task by its key alone; "
+        "*oracle*: the task given; BWT and forgetting in points. Time: the whole command, "
+        "or (*) the sum of per-task train + eval time."
+    )
+    sources = ", ".join(
+        f"`docs/results/{n}.json` ({where(load(n))})" for n in STREAM_RUNS if (RESULTS / f"{n}.json").exists()
+    )
+    return (
+        table(
+            [
+                "stream",
+                "tasks",
+                "routed",
+                "oracle",
+                "routing",
+                "BWT",
+                "forgetting",
+                "params/task",
+                "bank/task",
+                "time",
+                "command",
+            ],
+            rows,
+        )
+        + f"\n\n{note} Sources: {sources}.\n"
+    )
 
 
 def per_task_table(name: str) -> str:
@@ -155,20 +205,43 @@ def per_task_table(name: str) -> str:
     final, oracle = r["acc_matrix"][-1], r["oracle_matrix"][-1]
     rows = []
     for j, task in enumerate(r["tasks"]):
-        rows.append([task, pct(final[j]), pct(oracle[j]), pct(r["routing_acc_per_task"].get(task)),
-                     str(r["budgets"]["per_task"][task].get("test_counts", ["?"]) and sum(r["budgets"]["per_task"][task]["test_counts"]))])
-    rows.append(["**average**", f"**{pct(r['avg_acc'])}**", f"**{pct(r['oracle_avg_acc'])}**", f"**{pct(r['routing_acc'])}**", ""])
-    return table(["task", "routed", "oracle", "routing", "test inputs"], rows) + f"\n\n`docs/results/{name}.json` ({where(d)}).\n"
+        rows.append(
+            [
+                task,
+                pct(final[j]),
+                pct(oracle[j]),
+                pct(r["routing_acc_per_task"].get(task)),
+                str(
+                    r["budgets"]["per_task"][task].get("test_counts", ["?"])
+                    and sum(r["budgets"]["per_task"][task]["test_counts"])
+                ),
+            ]
+        )
+    rows.append(
+        [
+            "**average**",
+            f"**{pct(r['avg_acc'])}**",
+            f"**{pct(r['oracle_avg_acc'])}**",
+            f"**{pct(r['routing_acc'])}**",
+            "",
+        ]
+    )
+    return (
+        table(["task", "routed", "oracle", "routing", "test inputs"], rows)
+        + f"\n\n`docs/results/{name}.json` ({where(d)}).\n"
+    )
 
 
 def main_job_line() -> str:
     d = load("main-job")
     r = d["result"]
     rss = f", peak RSS {d['peak_rss_gib']:.2f} GiB" if "peak_rss_gib" in d else ""
-    return (f"On {d['machine']['cpu']} ({d['machine']['logical_cpus']} CPUs) the main job took {minutes(d)}{rss}: "
-            f"routed accuracy **{pct(r['avg_acc'])}**, oracle {pct(r['oracle_avg_acc'])}, routing {pct(r['routing_acc'])}%, "
-            f"BWT {pct(r['bwt'], True)} pt, {r['trainable_params_per_task']:,} trainable parameters and "
-            f"{r['bank_bytes_per_task'] / 1024:.1f} KB of bank per task (`docs/results/main-job.json`).\n")
+    return (
+        f"On {d['machine']['cpu']} ({d['machine']['logical_cpus']} CPUs) the main job took {minutes(d)}{rss}: "
+        f"routed accuracy **{pct(r['avg_acc'])}**, oracle {pct(r['oracle_avg_acc'])}, routing {pct(r['routing_acc'])}%, "
+        f"BWT {pct(r['bwt'], True)} pt, {r['trainable_params_per_task']:,} trainable parameters and "
+        f"{r['bank_bytes_per_task'] / 1024:.1f} KB of bank per task (`docs/results/main-job.json`).\n"
+    )
 
 
 def routing_confusion(name: str) -> str:
@@ -210,7 +283,7 @@ def render(args: argparse.Namespace) -> int:
             continue
         text = doc.read_text()
 
-        def fill(m: re.Match) -> str:
+        def fill(m: re.Match, doc: Path = doc) -> str:
             name = m.group(2)
             if name not in generated:
                 raise SystemExit(f"{doc.name}: no generator for block {name!r}; known: {', '.join(generated)}")

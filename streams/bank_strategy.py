@@ -76,14 +76,23 @@ class BankStrategy(StreamStrategy):
 
     routes = True
 
-    def __init__(self, bank: PromptBank, train_config: TrainConfig, prompt_cache: PromptCache | None = None, batch_size: int = 16, progress: bool = True) -> None:
+    def __init__(
+        self,
+        bank: PromptBank,
+        train_config: TrainConfig,
+        prompt_cache: PromptCache | None = None,
+        batch_size: int = 16,
+        progress: bool = True,
+    ) -> None:
         self.bank = bank
         self.name = f"bank-{bank.config.method}"
         self.train_config = train_config
         self.prompt_cache = prompt_cache
         self.batch_size = batch_size
         self.progress = progress
-        self._answers: dict[tuple[str, str], dict[int, list[float]]] = {}  # (prompt task, test task) -> row -> label scores
+        self._answers: dict[
+            tuple[str, str], dict[int, list[float]]
+        ] = {}  # (prompt task, test task) -> row -> label scores
         self._test_keys: dict[str, np.ndarray] = {}
 
     def train(self, experience: CLExperience, task: TaskData, table: TextTable) -> TrainReport:
@@ -95,14 +104,23 @@ class BankStrategy(StreamStrategy):
             cached = self.prompt_cache.get(key)
         started = time.perf_counter()
         info = self.bank.add_task(
-            task.name, texts, labels, label_names=list(task.label_names), template=task.template,
-            val_texts=task.val_texts or None, val_labels=task.val_labels or None,
-            key_texts=task.key_texts or None, key_labels=task.key_labels or None,
-            train_config=self.train_config, prompt_state=cached[0] if cached else None,
+            task.name,
+            texts,
+            labels,
+            label_names=list(task.label_names),
+            template=task.template,
+            val_texts=task.val_texts or None,
+            val_labels=task.val_labels or None,
+            key_texts=task.key_texts or None,
+            key_labels=task.key_labels or None,
+            train_config=self.train_config,
+            prompt_state=cached[0] if cached else None,
             metadata={"budgets": task.budgets},
         )
         if cached:
-            info.metadata.update({k: v for k, v in cached[1].items() if k in ("train_seconds", "best_val_acc", "best_step", "steps")})
+            info.metadata.update(
+                {k: v for k, v in cached[1].items() if k in ("train_seconds", "best_val_acc", "best_step", "steps")}
+            )
             info.metadata["prompt_from_cache"] = True
         elif key is not None:
             self.prompt_cache.put(key, self.bank.prompt_state(task.name), info.metadata)
@@ -111,8 +129,12 @@ class BankStrategy(StreamStrategy):
             seconds=time.perf_counter() - started,
             trainable_params=int(info.metadata["trainable_params"]),
             bytes_per_task=per_task["total"],
-            extra={"prompt_train_seconds": info.metadata.get("train_seconds"), "key_seconds": info.metadata.get("key_seconds"),
-                   "best_val_acc": info.metadata.get("best_val_acc"), "prompt_from_cache": bool(cached)},
+            extra={
+                "prompt_train_seconds": info.metadata.get("train_seconds"),
+                "key_seconds": info.metadata.get("key_seconds"),
+                "best_val_acc": info.metadata.get("best_val_acc"),
+                "prompt_from_cache": bool(cached),
+            },
         )
 
     def _keys(self, task: TaskData) -> np.ndarray:
@@ -125,7 +147,12 @@ class BankStrategy(StreamStrategy):
         todo = [i for i, a in enumerate(assigned) if a is not None and i not in self._answers.get((a, task.name), {})]
         if not todo:
             return
-        preds = self.bank.predict([task.test_texts[i] for i in todo], task=[assigned[i] for i in todo], batch_size=self.batch_size, progress=self.progress)
+        preds = self.bank.predict(
+            [task.test_texts[i] for i in todo],
+            task=[assigned[i] for i in todo],
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
         for i, p in zip(todo, preds):
             self._answers.setdefault((p.task, task.name), {})[i] = list(p.scores.values())
 
@@ -136,17 +163,23 @@ class BankStrategy(StreamStrategy):
         candidates = rescorer.candidates(routing)
         names = {self.bank.task_info(t.name).task_id: t.name for t in seen}
         self._ensure_answers(task, [task.name] * len(task.test_texts))  # oracle: the true task's prompt
-        for rank in range(max((len(c) for c in candidates), default=0)):  # only new (prompt, input) pairs cost a forward
+        for rank in range(
+            max((len(c) for c in candidates), default=0)
+        ):  # only new (prompt, input) pairs cost a forward
             self._ensure_answers(task, [names[c[rank]] if rank < len(c) else None for c in candidates])
         scores = lambda i, t: np.asarray(self._answers[(names[t], task.name)][i])
         chosen = rescorer.choose(routing, candidates, scores)
         by_id = {self.bank.task_info(t.name).task_id: k for k, t in enumerate(seen)}
         routed_index = np.array([by_id.get(int(t), -1) for t in chosen])
-        label = lambda name, i: self.bank.task_info(name).label_names[int(np.argmax(self._answers[(name, task.name)][i]))]
+        label = lambda name, i: self.bank.task_info(name).label_names[
+            int(np.argmax(self._answers[(name, task.name)][i]))
+        ]
         predicted = [label(names[int(t)], i) if t >= 0 else None for i, t in enumerate(chosen)]
         oracle = [label(task.name, i) for i in range(len(task.test_texts))]
         key_index = np.array([by_id.get(int(t), -1) for t in routing.task_ids])
-        return TaskEvaluation(predicted=predicted, routed_task=routed_index, oracle_predicted=oracle, key_routed_task=key_index)
+        return TaskEvaluation(
+            predicted=predicted, routed_task=routed_index, oracle_predicted=oracle, key_routed_task=key_index
+        )
 
     def save(self, folder: Path) -> None:
         self.bank.save(folder / "bank")
@@ -159,4 +192,7 @@ class BankStrategy(StreamStrategy):
         path = folder / "answers.json"
         if path.exists():
             raw = json.loads(path.read_text())
-            self._answers = {tuple(k.split("\x1f")): {int(i): v for i, v in rows.items() if isinstance(v, list)} for k, rows in raw.items()}
+            self._answers = {
+                tuple(k.split("\x1f")): {int(i): v for i, v in rows.items() if isinstance(v, list)}
+                for k, rows in raw.items()
+            }

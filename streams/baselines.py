@@ -71,13 +71,27 @@ REPLAY_MEM_SIZE = 200
 _RECIPE = TrainConfig()  # warmup ratio, grad clip and eval batch size shared with the bank trainer
 
 
-def predict_labels(backbone: FrozenLM, prompt: torch.Tensor, task: TaskData, max_input_tokens: int,
-                   batch_size: int = _RECIPE.eval_batch_size, progress: bool = False) -> list[str]:
+def predict_labels(
+    backbone: FrozenLM,
+    prompt: torch.Tensor,
+    task: TaskData,
+    max_input_tokens: int,
+    batch_size: int = _RECIPE.eval_batch_size,
+    progress: bool = False,
+) -> list[str]:
     """Label names predicted for ``task``'s test inputs behind one (n, d) prompt (n may be 0)."""
     ids = backbone.encode(task.test_texts, task.template, max_input_tokens).input_ids
     label_ids = backbone.label_token_ids(task.label_names)
-    scores = predict_scores(backbone, prompt.detach().unsqueeze(0), [0] * len(ids), ids, [label_ids] * len(ids),
-                            batch_size, progress=progress, desc=f"eval {task.name}")
+    scores = predict_scores(
+        backbone,
+        prompt.detach().unsqueeze(0),
+        [0] * len(ids),
+        ids,
+        [label_ids] * len(ids),
+        batch_size,
+        progress=progress,
+        desc=f"eval {task.name}",
+    )
     return [task.label_names[int(np.argmax(s))] for s in scores]
 
 
@@ -86,9 +100,20 @@ class ZeroShot(StreamStrategy):
 
     name = "zero-shot"
 
-    def __init__(self, backbone: FrozenLM, *, method: str = "ulpt", n_tokens: int = 20, prompt_options: dict | None = None,
-                 steps: int = 100, batch_size: int = 8, lr: float | None = None, seed: int = 0,
-                 max_input_tokens: int = 128, progress: bool = True) -> None:
+    def __init__(
+        self,
+        backbone: FrozenLM,
+        *,
+        method: str = "ulpt",
+        n_tokens: int = 20,
+        prompt_options: dict | None = None,
+        steps: int = 100,
+        batch_size: int = 8,
+        lr: float | None = None,
+        seed: int = 0,
+        max_input_tokens: int = 128,
+        progress: bool = True,
+    ) -> None:
         # Prompt and training arguments are accepted (one registry signature) and unused.
         self.backbone, self.max_input_tokens, self.progress = backbone, max_input_tokens, progress
         self._cache: dict[tuple[int, str], list[str]] = {}
@@ -140,11 +165,15 @@ class SharedPromptModel(MultiTaskModule):
         ``benchmark_from_datasets`` carry no ``task_labels``/``classes_in_this_experience``,
         which MultiTaskModule's default adaptation reads)."""
 
-    def forward(self, x: torch.Tensor, task_labels: torch.Tensor | int | None) -> torch.Tensor | dict[int, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, task_labels: torch.Tensor | int | None
+    ) -> torch.Tensor | dict[int, torch.Tensor]:
         rows = [int(r) for r in x.tolist()]
         if task_labels is None:  # Avalanche asks for every known head (LwF distillation)
             return self.forward_all_tasks(x)
-        tasks = [int(task_labels)] * len(rows) if isinstance(task_labels, int) else [int(t) for t in task_labels.tolist()]
+        tasks = (
+            [int(task_labels)] * len(rows) if isinstance(task_labels, int) else [int(t) for t in task_labels.tolist()]
+        )
         return self._scores(rows, tasks)
 
     def forward_single_task(self, x: torch.Tensor, task_label: int) -> torch.Tensor:
@@ -232,9 +261,20 @@ class AvalancheBaseline(StreamStrategy):
 
     name = "avalanche"
 
-    def __init__(self, backbone: FrozenLM, *, method: str = "ulpt", n_tokens: int = 20, prompt_options: dict | None = None,
-                 steps: int = 100, batch_size: int = 8, lr: float | None = None, seed: int = 0,
-                 max_input_tokens: int = 128, progress: bool = True) -> None:
+    def __init__(
+        self,
+        backbone: FrozenLM,
+        *,
+        method: str = "ulpt",
+        n_tokens: int = 20,
+        prompt_options: dict | None = None,
+        steps: int = 100,
+        batch_size: int = 8,
+        lr: float | None = None,
+        seed: int = 0,
+        max_input_tokens: int = 128,
+        progress: bool = True,
+    ) -> None:
         if int(steps) < 1 or int(batch_size) < 1:
             raise InvalidDataError(f"{self.name} needs steps >= 1 and batch_size >= 1, got {steps} and {batch_size}")
         self.backbone, self.steps, self.seed, self.progress = backbone, int(steps), int(seed), progress
@@ -277,10 +317,14 @@ class AvalancheBaseline(StreamStrategy):
         return TrainReport(
             seconds=time.perf_counter() - started,
             trainable_params=self.prompt.num_trainable(),
-            extra={"strategy": type(self.strategy).__name__, "steps": self.recipe.step, "shared_prompt": True,
-                   "prompt_bytes": 4 * self.prompt.num_trainable(),  # one fp32 prompt for all tasks, none per task
-                   "final_loss": float(np.mean(self.recipe.losses[-10:])) if self.recipe.losses else None,
-                   **self.extra_report()},
+            extra={
+                "strategy": type(self.strategy).__name__,
+                "steps": self.recipe.step,
+                "shared_prompt": True,
+                "prompt_bytes": 4 * self.prompt.num_trainable(),  # one fp32 prompt for all tasks, none per task
+                "final_loss": float(np.mean(self.recipe.losses[-10:])) if self.recipe.losses else None,
+                **self.extra_report(),
+            },
         )
 
     def extra_report(self) -> dict[str, Any]:
@@ -289,7 +333,9 @@ class AvalancheBaseline(StreamStrategy):
     def evaluate(self, task_index: int, task: TaskData, seen: list[TaskData]) -> TaskEvaluation:
         with torch.no_grad():
             prompt = self.prompt()
-        return TaskEvaluation(predicted=predict_labels(self.backbone, prompt, task, self.max_input_tokens, progress=self.progress))
+        return TaskEvaluation(
+            predicted=predict_labels(self.backbone, prompt, task, self.max_input_tokens, progress=self.progress)
+        )
 
 
 def _quiet_evaluator() -> EvaluationPlugin:
@@ -334,7 +380,9 @@ class LwFBaseline(AvalancheBaseline):
 
     name = "lwf"
 
-    def __init__(self, backbone: FrozenLM, *, alpha: float = LWF_ALPHA, temperature: float = LWF_TEMPERATURE, **kwargs: Any) -> None:
+    def __init__(
+        self, backbone: FrozenLM, *, alpha: float = LWF_ALPHA, temperature: float = LWF_TEMPERATURE, **kwargs: Any
+    ) -> None:
         self.alpha, self.temperature = float(alpha), float(temperature)
         super().__init__(backbone, **kwargs)
 
@@ -364,7 +412,10 @@ class ReplayBaseline(AvalancheBaseline):
         return next(p for p in strategy.plugins if isinstance(p, ReplayPlugin))
 
     def extra_report(self) -> dict[str, Any]:
-        return {"replay_buffer": len(self.replay_plugin(self.strategy).storage_policy.buffer), "mem_size": self.mem_size}
+        return {
+            "replay_buffer": len(self.replay_plugin(self.strategy).storage_policy.buffer),
+            "mem_size": self.mem_size,
+        }
 
 
 class JointBaseline(AvalancheBaseline):
@@ -380,6 +431,13 @@ class JointBaseline(AvalancheBaseline):
 
 #: Every baseline strategy, by the name ``promptbank run --baseline`` takes.
 BASELINES: Registry[Callable[..., StreamStrategy]] = Registry("baseline")
-for _name, _cls in (("zero-shot", ZeroShot), ("naive", NaiveBaseline), ("ewc", EWCBaseline), ("lwf", LwFBaseline),
-                    ("replay", ReplayBaseline), ("joint", JointBaseline), ("linear-probe", LinearProbe)):
+for _name, _cls in (
+    ("zero-shot", ZeroShot),
+    ("naive", NaiveBaseline),
+    ("ewc", EWCBaseline),
+    ("lwf", LwFBaseline),
+    ("replay", ReplayBaseline),
+    ("joint", JointBaseline),
+    ("linear-probe", LinearProbe),
+):
     BASELINES.register(_name)(_cls)

@@ -40,7 +40,10 @@ def _experience_dataset(rows: torch.Tensor, labels: Sequence[int], task_id: int)
     base = TensorDataset(rows, y)  # the task label is appended by the data attribute
     return TaskAwareClassificationDataset(
         [base],
-        data_attributes=[DataAttribute(y.tolist(), "targets"), DataAttribute(TaskLabels(t.tolist()), "targets_task_labels", use_in_getitem=True)],
+        data_attributes=[
+            DataAttribute(y.tolist(), "targets"),
+            DataAttribute(TaskLabels(t.tolist()), "targets_task_labels", use_in_getitem=True),
+        ],
     )
 
 

@@ -35,8 +35,12 @@ def _run(args: argparse.Namespace) -> int:
     rescore = {**Rescorer().to_dict(), **{k: v for k, v in given.items() if v is not None}}
     cfg = RunConfig(
         stream=args.stream or ("custom" if args.tasks else RunConfig.stream),
-        order=args.order, tasks=args.tasks.split(",") if args.tasks else None, baseline=args.baseline,
-        backbone=args.backbone, bf16=args.bf16, seed=args.seed,
+        order=args.order,
+        tasks=args.tasks.split(",") if args.tasks else None,
+        baseline=args.baseline,
+        backbone=args.backbone,
+        bf16=args.bf16,
+        seed=args.seed,
         bank=BankConfig(**bank, prompt_options=prompt_options, router={"strategy": args.router}, rescore=rescore),
         train=TrainConfig(**nested_values(args, "train")),
         data=DataConfig(**nested_values(args, "data")),
@@ -46,7 +50,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\n{cfg.stream} · {cfg.strategy_name} · {cfg.backbone}")
     print(format_table(results))
     print(f"\nresults:  {out}/results.json")
-    print(f"plots:    {out}/acc_matrix.png" + (f", {out}/routing_confusion.png" if results.get("routing_confusion") else ""))
+    print(
+        f"plots:    {out}/acc_matrix.png"
+        + (f", {out}/routing_confusion.png" if results.get("routing_confusion") else "")
+    )
     print(f"mlflow:   run {results['mlflow']['run_id']} in {results['mlflow']['tracking_uri']}")
     print(f"          browse with: {results['mlflow']['ui']}")
     return 0
@@ -60,23 +67,47 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--stream", default=None, help=f"{helps['stream']} (default: {defaults.stream})")
     run.add_argument("--order", type=int, default=None, help=helps["order"])
     run.add_argument("--tasks", default=None, help="comma-separated task names instead of a named stream")
-    run.add_argument("--baseline", default=None,
-                     help="zero-shot | naive | ewc | lwf | replay | joint | linear-probe (default: the prompt bank)")
+    run.add_argument(
+        "--baseline",
+        default=None,
+        help="zero-shot | naive | ewc | lwf | replay | joint | linear-probe (default: the prompt bank)",
+    )
     run.add_argument("--backbone", default=defaults.backbone, help=helps["backbone"] + " (default: %(default)s)")
-    run.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                     help="run the LLM under bf16 autocast (default: on a bf16 GPU only; on a CPU with AMX it is "
-                          "faster, with slightly different answers: BENCHMARKS.md)")
+    run.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the LLM under bf16 autocast (default: on a bf16 GPU only; on a CPU with AMX it is "
+        "faster, with slightly different answers: BENCHMARKS.md)",
+    )
     run.add_argument("--seed", type=int, default=defaults.seed, help=helps["seed"] + " (default: %(default)s)")
     bank = run.add_argument_group("bank (promptbank.BankConfig)")
-    add_config_flags(bank, BankConfig, "bank", skip=("prompt_options", "router", "rescore", "seed"),
-                     choices={"method": PROMPTS.names()})
+    add_config_flags(
+        bank,
+        BankConfig,
+        "bank",
+        skip=("prompt_options", "router", "rescore", "seed"),
+        choices={"method": PROMPTS.names()},
+    )
     bank.add_argument("--rank", type=int, default=None, help="rank r of a low-rank prompt (default: the method's, 2)")
-    bank.add_argument("--router", default=defaults.bank.router["strategy"], choices=ROUTERS.names(),
-                      help="routing strategy (docs/routing.md; default: %(default)s)")
-    bank.add_argument("--rescore-top", type=int, default=None,
-                      help=f"re-score this many router candidates with their prompts (default {Rescorer().top}: keys alone)")
-    bank.add_argument("--rescore-weight", type=float, default=None, help="weight of the prompts' confidence against the router's")
-    add_config_flags(run.add_argument_group("training (promptbank.TrainConfig)"), TrainConfig, "train", skip=("seed", "progress"))
+    bank.add_argument(
+        "--router",
+        default=defaults.bank.router["strategy"],
+        choices=ROUTERS.names(),
+        help="routing strategy (docs/routing.md; default: %(default)s)",
+    )
+    bank.add_argument(
+        "--rescore-top",
+        type=int,
+        default=None,
+        help=f"re-score this many router candidates with their prompts (default {Rescorer().top}: keys alone)",
+    )
+    bank.add_argument(
+        "--rescore-weight", type=float, default=None, help="weight of the prompts' confidence against the router's"
+    )
+    add_config_flags(
+        run.add_argument_group("training (promptbank.TrainConfig)"), TrainConfig, "train", skip=("seed", "progress")
+    )
     add_config_flags(run.add_argument_group("data budgets (streams.splits.DataConfig)"), DataConfig, "data")
     run.add_argument("--out", default=None, help="output folder (default runs/<stream>-<strategy>)")
     run.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite store next to --out)")

@@ -68,8 +68,12 @@ class RunConfig:
 
     def budgets(self) -> dict[str, int]:
         """The budgets every result records."""
-        return {**dataclasses.asdict(self.data), "steps": self.train.steps, "batch_size": self.train.batch_size,
-                "max_input_tokens": self.bank.max_input_tokens}
+        return {
+            **dataclasses.asdict(self.data),
+            "steps": self.train.steps,
+            "batch_size": self.train.batch_size,
+            "max_input_tokens": self.bank.max_input_tokens,
+        }
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -97,7 +101,10 @@ def field_help(cls: type) -> dict[str, str]:
 
 
 def add_config_flags(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, prefix: str, skip: tuple[str, ...] = (),
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    prefix: str,
+    skip: tuple[str, ...] = (),
     choices: dict[str, list[str]] | None = None,
 ) -> None:
     """One ``--flag`` per scalar field of dataclass ``cls``, stored as ``<prefix>.<field>``.
@@ -121,10 +128,19 @@ def add_config_flags(
         flag = "--" + f.name.replace("_", "-")
         text = (helps.get(f.name, "") + " (default: %(default)s)").strip()
         if base is bool:
-            parser.add_argument(flag, dest=f"{prefix}.{f.name}", action=argparse.BooleanOptionalAction, default=default, help=text)
+            parser.add_argument(
+                flag, dest=f"{prefix}.{f.name}", action=argparse.BooleanOptionalAction, default=default, help=text
+            )
         elif base in (int, float, str):
-            parser.add_argument(flag, dest=f"{prefix}.{f.name}", type=base, default=default, help=text, metavar=None if f.name in (choices or {}) else f.name.upper(),
-                                choices=(choices or {}).get(f.name))
+            parser.add_argument(
+                flag,
+                dest=f"{prefix}.{f.name}",
+                type=base,
+                default=default,
+                help=text,
+                metavar=None if f.name in (choices or {}) else f.name.upper(),
+                choices=(choices or {}).get(f.name),
+            )
         else:
             raise TypeError(f"{cls.__name__}.{f.name} ({kind}) has no flag; list it in skip and add one by hand")
 
@@ -132,4 +148,4 @@ def add_config_flags(
 def nested_values(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
     """The values of the flags :func:`add_config_flags` made for ``prefix``."""
     head = prefix + "."
-    return {k[len(head):]: v for k, v in vars(args).items() if k.startswith(head)}
+    return {k[len(head) :]: v for k, v in vars(args).items() if k.startswith(head)}

@@ -29,7 +29,17 @@ class StreamDef:
         return min(self.orders)
 
 
-_OFFLINE_9 = ("bbc", "rotten_tomatoes", "trec", "sms_spam", "reuters_r8", "vader_amazon", "tweet_sentiment", "20newsgroups", "election_tweets")
+_OFFLINE_9 = (
+    "bbc",
+    "rotten_tomatoes",
+    "trec",
+    "sms_spam",
+    "reuters_r8",
+    "vader_amazon",
+    "tweet_sentiment",
+    "20newsgroups",
+    "election_tweets",
+)
 _LONG = {
     4: "mnli cb wic copa qqp boolq rte imdb yelp amazon sst2 dbpedia agnews multirc yahoo",
     5: "multirc boolq wic mnli cb copa qqp rte imdb sst2 dbpedia agnews yelp amazon yahoo",
@@ -49,9 +59,29 @@ _STREAMS = [
             1: _OFFLINE_9,
             # 2: near neighbours back to back (news: reuters/bbc/20ng; sentiment:
             #    vader_amazon/rotten_tomatoes/tweet_sentiment; tweets: tweet_sentiment/election).
-            2: ("reuters_r8", "bbc", "20newsgroups", "vader_amazon", "rotten_tomatoes", "tweet_sentiment", "election_tweets", "trec", "sms_spam"),
+            2: (
+                "reuters_r8",
+                "bbc",
+                "20newsgroups",
+                "vader_amazon",
+                "rotten_tomatoes",
+                "tweet_sentiment",
+                "election_tweets",
+                "trec",
+                "sms_spam",
+            ),
             # 3: near neighbours as far apart as possible, starting from a different task.
-            3: ("tweet_sentiment", "sms_spam", "bbc", "trec", "vader_amazon", "election_tweets", "20newsgroups", "rotten_tomatoes", "reuters_r8"),
+            3: (
+                "tweet_sentiment",
+                "sms_spam",
+                "bbc",
+                "trec",
+                "vader_amazon",
+                "election_tweets",
+                "20newsgroups",
+                "rotten_tomatoes",
+                "reuters_r8",
+            ),
         },
         False,
         "the full offline stream; near neighbours (bbc/reuters news, rotten_tomatoes/"

@@ -12,7 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, xlabel: str, ylabel: str, path: Path) -> Path:
+def _heatmap(
+    values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, xlabel: str, ylabel: str, path: Path
+) -> Path:
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(cols), 1.0 + 0.6 * len(rows)))
     shown = np.ma.masked_invalid(values.astype(float))
     im = ax.imshow(shown, cmap="viridis", vmin=0.0, vmax=1.0)  # both figures show rates
@@ -24,7 +26,15 @@ def _heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             if np.isfinite(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color="white" if values[i, j] < 0.6 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    f"{values[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    color="white" if values[i, j] < 0.6 else "black",
+                    fontsize=8,
+                )
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -32,9 +42,21 @@ def _heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title
     return path
 
 
-def accuracy_matrix_png(acc: Sequence[Sequence[float | None]], tasks: Sequence[str], path: Path, title: str = "accuracy R[i][j]") -> Path:
-    values = np.array([[np.nan if v is None else v for v in row] + [np.nan] * (len(tasks) - len(row)) for row in acc], dtype=float)
-    return _heatmap(values, [f"after {t}" for t in tasks[: len(acc)]], tasks, title, "evaluated task j", "trained through task i", path)
+def accuracy_matrix_png(
+    acc: Sequence[Sequence[float | None]], tasks: Sequence[str], path: Path, title: str = "accuracy R[i][j]"
+) -> Path:
+    values = np.array(
+        [[np.nan if v is None else v for v in row] + [np.nan] * (len(tasks) - len(row)) for row in acc], dtype=float
+    )
+    return _heatmap(
+        values,
+        [f"after {t}" for t in tasks[: len(acc)]],
+        tasks,
+        title,
+        "evaluated task j",
+        "trained through task i",
+        path,
+    )
 
 
 def confusion_png(counts: np.ndarray, tasks: Sequence[str], path: Path, title: str = "routing confusion") -> Path:

@@ -22,7 +22,9 @@ from .strategy import StreamStrategy, TaskEvaluation, TrainReport
 PENALTIES = (1e-4, 1e-3, 1e-2)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, penalty: float, iterations: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, n_classes: int, penalty: float, iterations: int = 100
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression, full batch L-BFGS (deterministic for fixed inputs)."""
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
     w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
@@ -44,7 +46,9 @@ class LinearProbe(StreamStrategy):
 
     name = "linear-probe"
 
-    def __init__(self, backbone: FrozenLM, *, key_encoder: KeyEncoder | None = None, progress: bool = True, **_unused) -> None:
+    def __init__(
+        self, backbone: FrozenLM, *, key_encoder: KeyEncoder | None = None, progress: bool = True, **_unused
+    ) -> None:
         # The LLM, prompt and step arguments of the shared baseline signature are not used.
         self.encoder = key_encoder or make_key_encoder("minilm")
         self.progress = progress
@@ -66,8 +70,11 @@ class LinearProbe(StreamStrategy):
         else:
             best = (float("nan"), PENALTIES[1], *fit_logistic(x, y, k, PENALTIES[1]))
         self._heads[task.name] = best[2], best[3]
-        return TrainReport(seconds=0.0, trainable_params=int(x.shape[1] * k + k),
-                           extra={"strategy": self.name, "val_acc": best[0], "penalty": best[1]})
+        return TrainReport(
+            seconds=0.0,
+            trainable_params=int(x.shape[1] * k + k),
+            extra={"strategy": self.name, "val_acc": best[0], "penalty": best[1]},
+        )
 
     def evaluate(self, task_index: int, task: TaskData, seen: list[TaskData]) -> TaskEvaluation:
         if task.name not in self._answers:  # a task's head never changes once fitted

@@ -44,22 +44,37 @@ def make_strategy(cfg: RunConfig, backbone, progress: bool) -> StreamStrategy:
 
         BASELINES.get(cfg.baseline)  # one clear error for an unknown name
         if cfg.baseline == "linear-probe":
-            return BASELINES[cfg.baseline](backbone, key_encoder=make_key_encoder(cfg.bank.key_encoder, backbone=backbone), progress=progress)
+            return BASELINES[cfg.baseline](
+                backbone, key_encoder=make_key_encoder(cfg.bank.key_encoder, backbone=backbone), progress=progress
+            )
         b = cfg.bank
-        return BASELINES[cfg.baseline](backbone, method=b.method, n_tokens=b.n_tokens, prompt_options=dict(b.prompt_options),
-                                       steps=train.steps, batch_size=train.batch_size, lr=train.lr, seed=cfg.seed,
-                                       max_input_tokens=b.max_input_tokens, progress=progress)
+        return BASELINES[cfg.baseline](
+            backbone,
+            method=b.method,
+            n_tokens=b.n_tokens,
+            prompt_options=dict(b.prompt_options),
+            steps=train.steps,
+            batch_size=train.batch_size,
+            lr=train.lr,
+            seed=cfg.seed,
+            max_input_tokens=b.max_input_tokens,
+            progress=progress,
+        )
     return BankStrategy(PromptBank(backbone, cfg.bank), train, PromptCache(), progress=progress)
 
 
 def load_tasks(cfg: RunConfig) -> list[TaskData]:
     names = cfg.tasks or stream_tasks(cfg.stream, cfg.order)
     d = cfg.data
-    return [get_task(n, d.train_per_class, d.val_per_class, d.test_per_class, seed=cfg.seed, key_per_class=d.key_per_class)
-            for n in names]
+    return [
+        get_task(n, d.train_per_class, d.val_per_class, d.test_per_class, seed=cfg.seed, key_per_class=d.key_per_class)
+        for n in names
+    ]
 
 
-def run_stream(cfg: RunConfig, out: Path | None = None, tracking_uri: str | None = None, progress: bool = True, fresh: bool = False) -> dict[str, Any]:
+def run_stream(
+    cfg: RunConfig, out: Path | None = None, tracking_uri: str | None = None, progress: bool = True, fresh: bool = False
+) -> dict[str, Any]:
     """Run ``cfg`` end to end; returns the results dict also written to ``out/results.json``."""
     if cfg.tasks is None:
         STREAMS.get(cfg.stream)  # one clear error for an unknown name
@@ -76,7 +91,9 @@ def run_stream(cfg: RunConfig, out: Path | None = None, tracking_uri: str | None
     state = _load_progress(out, cfg)
     if state["done"] and isinstance(strategy, BankStrategy):
         strategy.restore(out)
-    elif state["done"]:  # baselines keep optimiser/plugin state in memory: replay finished tasks quickly is not possible
+    elif state[
+        "done"
+    ]:  # baselines keep optimiser/plugin state in memory: replay finished tasks quickly is not possible
         state = _empty_progress(cfg)
 
     quiet_mlflow()
@@ -84,7 +101,9 @@ def run_stream(cfg: RunConfig, out: Path | None = None, tracking_uri: str | None
     params = {**dataclasses.asdict(cfg), "tasks": names, "strategy": cfg.strategy_name}
     with tracker.run(f"{cfg.stream}:{cfg.strategy_name}", params=params, run_id=state.get("run_id")) as active:
         state["run_id"] = active.info.run_id
-        bar = tqdm(list(benchmark.train_stream), desc=f"{cfg.stream} [{cfg.strategy_name}]", unit="task", disable=not progress)
+        bar = tqdm(
+            list(benchmark.train_stream), desc=f"{cfg.stream} [{cfg.strategy_name}]", unit="task", disable=not progress
+        )
         for experience in bar:
             i = experience.current_experience
             if i < state["done"]:
@@ -106,16 +125,36 @@ def run_stream(cfg: RunConfig, out: Path | None = None, tracking_uri: str | None
                     if ev.key_routed_task is not None:
                         key_routed[names[j]] = ev.key_routed_task.tolist()
                 eval_seconds = time.perf_counter() - started
-                tracker.metrics({"train_seconds": train_seconds, "eval_seconds": eval_seconds, **{f"acc.{names[j]}": row[j] for j in range(i + 1)}})
+                tracker.metrics(
+                    {
+                        "train_seconds": train_seconds,
+                        "eval_seconds": eval_seconds,
+                        **{f"acc.{names[j]}": row[j] for j in range(i + 1)},
+                    }
+                )
             state["acc_matrix"].append(row)
             state["oracle_matrix"].append(oracle_row)
             state["routing_matrix"].append(routing_row)
             state["final_routing"] = routed
             state["final_key_routing"] = key_routed
-            state["reports"].append({"task": names[i], "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
-                                     "trainable_params": report.trainable_params, "bytes_per_task": report.bytes_per_task, **report.extra})
-            tracker.metrics({**{f"R.{names[j]}": row[j] for j in range(i + 1)}, "avg_acc_so_far": float(np.mean(row)),
-                             **({"routing_acc_so_far": float(np.mean(routing_row))} if routing_row else {})}, step=i)
+            state["reports"].append(
+                {
+                    "task": names[i],
+                    "train_seconds": round(train_seconds, 2),
+                    "eval_seconds": round(eval_seconds, 2),
+                    "trainable_params": report.trainable_params,
+                    "bytes_per_task": report.bytes_per_task,
+                    **report.extra,
+                }
+            )
+            tracker.metrics(
+                {
+                    **{f"R.{names[j]}": row[j] for j in range(i + 1)},
+                    "avg_acc_so_far": float(np.mean(row)),
+                    **({"routing_acc_so_far": float(np.mean(routing_row))} if routing_row else {}),
+                },
+                step=i,
+            )
             state["done"] = i + 1
             strategy.save(out)
             _save_progress(out, state)
@@ -142,17 +181,30 @@ def summarize(cfg: RunConfig, tasks: list[TaskData], state: dict[str, Any]) -> d
         counts = confusion_matrix(true, pred, len(names))
     reports = state["reports"]
     return {
-        "stream": cfg.stream if cfg.tasks is None else "custom", "order": cfg.order or 1, "method": cfg.bank.method,
-        "strategy": cfg.strategy_name, "baseline": cfg.baseline,
-        "backbone": cfg.backbone, "key_encoder": cfg.bank.key_encoder, "router": cfg.bank.router, "tasks": names,
-        "acc_matrix": acc, "oracle_matrix": state["oracle_matrix"],
+        "stream": cfg.stream if cfg.tasks is None else "custom",
+        "order": cfg.order or 1,
+        "method": cfg.bank.method,
+        "strategy": cfg.strategy_name,
+        "baseline": cfg.baseline,
+        "backbone": cfg.backbone,
+        "key_encoder": cfg.bank.key_encoder,
+        "router": cfg.bank.router,
+        "tasks": names,
+        "acc_matrix": acc,
+        "oracle_matrix": state["oracle_matrix"],
         "avg_acc": summary["avg_acc"],
         "oracle_avg_acc": float(np.mean(oracle_final)) if None not in oracle_final else None,
-        "routing_acc": float(np.mean([k == j for j, n in enumerate(names) for k in routed.get(n, [])])) if routed else None,
+        "routing_acc": float(np.mean([k == j for j, n in enumerate(names) for k in routed.get(n, [])]))
+        if routed
+        else None,
         "routing_acc_per_task": routing_per_task,
-        "routing_acc_keys_only": float(np.mean([k == j for j, n in enumerate(names) for k in key_routed.get(n, [])])) if key_routed else None,
+        "routing_acc_keys_only": float(np.mean([k == j for j, n in enumerate(names) for k in key_routed.get(n, [])]))
+        if key_routed
+        else None,
         "routing_confusion": counts.tolist() if counts is not None else None,
-        "bwt": summary["bwt"], "forgetting": summary["forgetting"], "forgetting_per_task": summary["forgetting_per_task"],
+        "bwt": summary["bwt"],
+        "forgetting": summary["forgetting"],
+        "forgetting_per_task": summary["forgetting_per_task"],
         "trainable_params_per_task": reports[-1]["trainable_params"],
         "bank_bytes_per_task": reports[-1]["bytes_per_task"],
         "seconds_per_task": [r["train_seconds"] + r["eval_seconds"] for r in reports],
@@ -166,11 +218,28 @@ def summarize(cfg: RunConfig, tasks: list[TaskData], state: dict[str, Any]) -> d
 
 def _write_outputs(out: Path, cfg: RunConfig, tasks: list[TaskData], results: dict[str, Any], tracker: Tracker) -> None:
     names = [t.name for t in tasks]
-    heat = plots.accuracy_matrix_png(results["acc_matrix"], names, out / "acc_matrix.png", title=f"{cfg.stream} · {cfg.strategy_name}: R[i][j]")
+    heat = plots.accuracy_matrix_png(
+        results["acc_matrix"], names, out / "acc_matrix.png", title=f"{cfg.stream} · {cfg.strategy_name}: R[i][j]"
+    )
     tracker.artifact(heat)
     if results["routing_confusion"] is not None:
-        tracker.artifact(plots.confusion_png(np.asarray(results["routing_confusion"]), names, out / "routing_confusion.png"))
-    tracker.metrics({k: results[k] for k in ("avg_acc", "oracle_avg_acc", "routing_acc", "bwt", "forgetting", "bank_bytes_per_task", "trainable_params_per_task")})
+        tracker.artifact(
+            plots.confusion_png(np.asarray(results["routing_confusion"]), names, out / "routing_confusion.png")
+        )
+    tracker.metrics(
+        {
+            k: results[k]
+            for k in (
+                "avg_acc",
+                "oracle_avg_acc",
+                "routing_acc",
+                "bwt",
+                "forgetting",
+                "bank_bytes_per_task",
+                "trainable_params_per_task",
+            )
+        }
+    )
     (out / RESULTS).write_text(json.dumps(results, indent=2))
     tracker.artifact(out / RESULTS)
     if (out / "bank").exists():
@@ -178,7 +247,15 @@ def _write_outputs(out: Path, cfg: RunConfig, tasks: list[TaskData], results: di
 
 
 def _empty_progress(cfg: RunConfig) -> dict[str, Any]:
-    return {"fingerprint": cfg.fingerprint(), "done": 0, "acc_matrix": [], "oracle_matrix": [], "routing_matrix": [], "reports": [], "final_routing": {}}
+    return {
+        "fingerprint": cfg.fingerprint(),
+        "done": 0,
+        "acc_matrix": [],
+        "oracle_matrix": [],
+        "routing_matrix": [],
+        "reports": [],
+        "final_routing": {},
+    }
 
 
 def _load_progress(out: Path, cfg: RunConfig) -> dict[str, Any]:
@@ -187,7 +264,9 @@ def _load_progress(out: Path, cfg: RunConfig) -> dict[str, Any]:
         state = json.loads(path.read_text())
         if state.get("fingerprint") == cfg.fingerprint():
             return state
-        raise InvalidDataError(f"{out} holds a run with other arguments; pass --fresh to overwrite it or choose another --out")
+        raise InvalidDataError(
+            f"{out} holds a run with other arguments; pass --fresh to overwrite it or choose another --out"
+        )
     return _empty_progress(cfg)
 
 
@@ -206,9 +285,15 @@ def format_table(results: dict[str, Any]) -> str:
     for j, n in enumerate(names):
         r = results["routing_acc_per_task"].get(n)
         o = oracle[j]
-        lines.append(f"{n:<{width}} {final[j]:>6.3f} {'-' if o is None else f'{o:.3f}':>7} {'-' if r is None else f'{r:.3f}':>8}")
+        lines.append(
+            f"{n:<{width}} {final[j]:>6.3f} {'-' if o is None else f'{o:.3f}':>7} {'-' if r is None else f'{r:.3f}':>8}"
+        )
     fmt = lambda v: "-" if v is None else f"{v:.3f}"
-    lines.append(f"{'average':<{width}} {results['avg_acc']:>6.3f} {fmt(results['oracle_avg_acc']):>7} {fmt(results['routing_acc']):>8}")
-    lines.append(f"BWT {results['bwt']:+.4f} · forgetting {results['forgetting']:.4f} · {results['trainable_params_per_task']} trainable params/task · "
-                 f"{results['bank_bytes_per_task']:.0f} bytes/task · {sum(results['seconds_per_task']):.0f} s")
+    lines.append(
+        f"{'average':<{width}} {results['avg_acc']:>6.3f} {fmt(results['oracle_avg_acc']):>7} {fmt(results['routing_acc']):>8}"
+    )
+    lines.append(
+        f"BWT {results['bwt']:+.4f} · forgetting {results['forgetting']:.4f} · {results['trainable_params_per_task']} trainable params/task · "
+        f"{results['bank_bytes_per_task']:.0f} bytes/task · {sum(results['seconds_per_task']):.0f} s"
+    )
     return "\n".join(lines)

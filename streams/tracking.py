@@ -39,7 +39,9 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class Tracker:
     """Thin wrapper over the MLflow fluent API that pins the store and the experiment."""
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, root: str | Path = "runs") -> None:
+    def __init__(
+        self, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, root: str | Path = "runs"
+    ) -> None:
         self.tracking_uri = tracking_uri or default_tracking_uri(root)
         mlflow.set_tracking_uri(self.tracking_uri)
         logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -56,9 +58,18 @@ class Tracker:
         self.client = client
 
     @contextlib.contextmanager
-    def run(self, name: str, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None, nested: bool = False, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    def run(
+        self,
+        name: str,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+        nested: bool = False,
+        run_id: str | None = None,
+    ) -> Iterator[mlflow.ActiveRun]:
         """Start (or resume, given ``run_id``) a run; params are flattened to dotted keys."""
-        with mlflow.start_run(run_id=run_id, run_name=None if run_id else name, experiment_id=self.experiment_id, nested=nested, tags=tags) as active:
+        with mlflow.start_run(
+            run_id=run_id, run_name=None if run_id else name, experiment_id=self.experiment_id, nested=nested, tags=tags
+        ) as active:
             if params and run_id is None:
                 mlflow.log_params(_flatten(params))
             yield active

@@ -72,7 +72,21 @@ def router_from_state(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
 
 
 __all__ = [
-    "DEFAULT_ROUTER", "GaussianConfig", "GaussianRouter", "InvalidDataError", "KNNConfig", "KNNRouter", "LDAConfig",
-    "LDARouter", "MAX_KEYS_PER_TASK", "MAX_TASK_ID", "ROUTERS", "Router", "RouterConfig", "Routing", "TASK_SHIFT",
-    "make_router", "router_from_state",
+    "DEFAULT_ROUTER",
+    "GaussianConfig",
+    "GaussianRouter",
+    "InvalidDataError",
+    "KNNConfig",
+    "KNNRouter",
+    "LDAConfig",
+    "LDARouter",
+    "MAX_KEYS_PER_TASK",
+    "MAX_TASK_ID",
+    "ROUTERS",
+    "Router",
+    "RouterConfig",
+    "Routing",
+    "TASK_SHIFT",
+    "make_router",
+    "router_from_state",
 ]

@@ -119,7 +119,9 @@ class Router(ABC):
         elif options:
             raise InvalidDataError("give a router either a config or keyword options, not both")
         if not isinstance(config, self.config_class):
-            raise InvalidDataError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+            raise InvalidDataError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
+            )
         self.config = config
 
     @property
@@ -156,8 +158,9 @@ class Router(ABC):
             raise InvalidDataError("a task needs at least one key; got no blocks of keys")
         if any(lab is None for lab in labels) and any(lab is not None for lab in labels):
             raise InvalidDataError("give labels with every block of keys, or with none")
-        self.add_task(task_id, np.concatenate([k for k, _ in pairs]),
-                      None if labels[0] is None else np.concatenate(labels))
+        self.add_task(
+            task_id, np.concatenate([k for k, _ in pairs]), None if labels[0] is None else np.concatenate(labels)
+        )
 
     @abstractmethod
     def remove_task(self, task_id: int) -> None:
@@ -234,17 +237,13 @@ class Router(ABC):
         if not 0 <= tid <= MAX_TASK_ID:
             raise InvalidDataError(f"task id must be in [0, {MAX_TASK_ID}], got {tid}")
         if tid in self:
-            raise TaskExistsError(
-                f"task {tid} is already in the router; remove it first to replace it"
-            )
+            raise TaskExistsError(f"task {tid} is already in the router; remove it first to replace it")
         return tid
 
     def _check_known(self, task_id: int) -> int:
         tid = int(task_id)
         if tid not in self:
-            raise UnknownTaskError(
-                f"task {tid} is not in the router (known: {self.task_ids()[:20]})"
-            )
+            raise UnknownTaskError(f"task {tid} is not in the router (known: {self.task_ids()[:20]})")
         return tid
 
     def _check_labels(self, labels: np.ndarray | None, n: int) -> np.ndarray | None:
@@ -253,8 +252,7 @@ class Router(ABC):
         lab = np.asarray(labels)
         if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer):
             raise InvalidDataError(
-                f"labels must be {n} integer class indices (one per key), got "
-                f"shape {lab.shape} dtype {lab.dtype}"
+                f"labels must be {n} integer class indices (one per key), got shape {lab.shape} dtype {lab.dtype}"
             )
         return lab.astype(np.int64)
 
@@ -282,9 +280,7 @@ def group_neighbours(tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return order, starts, r[starts], t[starts]
 
 
-def rank_candidates(
-    n: int, seg_row: np.ndarray, primary: np.ndarray, secondary: np.ndarray, top: int
-) -> np.ndarray:
+def rank_candidates(n: int, seg_row: np.ndarray, primary: np.ndarray, secondary: np.ndarray, top: int) -> np.ndarray:
     """(N, top) indices of each row's best groups (by primary, then secondary); -1 pads."""
     counts = np.bincount(seg_row, minlength=n)
     first = np.cumsum(counts) - counts

@@ -129,8 +129,14 @@ def coarse_memo(index: Any, quantizer: Any) -> dict[str, Any]:
     cent = torch.from_numpy(np.ascontiguousarray(quantizer.reconstruct_n(0, index.nlist), dtype=np.float32))
     codes, scales = int8_rows(cent)
     norms = cent.double().square().sum(dim=1).float()
-    return {"index": index, "centroids": cent, "norms": norms, "half_norms": norms / 2,
-            "codes_t": codes.T, "scales_t": scales.T}
+    return {
+        "index": index,
+        "centroids": cent,
+        "norms": norms,
+        "half_norms": norms / 2,
+        "codes_t": codes.T,
+        "scales_t": scales.T,
+    }
 
 
 def blas_search(index: Any, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -201,8 +207,13 @@ def two_level_lists(ivf: Any, sample: np.ndarray) -> None:
     from faiss.contrib.clustering import two_level_clustering
 
     centroids, _ = two_level_clustering(
-        sample, round(math.sqrt(ivf.nlist)), ivf.nlist, clustering_niter=10,
-        spherical=True, seed=1, min_points_per_centroid=1,
+        sample,
+        round(math.sqrt(ivf.nlist)),
+        ivf.nlist,
+        clustering_niter=10,
+        spherical=True,
+        seed=1,
+        min_points_per_centroid=1,
     )
     ivf.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
 

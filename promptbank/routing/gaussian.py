@@ -104,7 +104,11 @@ class GaussianConfig(RouterConfig):
             raise InvalidDataError(f"scatter_rank must be in [0, {self.dim}], got {self.scatter_rank}")
         if not self.temperature > 0 or self.search_k < 1 or self.nprobe < 1:
             raise InvalidDataError("temperature must be > 0, search_k >= 1 and nprobe >= 1")
-        self.per_class, self.scatter_rank, self.temperature = bool(self.per_class), int(self.scatter_rank), float(self.temperature)
+        self.per_class, self.scatter_rank, self.temperature = (
+            bool(self.per_class),
+            int(self.scatter_rank),
+            float(self.temperature),
+        )
         self.search_k, self.index, self.nprobe = int(self.search_k), str(self.index), int(self.nprobe)
         self.novelty_temperature = float(self.novelty_temperature)
 
@@ -291,8 +295,9 @@ class GaussianRouter(Router):
             out = np.empty((len(rows), self.dim), np.float32)
             for lo in range(0, len(rows), REBUILD_BLOCK_MEANS):
                 hi = min(len(rows), lo + REBUILD_BLOCK_MEANS)
-                out[lo:hi] = white_of([items[o][1].means[r - (ends[o] - sizes[o])][None]
-                                       for o, r in zip(owner[lo:hi], rows[lo:hi])])
+                out[lo:hi] = white_of(
+                    [items[o][1].means[r - (ends[o] - sizes[o])][None] for o, r in zip(owner[lo:hi], rows[lo:hi])]
+                )
             return out
 
         c: dict[str, Any] = {
@@ -453,8 +458,7 @@ class GaussianRouter(Router):
                     counts=np.asarray(arrays["comp_count"][sl], np.int64),
                     means=np.asarray(arrays["comp_mean"][sl]),  # float16 (float32 if saved so)
                     factor=np.asarray(arrays["task_factor"][i], np.float16),
-                    residual=(np.zeros(0, np.float32) if residuals is None
-                              else np.asarray(residuals[i], np.float32)),
+                    residual=(np.zeros(0, np.float32) if residuals is None else np.asarray(residuals[i], np.float32)),
                 )
                 start += int(n_comp)
             if residuals is None and router._uses_residual:

@@ -70,7 +70,12 @@ class KNNConfig(RouterConfig):
             raise InvalidDataError(f"temperature must be > 0, got {self.temperature}")
         if self.summary not in ("kmeans", "mean", "all"):
             raise InvalidDataError(f"unknown summary '{self.summary}'; choose kmeans, mean or all")
-        self.k, self.n_centroids, self.nprobe, self.seed = int(self.k), int(self.n_centroids), int(self.nprobe), int(self.seed)
+        self.k, self.n_centroids, self.nprobe, self.seed = (
+            int(self.k),
+            int(self.n_centroids),
+            int(self.nprobe),
+            int(self.seed),
+        )
         self.per_class, self.temperature, self.index = bool(self.per_class), float(self.temperature), str(self.index)
 
 
@@ -150,8 +155,7 @@ class KNNRouter(Router):
         vecs = self.summarize(keys, self._check_labels(labels, len(keys)))
         if len(vecs) > MAX_KEYS_PER_TASK:
             raise InvalidDataError(
-                f"a task can store at most {MAX_KEYS_PER_TASK} keys, got {len(vecs)}; "
-                "use summary='kmeans'"
+                f"a task can store at most {MAX_KEYS_PER_TASK} keys, got {len(vecs)}; use summary='kmeans'"
             )
         if self._index is None:
             self._start_index()
@@ -290,9 +294,7 @@ class KNNRouter(Router):
         if "index" in arrays:
             router._index = faiss.deserialize_index(np.ascontiguousarray(arrays["index"], np.uint8))
             if router._index.d != router.dim:
-                raise BankFormatError(
-                    f"router index has dimension {router._index.d}, config says {router.dim}"
-                )
+                raise BankFormatError(f"router index has dimension {router._index.d}, config says {router.dim}")
         held = sum(router._counts.values())
         # banks saved before "trained_at" existed: count from the size at load
         router._trained_at = int(config.get("trained_at", router.ntotal if router._spec != "Flat" else 0))
@@ -302,4 +304,3 @@ class KNNRouter(Router):
                 "the bank's router files are damaged or from different saves"
             )
         return router
-

@@ -20,7 +20,6 @@ from ..keys import l2_normalize
 STATS_BLOCK_ROWS = 1024
 
 
-
 @dataclass
 class TaskStats:
     """What a task contributes: component (class) counts and means, and its scatter.
@@ -199,8 +198,7 @@ def pack_upper(matrix: np.ndarray) -> np.ndarray:
 def unpack_upper(packed: np.ndarray, dim: int) -> np.ndarray:
     if packed.shape != (dim * (dim + 1) // 2,):
         raise BankFormatError(
-            f"packed scatter has {packed.size} values, a {dim}x{dim} upper triangle has "
-            f"{dim * (dim + 1) // 2}"
+            f"packed scatter has {packed.size} values, a {dim}x{dim} upper triangle has {dim * (dim + 1) // 2}"
         )
     out = np.zeros((dim, dim), np.float32)
     out[np.triu_indices(dim)] = packed

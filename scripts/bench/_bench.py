@@ -29,7 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 def add_common_args(parser: argparse.ArgumentParser, out_default: str) -> None:
     parser.add_argument("--out", default=out_default, help="where the JSON result is written")
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count() or 1,
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
         help="torch / FAISS / BLAS threads (default: all cores; use 1 on a shared machine)",
     )
 
@@ -91,12 +93,18 @@ def machine_info() -> dict[str, Any]:
     }
     try:
         info["cpu_model"] = next(
-            line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
         )
     except (OSError, StopIteration):
         info["cpu_model"] = platform.processor()
     try:
-        mem = {row.split(":")[0]: int(row.split()[1]) for row in Path("/proc/meminfo").read_text().splitlines() if row.split()[1].isdigit()}
+        mem = {
+            row.split(":")[0]: int(row.split()[1])
+            for row in Path("/proc/meminfo").read_text().splitlines()
+            if row.split()[1].isdigit()
+        }
         info["mem_total_gib"] = round(mem["MemTotal"] / 2**20, 1)
         info["mem_available_gib_at_start"] = round(mem["MemAvailable"] / 2**20, 1)
     except (OSError, KeyError):
@@ -151,6 +159,7 @@ def timed(fn: Callable[[], Any]) -> float:
 def with_attribute(obj: Any, name: str, value: Any, run: Callable[[], Any]) -> Callable[[], Any]:
     """``run`` with ``obj.name`` set to ``value`` for the call and restored after it: a
     side-by-side twin that puts back what a library change replaced."""
+
     def twin() -> Any:
         kept = getattr(obj, name)
         setattr(obj, name, value)
@@ -158,11 +167,15 @@ def with_attribute(obj: Any, name: str, value: Any, run: Callable[[], Any]) -> C
             return run()
         finally:
             setattr(obj, name, kept)
+
     return twin
 
 
 def interleaved(
-    cases: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, log: Callable[[str], None] | None = None,
+    cases: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    log: Callable[[str], None] | None = None,
     rewarm: bool = False,
 ) -> dict[str, list[float]]:
     """Seconds per call of every case, measured in alternating order.
@@ -238,7 +251,9 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def load_frozen(name: str = "smollm2-135m", random_init: bool = False, device: str | None = None, bf16: bool | None = None):
+def load_frozen(
+    name: str = "smollm2-135m", random_init: bool = False, device: str | None = None, bf16: bool | None = None
+):
     """The frozen LM: the real weights, or a random model built from the same config
     (speed does not depend on the weights' values; no weights need to be shipped).
     ``bf16``: as in ``load_backbone`` (None: on a bf16 GPU only)."""

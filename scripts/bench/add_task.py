@@ -33,10 +33,14 @@ def main() -> None:
     from streams.splits import get_task
 
     bank = PromptBank(_bench.load_frozen())
-    data = get_task(args.task, train_per_class=64, val_per_class=16, key_per_class=args.key_per_class)  # the runner's budgets
+    data = get_task(
+        args.task, train_per_class=64, val_per_class=16, key_per_class=args.key_per_class
+    )  # the runner's budgets
     texts = len(data.train_texts) + len(data.val_texts) + len(data.key_texts)
     # a first small task loads the key encoder and builds the router, outside the measurement
-    bank.add_task("warm-up", ["a", "b"], [0, 1], label_names=["x", "y"], prompt_state=bank.new_prompt().trainable_state())
+    bank.add_task(
+        "warm-up", ["a", "b"], [0, 1], label_names=["x", "y"], prompt_state=bank.new_prompt().trainable_state()
+    )
     prompt = bank.new_prompt().trainable_state()
     _bench.log(f"{args.task}: {texts} router texts ({len(data.key_texts)} beyond the prompt's), {threads} threads")
 
@@ -44,21 +48,37 @@ def main() -> None:
     _bench.reset_peak_rss()
     tracemalloc.start()
     started = time.perf_counter()
-    bank.add_task(args.task, data.train_texts, data.train_labels, label_names=list(data.label_names),
-                  template=data.template, val_texts=data.val_texts, val_labels=data.val_labels,
-                  key_texts=data.key_texts, key_labels=data.key_labels, prompt_state=prompt)
+    bank.add_task(
+        args.task,
+        data.train_texts,
+        data.train_labels,
+        label_names=list(data.label_names),
+        template=data.template,
+        val_texts=data.val_texts,
+        val_labels=data.val_labels,
+        key_texts=data.key_texts,
+        key_labels=data.key_labels,
+        prompt_state=prompt,
+    )
     seconds = time.perf_counter() - started
     traced_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     rss_growth = _bench.rss_bytes("VmHWM") - rss_before
     result = {
-        "task": args.task, "router_texts": texts, "key_dim": bank.key_encoder.dim,
+        "task": args.task,
+        "router_texts": texts,
+        "key_dim": bank.key_encoder.dim,
         "keys_float32_bytes": texts * bank.key_encoder.dim * 4,
-        "traced_peak_bytes": traced_peak, "peak_rss_growth_bytes": rss_growth, "seconds": round(seconds, 2),
-        "machine": _bench.machine_info(), "threads": threads,
+        "traced_peak_bytes": traced_peak,
+        "peak_rss_growth_bytes": rss_growth,
+        "seconds": round(seconds, 2),
+        "machine": _bench.machine_info(),
+        "threads": threads,
     }
-    _bench.log(f"traced peak {traced_peak / 2**20:.1f} MiB, peak RSS growth {rss_growth / 2**20:.1f} MiB, "
-               f"{seconds:.1f} s (the keys alone: {result['keys_float32_bytes'] / 2**20:.1f} MiB)")
+    _bench.log(
+        f"traced peak {traced_peak / 2**20:.1f} MiB, peak RSS growth {rss_growth / 2**20:.1f} MiB, "
+        f"{seconds:.1f} s (the keys alone: {result['keys_float32_bytes'] / 2**20:.1f} MiB)"
+    )
     _bench.write_json(args.out, result)
 
 

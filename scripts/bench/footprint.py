@@ -24,6 +24,7 @@ import _bench
 GOAL_BYTES = 4096  # the target: ULPT <= 4 KB per task including routing keys
 GOAL_PEFT_FACTOR = 10.0  # ... and >= 10x smaller than PEFT's prompt-tuning checkpoint
 
+
 # (label, method, prompt options, router options, storage dtype): the method x router grid
 # at library defaults (the bank's default router is "lda"), then ULPT settings aimed at the
 # 4 KB goal.
@@ -39,7 +40,13 @@ def variants(n_tokens: int) -> list[tuple[str, str, dict, dict, str]]:
         ("ulpt/gaussian rank0", "ulpt", rank, {"strategy": "gaussian", "scatter_rank": 0}, "float16"),
         ("ulpt/lda one mean per task", "ulpt", rank, {"strategy": "lda", "per_class": False}, "float16"),
         ("ulpt/knn 4 centroids", "ulpt", rank, {"strategy": "knn", "n_centroids": 4}, "float16"),
-        ("ulpt/knn 2 centroids SQfp16", "ulpt", rank, {"strategy": "knn", "n_centroids": 2, "index": "SQfp16"}, "float16"),
+        (
+            "ulpt/knn 2 centroids SQfp16",
+            "ulpt",
+            rank,
+            {"strategy": "knn", "n_centroids": 2, "index": "SQfp16"},
+            "float16",
+        ),
         ("ulpt/knn mean", "ulpt", rank, {"strategy": "knn", "summary": "mean"}, "float16"),
         ("ulpt/knn mean SQfp16", "ulpt", rank, {"strategy": "knn", "summary": "mean", "index": "SQfp16"}, "float16"),
         ("ulpt/knn 8 centroids SQfp16", "ulpt", rank, {"strategy": "knn", "index": "SQfp16"}, "float16"),
@@ -128,11 +135,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _bench.add_common_args(parser, "runs/bench/footprint.json")
     parser.add_argument("--backbone", default="smollm2-135m")
-    parser.add_argument("--tasks", default="bbc,rotten_tomatoes,trec,sms_spam,reuters_r8", help="offline tasks giving key texts")
+    parser.add_argument(
+        "--tasks", default="bbc,rotten_tomatoes,trec,sms_spam,reuters_r8", help="offline tasks giving key texts"
+    )
     parser.add_argument("--key-texts", type=int, default=48, help="training texts per task used to build its keys")
-    parser.add_argument("--test-texts", type=int, default=40, help="test texts per task for the routing accuracy column")
+    parser.add_argument(
+        "--test-texts", type=int, default=40, help="test texts per task for the routing accuracy column"
+    )
     parser.add_argument("--n-tokens", type=int, default=20)
-    parser.add_argument("--keys", default=None, help="key encoder (default: the bank's, promptbank.keys.DEFAULT_KEY_ENCODER)")
+    parser.add_argument(
+        "--keys", default=None, help="key encoder (default: the bank's, promptbank.keys.DEFAULT_KEY_ENCODER)"
+    )
     parser.add_argument("--variants", default=None, help="comma-separated row labels to run (default: all)")
     args = parser.parse_args()
     grid = variants(args.n_tokens)
@@ -165,21 +178,42 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for label, method, opts, router, dtype in grid:
-            bank = PromptBank(backbone, key_encoder=keys, method=method, n_tokens=args.n_tokens,
-                              prompt_options=opts, router=router, storage_dtype=dtype)
+            bank = PromptBank(
+                backbone,
+                key_encoder=keys,
+                method=method,
+                n_tokens=args.n_tokens,
+                prompt_options=opts,
+                router=router,
+                storage_dtype=dtype,
+            )
             sizes = []  # saved bank after 1..T tasks: the slope is the marginal cost per task
             for i, task in enumerate(tasks):
                 state = bank.new_prompt(seed=i).trainable_state()
-                bank.add_task(task.name, task.train_texts[: args.key_texts], task.train_labels[: args.key_texts],
-                              label_names=list(task.label_names), template=task.template, prompt_state=state)
+                bank.add_task(
+                    task.name,
+                    task.train_texts[: args.key_texts],
+                    task.train_labels[: args.key_texts],
+                    label_names=list(task.label_names),
+                    template=task.template,
+                    prompt_state=state,
+                )
                 sizes.append(bank_files(bank.save(tmp / label.replace("/", "_").replace(" ", "_"))))
             routed = bank.router.route(test_keys).task_ids
             full = sizes[-1]
             per_task = {k: full[k] / T for k in ("prompts", "routing", "manifest", "total", "allocated")}
-            marginal = {k: (full[k] - sizes[0][k]) / (T - 1) for k in ("prompts", "routing", "manifest", "total")} if T > 1 else per_task
+            marginal = (
+                {k: (full[k] - sizes[0][k]) / (T - 1) for k in ("prompts", "routing", "manifest", "total")}
+                if T > 1
+                else per_task
+            )
             fixed = full["total"] - T * marginal["total"]
             row = {
-                "variant": label, "method": method, "prompt_options": opts, "router": router, "storage_dtype": dtype,
+                "variant": label,
+                "method": method,
+                "prompt_options": opts,
+                "router": router,
+                "storage_dtype": dtype,
                 "trainable_params": bank.new_prompt().num_trainable(),
                 "disk_per_task": per_task,
                 "disk_marginal_per_task": marginal,
@@ -191,9 +225,11 @@ def main() -> None:
                 "routing_accuracy": float(np.mean(routed == test_truth)),
             }
             rows.append(row)
-            _bench.log(f"{label:30s} disk/task {per_task['total']:9.0f} B (prompt {per_task['prompts']:.0f}, routing "
-                       f"{per_task['routing']:.0f}, manifest {per_task['manifest']:.0f}); marginal {marginal['total']:.0f} B; "
-                       f"RAM/task {row['ram_per_task']['total']:.0f} B; routing acc {row['routing_accuracy']:.3f}")
+            _bench.log(
+                f"{label:30s} disk/task {per_task['total']:9.0f} B (prompt {per_task['prompts']:.0f}, routing "
+                f"{per_task['routing']:.0f}, manifest {per_task['manifest']:.0f}); marginal {marginal['total']:.0f} B; "
+                f"RAM/task {row['ram_per_task']['total']:.0f} B; routing acc {row['routing_accuracy']:.3f}"
+            )
         peft = peft_footprint(backbone, args.n_tokens, tmp)  # last: it wraps the backbone's model
     _bench.log(f"PEFT prompt tuning: {peft['total']} B on disk ({peft['files']})")
     for row in rows:
@@ -207,16 +243,19 @@ def main() -> None:
             "le_4KB_per_task_marginal": row["disk_marginal_per_task"]["total"] <= GOAL_BYTES,
             "ge_10x_smaller_than_peft": row["vs_peft"]["peft_over_bank_per_task"] >= GOAL_PEFT_FACTOR,
         }
-    _bench.write_json(args.out, {
-        "bench": "footprint",
-        "args": vars(args),
-        "machine": machine,
-        "backbone": backbone.identity(),
-        "n_tasks": T,
-        "goal": {"bytes_per_task": GOAL_BYTES, "peft_factor": GOAL_PEFT_FACTOR},
-        "peft": peft,
-        "rows": rows,
-    })
+    _bench.write_json(
+        args.out,
+        {
+            "bench": "footprint",
+            "args": vars(args),
+            "machine": machine,
+            "backbone": backbone.identity(),
+            "n_tasks": T,
+            "goal": {"bytes_per_task": GOAL_BYTES, "peft_factor": GOAL_PEFT_FACTOR},
+            "peft": peft,
+            "rows": rows,
+        },
+    )
     _bench.log(f"wrote {args.out}")
 
 

@@ -30,7 +30,10 @@ import _bench
 def padded_tokens(lengths: list[int], batch_size: int, n_soft: int) -> int:
     """Positions computed when ``predict_scores`` sorts by length and pads each chunk to its longest."""
     ordered = sorted(lengths)
-    return sum(len(ordered[i : i + batch_size]) * (max(ordered[i : i + batch_size]) + n_soft) for i in range(0, len(ordered), batch_size))
+    return sum(
+        len(ordered[i : i + batch_size]) * (max(ordered[i : i + batch_size]) + n_soft)
+        for i in range(0, len(ordered), batch_size)
+    )
 
 
 def main() -> None:
@@ -39,12 +42,22 @@ def main() -> None:
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--random-init", action="store_true", help="random weights with the backbone's real config")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="the LLM under bf16 autocast (default: on a bf16 GPU only)")
-    parser.add_argument("--tasks", type=int, nargs="+", default=[1, 8, 64], help="m: tasks in the bank and in the batch")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the LLM under bf16 autocast (default: on a bf16 GPU only)",
+    )
+    parser.add_argument(
+        "--tasks", type=int, nargs="+", default=[1, 8, 64], help="m: tasks in the bank and in the batch"
+    )
     parser.add_argument("--inputs", type=int, default=32, help="inputs per batch; it spans min(m, inputs) tasks")
-    parser.add_argument("--bucket-batch", type=int, default=8,
-                        help="batch_size of the extra case mixed_oracle_bucketed (predict sorts by length, then chunks)")
+    parser.add_argument(
+        "--bucket-batch",
+        type=int,
+        default=8,
+        help="batch_size of the extra case mixed_oracle_bucketed (predict sorts by length, then chunks)",
+    )
     parser.add_argument("--source-tasks", default="bbc,rotten_tomatoes,trec,sms_spam,reuters_r8")
     parser.add_argument("--key-texts", type=int, default=16, help="texts per task for its routing keys")
     parser.add_argument("--max-input-tokens", type=int, default=48)
@@ -73,8 +86,15 @@ def main() -> None:
     for m in args.tasks:
         n_inputs = args.inputs
         opts = {} if args.method == "pt" else {"rank": 2}
-        bank = PromptBank(backbone, key_encoder=keys, method=args.method, n_tokens=args.n_tokens, prompt_options=opts,
-                          router={"strategy": args.router} if args.router else BankConfig().router, max_input_tokens=args.max_input_tokens)
+        bank = PromptBank(
+            backbone,
+            key_encoder=keys,
+            method=args.method,
+            n_tokens=args.n_tokens,
+            prompt_options=opts,
+            router={"strategy": args.router} if args.router else BankConfig().router,
+            max_input_tokens=args.max_input_tokens,
+        )
         names = []
         for j in range(m):
             src = sources[j % len(sources)]
@@ -84,8 +104,15 @@ def main() -> None:
             if len(set(labels)) < 2:
                 texts, labels = src.train_texts[: args.key_texts], src.train_labels[: args.key_texts]
             state = bank.new_prompt(seed=j).trainable_state()
-            bank.add_task(f"t{j}", texts, labels, label_names=list(src.label_names), template=src.template, prompt_state=state,
-                          train_config=TrainConfig(progress=False))
+            bank.add_task(
+                f"t{j}",
+                texts,
+                labels,
+                label_names=list(src.label_names),
+                template=src.template,
+                prompt_state=state,
+                train_config=TrainConfig(progress=False),
+            )
             names.append(f"t{j}")
         # the batch: input i belongs to task i % m, its text from that task's source test split
         texts, assigned = [], []
@@ -122,18 +149,29 @@ def main() -> None:
         padded = {  # token positions the forward passes compute (soft prompt included)
             "mixed": padded_tokens([len(x) for x in ids], B, args.n_tokens),
             "mixed_bucketed": padded_tokens([len(x) for x in ids], args.bucket_batch, args.n_tokens),
-            "grouped": sum(padded_tokens([len(x) for x, a in zip(ids, assigned) if a == t], B, args.n_tokens) for t in groups),
+            "grouped": sum(
+                padded_tokens([len(x) for x, a in zip(ids, assigned) if a == t], B, args.n_tokens) for t in groups
+            ),
             "single_task": padded_tokens([len(x) for x in single_ids], B, args.n_tokens),
             "real": sum(len(x) + args.n_tokens for x in ids),
         }
-        _bench.log(f"m={m}: {n_inputs} inputs over {len(groups)} tasks ({sum(map(len, ids))} tokens + {args.n_tokens} soft "
-                   f"each); routed to {len(set(routed))} tasks, {np.mean([r == a for r, a in zip(routed, assigned)]):.2f} as assigned")
+        _bench.log(
+            f"m={m}: {n_inputs} inputs over {len(groups)} tasks ({sum(map(len, ids))} tokens + {args.n_tokens} soft "
+            f"each); routed to {len(set(routed))} tasks, {np.mean([r == a for r, a in zip(routed, assigned)]):.2f} as assigned"
+        )
         times = _bench.interleaved(cases, repeats=args.repeats, warmup=args.warmup, log=_bench.log)
         row: dict[str, Any] = {
-            "m": m, "inputs": n_inputs, "tasks_in_batch": len(groups), "tokens_per_input": float(np.mean([len(x) for x in ids])),
-            "padded_tokens": padded, "routed_distinct_tasks": len(set(routed)), "routed_as_assigned": float(np.mean([r == a for r, a in zip(routed, assigned)])),
+            "m": m,
+            "inputs": n_inputs,
+            "tasks_in_batch": len(groups),
+            "tokens_per_input": float(np.mean([len(x) for x in ids])),
+            "padded_tokens": padded,
+            "routed_distinct_tasks": len(set(routed)),
+            "routed_as_assigned": float(np.mean([r == a for r, a in zip(routed, assigned)])),
             "seconds": {k: _bench.summary(v) for k, v in times.items()},
-            "inputs_per_s": {k: n_inputs / _bench.summary(v)["median"] for k, v in times.items() if not k.startswith("route_only")},
+            "inputs_per_s": {
+                k: n_inputs / _bench.summary(v)["median"] for k, v in times.items() if not k.startswith("route_only")
+            },
         }
         # throughput ratios = inverse time ratios, both as ratio of medians and paired per repetition
         inv = lambda r: {k: 1.0 / v for k, v in r.items()}
@@ -144,27 +182,37 @@ def main() -> None:
             "mixed_routed_vs_limit": inv(_bench.ratio(times["mixed_routed"], times["limit"])),
             "mixed_oracle_vs_grouped": inv(_bench.ratio(times["mixed_oracle"], times["grouped"])),
             "mixed_oracle_bucketed_vs_grouped": inv(_bench.ratio(times["mixed_oracle_bucketed"], times["grouped"])),
-            "mixed_oracle_bucketed_vs_single_task": inv(_bench.ratio(times["mixed_oracle_bucketed"], times["single_task"])),
+            "mixed_oracle_bucketed_vs_single_task": inv(
+                _bench.ratio(times["mixed_oracle_bucketed"], times["single_task"])
+            ),
             "mixed_routed_vs_grouped": inv(_bench.ratio(times["mixed_routed"], times["grouped"])),
         }
-        row["routing_share_of_mixed_routed"] = _bench.summary(times["route_only"])["median"] / _bench.summary(times["mixed_routed"])["median"]
+        row["routing_share_of_mixed_routed"] = (
+            _bench.summary(times["route_only"])["median"] / _bench.summary(times["mixed_routed"])["median"]
+        )
         results.append(row)
         r = row["throughput_ratios"]
-        _bench.log(f"m={m}: inputs/s " + ", ".join(f"{k} {v:.2f}" for k, v in row["inputs_per_s"].items())
-                   + f" | mixed/single {r['mixed_oracle_vs_single_task']['paired_median']:.3f}, mixed/limit "
-                   f"{r['mixed_oracle_vs_limit']['paired_median']:.3f}, mixed/grouped {r['mixed_oracle_vs_grouped']['paired_median']:.2f}"
-                   f" | padded tokens {padded}")
+        _bench.log(
+            f"m={m}: inputs/s "
+            + ", ".join(f"{k} {v:.2f}" for k, v in row["inputs_per_s"].items())
+            + f" | mixed/single {r['mixed_oracle_vs_single_task']['paired_median']:.3f}, mixed/limit "
+            f"{r['mixed_oracle_vs_limit']['paired_median']:.3f}, mixed/grouped {r['mixed_oracle_vs_grouped']['paired_median']:.2f}"
+            f" | padded tokens {padded}"
+        )
         bank = None  # free the bank before the next size
 
-    _bench.write_json(args.out, {
-        "bench": "mixed_inference",
-        "args": vars(args),
-        "machine": machine,
-        "backbone": backbone.identity(),
-        "llm_bf16": backbone.bf16,
-        "goal": {"mixed_vs_single_task": 0.95, "mixed_vs_grouped_at_m8": 3.0},
-        "results": results,
-    })
+    _bench.write_json(
+        args.out,
+        {
+            "bench": "mixed_inference",
+            "args": vars(args),
+            "machine": machine,
+            "backbone": backbone.identity(),
+            "llm_bf16": backbone.bf16,
+            "goal": {"mixed_vs_single_task": 0.95, "mixed_vs_grouped_at_m8": 3.0},
+            "results": results,
+        },
+    )
     _bench.log(f"wrote {args.out}")
 
 

@@ -39,7 +39,9 @@ import numpy as np
 DIM = 960  # --dim overrides
 
 
-def make_keys(n_tasks: int, keys_per_task: int, domain_size: int, spreads: tuple[float, float], seed: int) -> tuple[np.ndarray, np.ndarray]:
+def make_keys(
+    n_tasks: int, keys_per_task: int, domain_size: int, spreads: tuple[float, float], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(task centres, keys) as float32; keys[t * kpt : (t + 1) * kpt] belong to task t."""
     task_spread, key_spread = spreads
     rng = np.random.default_rng(seed)
@@ -137,7 +139,9 @@ def chunked_exact_router(keys: np.ndarray, kpt: int) -> Any:
 
     n_tasks = len(keys) // kpt
     router = ExactRouter(DIM, index="Flat")
-    ids = (np.repeat(np.arange(n_tasks, dtype=np.int64), kpt) << TASK_SHIFT) | np.tile(np.arange(kpt, dtype=np.int64), n_tasks)
+    ids = (np.repeat(np.arange(n_tasks, dtype=np.int64), kpt) << TASK_SHIFT) | np.tile(
+        np.arange(kpt, dtype=np.int64), n_tasks
+    )
     router._index, router._spec = ChunkedExact(keys, ids), "Flat (chunked brute force)"
     router._counts = dict.fromkeys(range(n_tasks), kpt)
     return router
@@ -148,8 +152,13 @@ def ivf_probe_stats(ivf: Any, whitened_queries: np.ndarray) -> dict[str, float]:
     most queries probe (hubs) show up as scanned >> nprobe x mean list."""
     sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
     _, lists = ivf.quantizer.search(np.ascontiguousarray(whitened_queries, dtype=np.float32), ivf.nprobe)
-    return {"nlist": int(ivf.nlist), "nprobe": int(ivf.nprobe), "largest_list": int(sizes.max()),
-            "mean_list": float(sizes.mean()), "scanned_per_query": float(sizes[lists].sum(1).mean())}
+    return {
+        "nlist": int(ivf.nlist),
+        "nprobe": int(ivf.nprobe),
+        "largest_list": int(sizes.max()),
+        "mean_list": float(sizes.mean()),
+        "scanned_per_query": float(sizes[lists].sum(1).mean()),
+    }
 
 
 def kmeans_twin(router: Any, nlist: int) -> Any:
@@ -163,7 +172,9 @@ def kmeans_twin(router: Any, nlist: int) -> Any:
 
     c = router._cache
     serials = np.concatenate([c["serials"][t] for t in router._tasks])
-    white = np.ascontiguousarray(np.concatenate([s.means for s in router._tasks.values()]).astype(np.float32) @ c["whiten"])
+    white = np.ascontiguousarray(
+        np.concatenate([s.means for s in router._tasks.values()]).astype(np.float32) @ c["whiten"]
+    )
     index = faiss.index_factory(DIM, f"IVF{nlist},SQ8", faiss.METRIC_L2)
     twin = faiss.extract_index_ivf(index)
     twin.cp.min_points_per_centroid, twin.cp.spherical = 1, True
@@ -255,8 +266,12 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
     if ivf is not None:  # side by side: the same router with another search, nprobe or index swapped in
         z = queries.astype(np.float32) @ c["whiten"]
 
-        def routed_with(swap: dict[str, Any], nprobe: int, search: Callable[..., Any] | None = None,
-                        parallel_mode: int | None = None) -> Callable[[np.ndarray], Any]:
+        def routed_with(
+            swap: dict[str, Any],
+            nprobe: int,
+            search: Callable[..., Any] | None = None,
+            parallel_mode: int | None = None,
+        ) -> Callable[[np.ndarray], Any]:
             def route(x: np.ndarray) -> Any:
                 for key in swap:
                     swap[key], c[key] = c[key], swap[key]
@@ -274,20 +289,29 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
                     router.config.nprobe, faiss_index.search = kept
                     for key in swap:
                         swap[key], c[key] = c[key], swap[key]
+
             return route
 
-        specs = [("fp32_coarse", {"index": c["index"], "memo": {}}, ivf.nprobe, fp32_coarse_search, None),
-                 ("serial_scan", {"index": c["index"]}, ivf.nprobe, None, 0),
-                 ("nprobe4", {"index": c["index"], "memo": {}}, 4, None, None)]
+        specs = [
+            ("fp32_coarse", {"index": c["index"], "memo": {}}, ivf.nprobe, fp32_coarse_search, None),
+            ("serial_scan", {"index": c["index"]}, ivf.nprobe, None, 0),
+            ("nprobe4", {"index": c["index"], "memo": {}}, 4, None, None),
+        ]
         if ivf.nlist > faiss_index.LDA_FLAT_KMEANS_MAX_NLIST:  # two-level lists vs as many flat ones as the old cap
             old_cap = kmeans_twin(router, faiss_index.LDA_FLAT_KMEANS_MAX_NLIST)
             specs.append(("old_cap", {"index": old_cap, "memo": {}}, ivf.nprobe, None, None))
         for name, swap, nprobe, search, parallel_mode in specs:
             route = routed_with(swap, nprobe, search, parallel_mode)
             routed = route(queries).task_ids  # also sets the twin's nprobe
-            probe = ivf_probe_stats(faiss.extract_index_ivf(swap["index"]), z) if swap["index"] is not c["index"] else None
-            twins[name] = {"nprobe": nprobe, "probe": probe, "agreement_with_exact_lda": float(np.mean(routed == ref)),
-                           "accuracy_true_task": float(np.mean(routed == truth))}
+            probe = (
+                ivf_probe_stats(faiss.extract_index_ivf(swap["index"]), z) if swap["index"] is not c["index"] else None
+            )
+            twins[name] = {
+                "nprobe": nprobe,
+                "probe": probe,
+                "agreement_with_exact_lda": float(np.mean(routed == ref)),
+                "accuracy_true_task": float(np.mean(routed == truth)),
+            }
             variants[f"twin_{name}"] = lambda route=route: route(batch)
     times = _bench.interleaved(variants, repeats=args.repeats, warmup=1, rewarm=not args.no_rewarm)
     extra = _unit(keys[:kpt] + 0.1)
@@ -300,10 +324,15 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
     router.route(queries[:1])
     remove_ms = (time.perf_counter() - t0) * 1e3
     row = {
-        "view": "lda", "build_s": build_s, "slowest_add_task_and_route_s": slowest,
+        "view": "lda",
+        "build_s": build_s,
+        "slowest_add_task_and_route_s": slowest,
         "index_in_use": "Flat" if ivf is None else f"IVF{ivf.nlist},SQ8",
-        "whitening_keys_at": c["keys_at"], "keys_now": router._n_keys,
-        "state_bytes_per_task": state_bytes / n_tasks, "rss_growth_bytes": rss, "rss_peak_growth_bytes": peak,
+        "whitening_keys_at": c["keys_at"],
+        "keys_now": router._n_keys,
+        "state_bytes_per_task": state_bytes / n_tasks,
+        "rss_growth_bytes": rss,
+        "rss_peak_growth_bytes": peak,
         "exact_full_rebuild_s": rebuild_s,
         "agreement_with_exact_lda": float(np.mean(got == ref)),
         "accuracy_true_task": float(np.mean(got == truth)),
@@ -311,29 +340,41 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
         "route_batch_us_per_query": _bench.summary(times["lda"], scale=1e6 / args.batch),
         "exact_route_batch_us_per_query": _bench.summary(times["exact"], scale=1e6 / args.batch),
         "exact_faiss_threshold_over_now_time": _bench.ratio(times["exact_faiss_threshold"], times["exact"]),
-        **({"lda_faiss_threshold_route_batch_us_per_query": _bench.summary(times["lda_faiss_threshold"], scale=1e6 / args.batch),
-            "lda_faiss_threshold_over_now_time": _bench.ratio(times["lda_faiss_threshold"], times["lda"])}
-           if ivf is None else {}),
+        **(
+            {
+                "lda_faiss_threshold_route_batch_us_per_query": _bench.summary(
+                    times["lda_faiss_threshold"], scale=1e6 / args.batch
+                ),
+                "lda_faiss_threshold_over_now_time": _bench.ratio(times["lda_faiss_threshold"], times["lda"]),
+            }
+            if ivf is None
+            else {}
+        ),
         "route_single_us_per_query": _bench.summary(times["single"], scale=1e6 / max(len(singles), 1)),
-        "add_one_task_and_route_ms": add_ms, "remove_one_task_and_route_ms": remove_ms,
+        "add_one_task_and_route_ms": add_ms,
+        "remove_one_task_and_route_ms": remove_ms,
     }
     if twins:
         row["probe"] = ivf_probe_stats(ivf, z)
         for name, twin in twins.items():
             twin["route_batch_us_per_query"] = _bench.summary(times[f"twin_{name}"], scale=1e6 / args.batch)
-            _bench.log(f"  lda variant {name}: {twin['probe'] or 'own index'}, nprobe {twin['nprobe']}, agree "
-                       f"{twin['agreement_with_exact_lda']:.3f}, true {twin['accuracy_true_task']:.3f}, batch {twin['route_batch_us_per_query']['median']:.1f} us/q")
+            _bench.log(
+                f"  lda variant {name}: {twin['probe'] or 'own index'}, nprobe {twin['nprobe']}, agree "
+                f"{twin['agreement_with_exact_lda']:.3f}, true {twin['accuracy_true_task']:.3f}, batch {twin['route_batch_us_per_query']['median']:.1f} us/q"
+            )
         twins["fp32_coarse_over_now_time"] = _bench.ratio(times["twin_fp32_coarse"], times["lda"])
         twins["nprobe4_over_now_time"] = _bench.ratio(times["twin_nprobe4"], times["lda"])
         twins["serial_scan_over_now_time"] = _bench.ratio(times["twin_serial_scan"], times["lda"])
         if "old_cap" in twins:
             twins["old_cap_over_now_time"] = _bench.ratio(times["twin_old_cap"], times["lda"])
         row["variants"] = twins
-    _bench.log(f"  lda: built in {build_s:.1f}s (slowest add+route {slowest:.2f}s), {row['index_in_use']}, "
-               f"{row['state_bytes_per_task']:.0f} B/task state, RSS +{rss / n_tasks:.0f} B/task (peak +{peak / n_tasks:.0f}), agree with exact LDA {row['agreement_with_exact_lda']:.3f}, "
-               f"true {row['accuracy_true_task']:.3f} (exact {row['exact_lda_accuracy_true_task']:.3f}); batch "
-               f"{row['route_batch_us_per_query']['median']:.1f} us/q (exact {row['exact_route_batch_us_per_query']['median']:.1f}); "
-               f"full rebuild {rebuild_s:.2f}s; add+route {add_ms:.1f} ms, remove+route {remove_ms:.1f} ms")
+    _bench.log(
+        f"  lda: built in {build_s:.1f}s (slowest add+route {slowest:.2f}s), {row['index_in_use']}, "
+        f"{row['state_bytes_per_task']:.0f} B/task state, RSS +{rss / n_tasks:.0f} B/task (peak +{peak / n_tasks:.0f}), agree with exact LDA {row['agreement_with_exact_lda']:.3f}, "
+        f"true {row['accuracy_true_task']:.3f} (exact {row['exact_lda_accuracy_true_task']:.3f}); batch "
+        f"{row['route_batch_us_per_query']['median']:.1f} us/q (exact {row['exact_route_batch_us_per_query']['median']:.1f}); "
+        f"full rebuild {rebuild_s:.2f}s; add+route {add_ms:.1f} ms, remove+route {remove_ms:.1f} ms"
+    )
     return row
 
 
@@ -345,13 +386,13 @@ def raw_search(router: Any, queries: np.ndarray) -> None:
 
 
 def parse_view(view: str) -> tuple[str, dict[str, int]]:
-    """"HNSW32@ef128" -> ("HNSW32", {"ef": 128}); "IVFPQ@nprobe64" -> ("IVFPQ", {"nprobe": 64})."""
+    """ "HNSW32@ef128" -> ("HNSW32", {"ef": 128}); "IVFPQ@nprobe64" -> ("IVFPQ", {"nprobe": 64})."""
     base, _, opt = view.partition("@")
     if not opt:
         return base, {}
     for name in ("nprobe", "ef"):
         if opt.startswith(name):
-            return base, {name: int(opt[len(name):])}
+            return base, {name: int(opt[len(name) :])}
     raise SystemExit(f"unknown view option {opt!r} (use @efN or @nprobeN)")
 
 
@@ -371,15 +412,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _bench.add_common_args(parser, "runs/bench/routing.json")
     parser.add_argument("--tasks", type=int, nargs="+", default=[10, 1000, 10000, 100000])
-    parser.add_argument("--indexes", nargs="+",
-                        default=["Flat", "auto", "auto@nprobe8", "auto@nprobe32", "IVF{nlist},SQ8", "IVFPQ", "HNSW32"],
-                        help="FAISS specs or 'auto', each optionally with a search-time option @efN / @nprobeN; "
-                             "IVFPQ = IVF{nlist},PQ48 (the auto index before this benchmark); "
-                             "{nlist} = the lists auto_large_spec gives at this size")
-    parser.add_argument("--ivfpq-suffix", default="np",
-                        help="appended to the IVFPQ spec: 'np' = no polysemous training (FAISS' factory default "
-                             "trains polysemous codes, ~45x slower to train and unused by the router); '' = as the library does")
-    parser.add_argument("--dim", type=int, default=DIM, help="key dimension (default: the bank's default key, %(default)s)")
+    parser.add_argument(
+        "--indexes",
+        nargs="+",
+        default=["Flat", "auto", "auto@nprobe8", "auto@nprobe32", "IVF{nlist},SQ8", "IVFPQ", "HNSW32"],
+        help="FAISS specs or 'auto', each optionally with a search-time option @efN / @nprobeN; "
+        "IVFPQ = IVF{nlist},PQ48 (the auto index before this benchmark); "
+        "{nlist} = the lists auto_large_spec gives at this size",
+    )
+    parser.add_argument(
+        "--ivfpq-suffix",
+        default="np",
+        help="appended to the IVFPQ spec: 'np' = no polysemous training (FAISS' factory default "
+        "trains polysemous codes, ~45x slower to train and unused by the router); '' = as the library does",
+    )
+    parser.add_argument(
+        "--dim", type=int, default=DIM, help="key dimension (default: the bank's default key, %(default)s)"
+    )
     parser.add_argument("--keys-per-task", type=int, default=4)
     parser.add_argument("--domain-size", type=int, default=16, help="tasks per cluster of near neighbours")
     parser.add_argument("--task-spread", type=float, default=0.5, help="task centre noise around its domain")
@@ -390,13 +439,24 @@ def main() -> None:
     parser.add_argument("--single-queries", type=int, default=50, help="single-query calls per repetition")
     parser.add_argument("--batch", type=int, default=256, help="queries per batched call")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--skip-remove", nargs="*", default=[], help="index types whose remove_task is not timed (e.g. HNSW32 at 100k: a full rebuild)")
+    parser.add_argument(
+        "--skip-remove",
+        nargs="*",
+        default=[],
+        help="index types whose remove_task is not timed (e.g. HNSW32 at 100k: a full rebuild)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-rewarm", action="store_true",
-                        help="time each call right after a neighbour's, not after an untimed call of its own (the default before 2026-11-30, late)")
+    parser.add_argument(
+        "--no-rewarm",
+        action="store_true",
+        help="time each call right after a neighbour's, not after an untimed call of its own (the default before 2026-11-30, late)",
+    )
     parser.add_argument("--lda", action="store_true", help="also measure LDARouter (the bank default) at each size")
-    parser.add_argument("--exact-chunked", action="store_true",
-                        help="exact reference by chunked brute force through the router's vote, not a Flat router")
+    parser.add_argument(
+        "--exact-chunked",
+        action="store_true",
+        help="exact reference by chunked brute force through the router's vote, not a Flat router",
+    )
     args = parser.parse_args()
     DIM = args.dim
     _bench.set_threads(args.threads)
@@ -423,14 +483,20 @@ def main() -> None:
             gc.collect()
             if base == "Flat" and args.exact_chunked:
                 routers[base] = chunked_exact_router(keys, kpt)
-                built[base] = {"spec": "Flat (chunked brute force, not a router index)", "index_in_use": "Flat", "index_bytes": None}
+                built[base] = {
+                    "spec": "Flat (chunked brute force, not a router index)",
+                    "index_in_use": "Flat",
+                    "index_bytes": None,
+                }
                 continue
             router, stats = build(spec, keys, kpt, args.nprobe)
             routers[base] = router
             built[base] = {"spec": spec, **stats}
-            _bench.log(f"  built {base} ({spec}) in {stats['build_s']:.2f}s, in use {stats['index_in_use']}, "
-                       f"{stats['index_bytes_per_task']:.0f} B/task, slowest add_task {stats['slowest_add_task_s'] * 1e3:.1f} ms "
-                       f"(task {stats['slowest_add_task_at']})")
+            _bench.log(
+                f"  built {base} ({spec}) in {stats['build_s']:.2f}s, in use {stats['index_in_use']}, "
+                f"{stats['index_bytes_per_task']:.0f} B/task, slowest add_task {stats['slowest_add_task_s'] * 1e3:.1f} ms "
+                f"(task {stats['slowest_add_task_at']})"
+            )
         from promptbank.routing.faiss_index import HNSW_MIN_EF_SEARCH
 
         defaults = {"nprobe": args.nprobe, "ef": HNSW_MIN_EF_SEARCH}
@@ -445,18 +511,29 @@ def main() -> None:
         exact = run("Flat", lambda r: r.route(queries).task_ids)
         for view, (base, params) in views.items():
             got = exact if view == "Flat" else run(view, lambda r: r.route(queries).task_ids)
-            rows[view] = {"view": view, "index": base, "search_params": params, **built[base],
-                          "agreement_with_exact": float(np.mean(got == exact)),
-                          "accuracy_true_task": float(np.mean(got == truth))}
+            rows[view] = {
+                "view": view,
+                "index": base,
+                "search_params": params,
+                **built[base],
+                "agreement_with_exact": float(np.mean(got == exact)),
+                "accuracy_true_task": float(np.mean(got == truth)),
+            }
 
         # latency: single queries and batches, router vs raw FAISS, interleaved across views
         singles = queries[: args.single_queries]
         batch = np.ascontiguousarray(np.resize(queries, (args.batch, DIM)))
         cases = {}
-        timed = [v for v in views if not (args.exact_chunked and views[v][0] == "Flat")]  # brute force: not a router index
+        timed = [
+            v for v in views if not (args.exact_chunked and views[v][0] == "Flat")
+        ]  # brute force: not a router index
         for view in timed:
-            cases[f"{view}|route_single"] = lambda v=view: run(v, lambda r: [r.route(singles[i : i + 1]) for i in range(len(singles))])
-            cases[f"{view}|raw_single"] = lambda v=view: run(v, lambda r: [raw_search(r, singles[i : i + 1]) for i in range(len(singles))])
+            cases[f"{view}|route_single"] = lambda v=view: run(
+                v, lambda r: [r.route(singles[i : i + 1]) for i in range(len(singles))]
+            )
+            cases[f"{view}|raw_single"] = lambda v=view: run(
+                v, lambda r: [raw_search(r, singles[i : i + 1]) for i in range(len(singles))]
+            )
             cases[f"{view}|route_batch"] = lambda v=view: run(v, lambda r: r.route(batch))
             cases[f"{view}|raw_batch"] = lambda v=view: run(v, lambda r: raw_search(r, batch))
         times = _bench.interleaved(cases, repeats=args.repeats, warmup=1, rewarm=not args.no_rewarm)
@@ -465,9 +542,14 @@ def main() -> None:
             per = len(singles) if what.endswith("single") else args.batch
             rows[view][f"{what}_us_per_query"] = _bench.summary(samples, scale=1e6 / per)
         for view in timed:
-            rows[view]["vs_flat"] = None if "Flat" not in timed else {
-                what: _bench.ratio(times[f"{view}|{what}"], times[f"Flat|{what}"]) for what in ("route_single", "route_batch")
-            }
+            rows[view]["vs_flat"] = (
+                None
+                if "Flat" not in timed
+                else {
+                    what: _bench.ratio(times[f"{view}|{what}"], times[f"Flat|{what}"])
+                    for what in ("route_single", "route_batch")
+                }
+            )
 
         # add one task, remove one task (mid-bank), per built index
         extra = _unit(keys[:kpt] + 0.1)  # any new vectors
@@ -492,18 +574,25 @@ def main() -> None:
             built[base]["removed_task_still_a_candidate"] = bool((router.route(gone_keys).candidates == gone).any())
         for view, row in rows.items():
             b = built[row["index"]]
-            for key in ("add_one_task_ms", "remove_one_task_ms", "added_task_routed_to_itself", "removed_vectors",
-                        "removed_task_still_a_candidate"):
+            for key in (
+                "add_one_task_ms",
+                "remove_one_task_ms",
+                "added_task_routed_to_itself",
+                "removed_vectors",
+                "removed_task_still_a_candidate",
+            ):
                 row[key] = b.get(key)
             rm = "skipped" if row["remove_one_task_ms"] is None else f"{row['remove_one_task_ms']:.2f} ms"
             add = "skipped" if row["add_one_task_ms"] is None else f"{row['add_one_task_ms']:.2f} ms"
             if view not in timed:
                 _bench.log(f"  {view:15s} true {row['accuracy_true_task']:.3f} (exact reference)")
                 continue
-            _bench.log(f"  {view:15s} agree {row['agreement_with_exact']:.3f} true {row['accuracy_true_task']:.3f} | "
-                       f"single {row['route_single_us_per_query']['median']:.0f} us (raw {row['raw_single_us_per_query']['median']:.0f}) | "
-                       f"batch {row['route_batch_us_per_query']['median']:.1f} us/q (raw {row['raw_batch_us_per_query']['median']:.1f}) | "
-                       f"add {add}, remove {rm}")
+            _bench.log(
+                f"  {view:15s} agree {row['agreement_with_exact']:.3f} true {row['accuracy_true_task']:.3f} | "
+                f"single {row['route_single_us_per_query']['median']:.0f} us (raw {row['raw_single_us_per_query']['median']:.0f}) | "
+                f"batch {row['route_batch_us_per_query']['median']:.1f} us/q (raw {row['raw_batch_us_per_query']['median']:.1f}) | "
+                f"add {add}, remove {rm}"
+            )
         entry = {"n_tasks": n_tasks, "n_vectors": n_vec, "rows": list(rows.values())}
         if args.lda:
             routers = None
@@ -514,14 +603,17 @@ def main() -> None:
         routers = keys = centres = None
         gc.collect()
 
-    _bench.write_json(args.out, {
-        "bench": "routing",
-        "args": vars(args),
-        "machine": machine,
-        "auto_flat_max_vectors_current": AUTO_FLAT_MAX_VECTORS,
-        "auto_large_spec_at_sizes": {str(r["n_vectors"]): auto_large_spec(r["n_vectors"], DIM) for r in results},
-        "results": results,
-    })
+    _bench.write_json(
+        args.out,
+        {
+            "bench": "routing",
+            "args": vars(args),
+            "machine": machine,
+            "auto_flat_max_vectors_current": AUTO_FLAT_MAX_VECTORS,
+            "auto_large_spec_at_sizes": {str(r["n_vectors"]): auto_large_spec(r["n_vectors"], DIM) for r in results},
+            "results": results,
+        },
+    )
     _bench.log(f"wrote {args.out}")
 
 

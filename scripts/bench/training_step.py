@@ -37,8 +37,12 @@ def main() -> None:
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--random-init", action="store_true", help="random weights with the backbone's real config")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="the LLM under bf16 autocast (default: on a bf16 GPU only)")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the LLM under bf16 autocast (default: on a bf16 GPU only)",
+    )
     parser.add_argument("--task", default="bbc", help="offline task giving texts, template and (single-token) labels")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64, help="target input length (template + text) in tokens")
@@ -91,7 +95,9 @@ def main() -> None:
     for method in ("ulpt", "pt", "lopt1", "lopt2"):
         if method not in wanted:
             continue
-        prompt = build_prompt(method, n, backbone.hidden_size, **({} if method == "pt" else {"rank": args.rank})).to(dev)
+        prompt = build_prompt(method, n, backbone.hidden_size, **({} if method == "pt" else {"rank": args.rank})).to(
+            dev
+        )
         opt = torch.optim.AdamW(prompt.param_groups(DEFAULT_LR[method]))
         params[method] = prompt.num_trainable()
 
@@ -106,6 +112,7 @@ def main() -> None:
         cases[method] = step
 
     if "limit_label_scores" in wanted:
+
         def limit_label_scores() -> None:
             leaf = torch.zeros(B, n, backbone.hidden_size, device=dev, requires_grad=True)
             F.cross_entropy(backbone.label_scores(leaf, ids, labels).float(), y).backward()
@@ -124,8 +131,9 @@ def main() -> None:
         def limit_raw() -> None:
             leaf = base_embeds.clone().requires_grad_(True)
             with backbone.autocast():
-                h = backbone.model.base_model(inputs_embeds=leaf, attention_mask=full_mask, position_ids=positions,
-                                              use_cache=False).last_hidden_state[:, -1]
+                h = backbone.model.base_model(
+                    inputs_embeds=leaf, attention_mask=full_mask, position_ids=positions, use_cache=False
+                ).last_hidden_state[:, -1]
                 logits = h @ out_rows.T
             F.cross_entropy(logits.float(), y).backward()
 
@@ -134,7 +142,9 @@ def main() -> None:
     if "peft" in wanted or "peft_last_logit" in wanted:  # last: it wraps the backbone's model
         from peft import PromptTuningConfig, TaskType, get_peft_model
 
-        peft_model = get_peft_model(backbone.model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n))
+        peft_model = get_peft_model(
+            backbone.model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n)
+        )
         peft_opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=DEFAULT_LR["pt"])
         params["peft"] = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
         right_ids, right_mask = padded(left=False)
@@ -165,27 +175,40 @@ def main() -> None:
     times = _bench.interleaved(cases, repeats=args.repeats, warmup=args.warmup, log=_bench.log)
     stats = {k: _bench.summary(v) for k, v in times.items()}
     ratios: dict[str, Any] = {}
-    for a, b in (("ulpt", "pt"), ("ulpt", "peft"), ("ulpt", "peft_last_logit"), ("ulpt", "limit_raw"),
-                 ("ulpt", "limit_label_scores"), ("pt", "peft"), ("limit_label_scores", "limit_raw"),
-                 ("lopt1", "pt"), ("lopt2", "pt"), ("peft", "limit_raw"), ("peft_last_logit", "limit_raw")):
+    for a, b in (
+        ("ulpt", "pt"),
+        ("ulpt", "peft"),
+        ("ulpt", "peft_last_logit"),
+        ("ulpt", "limit_raw"),
+        ("ulpt", "limit_label_scores"),
+        ("pt", "peft"),
+        ("limit_label_scores", "limit_raw"),
+        ("lopt1", "pt"),
+        ("lopt2", "pt"),
+        ("peft", "limit_raw"),
+        ("peft_last_logit", "limit_raw"),
+    ):
         if a in times and b in times:
             ratios[f"{a}/{b}"] = _bench.ratio(times[a], times[b])
     for k, s in stats.items():
         _bench.log(f"{k:20s} median {s['median']:.3f}s  (min {s['min']:.3f}, max {s['max']:.3f})")
     for k, r in ratios.items():
         _bench.log(f"{k:32s} {r['paired_median']:.3f} (paired)  {r['of_medians']:.3f} (of medians)")
-    _bench.write_json(args.out, {
-        "bench": "training_step",
-        "args": vars(args),
-        "machine": machine,
-        "backbone": backbone.identity(),
-        "llm_bf16": backbone.bf16,
-        "batch": {"size": B, "input_tokens": lengths, "soft_tokens": n},
-        "trainable_params": params,
-        "goal": {"ulpt/pt": 1.05, "ulpt/peft": 1.0, "ulpt/limit": 1.15},
-        "seconds_per_step": stats,
-        "ratios": ratios,
-    })
+    _bench.write_json(
+        args.out,
+        {
+            "bench": "training_step",
+            "args": vars(args),
+            "machine": machine,
+            "backbone": backbone.identity(),
+            "llm_bf16": backbone.bf16,
+            "batch": {"size": B, "input_tokens": lengths, "soft_tokens": n},
+            "trainable_params": params,
+            "goal": {"ulpt/pt": 1.05, "ulpt/peft": 1.0, "ulpt/limit": 1.15},
+            "seconds_per_step": stats,
+            "ratios": ratios,
+        },
+    )
     _bench.log(f"wrote {args.out}")
 
 

@@ -104,7 +104,9 @@ def _cached_keys(encoder: _LazyEncoder, task: str, split: str, texts: list[str])
         keys = encoder.encode(part, texts)
         CACHE.mkdir(parents=True, exist_ok=True)
         np.save(path, keys)
-        print(f"  encoded {part} {task}/{split}: {len(texts)} texts in {time.perf_counter() - started:.0f} s", flush=True)
+        print(
+            f"  encoded {part} {task}/{split}: {len(texts)} texts in {time.perf_counter() - started:.0f} s", flush=True
+        )
         blocks.append(keys)
     return l2_normalize(np.concatenate(blocks, axis=1))  # what ConcatKeys.encode returns
 
@@ -133,8 +135,15 @@ def load_stream(name: str, order: int | None, encoder: _LazyEncoder, router_val:
         if router_val:
             train = np.concatenate([train, val])
             labels = np.concatenate([labels, np.asarray(data.val_labels, np.int64)])
-        tasks.append(TaskKeys(name=task_name, train=train, labels=labels,
-                              test=_cached_keys(encoder, task_name, "test", data.test_texts), val=val))
+        tasks.append(
+            TaskKeys(
+                name=task_name,
+                train=train,
+                labels=labels,
+                test=_cached_keys(encoder, task_name, "test", data.test_texts),
+                val=val,
+            )
+        )
     return tasks
 
 
@@ -213,8 +222,14 @@ class LogRegAllKeys(_AllKeysRouter):
         self._lin = torch.nn.Linear(self.dim, len(self._keys), dtype=torch.float32)
         torch.nn.init.zeros_(self._lin.weight)
         torch.nn.init.zeros_(self._lin.bias)
-        opt = torch.optim.LBFGS(self._lin.parameters(), lr=1.0, max_iter=300, history_size=20,
-                                line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+        opt = torch.optim.LBFGS(
+            self._lin.parameters(),
+            lr=1.0,
+            max_iter=300,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-6,
+        )
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
@@ -272,8 +287,10 @@ class LDAPlusKNN(Router):
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         (c1, a1), (c2, a2) = self.lda.state(), self.knn.state()
-        return {"strategy": self.strategy, "lda": c1, "knn": c2}, {**{f"lda_{k}": v for k, v in a1.items()},
-                                                                  **{f"knn_{k}": v for k, v in a2.items()}}
+        return {"strategy": self.strategy, "lda": c1, "knn": c2}, {
+            **{f"lda_{k}": v for k, v in a1.items()},
+            **{f"knn_{k}": v for k, v in a2.items()},
+        }
 
     @classmethod
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> Router:
@@ -329,7 +346,9 @@ def _subclusters(per: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
             if len(idx) < 4 * per:
                 out[idx] = c * per
                 continue
-            km = faiss.Kmeans(keys.shape[1], per, niter=20, seed=0, spherical=True, verbose=False, min_points_per_centroid=1)
+            km = faiss.Kmeans(
+                keys.shape[1], per, niter=20, seed=0, spherical=True, verbose=False, min_points_per_centroid=1
+            )
             km.train(np.ascontiguousarray(keys[idx]))
             out[idx] = c * per + km.index.search(np.ascontiguousarray(keys[idx]), 1)[1][:, 0]
         return out
@@ -355,22 +374,52 @@ def _bank(name: str, note: str, relabel=None, **config: Any) -> Strategy:
 STRATEGIES: list[Strategy] = [
     _bank("knn-10-all", "baseline of design.md: 10-NN vote over every train key", strategy="knn", k=10, summary="all"),
     _bank("knn-default", "KNNRouter defaults: 8 k-means centroids per task, 10-NN", strategy="knn"),
-    _bank("knn-class-means", "nearest class mean (cosine), 1-NN", strategy="knn", k=1, summary="mean", per_class=True,
-          n_centroids=1000),
-    _bank("knn-task-mean-sqfp16", "footprint-bound: one mean key per task, float16 index, 10-NN", strategy="knn",
-          summary="mean", index="SQfp16"),
+    _bank(
+        "knn-class-means",
+        "nearest class mean (cosine), 1-NN",
+        strategy="knn",
+        k=1,
+        summary="mean",
+        per_class=True,
+        n_centroids=1000,
+    ),
+    _bank(
+        "knn-task-mean-sqfp16",
+        "footprint-bound: one mean key per task, float16 index, 10-NN",
+        strategy="knn",
+        summary="mean",
+        index="SQfp16",
+    ),
     _bank("gaussian", "GaussianRouter defaults: one mean per task, rank-8+diag scatter", strategy="gaussian"),
     _bank("gaussian-perclass", "GaussianRouter per_class=True", strategy="gaussian", per_class=True),
-    _bank("lda-task", "LDARouter per_class=False: one mean per task, exact pooled scatter", strategy="lda", per_class=False),
+    _bank(
+        "lda-task",
+        "LDARouter per_class=False: one mean per task, exact pooled scatter",
+        strategy="lda",
+        per_class=False,
+    ),
     _bank("lda", "LDARouter defaults: class means, exact pooled scatter", strategy="lda"),
-    _bank("lda-nearest", "lda with closeness = distance to the nearest mean (novelty='nearest', the old score)",
-          strategy="lda", novelty="nearest"),
-    _bank("lda-rank8", "lda storing a rank-8 factor of each task's scatter, subtracted on removal (default until "
-          "2026-11-30)", strategy="lda", scatter_rank=8),
+    _bank(
+        "lda-nearest",
+        "lda with closeness = distance to the nearest mean (novelty='nearest', the old score)",
+        strategy="lda",
+        novelty="nearest",
+    ),
+    _bank(
+        "lda-rank8",
+        "lda storing a rank-8 factor of each task's scatter, subtracted on removal (default until 2026-11-30)",
+        strategy="lda",
+        scatter_rank=8,
+    ),
     _bank("lda-2-per-class", "LDARouter, 2 k-means components per class", relabel=_subclusters(2), strategy="lda"),
     _bank("lda-4-per-class", "LDARouter, 4 k-means components per class", relabel=_subclusters(4), strategy="lda"),
-    Strategy("lda-rm-diagonal", LDARemoveDiagonal, "ablation: lda removing the diagonal residual too (GaussianRouter's "
-             "rule)", reference=True, removal_only=True),
+    Strategy(
+        "lda-rm-diagonal",
+        LDARemoveDiagonal,
+        "ablation: lda removing the diagonal residual too (GaussianRouter's rule)",
+        reference=True,
+        removal_only=True,
+    ),
     Strategy("lda+knn-all", LDAPlusKNN, "LDA log-posterior + log 10-NN vote share (all keys)", reference=True),
     Strategy("logreg-all-keys", LogRegAllKeys, "softmax head over tasks retrained on every key", reference=True),
     Strategy("rbf-svm-all-keys", SVMAllKeys, "RBF-SVM over tasks on every key (needs scikit-learn)", reference=True),
@@ -547,22 +596,28 @@ def _fmt_bytes(n: float) -> str:
 def print_stream(name: str, tasks: list[TaskKeys], rows: list[dict[str, Any]]) -> None:
     n_test = sum(len(t.test) for t in tasks)
     print(f"\n== {name}: {len(tasks)} tasks, {sum(len(t.train) for t in tasks)} train keys, {n_test} test inputs ==")
-    head = (f"{'strategy':<18} {'acc':>6} {'top2':>6} {'top3':>6} {'worst task':>22} {'us/in':>7} {'us/1q':>7} "
-            f"{'B/task':>9} {'+B/task':>9} {'add ms':>7} {'rdy ms':>7} {'rm ms':>7} {'rm agree':>8}")
+    head = (
+        f"{'strategy':<18} {'acc':>6} {'top2':>6} {'top3':>6} {'worst task':>22} {'us/in':>7} {'us/1q':>7} "
+        f"{'B/task':>9} {'+B/task':>9} {'add ms':>7} {'rdy ms':>7} {'rm ms':>7} {'rm agree':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         worst = min(r["per_task"], key=r["per_task"].get)
         ref = "*" if r["reference"] else " "
-        print(f"{r['strategy'] + ref:<18} {r['accuracy']:>6.4f} {r['top2_recall']:>6.4f} {r['top3_recall']:>6.4f} "
-              f"{worst[:15] + ' ' + format(r['per_task'][worst], '.3f'):>22} {r['us_per_input_batched']:>7.1f} "
-              f"{r['us_per_input_single']:>7.0f} {_fmt_bytes(r['bytes_per_task']):>9} "
-              f"{_fmt_bytes(r['marginal_bytes_per_task']):>9} {r['add_ms_mean']:>7.1f} {r['ready_ms_mean']:>7.1f} "
-              f"{r.get('remove_ms_mean', float('nan')):>7.1f} {r.get('remove_agreement_mean', float('nan')):>8.4f}")
-    print("(* study-only: a reference that keeps every key, or an ablation; not a bank router. B/task: nbytes_per_task, shared state amortised over "
-          "the tasks; +B/task: (state bytes - empty router's bytes) / tasks. us/in: batched; us/1q: one query per call. "
-          "rdy: first route after add (lazy rebuild). rm agree: routing after remove_task vs a router built without "
-          "the task)")
+        print(
+            f"{r['strategy'] + ref:<18} {r['accuracy']:>6.4f} {r['top2_recall']:>6.4f} {r['top3_recall']:>6.4f} "
+            f"{worst[:15] + ' ' + format(r['per_task'][worst], '.3f'):>22} {r['us_per_input_batched']:>7.1f} "
+            f"{r['us_per_input_single']:>7.0f} {_fmt_bytes(r['bytes_per_task']):>9} "
+            f"{_fmt_bytes(r['marginal_bytes_per_task']):>9} {r['add_ms_mean']:>7.1f} {r['ready_ms_mean']:>7.1f} "
+            f"{r.get('remove_ms_mean', float('nan')):>7.1f} {r.get('remove_agreement_mean', float('nan')):>8.4f}"
+        )
+    print(
+        "(* study-only: a reference that keeps every key, or an ablation; not a bank router. B/task: nbytes_per_task, shared state amortised over "
+        "the tasks; +B/task: (state bytes - empty router's bytes) / tasks. us/in: batched; us/1q: one query per call. "
+        "rdy: first route after add (lazy rebuild). rm agree: routing after remove_task vs a router built without "
+        "the task)"
+    )
     short = [t.name[:9] for t in tasks]
     print(f"\n{'per task':<18} " + " ".join(f"{s:>9}" for s in short))
     for r in rows:
@@ -570,15 +625,21 @@ def print_stream(name: str, tasks: list[TaskKeys], rows: list[dict[str, Any]]) -
 
 
 def print_unknown(name: str, results: dict[str, dict[str, Any]]) -> None:
-    print(f"\n== unknown tasks on {name}: each task held out in turn; threshold rejects "
-          f"{REJECT_KNOWN:.0%} of known validation keys ==")
-    print(f"{'strategy':<18} {'false rej':>9} {'detected':>9} {'AUROC':>7} {'known ok':>9}   detected when held out: "
-          + ", ".join(next(iter(results.values()))["per_held_out"]))
+    print(
+        f"\n== unknown tasks on {name}: each task held out in turn; threshold rejects "
+        f"{REJECT_KNOWN:.0%} of known validation keys =="
+    )
+    print(
+        f"{'strategy':<18} {'false rej':>9} {'detected':>9} {'AUROC':>7} {'known ok':>9}   detected when held out: "
+        + ", ".join(next(iter(results.values()))["per_held_out"])
+    )
     for s, res in results.items():
         m = res["mean"]
         per = " ".join(f"{v['detected']:.2f}" for v in res["per_held_out"].values())
-        print(f"{s:<18} {m['false_reject']:>9.3f} {m['detected']:>9.3f} {m['auroc']:>7.3f} "
-              f"{m['known_correct_and_accepted']:>9.3f}   {per}")
+        print(
+            f"{s:<18} {m['false_reject']:>9.3f} {m['detected']:>9.3f} {m['auroc']:>7.3f} "
+            f"{m['known_correct_and_accepted']:>9.3f}   {per}"
+        )
 
 
 def _environment() -> dict[str, Any]:
@@ -603,14 +664,27 @@ def main() -> None:
     parser.add_argument("--strategies", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--unknown-stream", default="offline-9", help="stream for the unknown-task study ('' to skip)")
     parser.add_argument("--no-removal", action="store_true", help="skip the remove-each-task measurement")
-    parser.add_argument("--keys", default=DEFAULT_KEY_ENCODER, help="key encoder, parts joined with '+' (default: %(default)s)")
-    parser.add_argument("--train-keys-only", action="store_true",
-                        help="routers learn from training keys only (the bank also gives them validation keys)")
-    parser.add_argument("--seed", type=int, default=BUDGETS["seed"],
-                        help="data draw of every task (get_task's seed); the runner's is 0 (default: %(default)s)")
-    parser.add_argument("--key-per-class", type=int, default=BUDGETS["key_per_class"],
-                        help="labelled training inputs per class the routers learn from (default: the stream runner's, "
-                             "%(default)s; 0: the prompt's 64 only, as in the studies before 2026-12-01)")
+    parser.add_argument(
+        "--keys", default=DEFAULT_KEY_ENCODER, help="key encoder, parts joined with '+' (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--train-keys-only",
+        action="store_true",
+        help="routers learn from training keys only (the bank also gives them validation keys)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=BUDGETS["seed"],
+        help="data draw of every task (get_task's seed); the runner's is 0 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--key-per-class",
+        type=int,
+        default=BUDGETS["key_per_class"],
+        help="labelled training inputs per class the routers learn from (default: the stream runner's, "
+        "%(default)s; 0: the prompt's 64 only, as in the studies before 2026-12-01)",
+    )
     parser.add_argument("--out", default="runs/routing_study.json")
     args = parser.parse_args()
     _set_threads()
@@ -632,10 +706,15 @@ def main() -> None:
         chosen = [s for s in chosen if s.name != "rbf-svm-all-keys"]
 
     encoder = _LazyEncoder()
-    result: dict[str, Any] = {"budgets": BUDGETS, "key_encoder": KEY_ENCODER, "router_val": not args.train_keys_only, "environment": _environment(),
-                              "strategies": {s.name: {"note": s.note, "reference": s.reference, "config": s.config}
-                                             for s in chosen},
-                              "streams": {}, "unknown": {}}
+    result: dict[str, Any] = {
+        "budgets": BUDGETS,
+        "key_encoder": KEY_ENCODER,
+        "router_val": not args.train_keys_only,
+        "environment": _environment(),
+        "strategies": {s.name: {"note": s.note, "reference": s.reference, "config": s.config} for s in chosen},
+        "streams": {},
+        "unknown": {},
+    }
     for name in args.streams.split(","):
         order = args.order if args.order in STREAMS[name].orders else None
         tasks = load_stream(name, order, encoder, router_val=not args.train_keys_only)
@@ -644,9 +723,14 @@ def main() -> None:
         for strategy in chosen:
             rows.append(measure(strategy, tasks, check_removal=not args.no_removal))
         print_stream(f"{name} (order {order or 1})", tasks, rows)
-        result["streams"][name] = {"order": order or 1, "tasks": [t.name for t in tasks],
-                                   "n_train": [len(t.train) for t in tasks], "n_test": [len(t.test) for t in tasks],
-                                   "rows": rows, "seconds": time.perf_counter() - started}
+        result["streams"][name] = {
+            "order": order or 1,
+            "tasks": [t.name for t in tasks],
+            "n_train": [len(t.train) for t in tasks],
+            "n_test": [len(t.test) for t in tasks],
+            "rows": rows,
+            "seconds": time.perf_counter() - started,
+        }
         if name == args.unknown_stream:
             # the threshold is set on validation keys, so these routers must not have seen them
             held_out_val = load_stream(name, order, encoder, router_val=False)

@@ -69,8 +69,14 @@ def main() -> None:
                 result = train_prompt(backbone, prompt, tr, task.train_labels, labels, va, task.val_labels, cfg)
             matrix = prompt().detach()[:n]
             acc = evaluate_prompt(backbone, matrix, te, task.test_labels, labels, 32)
-            row = {"task": task_name, "variant": variant, "test_acc": acc, "params": prompt.num_trainable() if n else 0,
-                   "best_val_acc": result.best_val_acc if result else None, "seconds": round(time.perf_counter() - started, 1)}
+            row = {
+                "task": task_name,
+                "variant": variant,
+                "test_acc": acc,
+                "params": prompt.num_trainable() if n else 0,
+                "best_val_acc": result.best_val_acc if result else None,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:

@@ -27,14 +27,18 @@ def _brute_force_logprob(lm: FrozenLM, prompt: torch.Tensor, ids: list[int], lab
 def test_multi_token_labels_match_a_full_forward(tiny_llama: FrozenLM):
     labels = tiny_llama.label_token_ids(["cat", "hot dog stand", "rain"])
     assert max(len(x) for x in labels) > 1
-    enc = tiny_llama.encode(["a short text", "a much longer text with many more words in it"], "In: {text} Out:", 64).input_ids
+    enc = tiny_llama.encode(
+        ["a short text", "a much longer text with many more words in it"], "In: {text} Out:", 64
+    ).input_ids
     prompts = torch.randn(2, 3, tiny_llama.hidden_size) * 0.1
     with torch.no_grad():
         scores = tiny_llama.label_scores(prompts, enc, [labels, labels[:2]])
     assert scores.shape == (2, 3) and scores[1, 2] == float("-inf")
     for b in range(2):
         for j, lab in enumerate(labels[: 3 - b]):
-            assert scores[b, j].item() == pytest.approx(_brute_force_logprob(tiny_llama, prompts[b], enc[b], lab), abs=1e-4)
+            assert scores[b, j].item() == pytest.approx(
+                _brute_force_logprob(tiny_llama, prompts[b], enc[b], lab), abs=1e-4
+            )
 
 
 def test_padding_does_not_change_scores(tiny_llama: FrozenLM):
@@ -71,8 +75,10 @@ def test_template_is_never_truncated(tiny_llama: FrozenLM):
     with pytest.warns(UserWarning, match="truncated"):
         ids = tiny_llama.encode([" ".join(["word"] * 100)], "Before: {text} After:", 5).input_ids[0]
     tail = tiny_llama.tokenizer(" After:", add_special_tokens=False)["input_ids"]
-    assert ids[-len(tail):] == tail  # causal LM: nothing follows the template
-    assert len(ids) <= 5 + len(tail) + len(tiny_llama.tokenizer('Before:', add_special_tokens=False)['input_ids']) + len(tiny_llama._prefix_ids)
+    assert ids[-len(tail) :] == tail  # causal LM: nothing follows the template
+    assert len(ids) <= 5 + len(tail) + len(
+        tiny_llama.tokenizer("Before:", add_special_tokens=False)["input_ids"]
+    ) + len(tiny_llama._prefix_ids)
 
 
 def test_hub_name_without_network_fails_fast(monkeypatch):
@@ -110,7 +116,9 @@ def test_bf16_stores_linear_weights_once_and_answers_like_autocast(tiny_llama: F
     lm = _tiny_llama_copy(tiny_llama, bf16=True)
     ref = _tiny_llama_copy(tiny_llama, bf16=False)
     ref.bf16 = True  # autocast over float32 weights: the path before
-    linear = [m for m in lm.model.modules() if isinstance(m, torch.nn.Linear) and m is not lm.model.get_output_embeddings()]
+    linear = [
+        m for m in lm.model.modules() if isinstance(m, torch.nn.Linear) and m is not lm.model.get_output_embeddings()
+    ]
     assert linear and all(m.weight.dtype == torch.bfloat16 for m in linear)
     assert lm.model.get_input_embeddings().weight.dtype == torch.float32  # tied head and embeddings stay float32
     labels = lm.label_token_ids(["cat", "hot dog stand", "rain"])
@@ -156,13 +164,17 @@ def test_bf16_on_cpu_bounds_the_kernel_caches_unless_the_user_set_them(tiny_llam
     assert os.environ["LRU_CACHE_CAPACITY"] == "7"
 
 
-def test_multi_token_labels_scored_a_few_at_a_time_give_the_same_scores_and_gradients(tiny_llama: FrozenLM, monkeypatch):
+def test_multi_token_labels_scored_a_few_at_a_time_give_the_same_scores_and_gradients(
+    tiny_llama: FrozenLM, monkeypatch
+):
     """The label continuations go through in passes of at most CONTINUATION_ROWS cache copies;
     passes of one label each must match one pass over all labels, values and prompt gradients."""
     import promptbank.backbone as backbone_mod
 
     labels = tiny_llama.label_token_ids(["cat", "hot dog stand", "rain", "big red fire truck"])
-    enc = tiny_llama.encode(["a short text", "a much longer text with many more words in it", "mid length one"], "In: {text} Out:", 64).input_ids
+    enc = tiny_llama.encode(
+        ["a short text", "a much longer text with many more words in it", "mid length one"], "In: {text} Out:", 64
+    ).input_ids
     results = []
     for rows in (64, 3):  # one pass; then one label per pass (3 inputs x 1 label)
         monkeypatch.setattr(backbone_mod, "CONTINUATION_ROWS", rows)

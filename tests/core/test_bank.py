@@ -24,8 +24,14 @@ from promptbank.routing import make_router
 from promptbank.trainer import TrainConfig
 
 FAST = TrainConfig(steps=4, batch_size=4, eval_every=2, progress=False)
-ANIMALS = (["the cat sat on the mat", "a dog barked loudly", "my cat purrs", "the dog runs fast"] * 3, ["cat", "dog", "cat", "dog"] * 3)
-WEATHER = (["heavy rain today", "sunny and warm", "rain again tonight", "bright sun outside"] * 3, ["rain", "sun", "rain", "sun"] * 3)
+ANIMALS = (
+    ["the cat sat on the mat", "a dog barked loudly", "my cat purrs", "the dog runs fast"] * 3,
+    ["cat", "dog", "cat", "dog"] * 3,
+)
+WEATHER = (
+    ["heavy rain today", "sunny and warm", "rain again tonight", "bright sun outside"] * 3,
+    ["rain", "sun", "rain", "sun"] * 3,
+)
 
 
 @pytest.fixture
@@ -189,7 +195,9 @@ def test_long_inputs_are_truncated_with_one_warning(tiny_llama):
 
 def test_prompt_state_reuse_skips_training(bank: PromptBank, tiny_llama):
     other = PromptBank(tiny_llama, BankConfig(n_tokens=4, key_encoder="embedding-mean"))
-    info = other.add_task("animals", *ANIMALS, template="Text: {text}\nAnimal:", prompt_state=bank.prompt_state("animals"))
+    info = other.add_task(
+        "animals", *ANIMALS, template="Text: {text}\nAnimal:", prompt_state=bank.prompt_state("animals")
+    )
     assert "train_seconds" not in info.metadata
     assert torch.equal(other.prompt_matrix("animals"), bank.prompt_matrix("animals"))
 
@@ -197,8 +205,16 @@ def test_prompt_state_reuse_skips_training(bank: PromptBank, tiny_llama):
 def test_calibrate_unknown_rejects_the_requested_share_and_persists(bank: PromptBank, tmp_path: Path):
     # Unseen inputs of the bank's tasks: training inputs would all sit at cosine ~1.0, where
     # float32 ties make "the two least close" ill-defined.
-    known = ["a cat on the sofa", "dogs bark at night", "kittens purr softly", "the dog fetched a ball",
-             "rain falls heavily", "a warm sunny afternoon", "more rain expected", "the sun is shining"]
+    known = [
+        "a cat on the sofa",
+        "dogs bark at night",
+        "kittens purr softly",
+        "the dog fetched a ball",
+        "rain falls heavily",
+        "a warm sunny afternoon",
+        "more rain expected",
+        "the sun is shining",
+    ]
     _, routing = bank.route(known, top=1)
     assert len(set(np.round(routing.closeness, 5).tolist())) == len(known), "closeness ties: pick other texts"
     threshold = bank.calibrate_unknown(known, reject_rate=0.25)
@@ -230,7 +246,9 @@ def test_router_learns_from_extra_key_inputs_the_prompt_does_not_train_on(tiny_l
 
     trained_on = []
     train = bank_mod.train_prompt
-    monkeypatch.setattr(bank_mod, "train_prompt", lambda bb, p, ids, *a, **k: trained_on.append(len(ids)) or train(bb, p, ids, *a, **k))
+    monkeypatch.setattr(
+        bank_mod, "train_prompt", lambda bb, p, ids, *a, **k: trained_on.append(len(ids)) or train(bb, p, ids, *a, **k)
+    )
     b = PromptBank(tiny_llama, BankConfig(n_tokens=2, key_encoder="embedding-mean"))
     extra = (["a kitten sleeps", "the puppy plays", "cats climb"], ["cat", "dog", "cat"])
     info = b.add_task("animals", *ANIMALS, key_texts=extra[0], key_labels=extra[1], train_config=FAST)
@@ -252,7 +270,9 @@ def test_router_keys_are_encoded_and_added_a_block_of_texts_at_a_time(tiny_llama
     monkeypatch.setattr(keys_mod, "KEY_BLOCK_TEXTS", 5)
     b = PromptBank(tiny_llama, BankConfig(n_tokens=2, key_encoder="embedding-mean"))
     sizes, add = [], b.router.add_task_blocks
-    monkeypatch.setattr(b.router, "add_task_blocks", lambda tid, blocks: add(tid, (sizes.append(len(k)) or (k, y) for k, y in blocks)))
+    monkeypatch.setattr(
+        b.router, "add_task_blocks", lambda tid, blocks: add(tid, (sizes.append(len(k)) or (k, y) for k, y in blocks))
+    )
     extra = (["a kitten sleeps", "the puppy plays", "cats climb"], ["cat", "dog", "cat"])
     b.add_task("animals", *ANIMALS, key_texts=extra[0], key_labels=extra[1], train_config=FAST)
     assert sizes == [5, 5, 5]
@@ -261,7 +281,9 @@ def test_router_keys_are_encoded_and_added_a_block_of_texts_at_a_time(tiny_llama
     whole.add_task(0, b.key_encoder.encode(ANIMALS[0] + extra[0]), labels)
     (_, mine), (_, theirs) = b.router.state(), whole.state()
     for name in theirs:
-        np.testing.assert_allclose(mine[name].astype(np.float64), theirs[name].astype(np.float64), atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            mine[name].astype(np.float64), theirs[name].astype(np.float64), atol=1e-5, err_msg=name
+        )
 
 
 def test_bank_with_the_default_concatenated_keys_saves_and_refuses_other_keys(tiny_llama, tmp_path: Path):
@@ -277,13 +299,17 @@ def test_bank_with_the_default_concatenated_keys_saves_and_refuses_other_keys(ti
     loaded = PromptBank.load(tmp_path / "bank", backbone=tiny_llama, key_encoder=b.key_encoder)
     assert [p.task for p in loaded.predict(texts)] == before == ["animals", "weather"]
     with pytest.raises(BackboneMismatchError, match="same key encoder"):
-        PromptBank.load(tmp_path / "bank", backbone=tiny_llama, key_encoder=make_key_encoder("embedding-mean", backbone=tiny_llama))
+        PromptBank.load(
+            tmp_path / "bank", backbone=tiny_llama, key_encoder=make_key_encoder("embedding-mean", backbone=tiny_llama)
+        )
 
 
 def test_a_given_key_encoder_is_recorded_so_load_rebuilds_it(tiny_llama, tmp_path: Path):
     from promptbank.keys import make_key_encoder
 
-    b = PromptBank(tiny_llama, BankConfig(n_tokens=2), key_encoder=make_key_encoder("embedding-mean", backbone=tiny_llama))
+    b = PromptBank(
+        tiny_llama, BankConfig(n_tokens=2), key_encoder=make_key_encoder("embedding-mean", backbone=tiny_llama)
+    )
     assert b.config.key_encoder == "embedding-mean"
     b.add_task("animals", *ANIMALS, train_config=FAST)
     b.add_task("weather", *WEATHER, train_config=FAST)

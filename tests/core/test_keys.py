@@ -74,7 +74,12 @@ def t5_stub(tokenizer) -> FrozenLM:
 
     torch.manual_seed(0)
     config = T5Config(
-        vocab_size=len(tokenizer), d_model=24, d_kv=8, d_ff=48, num_layers=1, num_heads=3,
+        vocab_size=len(tokenizer),
+        d_model=24,
+        d_kv=8,
+        d_ff=48,
+        num_layers=1,
+        num_heads=3,
         decoder_start_token_id=0,
     )
     return _backbone(T5ForConditionalGeneration(config), tokenizer, encoder_decoder=True)

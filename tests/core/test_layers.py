@@ -13,8 +13,10 @@ FORBIDDEN = {"streams", "avalanche", "mlflow"}
 
 
 def test_importing_the_library_loads_no_experiment_layer():
-    code = ("import sys, promptbank, promptbank.cli, promptbank.routing, promptbank.bank, promptbank.storage; "
-            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {FORBIDDEN!r}))")
+    code = (
+        "import sys, promptbank, promptbank.cli, promptbank.routing, promptbank.bank, promptbank.storage; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {FORBIDDEN!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 

@@ -21,11 +21,15 @@ def _routing(candidates, scores, chosen=None) -> Routing:
     c = np.asarray(candidates, dtype=np.int64)
     s = np.asarray(scores, dtype=np.float32)
     ids = c[:, 0].copy() if chosen is None else np.asarray(chosen, dtype=np.int64)
-    return Routing(task_ids=ids, scores=s[:, 0], candidates=c, candidate_scores=s, closeness=np.zeros(len(c), np.float32))
+    return Routing(
+        task_ids=ids, scores=s[:, 0], candidates=c, candidate_scores=s, closeness=np.zeros(len(c), np.float32)
+    )
 
 
 def test_only_uncertain_inputs_get_extra_candidates():
-    routing = _routing([[0, 1, 2], [1, 0, 2], [2, 0, 1]], [[0.999, 0.001, 0.0], [0.6, 0.35, 0.05], [0.5, 0.0, 0.0]], chosen=[0, 1, -1])
+    routing = _routing(
+        [[0, 1, 2], [1, 0, 2], [2, 0, 1]], [[0.999, 0.001, 0.0], [0.6, 0.35, 0.05], [0.5, 0.0, 0.0]], chosen=[0, 1, -1]
+    )
     cands = Rescorer(top=3, min_posterior=0.01).candidates(routing)
     assert cands == [[0], [1, 0, 2], []]  # sure, uncertain, unknown (never overridden)
     assert Rescorer(top=2).candidates(routing)[1] == [1, 0]
@@ -36,7 +40,12 @@ def test_choose_trades_router_posterior_against_prompt_confidence():
     routing = _routing([[0, 1], [0, 1]], [[0.6, 0.4], [0.9, 0.1]])
     cands = [[0, 1], [0, 1]]
     # input 0: task 1's prompt is far more confident; input 1: the router is sure enough to keep task 0
-    scores = {(0, 0): np.array([-6.0, -7.0]), (0, 1): np.array([-0.5, -3.0]), (1, 0): np.array([-2.0, -3.0]), (1, 1): np.array([-1.5, -4.0])}
+    scores = {
+        (0, 0): np.array([-6.0, -7.0]),
+        (0, 1): np.array([-0.5, -3.0]),
+        (1, 0): np.array([-2.0, -3.0]),
+        (1, 1): np.array([-1.5, -4.0]),
+    }
     chosen = Rescorer(top=2, weight=1.0).choose(routing, cands, lambda i, t: scores[(i, t)])
     assert chosen.tolist() == [1, 0]
     assert Rescorer(top=2, weight=0.0).choose(routing, cands, lambda i, t: scores[(i, t)]).tolist() == [0, 0]
@@ -57,11 +66,27 @@ def test_bad_options_are_refused(bad):
 @pytest.fixture
 def ambiguous_bank(tiny_llama: FrozenLM) -> PromptBank:
     """Three tasks whose inputs share words, so several inputs have more than one plausible task."""
-    bank = PromptBank(tiny_llama, BankConfig(n_tokens=4, key_encoder="embedding-mean", router={"strategy": "gaussian"},
-                                             rescore={"top": 3, "weight": 5.0, "min_posterior": 0.0}))
-    bank.add_task("animals", ["the cat sat", "a dog ran", "cat in rain", "dog in sun"] * 2, ["cat", "dog"] * 4, train_config=FAST)
-    bank.add_task("weather", ["rain today", "sun today", "rain and cat", "sun and dog"] * 2, ["rain", "sun"] * 4, train_config=FAST)
-    bank.add_task("food", ["cat food", "dog food", "hot soup rain", "cold salad sun"] * 2, ["hot", "cold"] * 4, train_config=FAST)
+    bank = PromptBank(
+        tiny_llama,
+        BankConfig(
+            n_tokens=4,
+            key_encoder="embedding-mean",
+            router={"strategy": "gaussian"},
+            rescore={"top": 3, "weight": 5.0, "min_posterior": 0.0},
+        ),
+    )
+    bank.add_task(
+        "animals", ["the cat sat", "a dog ran", "cat in rain", "dog in sun"] * 2, ["cat", "dog"] * 4, train_config=FAST
+    )
+    bank.add_task(
+        "weather",
+        ["rain today", "sun today", "rain and cat", "sun and dog"] * 2,
+        ["rain", "sun"] * 4,
+        train_config=FAST,
+    )
+    bank.add_task(
+        "food", ["cat food", "dog food", "hot soup rain", "cold salad sun"] * 2, ["hot", "cold"] * 4, train_config=FAST
+    )
     return bank
 
 
@@ -75,7 +100,11 @@ def test_bank_predict_rescoring_matches_manual_computation(ambiguous_bank: Promp
     cands = rescorer.candidates(routing)
     assert max(len(c) for c in cands) >= 2  # the test needs uncertain inputs
     names = {bank.task_info(n).task_id: n for n in bank.tasks}
-    scores = {(i, t): np.fromiter(bank.predict([TEXTS[i]], task=names[t])[0].scores.values(), float) for i, c in enumerate(cands) for t in c}
+    scores = {
+        (i, t): np.fromiter(bank.predict([TEXTS[i]], task=names[t])[0].scores.values(), float)
+        for i, c in enumerate(cands)
+        for t in c
+    }
     expected = rescorer.choose(routing, cands, lambda i, t: scores[(i, t)])
     preds = bank.predict(TEXTS)
     assert [p.task for p in preds] == [names[int(t)] for t in expected]

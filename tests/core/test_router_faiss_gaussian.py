@@ -117,7 +117,9 @@ def test_a_task_added_in_blocks_is_the_task_added_whole(strategy):
     (_, a), (_, b) = whole.state(), pieces.state()
     assert a.keys() == b.keys()
     for name in a:
-        np.testing.assert_allclose(a[name].astype(np.float64), b[name].astype(np.float64), rtol=1e-3, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            a[name].astype(np.float64), b[name].astype(np.float64), rtol=1e-3, atol=1e-5, err_msg=name
+        )
     assert np.array_equal(whole.route(queries).task_ids, pieces.route(queries).task_ids)
 
 
@@ -217,7 +219,9 @@ def test_knn_auto_index_trains_many_lists_on_the_minimum_sample(monkeypatch):
     monkeypatch.setattr(knn, "TRAIN_SAMPLE_MAX", 2 * 39 * 8)
     sizes = []
     real_train = faiss.IndexIVFScalarQuantizer.train
-    monkeypatch.setattr(faiss.IndexIVFScalarQuantizer, "train", lambda self, x: sizes.append(len(x)) or real_train(self, x))
+    monkeypatch.setattr(
+        faiss.IndexIVFScalarQuantizer, "train", lambda self, x: sizes.append(len(x)) or real_train(self, x)
+    )
     train, queries, truth = clustered(n_tasks=8, n=200, dim=32, seed=2)
     router = KNNRouter(dim=32, summary="all")
     for t, (keys, _) in enumerate(train):

@@ -130,8 +130,10 @@ def test_lda_remove_forgets_the_task_and_stays_close_to_a_rebuilt_router(data):
     rebuilt = build(train, skip=2)
     agree = (after.task_ids[others] == rebuilt.route(queries[others], top=1).task_ids).mean()
     assert agree >= 0.97
-    acc, acc_rebuilt = (after.task_ids[others] == truth[others]).mean(), (
-        rebuilt.route(queries[others], top=1).task_ids == truth[others]).mean()
+    acc, acc_rebuilt = (
+        (after.task_ids[others] == truth[others]).mean(),
+        (rebuilt.route(queries[others], top=1).task_ids == truth[others]).mean(),
+    )
     assert acc >= acc_rebuilt - 0.02
     # what a removed task leaves in the shared scatter (by default all of its within-class
     # scatter) is positive semi-definite, so the covariance stays a covariance
@@ -285,7 +287,6 @@ def test_lda_compact_statistics_route_like_float64_ones():
 
 
 # -- the study script ------------------------------------------------------------------------
-
 
 
 # -- scale: incremental whitening and an approximate index of whitened means ----------------

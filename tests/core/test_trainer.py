@@ -22,7 +22,9 @@ def test_same_seed_same_prompt_different_seed_differs(tiny_llama):
     runs = []
     for seed in (3, 3, 4):
         ids, labels, prompt = _setup(tiny_llama, seed)
-        train_prompt(tiny_llama, prompt, ids, y, labels, config=TrainConfig(steps=5, batch_size=4, seed=seed, progress=False))
+        train_prompt(
+            tiny_llama, prompt, ids, y, labels, config=TrainConfig(steps=5, batch_size=4, seed=seed, progress=False)
+        )
         runs.append(prompt().detach())
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
@@ -31,7 +33,9 @@ def test_same_seed_same_prompt_different_seed_differs(tiny_llama):
 def test_best_validation_checkpoint_is_kept(tiny_llama):
     ids, labels, prompt = _setup(tiny_llama)
     y = [0, 1] * 6
-    result = train_prompt(tiny_llama, prompt, ids, y, labels, ids, y, TrainConfig(steps=6, batch_size=4, eval_every=2, progress=False))
+    result = train_prompt(
+        tiny_llama, prompt, ids, y, labels, ids, y, TrainConfig(steps=6, batch_size=4, eval_every=2, progress=False)
+    )
     evals = [h for h in result.history if "val_acc" in h]
     assert [h["step"] for h in evals] == [2, 4, 6]
     best = max(evals, key=lambda h: h["val_acc"])
@@ -43,6 +47,8 @@ def test_training_learns_a_constant_answer(tiny_llama):
     """A random tiny LM cannot learn a text rule in a few steps, but must learn 'always dog'."""
     ids, labels, prompt = _setup(tiny_llama, method="pt")
     y = [1] * len(ids)
-    result = train_prompt(tiny_llama, prompt, ids, y, labels, config=TrainConfig(steps=15, batch_size=6, lr=0.3, progress=False))
+    result = train_prompt(
+        tiny_llama, prompt, ids, y, labels, config=TrainConfig(steps=15, batch_size=6, lr=0.3, progress=False)
+    )
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert evaluate_prompt(tiny_llama, prompt, ids, y, labels) == 1.0

@@ -32,7 +32,10 @@ def _task(name: str, labels: list[str], words: list[str], n: int = 8, targets: l
     return TaskData(name, tuple(labels), "Text: {text} Answer:", texts, ys, texts[:2], ys[:2], texts[:4], ys[:4])
 
 
-TASKS = [_task("polar", ["yes", "no"], ["apple", "sky"]), _task("colour", ["red", "green", "blue"], ["fire", "grass", "sea"])]
+TASKS = [
+    _task("polar", ["yes", "no"], ["apple", "sky"]),
+    _task("colour", ["red", "green", "blue"], ["fire", "grass", "sea"]),
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,7 +69,11 @@ def stream_runs(tiny_llama):
 
 
 def _prompt_state(strategy) -> dict[str, torch.Tensor] | None:
-    return {k: v.clone() for k, v in strategy.prompt.trainable_state().items()} if isinstance(strategy, AvalancheBaseline) else None
+    return (
+        {k: v.clone() for k, v in strategy.prompt.trainable_state().items()}
+        if isinstance(strategy, AvalancheBaseline)
+        else None
+    )
 
 
 def _plugin_state(strategy) -> dict:
@@ -89,8 +96,18 @@ def _plugin_state(strategy) -> dict:
 def test_registry_names_and_signature(tiny_llama):
     assert set(BASELINES) == {"zero-shot", "naive", "ewc", "lwf", "replay", "joint", "linear-probe"}
     for key, factory in PROMPT_BASELINES.items():
-        strategy = factory(tiny_llama, method="pt", n_tokens=4, prompt_options=None, steps=1, batch_size=2, lr=0.01,
-                           seed=1, max_input_tokens=16, progress=False)
+        strategy = factory(
+            tiny_llama,
+            method="pt",
+            n_tokens=4,
+            prompt_options=None,
+            steps=1,
+            batch_size=2,
+            lr=0.01,
+            seed=1,
+            max_input_tokens=16,
+            progress=False,
+        )
         assert strategy.name == key and not strategy.routes
     with pytest.raises(InvalidDataError):
         BASELINES["naive"](tiny_llama, steps=0, progress=False)

@@ -20,13 +20,22 @@ TASKS = ("sms_spam", "bbc")  # inputs truncated to 48 tokens keep this test to a
 
 
 def test_two_real_tasks_train_save_reload_and_route(tmp_path: Path):
-    bank = PromptBank(max_input_tokens=48)  # defaults: smollm2-135m (offline asset), ULPT r=2, minilm+embedding-set-mean keys
+    bank = PromptBank(
+        max_input_tokens=48
+    )  # defaults: smollm2-135m (offline asset), ULPT r=2, minilm+embedding-set-mean keys
     budgets = {"sms_spam": 10, "bbc": 4}  # test inputs per class: about 20 per task
     data = {n: get_task(n, train_per_class=16, val_per_class=3, test_per_class=budgets[n], seed=0) for n in TASKS}
     for n, t in data.items():
-        bank.add_task(n, t.train_texts, t.train_labels, label_names=list(t.label_names), template=t.template,
-                      val_texts=t.val_texts, val_labels=t.val_labels,
-                      train_config=TrainConfig(steps=30, batch_size=8, eval_every=10, progress=False))
+        bank.add_task(
+            n,
+            t.train_texts,
+            t.train_labels,
+            label_names=list(t.label_names),
+            template=t.template,
+            val_texts=t.val_texts,
+            val_labels=t.val_labels,
+            train_config=TrainConfig(steps=30, batch_size=8, eval_every=10, progress=False),
+        )
     bank.save(tmp_path / "bank")
 
     texts, true_task, true_label = [], [], []

@@ -29,7 +29,9 @@ BENCHMARKS_MD = {
         6: "yelp amazon mnli cb copa qqp rte imdb sst2 dbpedia agnews yahoo multirc boolq wic",
     },
 }
-OFFLINE_9_ORDER_1 = "bbc rotten_tomatoes trec sms_spam reuters_r8 vader_amazon tweet_sentiment 20newsgroups election_tweets".split()
+OFFLINE_9_ORDER_1 = (
+    "bbc rotten_tomatoes trec sms_spam reuters_r8 vader_amazon tweet_sentiment 20newsgroups election_tweets".split()
+)
 
 
 def test_exactly_the_named_streams():

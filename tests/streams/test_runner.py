@@ -56,9 +56,14 @@ def tiny_folder(tmp_path_factory, tiny_llama) -> str:
 
 
 def _cfg(backbone: str) -> RunConfig:
-    return RunConfig(stream="custom", tasks=TASKS, backbone=backbone, train=TrainConfig(steps=2, eval_every=1, batch_size=4),
-                     data=DataConfig(train_per_class=4, val_per_class=2, test_per_class=3, key_per_class=8),
-                     bank=BankConfig(max_input_tokens=16, n_tokens=4))
+    return RunConfig(
+        stream="custom",
+        tasks=TASKS,
+        backbone=backbone,
+        train=TrainConfig(steps=2, eval_every=1, batch_size=4),
+        data=DataConfig(train_per_class=4, val_per_class=2, test_per_class=3, key_per_class=8),
+        bank=BankConfig(max_input_tokens=16, n_tokens=4),
+    )
 
 
 def test_interrupted_run_resumes_after_last_finished_task(tiny_folder, tmp_path, tmp_cache, monkeypatch):
@@ -89,15 +94,58 @@ def test_interrupted_run_resumes_after_last_finished_task(tiny_folder, tmp_path,
 
 def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache, capsys):
     out = tmp_path / "cli"
-    code = cli_main(["run", "--tasks", ",".join(TASKS), "--backbone", tiny_folder, "--steps", "2", "--eval-every", "1",
-                     "--batch-size", "4", "--train-per-class", "4", "--val-per-class", "2", "--test-per-class", "3", "--key-per-class", "8",
-                     "--max-input-tokens", "16", "--n-tokens", "4", "--out", str(out), "--quiet"])
+    code = cli_main(
+        [
+            "run",
+            "--tasks",
+            ",".join(TASKS),
+            "--backbone",
+            tiny_folder,
+            "--steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--batch-size",
+            "4",
+            "--train-per-class",
+            "4",
+            "--val-per-class",
+            "2",
+            "--test-per-class",
+            "3",
+            "--key-per-class",
+            "8",
+            "--max-input-tokens",
+            "16",
+            "--n-tokens",
+            "4",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "average" in printed and "mlflow" in printed
     results = json.loads((out / "results.json").read_text())
-    required = {"stream", "order", "method", "backbone", "tasks", "acc_matrix", "avg_acc", "oracle_avg_acc", "routing_acc", "bwt",
-                "forgetting", "trainable_params_per_task", "bank_bytes_per_task", "seconds_per_task", "budgets", "seed"}
+    required = {
+        "stream",
+        "order",
+        "method",
+        "backbone",
+        "tasks",
+        "acc_matrix",
+        "avg_acc",
+        "oracle_avg_acc",
+        "routing_acc",
+        "bwt",
+        "forgetting",
+        "trainable_params_per_task",
+        "bank_bytes_per_task",
+        "seconds_per_task",
+        "budgets",
+        "seed",
+    }
     assert required <= set(results)
     assert results["trainable_params_per_task"] == 4 * 2 + 2 * 32
     assert 0.0 <= results["routing_acc"] <= 1.0
@@ -112,15 +160,25 @@ def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache,
     assert [m.value for m in history] == pytest.approx([results["acc_matrix"][0][0], results["acc_matrix"][1][0]])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"acc_matrix.png", "routing_confusion.png", "results.json", "bank"} <= artifacts
-    children = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
     assert len(children) == 2
 
     assert cli_main(["info", str(out / "bank")]) == 0
     assert "sms_spam" in capsys.readouterr().out
-    assert cli_main(["predict", "--bank", str(out / "bank"), "--backbone", tiny_folder, "what is the capital of peru"]) == 0
+    assert (
+        cli_main(["predict", "--bank", str(out / "bank"), "--backbone", tiny_folder, "what is the capital of peru"])
+        == 0
+    )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["task"] in TASKS
-    assert cli_main(["predict", "--bank", str(out / "bank"), "--backbone", tiny_folder, "--bf16", "what is the capital of peru"]) == 0
+    assert (
+        cli_main(
+            ["predict", "--bank", str(out / "bank"), "--backbone", tiny_folder, "--bf16", "what is the capital of peru"]
+        )
+        == 0
+    )
     bf16_line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert bf16_line["task"] == line["task"] and bf16_line["scores"] != line["scores"]  # same route, bf16 answers
 
@@ -128,11 +186,17 @@ def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache,
 def test_router_keys_beyond_the_prompt_budget_reuse_the_cached_prompts(tiny_folder, tmp_path, tmp_cache):
     """key_per_class only feeds the router: the prompts are the same, so they come from the cache."""
     cfg = _cfg(tiny_folder)
-    few = run_stream(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, key_per_class=0)), out=tmp_path / "few", progress=False)
+    few = run_stream(
+        dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, key_per_class=0)),
+        out=tmp_path / "few",
+        progress=False,
+    )
     more = run_stream(cfg, out=tmp_path / "more", progress=False)
     assert all(r["prompt_from_cache"] for r in more["reports"])
     assert few["budgets"]["key_per_class"] == 0 and more["budgets"]["key_per_class"] == 8
-    n_keys = lambda run: [PromptBank.load(tmp_path / run / "bank", backbone=tiny_folder).task_info(t).metadata["n_keys"] for t in TASKS]  # noqa: E731
+    n_keys = lambda run: [
+        PromptBank.load(tmp_path / run / "bank", backbone=tiny_folder).task_info(t).metadata["n_keys"] for t in TASKS
+    ]  # noqa: E731
     classes = [len(get_task(t).label_names) for t in TASKS]
     assert [m - f for m, f in zip(n_keys("more"), n_keys("few"))] == [4 * c for c in classes]
 

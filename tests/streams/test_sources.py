@@ -35,7 +35,10 @@ EXPECTED = {
     "vader_amazon": (2977, [1233, 1744]),
     "vader_nyt": (2931, [1756, 1175]),
     "rotten_tomatoes": (12752, [5384, 7368]),
-    "20newsgroups": (18781, [799, 971, 962, 980, 962, 976, 966, 988, 992, 994, 999, 991, 981, 989, 983, 996, 909, 940, 775, 628]),
+    "20newsgroups": (
+        18781,
+        [799, 971, 962, 980, 962, 976, 966, 988, 992, 994, 999, 991, 981, 989, 983, 996, 909, 940, 775, 628],
+    ),
     "reuters_r8": (7591, [2285, 366, 3915, 51, 245, 276, 141, 312]),
     "election_tweets": (6355, [3215, 3140]),
     "tweet_sentiment": (36473, [15737, 13993, 6743]),
@@ -141,7 +144,10 @@ def test_split_20ng_partitions_20newsgroups():
     talk = load_raw("20ng_talk")
     by_text = dict(zip(full.texts, full.labels))
     assert {TASKS["20newsgroups"].label_names[by_text[t]] for t in talk.texts} == set(TASKS["20ng_talk"].label_names)
-    assert all(TASKS["20newsgroups"].label_names[by_text[t]] == TASKS["20ng_talk"].label_names[lab] for t, lab in zip(talk.texts, talk.labels))
+    assert all(
+        TASKS["20newsgroups"].label_names[by_text[t]] == TASKS["20ng_talk"].label_names[lab]
+        for t, lab in zip(talk.texts, talk.labels)
+    )
 
 
 def test_disk_cache_is_used(monkeypatch):
@@ -214,11 +220,19 @@ def test_key_split_adds_router_inputs_and_moves_no_other_split():
     first ``key_per_class`` training inputs of each class."""
     for name in ("sms_spam", "20newsgroups"):  # sampled and official test splits
         plain, more, most = get_task(name, 4, 2, 5), get_task(name, 4, 2, 5, key_per_class=10), get_task(name, 10, 2, 5)
-        assert (more.train_texts, more.val_texts, more.test_texts) == (plain.train_texts, plain.val_texts, plain.test_texts)
+        assert (more.train_texts, more.val_texts, more.test_texts) == (
+            plain.train_texts,
+            plain.val_texts,
+            plain.test_texts,
+        )
         prompt_budgets = lambda td: {k: v for k, v in td.budgets.items() if not k.startswith("key_")}  # noqa: E731
-        assert prompt_budgets(more) == prompt_budgets(plain) and plain.budgets["key_counts"] == [0] * len(plain.label_names)
+        assert prompt_budgets(more) == prompt_budgets(plain) and plain.budgets["key_counts"] == [0] * len(
+            plain.label_names
+        )
         n_classes = len(plain.label_names)
-        assert more.budgets["key_counts"] == [6] * n_classes and _by_class(more.key_labels, n_classes) == [6] * n_classes
+        assert (
+            more.budgets["key_counts"] == [6] * n_classes and _by_class(more.key_labels, n_classes) == [6] * n_classes
+        )
         assert set(more.train_texts) | set(more.key_texts) == set(most.train_texts)
         assert not set(more.key_texts) & (set(more.train_texts) | set(more.val_texts) | set(more.test_texts))
         raw = dict(zip(*(lambda r: (r.texts, r.labels))(load_raw(name))))
@@ -245,13 +259,21 @@ def test_short_class_is_shared_proportionally():
     assert td.budgets["test_counts"][grain] == 10
     assert td.budgets["train_counts"][0] == 64 and td.budgets["test_counts"][0] == 200
     trec = get_task("trec", 64, 32, 200)  # abbreviation: 86 examples for 64 + 32 + 200
-    assert (trec.budgets["test_counts"][0], trec.budgets["val_counts"][0], trec.budgets["train_counts"][0]) == (58, 9, 19)
+    assert (trec.budgets["test_counts"][0], trec.budgets["val_counts"][0], trec.budgets["train_counts"][0]) == (
+        58,
+        9,
+        19,
+    )
 
 
 def test_bad_budgets_and_too_few_examples(tmp_path):
     with pytest.raises(InvalidDataError, match="train_per_class"):
         get_task("trec", train_per_class=0)
-    rows = ["text,label"] + [f"text {i} of class {i % 3},{i % 3}" for i in range(9)] + ["lonely world story,3", "another world story,3"]
+    rows = (
+        ["text,label"]
+        + [f"text {i} of class {i % 3},{i % 3}" for i in range(9)]
+        + ["lonely world story,3", "another world story,3"]
+    )
     path = tmp_path / "agnews_small.csv"
     path.write_text("\n".join(rows) + "\n")
     with pytest.raises(InvalidDataError, match=r"class 'technology' has 2 .*needs at least 3"):
@@ -264,7 +286,10 @@ def test_bad_budgets_and_too_few_examples(tmp_path):
 def test_agnews_shaped_local_files():
     raw = load_raw("agnews", data_files=AGNEWS)
     assert len(raw.texts) == 32  # 24 train + 8 test; duplicate, blank and leaked rows dropped
-    assert Counter(zip(raw.labels, raw.split)) == {**{(c, "train"): 6 for c in range(4)}, **{(c, "test"): 2 for c in range(4)}}
+    assert Counter(zip(raw.labels, raw.split)) == {
+        **{(c, "train"): 6 for c in range(4)},
+        **{(c, "test"): 2 for c in range(4)},
+    }
     assert raw.texts[0] == "Leaders meet in Geneva to discuss a ceasefire."
     td = get_task("agnews", 3, 2, 2, data_files=AGNEWS)
     assert td.budgets["test_source"] == "official"
@@ -287,7 +312,10 @@ def test_yahoo_shaped_file_via_env(monkeypatch):
     monkeypatch.setenv("PROMPTBANK_LOCAL_DATA", str(DATA))
     raw = load_raw("yahoo")
     assert len(raw.texts) == 40 and raw.split is None
-    assert raw.texts[0] == "question: Question 0 about society? details: Some details on society, case 0. answer: An answer about society number 0."
+    assert (
+        raw.texts[0]
+        == "question: Question 0 about society? details: Some details on society, case 0. answer: An answer about society number 0."
+    )
     assert raw.texts[1] == "question: Question 1 about society? answer: An answer about society number 1."
     td = get_task("yahoo", 1, 1, 2)
     assert td.budgets["test_source"] == "sampled"
@@ -314,11 +342,13 @@ def test_hub_path_maps_splits(monkeypatch, request):
         calls.append((path, name))
         row = {"premise": "It rains.", "hypothesis": "It is wet.", "label": 0, "idx": 0}
         split = lambda rows: datasets.Dataset.from_list(rows)  # noqa: E731
-        return datasets.DatasetDict({
-            "train": split([row, {**row, "premise": "It is sunny.", "label": 2}]),
-            "validation_matched": split([{**row, "premise": "Snow falls.", "label": 1}]),
-            "test_matched": split([{**row, "premise": "Hidden.", "label": -1}]),
-        })
+        return datasets.DatasetDict(
+            {
+                "train": split([row, {**row, "premise": "It is sunny.", "label": 2}]),
+                "validation_matched": split([{**row, "premise": "Snow falls.", "label": 1}]),
+                "test_matched": split([{**row, "premise": "Hidden.", "label": -1}]),
+            }
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.setattr(sources, "_hub_reachable", lambda timeout=5.0: True)

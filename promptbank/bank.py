@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,83 +18,11 @@ from . import storage
 from .backbone import DEFAULT_BACKBONE, FrozenLM, load_backbone
 from .errors import BackboneMismatchError, InvalidDataError, TaskExistsError, UnknownTaskError
 from .inputs import check_label_names, check_texts, label_indices, labelled_blocks
-from .keys import DEFAULT_KEY_ENCODER, KeyEncoder, make_key_encoder
+from .keys import KeyEncoder, make_key_encoder
 from .prompts import SoftPrompt, build_prompt
-from .rescore import Rescorer
-from .routing import DEFAULT_ROUTER, Router, Routing, make_router, router_from_state
+from .records import DEFAULT_TEMPLATE, STORAGE_DTYPES, BankConfig, Prediction, TaskInfo
+from .routing import Router, Routing, make_router, router_from_state
 from .trainer import TrainConfig, TrainResult, predict_scores, train_prompt
-
-DEFAULT_TEMPLATE = "Input: {text}\nLabel:"
-STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-@dataclass
-class BankConfig:
-    """Bank-wide choices, fixed at creation (every task's prompt has the same shape).
-
-    Args:
-        method: prompt method, a name in ``promptbank.prompts.PROMPTS``.
-        n_tokens: soft tokens per prompt.
-        prompt_options: the method's config fields, e.g. ``{"rank": 2}`` (its defaults otherwise).
-        key_encoder: what turns a text into a routing key (``promptbank.keys.KEY_ENCODERS``,
-            several joined with "+").
-        router: ``{"strategy": name, **options}`` of a router in ``promptbank.routing.ROUTERS``.
-        rescore: candidate re-scoring (``promptbank.rescore.Rescorer`` fields); top 1 routes on keys alone.
-        storage_dtype: dtype prompts are stored in.
-        max_input_tokens: inputs are truncated to this many tokens (the template never is).
-        seed: seed of each new prompt's initialisation.
-
-    Example:
-        >>> BankConfig(method="lopt1", n_tokens=10, prompt_options={"rank": 4}, router={"strategy": "lda", "nprobe": 4})
-    """
-
-    method: str = "ulpt"
-    n_tokens: int = 20
-    prompt_options: dict[str, Any] = field(default_factory=dict)
-    key_encoder: str = DEFAULT_KEY_ENCODER
-    router: dict[str, Any] = field(default_factory=lambda: {"strategy": DEFAULT_ROUTER})
-    rescore: dict[str, Any] = field(default_factory=lambda: Rescorer().to_dict())
-    storage_dtype: str = "float16"
-    max_input_tokens: int = 64
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.storage_dtype not in STORAGE_DTYPES:
-            raise InvalidDataError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.storage_dtype!r}")
-        self.rescorer()  # validate early
-
-    def rescorer(self) -> Rescorer:
-        try:
-            return Rescorer(**self.rescore)
-        except TypeError as exc:
-            raise InvalidDataError(
-                f"bad rescore options {self.rescore!r}: {exc}; use fields of promptbank.rescore.Rescorer"
-            ) from None
-
-
-@dataclass
-class TaskInfo:
-    """What the bank knows about one task."""
-
-    name: str
-    task_id: int
-    label_names: list[str]
-    template: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Prediction:
-    """One input's answer: the routed task (None = unknown), the label and every label's score."""
-
-    task: str | None
-    label: str | None
-    scores: dict[str, float]
-    route_score: float = float("nan")
-
-    @property
-    def label_index(self) -> int:
-        return -1 if self.label is None else list(self.scores).index(self.label)
 
 
 class PromptBank:

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
 from .assets import asset_path, cache_dir
-from .errors import HubUnavailableError, InvalidDataError
+from .errors import HubUnavailableError, InvalidDataError, PromptBankError
 from .hub import hub_reachable
 
 log = logging.getLogger(__name__)
@@ -371,11 +371,28 @@ def load_backbone(
 
     ``bf16``: run it under bf16 autocast; None picks :func:`default_bf16` for the device."""
     source, kwargs = resolve_model_source(name)
-    config = AutoConfig.from_pretrained(source, **kwargs)
-    model_cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = model_cls.from_pretrained(source, dtype=torch.float32, **kwargs)
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        model_cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = model_cls.from_pretrained(
+            source, dtype=torch.float32, use_safetensors=_local_safetensors(source), **kwargs
+        )
+    except PromptBankError:
+        raise
+    except Exception as exc:  # a folder without a usable model: one clear error, never a pickle load
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise InvalidDataError(
+            f"cannot load backbone {name!r} from {source}: {first}. Fix: pass an offline asset name "
+            f"({', '.join(OFFLINE_BACKBONES)}), a hub id, or a folder with config.json, tokenizer files and "
+            "safetensors weights"
+        ) from None
     return FrozenLM(model, tokenizer, name=name, device=device, bf16=bf16)
+
+
+def _local_safetensors(source: str) -> bool | None:
+    """True for a local folder: its weights must be safetensors (never unpickled); hub ids decide themselves."""
+    return True if Path(source).is_dir() else None
 
 
 def count_frozen_grads(module: nn.Module) -> int:

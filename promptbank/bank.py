@@ -16,7 +16,7 @@ import torch
 
 from . import storage
 from .backbone import DEFAULT_BACKBONE, FrozenLM, load_backbone
-from .errors import BackboneMismatchError, InvalidDataError, TaskExistsError, UnknownTaskError
+from .errors import BackboneMismatchError, BankFormatError, InvalidDataError, TaskExistsError, UnknownTaskError
 from .inputs import check_label_names, check_texts, label_indices, labelled_blocks
 from .keys import KeyEncoder, make_key_encoder
 from .prompts import SoftPrompt, build_prompt
@@ -474,30 +474,67 @@ class PromptBank:
             BankFormatError: a missing, damaged or inconsistent file.
             BackboneMismatchError: the backbone or key encoder differs from the recorded one.
         """
-        manifest, tensors, router_arrays = storage.read_bank(Path(path))
+        path = Path(path)
+        fields = {f.name for f in dataclasses.fields(BankConfig)}
+        manifest, tensors, router_arrays = storage.read_bank(path, config_fields=fields)
+        try:
+            config = BankConfig(**manifest["config"])
+        except (TypeError, InvalidDataError) as exc:
+            raise BankFormatError(
+                f"{path}: the saved bank config is not valid ({exc}). Fix: rebuild the bank"
+            ) from None
         recorded = manifest["backbone"]
-        if backbone is None:
-            backbone = recorded["name"]
+        chosen = backbone is not None
+        backbone = recorded.get("name") if backbone is None else backbone
+        if not isinstance(backbone, (str, FrozenLM)):
+            raise BankFormatError(f"{path}: the manifest records no backbone name. Fix: pass backbone= explicitly")
         backbone = load_backbone(backbone, bf16=bf16) if isinstance(backbone, str) else backbone
-        storage.check_backbone(recorded, backbone.identity())
+        storage.check_backbone(recorded, backbone.identity(), chosen)
         bank = cls.__new__(cls)
-        bank.backbone = backbone
-        bank.config = BankConfig(**manifest["config"])
-        bank.key_encoder = key_encoder or make_key_encoder(bank.config.key_encoder, backbone=backbone)
+        bank.backbone, bank.config = backbone, config
+        bank.key_encoder = key_encoder or make_key_encoder(config.key_encoder, backbone=backbone)
         if bank.key_encoder.identity() != manifest["key_encoder"]:
             raise BackboneMismatchError(
-                f"bank keys were made by {manifest['key_encoder']} but the key encoder is {bank.key_encoder.identity()}; "
-                "load with the same key encoder"
+                f"bank keys were made by {manifest['key_encoder']} but the key encoder is {bank.key_encoder.identity()}. "
+                "Fix: load without key_encoder= (the bank rebuilds its own) or pass the same encoder"
             )
-        bank.router = router_from_state(manifest["router"], router_arrays)
+        try:
+            bank.router = router_from_state(manifest["router"], router_arrays)
+        except BankFormatError:
+            raise
+        except Exception as exc:  # a damaged index or arrays that do not match the config
+            raise BankFormatError(f"{path}: the router state cannot be rebuilt ({type(exc).__name__}: {exc}). "
+                                  "Fix: restore the bank from a copy") from None  # fmt: skip
         bank._next_id = int(manifest["next_task_id"])
         bank._tasks, bank._states, bank._matrices = {}, {}, {}
-        for t in manifest["tasks"]:
-            info = TaskInfo(**t)
-            bank._tasks[info.name] = info
-            prefix = f"task{info.task_id}."
-            bank._set_state(info.name, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        bank._attach_states(manifest["tasks"], tensors, path)
         return bank
+
+    def _attach_states(self, tasks: list[dict[str, Any]], tensors: dict[str, torch.Tensor], path: Path) -> None:
+        """Each task's prompt tensors, checked against the shapes this bank's prompt has."""
+        try:
+            expected = {k: tuple(v.shape) for k, v in self.new_prompt().trainable_state().items()}
+        except InvalidDataError as exc:
+            raise BankFormatError(f"{path}: the saved prompt config is not valid ({exc})") from None
+        by_id: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            head, _, name = key.partition(".")
+            if not (head.startswith("task") and head[4:].isdigit() and name):
+                raise BankFormatError(f"{path}: prompt tensor {key!r} does not belong to a task. Fix: restore the bank")
+            by_id.setdefault(int(head[4:]), {})[name] = value
+        for t in tasks:
+            info = TaskInfo(**t)
+            state = by_id.pop(info.task_id, {})
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
+            if shapes != expected:
+                raise BankFormatError(
+                    f"{path}: task {info.name!r} has prompt tensors {shapes}, but its prompt config needs {expected}. "
+                    "Fix: restore the bank from a copy"
+                )
+            self._tasks[info.name] = info
+            self._set_state(info.name, state)
+        if by_id:
+            raise BankFormatError(f"{path}: prompt tensors of task ids {sorted(by_id)} belong to no listed task")
 
     # ------------------------------------------------------------------ footprint
     def bytes_per_task(self) -> dict[str, float]:

@@ -31,6 +31,14 @@ def check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
         raise InvalidDataError(
             f"{what}[{bad[0]}] is {type(texts[bad[0]]).__name__}, not str ({len(bad)} non-string items)"
         )
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidDataError(
+                f"{what}[{i}] is not valid Unicode ({exc.reason} at character {exc.start}); "
+                "Fix: decode the source text with the right encoding, or drop the lone surrogates"
+            ) from None
     blank = [i for i, t in enumerate(texts) if not t.strip()]
     if blank:
         raise InvalidDataError(f"{what}[{blank[0]}] is empty or whitespace ({len(blank)} such items); drop them first")

@@ -17,15 +17,19 @@ from typing import Any
 import numpy as np
 import torch
 from avalanche.benchmarks.scenarios import CLExperience
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from promptbank.assets import cache_dir
 from promptbank.bank import PromptBank
+from promptbank.errors import InvalidDataError
+from promptbank.storage import atomic_write
 from promptbank.trainer import TrainConfig
 
 from .benchmark import TextTable, experience_rows
 from .splits import TaskData
 from .strategy import StreamStrategy, TaskEvaluation, TrainReport
+
+ANSWERS = "answers.json"
 
 
 class PromptCache:
@@ -65,10 +69,9 @@ class PromptCache:
             return None
 
     def put(self, key: str, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        tmp = self.folder / f".{key}.tmp.safetensors"
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
-        (self.folder / f"{key}.json").write_text(json.dumps(meta, default=str))
-        tmp.replace(self.folder / f"{key}.safetensors")
+        """Store an entry; its metadata first, the tensors (what ``get`` looks for) last, each atomically."""
+        atomic_write(self.folder / f"{key}.json", json.dumps(meta, default=str).encode())
+        atomic_write(self.folder / f"{key}.safetensors", save({k: v.contiguous() for k, v in state.items()}))
 
 
 class BankStrategy(StreamStrategy):
@@ -182,17 +185,34 @@ class BankStrategy(StreamStrategy):
         )
 
     def save(self, folder: Path) -> None:
+        """Save the bank, then the cached answers; each write is atomic (the runner commits progress last)."""
         self.bank.save(folder / "bank")
         answers = {f"{a}\x1f{t}": rows for (a, t), rows in self._answers.items()}
-        (folder / "answers.json").write_text(json.dumps(answers))
+        atomic_write(folder / ANSWERS, json.dumps(answers).encode())
 
-    def restore(self, folder: Path) -> None:
-        """Resume: reload the bank and the cached answers saved after the last finished task."""
+    def restore(self, folder: Path, finished: list[str]) -> None:
+        """Resume after the tasks in ``finished``: reload the bank and the cached answers.
+
+        A run killed after saving the bank but before committing its progress left the bank
+        one task ahead; that task is removed here and trained again, so a kill at any point
+        loses at most the task in progress.
+        """
         self.bank = PromptBank.load(folder / "bank", backbone=self.bank.backbone, key_encoder=self.bank.key_encoder)
-        path = folder / "answers.json"
-        if path.exists():
-            raw = json.loads(path.read_text())
-            self._answers = {
-                tuple(k.split("\x1f")): {int(i): v for i, v in rows.items() if isinstance(v, list)}
-                for k, rows in raw.items()
-            }
+        for name in [t for t in self.bank.tasks if t not in finished]:
+            self.bank.remove_task(name)
+        missing = [t for t in finished if t not in self.bank.tasks]
+        if missing:
+            raise InvalidDataError(
+                f"{folder / 'bank'} lacks finished tasks {missing}; the run folder is damaged. "
+                "Fix: rerun with --fresh (trained prompts come back from the prompt cache)"
+            )
+        self._answers = {}
+        try:
+            raw = json.loads((folder / ANSWERS).read_text())
+        except (OSError, ValueError):  # no answers yet, or unreadable: they are only a cache
+            return
+        self._answers = {
+            tuple(k.split("\x1f")): {int(i): v for i, v in rows.items() if isinstance(v, list)}
+            for k, rows in raw.items()
+            if k.split("\x1f")[0] in finished
+        }

@@ -22,6 +22,7 @@ from promptbank.backbone import load_backbone
 from promptbank.bank import PromptBank
 from promptbank.errors import InvalidDataError
 from promptbank.keys import make_key_encoder
+from promptbank.storage import atomic_write
 
 from . import plots
 from .bank_strategy import BankStrategy, PromptCache
@@ -90,7 +91,7 @@ def run_stream(
 
     state = _load_progress(out, cfg)
     if state["done"] and isinstance(strategy, BankStrategy):
-        strategy.restore(out)
+        strategy.restore(out, names[: state["done"]])
     elif state[
         "done"
     ]:  # baselines keep optimiser/plugin state in memory: replay finished tasks quickly is not possible
@@ -162,7 +163,7 @@ def run_stream(
         results = summarize(cfg, tasks, state)
         _write_outputs(out, cfg, tasks, results, tracker)
     results["mlflow"] = {"tracking_uri": tracker.tracking_uri, "run_id": state["run_id"], "ui": tracker.ui_hint()}
-    (out / RESULTS).write_text(json.dumps(results, indent=2))
+    atomic_write(out / RESULTS, json.dumps(results, indent=2).encode())
     return results
 
 
@@ -240,7 +241,7 @@ def _write_outputs(out: Path, cfg: RunConfig, tasks: list[TaskData], results: di
             )
         }
     )
-    (out / RESULTS).write_text(json.dumps(results, indent=2))
+    atomic_write(out / RESULTS, json.dumps(results, indent=2).encode())
     tracker.artifact(out / RESULTS)
     if (out / "bank").exists():
         tracker.artifact(out / "bank", folder="bank")
@@ -261,7 +262,10 @@ def _empty_progress(cfg: RunConfig) -> dict[str, Any]:
 def _load_progress(out: Path, cfg: RunConfig) -> dict[str, Any]:
     path = out / PROGRESS
     if path.exists():
-        state = json.loads(path.read_text())
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidDataError(f"{path} is unreadable ({exc}). Fix: rerun with --fresh") from None
         if state.get("fingerprint") == cfg.fingerprint():
             return state
         raise InvalidDataError(
@@ -271,9 +275,8 @@ def _load_progress(out: Path, cfg: RunConfig) -> dict[str, Any]:
 
 
 def _save_progress(out: Path, state: dict[str, Any]) -> None:
-    tmp = out / f".{PROGRESS}.tmp"
-    tmp.write_text(json.dumps(state))
-    tmp.replace(out / PROGRESS)
+    """The commit point of a finished task: written last, atomically."""
+    atomic_write(out / PROGRESS, json.dumps(state).encode())
 
 
 def format_table(results: dict[str, Any]) -> str:

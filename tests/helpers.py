@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from promptbank.routing import Router, Routing, make_router
+from promptbank.trainer import TrainConfig
 
 DIM = 384
 N_TASKS = 5
@@ -51,3 +52,35 @@ def same_routing(a: Routing, b: Routing) -> bool:
     """Whether two routings agree exactly, field by field."""
     fields = ("task_ids", "scores", "candidates", "candidate_scores", "closeness")
     return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in fields)
+
+
+# two tiny classification tasks for banks on the tiny random Llama
+FAST = TrainConfig(steps=4, batch_size=4, eval_every=2, progress=False)
+ANIMALS = (
+    ["the cat sat on the mat", "a dog barked loudly", "my cat purrs", "the dog runs fast"] * 3,
+    ["cat", "dog", "cat", "dog"] * 3,
+)
+WEATHER = (
+    ["heavy rain today", "sunny and warm", "rain again tonight", "bright sun outside"] * 3,
+    ["rain", "sun", "rain", "sun"] * 3,
+)
+
+
+# a stream run of a few seconds on the tiny random Llama (saved as a folder by the tiny_folder fixture)
+TASKS = ["sms_spam", "trec"]
+
+
+def tiny_run_config(backbone: str):
+    """Two real offline tasks at tiny budgets: a stream run of a few seconds (a ``RunConfig``)."""
+    from promptbank.bank import BankConfig
+    from streams.config import RunConfig
+    from streams.splits import DataConfig
+
+    return RunConfig(
+        stream="custom",
+        tasks=TASKS,
+        backbone=backbone,
+        train=TrainConfig(steps=2, eval_every=1, batch_size=4),
+        data=DataConfig(train_per_class=4, val_per_class=2, test_per_class=3, key_per_class=8),
+        bank=BankConfig(max_input_tokens=16, n_tokens=4),
+    )

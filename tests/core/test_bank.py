@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ANIMALS, FAST, WEATHER
 
 from promptbank import storage
 from promptbank.backbone import FrozenLM, count_frozen_grads
@@ -21,25 +22,6 @@ from promptbank.errors import (
     UnknownTaskError,
 )
 from promptbank.routing import make_router
-from promptbank.trainer import TrainConfig
-
-FAST = TrainConfig(steps=4, batch_size=4, eval_every=2, progress=False)
-ANIMALS = (
-    ["the cat sat on the mat", "a dog barked loudly", "my cat purrs", "the dog runs fast"] * 3,
-    ["cat", "dog", "cat", "dog"] * 3,
-)
-WEATHER = (
-    ["heavy rain today", "sunny and warm", "rain again tonight", "bright sun outside"] * 3,
-    ["rain", "sun", "rain", "sun"] * 3,
-)
-
-
-@pytest.fixture
-def bank(tiny_llama: FrozenLM) -> PromptBank:
-    b = PromptBank(tiny_llama, BankConfig(n_tokens=4, key_encoder="embedding-mean", router={"strategy": "knn"}))
-    b.add_task("animals", *ANIMALS, template="Text: {text}\nAnimal:", train_config=FAST)
-    b.add_task("weather", *WEATHER, label_names=["rain", "sun"], template="Sky: {text}\nWeather:", train_config=FAST)
-    return b
 
 
 def test_add_task_records_labels_and_params(bank: PromptBank):
@@ -130,7 +112,7 @@ def test_damaged_or_missing_files_are_refused(bank: PromptBank, tmp_path: Path):
     (path / "manifest.json").write_text("{not json")
     with pytest.raises(BankFormatError, match="damaged"):
         PromptBank.load(path, backbone=bank.backbone)
-    with pytest.raises(BankFormatError, match="not a promptbank bank"):
+    with pytest.raises(BankFormatError, match="does not exist"):
         PromptBank.load(tmp_path / "nowhere", backbone=bank.backbone)
 
 

@@ -6,19 +6,16 @@ import dataclasses
 import json
 
 import pytest
+from helpers import TASKS, tiny_run_config
 from mlflow.tracking import MlflowClient
 
-from promptbank.bank import BankConfig, PromptBank
-from promptbank.trainer import TrainConfig
+from promptbank.bank import PromptBank
 from streams import runner as runner_mod
 from streams.bank_strategy import BankStrategy
 from streams.cli import main as cli_main
-from streams.config import RunConfig
 from streams.metrics import confusion_matrix, continual_metrics
 from streams.runner import run_stream
-from streams.splits import DataConfig, get_task
-
-TASKS = ["sms_spam", "trec"]
+from streams.splits import get_task
 
 
 def test_metrics_on_a_hand_made_matrix():
@@ -47,27 +44,8 @@ def test_confusion_counts_unknown_separately():
     assert c.tolist() == [[1, 1, 0], [0, 1, 1]]
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, tiny_llama) -> str:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama.model.save_pretrained(folder)
-    tiny_llama.tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-def _cfg(backbone: str) -> RunConfig:
-    return RunConfig(
-        stream="custom",
-        tasks=TASKS,
-        backbone=backbone,
-        train=TrainConfig(steps=2, eval_every=1, batch_size=4),
-        data=DataConfig(train_per_class=4, val_per_class=2, test_per_class=3, key_per_class=8),
-        bank=BankConfig(max_input_tokens=16, n_tokens=4),
-    )
-
-
 def test_interrupted_run_resumes_after_last_finished_task(tiny_folder, tmp_path, tmp_cache, monkeypatch):
-    cfg = _cfg(tiny_folder)
+    cfg = tiny_run_config(tiny_folder)
     out = tmp_path / "run"
     real_train = BankStrategy.train
     trained: list[str] = []
@@ -185,7 +163,7 @@ def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache,
 
 def test_router_keys_beyond_the_prompt_budget_reuse_the_cached_prompts(tiny_folder, tmp_path, tmp_cache):
     """key_per_class only feeds the router: the prompts are the same, so they come from the cache."""
-    cfg = _cfg(tiny_folder)
+    cfg = tiny_run_config(tiny_folder)
     few = run_stream(
         dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, key_per_class=0)),
         out=tmp_path / "few",
@@ -209,7 +187,7 @@ def test_unknown_stream_is_a_clear_cli_error(capsys):
 def test_bf16_run_trains_its_own_prompts_and_records_the_setting(tiny_folder, tmp_path, tmp_cache):
     """--bf16 answers differ slightly from float32, so its prompts must not come from (or go to)
     the float32 entries of the prompt cache; a float32 rerun still finds its own."""
-    cfg = _cfg(tiny_folder)
+    cfg = tiny_run_config(tiny_folder)
     cached = lambda: sorted(p.name for p in (tmp_cache / "prompts").glob("*.safetensors"))  # noqa: E731
     run_stream(cfg, out=tmp_path / "fp32", progress=False)
     fp32_entries = cached()

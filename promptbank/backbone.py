@@ -122,7 +122,7 @@ def store_linear_in_bf16(model: nn.Module, keep: nn.Module | None = None) -> Non
     """Convert ``model``'s Linear layers (all but ``keep``) to bf16 in place, for running it
     under bf16 autocast. Autocast casts a frozen float32 weight again at every forward (it
     caches only weights that require grad), to the same values, so the outputs are unchanged
-    and the casts are saved (BENCHMARKS.md, slow paths 17 and 18). Embeddings and norms stay
+    and the casts are saved. Embeddings and norms stay
     float32, as autocast leaves them. Normal tensors even under inference mode, so that
     training can backpropagate through the layers later."""
     with torch.inference_mode(False), torch.no_grad():
@@ -286,7 +286,7 @@ class FrozenLM:
         Each label needs its own copy of the prefix cache, so the labels go through a few at a
         time: at most ``CONTINUATION_ROWS`` copies exist at once, and the cache is cut back to the
         prefix between passes. All at once, one batch of 16 inputs with 20newsgroups' 20 labels
-        took 2.1 GB (BENCHMARKS.md, slow path 19)."""
+        took 2.1 GB."""
         B, L, T = table.ids.shape
         prefix = cache.get_seq_length()
         per_pass = max(1, CONTINUATION_ROWS // B)

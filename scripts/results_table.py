@@ -28,7 +28,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
-DOCS = [REPO / "README.md", REPO / "RESULTS.md", REPO / "BENCHMARKS.md", REPO / "docs" / "routing.md"]
+DOCS = [
+    REPO / "README.md",
+    REPO / "RESULTS.md",
+    REPO / "BENCHMARKS.md",
+    REPO / "docs" / "routing.md",
+    REPO / "docs" / "format.md",
+]
 BLOCK = re.compile(r"(<!-- generated:([\w-]+) -->\n)(.*?)(<!-- /generated -->)", re.S)
 # per-input lists a run keeps to resume, not to report
 DROP = ("mlflow",)

@@ -19,7 +19,7 @@ from .sources import DataFiles, get_source, load_raw
 SPLIT_VERSION = 1  # bump if the sampling rule changes (recorded in TaskData.budgets)
 #: The stream runner's default ``key_per_class``: labelled training inputs per class whose keys the
 #: router learns from, of which the prompt trains on the first ``train_per_class``. More keys per
-#: class route better at no routing-state cost (docs/routing.md, "More keys per class"); 1,024
+#: class route better at no routing-state cost (docs/routing.md); 1,024
 #: against 256 took offline-9's routed-vs-oracle gap from 1.1 to 0.8 pt for 100 s more key encoding.
 KEY_PER_CLASS = 1024
 

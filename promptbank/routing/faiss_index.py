@@ -146,7 +146,7 @@ def blas_search(index: Any, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     The faiss-cpu 1.15.1 installed here ships a threshold of 128,000 and leaves, e.g., 256
     queries x 384 dims or 32 x 960 to a kernel that streams the whole database once per query.
     Exact LDA over 20k tasks routed 256 queries at 384-d in 103 instead of 464 us per query
-    and 32 at 960-d in 567 instead of 1,676, with the same tasks (BENCHMARKS.md, slow path 14).
+    and 32 at 960-d in 567 instead of 1,676, with the same tasks.
     FAISS's global is restored after the call."""
     kept = faiss.cvar.distance_compute_blas_threshold
     faiss.cvar.distance_compute_blas_threshold = min(kept, BLAS_MIN_QUERIES)

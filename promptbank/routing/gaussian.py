@@ -41,9 +41,9 @@ from .stats import (
 )
 
 #: The LDA router's index of whitened means: lists of ~24 means at the next refresh, at most
-#: this many. The cap was 4,096 until 2026-11-30: at 1M tasks (384-d) its lists held 244
-#: means each and agreed with exact LDA on 39.8% of queries; with 65,536 lists of ~15 means,
-#: on 96.0% (true task 0.910 vs 0.944 exact; BENCHMARKS.md section 2).
+#: this many. At 1M tasks (384-d) a cap of 4,096 left ~244 means per list, which agreed with
+#: exact LDA on 39.8% of queries; 65,536 lists of ~15 means agree on 96.0% (true task 0.910
+#: vs 0.944 exact; BENCHMARKS.md section 2).
 LDA_MAX_NLIST = 65536
 #: Lists the LDA router scans per query. Its auto IVF trains spherical k-means, whose lists
 #: come out even (at 100k synthetic tasks the largest held 80 means, not 403), so 8 lists

@@ -44,8 +44,8 @@ class LDARouter(GaussianRouter):
     covariance as background, so removal is not exact: on the named streams routing after
     ``remove_task`` agreed with a router rebuilt without the task on 96-99.7% of inputs,
     with the same accuracy (mean change 0.0 to +1.8 points; routing_study.py). A rank-8
-    factor of each task's scatter, subtracted on removal (``scatter_rank=8``, the default
-    until 2026-11-30), moved that agreement by 0.1 point or less at 15 KB per task on the
+    factor of each task's scatter, subtracted on removal (``scatter_rank=8``), moved that
+    agreement by 0.1 point or less at 15 KB per task on the
     960-d key, so the default keeps none. Subtracting the diagonal residual too, as
     GaussianRouter does, leaves an indefinite remainder and was measured to wreck routing
     (down to -40 points). Removing every task resets the router exactly.

@@ -16,7 +16,7 @@ from ..keys import l2_normalize
 #: Gaussian/LDA ``add_task`` centres and multiplies a task's keys this many rows at a time
 #: (7.9 MB of float64 at 960-d), and ``add_task_blocks`` takes them a block at a time, so its
 #: memory does not grow with the task: for a 20newsgroups-sized task (11,267 keys, 960-d)
-#: numpy's peak inside add_task went from 248 to 30 MiB (BENCHMARKS.md, slow path 20).
+#: numpy's peak inside add_task went from 248 to 30 MiB.
 STATS_BLOCK_ROWS = 1024
 
 

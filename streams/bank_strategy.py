@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from .splits import TaskData
 from .strategy import StreamStrategy, TaskEvaluation, TrainReport
 
 ANSWERS = "answers.json"
+CHECKPOINTS = "checkpoints"
 
 
 class PromptCache:
@@ -185,27 +187,42 @@ class BankStrategy(StreamStrategy):
         )
 
     def save(self, folder: Path) -> None:
-        """Save the bank, then the cached answers; each write is atomic (the runner commits progress last)."""
-        self.bank.save(folder / "bank")
+        """Checkpoint the bank and the cached answers, then write the run's output bank.
+
+        Each checkpoint is a bank directory of its own (``checkpoints/bank-<tasks>``), so the one
+        the runner's progress commits is never rewritten: resuming loads exactly it. Removing a
+        task saved ahead of its progress would not do (``lda`` removal is close to exact, not
+        exact). ``folder/bank`` is the output, not read to resume.
+        """
+        n = len(self.bank.tasks)
+        self.bank.save(folder / CHECKPOINTS / f"bank-{n}")
         answers = {f"{a}\x1f{t}": rows for (a, t), rows in self._answers.items()}
         atomic_write(folder / ANSWERS, json.dumps(answers).encode())
+        self.bank.save(folder / "bank")
+        for old in (folder / CHECKPOINTS).glob("bank-*"):  # the committed one (n - 1) stays until progress moves on
+            if old.name.split("-")[-1].isdigit() and int(old.name.split("-")[-1]) < n - 1:
+                shutil.rmtree(old, ignore_errors=True)
 
     def restore(self, folder: Path, finished: list[str]) -> None:
-        """Resume after the tasks in ``finished``: reload the bank and the cached answers.
+        """Resume after the tasks in ``finished``: reload their checkpoint and the cached answers.
 
-        A run killed after saving the bank but before committing its progress left the bank
-        one task ahead; that task is removed here and trained again, so a kill at any point
-        loses at most the task in progress.
+        A checkpoint ahead of the committed progress (a run killed between the two) is dropped,
+        so a kill at any point loses at most the task in progress.
         """
-        self.bank = PromptBank.load(folder / "bank", backbone=self.bank.backbone, key_encoder=self.bank.key_encoder)
-        for name in [t for t in self.bank.tasks if t not in finished]:
-            self.bank.remove_task(name)
-        missing = [t for t in finished if t not in self.bank.tasks]
-        if missing:
+        path = folder / CHECKPOINTS / f"bank-{len(finished)}"
+        if not path.is_dir():
             raise InvalidDataError(
-                f"{folder / 'bank'} lacks finished tasks {missing}; the run folder is damaged. "
-                "Fix: rerun with --fresh (trained prompts come back from the prompt cache)"
+                f"{path} is missing: the run folder is damaged. Fix: rerun with --fresh "
+                "(trained prompts come back from the prompt cache)"
             )
+        self.bank = PromptBank.load(path, backbone=self.bank.backbone, key_encoder=self.bank.key_encoder)
+        if self.bank.tasks != list(finished):
+            raise InvalidDataError(
+                f"{path} holds tasks {self.bank.tasks}, not {list(finished)}. Fix: rerun with --fresh"
+            )
+        for other in (folder / CHECKPOINTS).glob("bank-*"):
+            if other != path:
+                shutil.rmtree(other, ignore_errors=True)
         self._answers = {}
         try:
             raw = json.loads((folder / ANSWERS).read_text())

@@ -35,6 +35,8 @@ def writes_of_a_run(cfg, out, monkeypatch) -> list[str]:
 def test_a_kill_at_every_write_point_resumes_to_the_same_results(tiny_folder, tmp_path, monkeypatch):
     cfg = tiny_run_config(tiny_folder)
     cfg.bank = dataclasses.replace(cfg.bank, key_encoder="embedding-set-mean")  # no MiniLM load per run
+    monkeypatch.setenv("PROMPTBANK_CACHE", str(tmp_path / "cache-warm"))
+    run_stream(cfg, out=tmp_path / "warm", progress=False)  # task data is then read from the in-process cache, as below
     monkeypatch.setenv("PROMPTBANK_CACHE", str(tmp_path / "cache-ref"))
     points = writes_of_a_run(cfg, tmp_path / "ref", monkeypatch)
     reference = run_stream(cfg, out=tmp_path / "ref", progress=False)  # finished: a rerun only reports

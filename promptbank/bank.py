@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import storage
+from . import persistence
 from .backbone import DEFAULT_BACKBONE, FrozenLM, load_backbone
-from .errors import BackboneMismatchError, BankFormatError, InvalidDataError, TaskExistsError, UnknownTaskError
-from .inputs import check_label_names, check_texts, label_indices, labelled_blocks
+from .errors import InvalidDataError, TaskExistsError, UnknownTaskError
+from .inputs import check_task_data, check_texts, label_indices, labelled_blocks
 from .keys import KeyEncoder, make_key_encoder
 from .prompts import SoftPrompt, build_prompt
 from .records import DEFAULT_TEMPLATE, STORAGE_DTYPES, BankConfig, Prediction, TaskInfo
-from .routing import Router, Routing, make_router, router_from_state
+from .routing import Router, Routing, make_router
 from .trainer import TrainConfig, TrainResult, predict_scores, train_prompt
 
 
@@ -135,25 +135,16 @@ class PromptBank:
             raise TaskExistsError(
                 f"task {name!r} is already in the bank; remove_task({name!r}) first or pick another name"
             )
-        texts = check_texts(texts)
-        names = check_label_names(label_names, labels)
-        y = label_indices(labels, names, len(texts), "labels")
-        if len(set(y)) < 2:
-            raise InvalidDataError(
-                f"task {name!r} has only one class in its labels ({names[y[0]]!r}); a classifier needs at least two"
-            )
-        if (val_texts is None) != (val_labels is None):
-            raise InvalidDataError("give both val_texts and val_labels, or neither")
-        val_y: list[int] | None = None
-        if val_texts is not None:
-            val_texts = check_texts(val_texts, "val_texts")
-            val_y = label_indices(val_labels, names, len(val_texts), "val_labels")
-        if (key_texts is None) != (key_labels is None):
-            raise InvalidDataError("give both key_texts and key_labels, or neither")
-        key_y: list[int] = []
-        if key_texts is not None:
-            key_texts = check_texts(key_texts, "key_texts")
-            key_y = label_indices(key_labels, names, len(key_texts), "key_labels")
+        data = check_task_data(name, texts, labels, label_names, val_texts, val_labels, key_texts, key_labels)
+        texts, names, y, val_texts, val_y, key_texts, key_y = (
+            data.texts,
+            data.label_names,
+            data.labels,
+            data.val_texts,
+            data.val_labels,
+            data.key_texts,
+            data.key_labels,
+        )
         label_ids = self.backbone.label_token_ids(names)
         encoded = self.backbone.encode(texts, template, self.config.max_input_tokens).input_ids
         cfg = train_config or TrainConfig(seed=self.config.seed)
@@ -438,18 +429,7 @@ class PromptBank:
         Returns:
             The directory.
         """
-        router_config, router_arrays = self.router.state()
-        manifest = {
-            "backbone": self.backbone.identity(),
-            "key_encoder": self.key_encoder.identity(),
-            "config": dataclasses.asdict(self.config),
-            "prompt_config": self.new_prompt().config_state(),
-            "router": router_config,
-            "next_task_id": self._next_id,
-            "tasks": [dataclasses.asdict(t) for t in self._tasks.values()],
-        }
-        tensors = {f"task{self._tasks[n].task_id}.{k}": v for n, st in self._states.items() for k, v in st.items()}
-        return storage.write_bank(Path(path), manifest, tensors, router_arrays)
+        return persistence.save_bank(self, Path(path))
 
     @classmethod
     def load(
@@ -474,67 +454,7 @@ class PromptBank:
             BankFormatError: a missing, damaged or inconsistent file.
             BackboneMismatchError: the backbone or key encoder differs from the recorded one.
         """
-        path = Path(path)
-        fields = {f.name for f in dataclasses.fields(BankConfig)}
-        manifest, tensors, router_arrays = storage.read_bank(path, config_fields=fields)
-        try:
-            config = BankConfig(**manifest["config"])
-        except (TypeError, InvalidDataError) as exc:
-            raise BankFormatError(
-                f"{path}: the saved bank config is not valid ({exc}). Fix: rebuild the bank"
-            ) from None
-        recorded = manifest["backbone"]
-        chosen = backbone is not None
-        backbone = recorded.get("name") if backbone is None else backbone
-        if not isinstance(backbone, (str, FrozenLM)):
-            raise BankFormatError(f"{path}: the manifest records no backbone name. Fix: pass backbone= explicitly")
-        backbone = load_backbone(backbone, bf16=bf16) if isinstance(backbone, str) else backbone
-        storage.check_backbone(recorded, backbone.identity(), chosen)
-        bank = cls.__new__(cls)
-        bank.backbone, bank.config = backbone, config
-        bank.key_encoder = key_encoder or make_key_encoder(config.key_encoder, backbone=backbone)
-        if bank.key_encoder.identity() != manifest["key_encoder"]:
-            raise BackboneMismatchError(
-                f"bank keys were made by {manifest['key_encoder']} but the key encoder is {bank.key_encoder.identity()}. "
-                "Fix: load without key_encoder= (the bank rebuilds its own) or pass the same encoder"
-            )
-        try:
-            bank.router = router_from_state(manifest["router"], router_arrays)
-        except BankFormatError:
-            raise
-        except Exception as exc:  # a damaged index or arrays that do not match the config
-            raise BankFormatError(f"{path}: the router state cannot be rebuilt ({type(exc).__name__}: {exc}). "
-                                  "Fix: restore the bank from a copy") from None  # fmt: skip
-        bank._next_id = int(manifest["next_task_id"])
-        bank._tasks, bank._states, bank._matrices = {}, {}, {}
-        bank._attach_states(manifest["tasks"], tensors, path)
-        return bank
-
-    def _attach_states(self, tasks: list[dict[str, Any]], tensors: dict[str, torch.Tensor], path: Path) -> None:
-        """Each task's prompt tensors, checked against the shapes this bank's prompt has."""
-        try:
-            expected = {k: tuple(v.shape) for k, v in self.new_prompt().trainable_state().items()}
-        except InvalidDataError as exc:
-            raise BankFormatError(f"{path}: the saved prompt config is not valid ({exc})") from None
-        by_id: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            head, _, name = key.partition(".")
-            if not (head.startswith("task") and head[4:].isdigit() and name):
-                raise BankFormatError(f"{path}: prompt tensor {key!r} does not belong to a task. Fix: restore the bank")
-            by_id.setdefault(int(head[4:]), {})[name] = value
-        for t in tasks:
-            info = TaskInfo(**t)
-            state = by_id.pop(info.task_id, {})
-            shapes = {k: tuple(v.shape) for k, v in state.items()}
-            if shapes != expected:
-                raise BankFormatError(
-                    f"{path}: task {info.name!r} has prompt tensors {shapes}, but its prompt config needs {expected}. "
-                    "Fix: restore the bank from a copy"
-                )
-            self._tasks[info.name] = info
-            self._set_state(info.name, state)
-        if by_id:
-            raise BankFormatError(f"{path}: prompt tensors of task ids {sorted(by_id)} belong to no listed task")
+        return persistence.load_bank(cls, Path(path), backbone, key_encoder, bf16)
 
     # ------------------------------------------------------------------ footprint
     def bytes_per_task(self) -> dict[str, float]:

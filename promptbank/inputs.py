@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,3 +82,55 @@ def check_label_names(label_names: Sequence[str] | None, labels: Sequence[Any]) 
     if len(set(names)) != len(names):
         raise InvalidDataError(f"label names must be unique, got {names}")
     return names
+
+
+@dataclass
+class TaskData:
+    """A task's inputs after the checks: texts as lists, labels as indices into ``label_names``."""
+
+    texts: list[str]
+    label_names: list[str]
+    labels: list[int]
+    val_texts: list[str] | None
+    val_labels: list[int] | None
+    key_texts: list[str] | None
+    key_labels: list[int]
+
+
+def check_task_data(
+    name: Any,
+    texts: Sequence[str],
+    labels: Sequence[Any],
+    label_names: Sequence[str] | None,
+    val_texts: Sequence[str] | None,
+    val_labels: Sequence[Any] | None,
+    key_texts: Sequence[str] | None,
+    key_labels: Sequence[Any] | None,
+) -> TaskData:
+    """Everything ``PromptBank.add_task`` is given, checked before any model work.
+
+    Raises:
+        InvalidDataError: a bad name, texts or labels, one class only, or a split given half.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidDataError(f"task name must be a non-empty string, got {name!r}")
+    texts = check_texts(texts)
+    names = check_label_names(label_names, labels)
+    y = label_indices(labels, names, len(texts), "labels")
+    if len(set(y)) < 2:
+        raise InvalidDataError(
+            f"task {name!r} has only one class in its labels ({names[y[0]]!r}); a classifier needs at least two"
+        )
+    if (val_texts is None) != (val_labels is None):
+        raise InvalidDataError("give both val_texts and val_labels, or neither")
+    val_y = None
+    if val_texts is not None:
+        val_texts = check_texts(val_texts, "val_texts")
+        val_y = label_indices(val_labels, names, len(val_texts), "val_labels")
+    if (key_texts is None) != (key_labels is None):
+        raise InvalidDataError("give both key_texts and key_labels, or neither")
+    key_y: list[int] = []
+    if key_texts is not None:
+        key_texts = check_texts(key_texts, "key_texts")
+        key_y = label_indices(key_labels, names, len(key_texts), "key_labels")
+    return TaskData(texts, names, y, val_texts, val_y, key_texts, key_y)

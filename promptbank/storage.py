@@ -224,6 +224,33 @@ def _read_files(path: Path, manifest: dict[str, Any]) -> tuple[dict[str, bytes],
     return blobs, None
 
 
+def task_states(
+    tensors: dict[str, torch.Tensor], names: dict[int, str], expected: dict[str, tuple[int, ...]], path: Path
+) -> dict[int, dict[str, torch.Tensor]]:
+    """The prompt tensors of each listed task (``task<id>.<name>``), checked against ``expected`` shapes.
+
+    Raises:
+        BankFormatError: a tensor of no listed task, or a task whose tensors have other shapes.
+    """
+    by_id: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        head, _, name = key.partition(".")
+        if not (head.startswith("task") and head[4:].isdigit() and name):
+            raise BankFormatError(f"{path}: prompt tensor {key!r} does not belong to a task. Fix: restore the bank")
+        by_id.setdefault(int(head[4:]), {})[name] = value
+    unknown = sorted(set(by_id) - set(names))
+    if unknown:
+        raise BankFormatError(f"{path}: prompt tensors of task ids {unknown} belong to no listed task")
+    for task_id, task in names.items():
+        shapes = {k: tuple(v.shape) for k, v in by_id.get(task_id, {}).items()}
+        if shapes != expected:
+            raise BankFormatError(
+                f"{path}: task {task!r} has prompt tensors {shapes}, but its prompt config needs {expected}. "
+                "Fix: restore the bank from a copy"
+            )
+    return {task_id: by_id[task_id] for task_id in names}
+
+
 def check_backbone(recorded: dict[str, Any], current: dict[str, Any], chosen: bool) -> None:
     """Refuse a bank whose prompts were trained for another LLM.
 

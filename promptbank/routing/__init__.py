@@ -68,7 +68,14 @@ def router_from_state(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
     strategy = config.get("strategy")
     if strategy not in ROUTERS:
         raise BankFormatError(f"router state has unknown strategy {strategy!r}; known: {', '.join(ROUTERS.names())}")
-    return ROUTERS.get(strategy).from_state(config, arrays)
+    try:
+        return ROUTERS.get(strategy).from_state(config, arrays)
+    except BankFormatError:
+        raise
+    except Exception as exc:  # a damaged index, or arrays that do not match the config
+        raise BankFormatError(
+            f"the {strategy} router state cannot be rebuilt ({type(exc).__name__}: {exc}). Fix: restore the bank from a copy"
+        ) from None
 
 
 __all__ = [

@@ -280,7 +280,7 @@ def test_bank_with_the_default_concatenated_keys_saves_and_refuses_other_keys(ti
     b.save(tmp_path / "bank")
     loaded = PromptBank.load(tmp_path / "bank", backbone=tiny_llama, key_encoder=b.key_encoder)
     assert [p.task for p in loaded.predict(texts)] == before == ["animals", "weather"]
-    with pytest.raises(BackboneMismatchError, match="same key encoder"):
+    with pytest.raises(BackboneMismatchError, match="pass the same encoder"):
         PromptBank.load(
             tmp_path / "bank", backbone=tiny_llama, key_encoder=make_key_encoder("embedding-mean", backbone=tiny_llama)
         )

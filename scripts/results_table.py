@@ -255,7 +255,8 @@ def main_job_line() -> str:
         f"On {d['machine']['cpu']} ({d['machine']['logical_cpus']} CPUs) the main job took {minutes(d)}{rss}: "
         f"routed accuracy **{pct(r['avg_acc'])}**, oracle {pct(r['oracle_avg_acc'])}, routing {pct(r['routing_acc'])}%, "
         f"BWT {pct(r['bwt'], True)} pt, {r['trainable_params_per_task']:,} trainable parameters and "
-        f"{r['bank_bytes_per_task'] / 1024:.1f} KB of bank per task (`docs/results/main-job.json`).\n"
+        f"{r['bank_bytes_per_task'] / 1024:.1f} KB of bank per task, shared matrices included "
+        f"(`docs/results/main-job.json`" + (f"; {d['note']}" if d.get("note") else "") + ").\n"
     )
 
 

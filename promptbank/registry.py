@@ -73,6 +73,10 @@ class Registry(Generic[T]):
         """(name, entry) pairs, in registration order."""
         return list(self._entries.items())
 
+    def values(self) -> list[T]:
+        """Entries, in registration order."""
+        return list(self._entries.values())
+
     def names(self) -> list[str]:
         """Registered names, in registration order."""
         return list(self._entries)

@@ -36,7 +36,7 @@ DOCS = [
     REPO / "docs" / "format.md",
 ]
 BLOCK = re.compile(r"(<!-- generated:([\w-]+) -->\n)(.*?)(<!-- /generated -->)", re.S)
-# per-input lists a run keeps to resume, not to report
+# what a results.json holds that only the local run can use (its MLflow store)
 DROP = ("mlflow",)
 
 

@@ -7,6 +7,7 @@ soft prompt and its own label set, so a batch that mixes tasks is a single forwa
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import os
@@ -131,6 +132,16 @@ def store_linear_in_bf16(model: nn.Module, keep: nn.Module | None = None) -> Non
                 module.to(torch.bfloat16)
 
 
+def embedding_fingerprint(embeddings: torch.Tensor) -> str:
+    """SHA-256 of the first 256 embedding rows rounded to bfloat16.
+
+    Any change to those weights (another checkpoint, a fine-tune) changes it; rounding to
+    bfloat16 first keeps it the same for one model loaded in float32 or bfloat16.
+    """
+    rows = embeddings[:256].detach().to("cpu", torch.bfloat16).contiguous()
+    return hashlib.sha256(rows.view(torch.int16).numpy().tobytes()).hexdigest()
+
+
 class FrozenLM:
     """A frozen causal or encoder-decoder LM that scores label verbalisations behind soft prompts."""
 
@@ -174,6 +185,7 @@ class FrozenLM:
             "vocab_size": int(emb.shape[0]),
             "num_layers": int(getattr(cfg, "num_hidden_layers", getattr(cfg, "num_layers", 0))),
             "embedding_checksum": round(float(emb[:256].detach().float().abs().mean()), 6),
+            "embedding_sha256": embedding_fingerprint(emb),
         }
 
     def autocast(self):

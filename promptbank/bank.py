@@ -19,6 +19,7 @@ from .backbone import DEFAULT_BACKBONE, FrozenLM, load_backbone
 from .errors import InvalidDataError, TaskExistsError, UnknownTaskError
 from .inputs import check_task_data, check_texts, label_indices, labelled_blocks
 from .keys import KeyEncoder, make_key_encoder
+from .matrix_cache import MatrixCache
 from .prompts import SoftPrompt, build_prompt
 from .records import DEFAULT_TEMPLATE, STORAGE_DTYPES, BankConfig, Prediction, TaskInfo
 from .routing import Router, Routing, make_router
@@ -62,10 +63,15 @@ class PromptBank:
         build_prompt(self.config.method, self.config.n_tokens, self.backbone.hidden_size, **self.config.prompt_options)
         self.key_encoder = key_encoder or make_key_encoder(self.config.key_encoder, backbone=self.backbone)
         self.router: Router = make_router(dim=self.key_encoder.dim, **self.config.router)
+        self._next_id = 0
+        self._init_storage()
+
+    def _init_storage(self) -> None:
+        """Empty per-task stores (``load`` fills them without running ``__init__``)."""
         self._tasks: dict[str, TaskInfo] = {}
         self._states: dict[str, dict[str, torch.Tensor]] = {}
-        self._matrices: dict[str, torch.Tensor] = {}
-        self._next_id = 0
+        self.matrix_cache = MatrixCache()
+        self._matrix_builder: SoftPrompt | None = None
 
     # ------------------------------------------------------------------ registry
     @property
@@ -196,16 +202,10 @@ class PromptBank:
         return info
 
     def _set_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
-        """Store the trainable tensors in the storage dtype; predictions use exactly what is saved.
-
-        The expanded (n, d) matrix is not kept per task (46 KB at n=20, d=576: 20x a ULPT
-        state, 4.6 GB at 100k tasks): ``prompt_matrix`` rebuilds it from the stored tensors
-        when needed and keeps only the most recently used ones. ``_matrices`` holds None for
-        a task whose matrix is not cached.
-        """
+        """Store the trainable tensors in the storage dtype; predictions use exactly what is saved."""
         dtype = STORAGE_DTYPES[self.config.storage_dtype]
         self._states[name] = {k: v.detach().cpu().to(dtype).contiguous() for k, v in state.items()}
-        self._matrices[name] = None  # (re)built from the state at first use
+        self.matrix_cache.drop(name)  # rebuilt from the stored state at first use
 
     def prompt_state(self, name: str) -> dict[str, torch.Tensor]:
         """The stored (trainable) tensors of a task's prompt."""
@@ -215,29 +215,19 @@ class PromptBank:
     def prompt_matrix(self, name: str) -> torch.Tensor:
         """The (n, d) prompt a task's inputs receive, built from its stored tensors.
 
-        Bit-identical to building it once at ``add_task``/``load`` (same tensors, same
-        module, same arithmetic); the ``matrix_cache_size`` (default 256) most recently used
-        matrices are kept, so memory no longer grows with the number of tasks.
+        The same tensors through the same module give the same matrix bit for bit, so a
+        matrix evicted from ``matrix_cache`` (the most recently used are kept) is rebuilt
+        exactly.
         """
         self.task_info(name)
-        matrix = self._matrices.get(name)
+        matrix = self.matrix_cache.get(name)
         if matrix is None:
-            template = self.__dict__.get("_matrix_template")
-            if template is None:  # one module reused: buffers depend only on the bank's config
-                template = self.__dict__["_matrix_template"] = self.new_prompt()
-            template.load_trainable_state({k: v.float() for k, v in self._states[name].items()})
+            if self._matrix_builder is None:  # one module reused: its buffers depend only on the bank's config
+                self._matrix_builder = self.new_prompt()
+            self._matrix_builder.load_trainable_state({k: v.float() for k, v in self._states[name].items()})
             with torch.no_grad():
-                matrix = template().detach().float().clone()  # clone: PT returns its parameter
-            self._matrices[name] = matrix
-        recent = self.__dict__.setdefault("_matrix_recent", {})  # name -> None, oldest first
-        recent.pop(name, None)
-        recent[name] = None
-        limit = max(int(getattr(self, "matrix_cache_size", 256)), 1)
-        while len(recent) > limit:
-            old = next(iter(recent))
-            del recent[old]
-            if self._matrices.get(old) is not None:  # a removed task has no entry left
-                self._matrices[old] = None
+                matrix = self._matrix_builder().detach().float().clone()  # clone: PT returns its parameter
+            self.matrix_cache.put(name, matrix)
         return matrix
 
     def remove_task(self, name: str) -> None:
@@ -248,7 +238,8 @@ class PromptBank:
         """
         info = self.task_info(name)
         self.router.remove_task(info.task_id)
-        del self._tasks[name], self._states[name], self._matrices[name]
+        del self._tasks[name], self._states[name]
+        self.matrix_cache.drop(name)
 
     # ------------------------------------------------------------------ inference
     def route(self, texts: Sequence[str], top: int = 3) -> tuple[list[str | None], Routing]:
@@ -458,11 +449,11 @@ class PromptBank:
 
     # ------------------------------------------------------------------ footprint
     def bytes_per_task(self) -> dict[str, float]:
-        """Stored bytes per task: prompt tensors, routing state, and the manifest's share."""
+        """Bytes a save writes, per task: ``prompt`` tensors, ``routing`` state, the ``manifest``'s
+        share, and their ``total`` (the saved directory's size over the number of tasks)."""
         if not self._tasks:
-            return {"prompt": 0.0, "routing": 0.0, "total": 0.0}
-        prompt = float(
-            np.mean([sum(v.numel() * v.element_size() for v in st.values()) for st in self._states.values()])
-        )
-        routing = float(self.router.nbytes_per_task())
-        return {"prompt": prompt, "routing": routing, "total": prompt + routing}
+            return {"prompt": 0.0, "routing": 0.0, "manifest": 0.0, "total": 0.0}
+        n = len(self._tasks)
+        parts = persistence.saved_bytes(self)
+        per_task = {"prompt": parts["prompts"] / n, "routing": parts["routing"] / n, "manifest": parts["manifest"] / n}
+        return {**per_task, "total": sum(per_task.values())}

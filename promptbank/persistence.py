@@ -24,6 +24,18 @@ if TYPE_CHECKING:
 
 def save_bank(bank: PromptBank, path: Path) -> Path:
     """Write ``bank`` to ``path`` (``PromptBank.save``)."""
+    return storage.write_bank(path, *_bank_parts(bank))
+
+
+def saved_bytes(bank: PromptBank) -> dict[str, int]:
+    """Bytes that saving ``bank`` writes, by part: ``prompts``, ``routing`` and ``manifest``."""
+    named, manifest = storage.encode_bank(*_bank_parts(bank))
+    routing = sum(len(data) for role, (_, data) in named.items() if role != "prompts")
+    return {"prompts": len(named["prompts"][1]), "routing": routing, "manifest": len(manifest)}
+
+
+def _bank_parts(bank: PromptBank) -> tuple[dict, dict, dict]:
+    """What a save stores: the manifest, the prompt tensors, the router's arrays."""
     router_config, router_arrays = bank.router.state()
     manifest = {
         "backbone": bank.backbone.identity(),
@@ -35,7 +47,7 @@ def save_bank(bank: PromptBank, path: Path) -> Path:
         "tasks": [dataclasses.asdict(t) for t in bank._tasks.values()],
     }
     tensors = {f"task{bank._tasks[n].task_id}.{k}": v for n, st in bank._states.items() for k, v in st.items()}
-    return storage.write_bank(path, manifest, tensors, router_arrays)
+    return manifest, tensors, router_arrays
 
 
 def load_bank(
@@ -69,7 +81,7 @@ def load_bank(
         )
     bank.router = router_from_state(manifest["router"], router_arrays)
     bank._next_id = int(manifest["next_task_id"])
-    bank._tasks, bank._states, bank._matrices = {}, {}, {}
+    bank._init_storage()
     try:
         expected = {k: tuple(v.shape) for k, v in bank.new_prompt().trainable_state().items()}
     except InvalidDataError as exc:

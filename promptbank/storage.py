@@ -83,6 +83,23 @@ def _blobs(tensors: dict[str, torch.Tensor], router_arrays: dict[str, np.ndarray
     return blobs
 
 
+def encode_bank(
+    manifest: dict[str, Any], tensors: dict[str, torch.Tensor], router_arrays: dict[str, np.ndarray]
+) -> tuple[dict[str, tuple[str, bytes]], bytes]:
+    """The exact bytes a save writes: each data file by role (file name, content), then the manifest.
+
+    Files are named by a prefix of their SHA-256, so an unchanged part keeps its file across saves.
+    """
+    named: dict[str, tuple[str, bytes]] = {}
+    files: dict[str, dict[str, Any]] = {}
+    for role, (pattern, data) in _blobs(tensors, router_arrays).items():
+        digest = _sha(data)
+        named[role] = (pattern.format(digest[:16]), data)
+        files[role] = {"file": named[role][0], "sha256": digest, "bytes": len(data)}
+    full = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **manifest, "files": files}
+    return named, json.dumps(full, indent=2).encode()
+
+
 def write_bank(
     path: Path, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], router_arrays: dict[str, np.ndarray]
 ) -> Path:
@@ -94,21 +111,16 @@ def write_bank(
     if path.exists() and not path.is_dir():
         raise InvalidDataError(f"cannot save a bank to {path}: it is a file. Fix: pass a directory path")
     path.mkdir(parents=True, exist_ok=True)
-    blobs = _blobs(tensors, router_arrays)
+    named, manifest_bytes = encode_bank(manifest, tensors, router_arrays)
     try:
         with FileLock(str(path / LOCK), timeout=LOCK_TIMEOUT_S):
             _remove_stale_temp_files(path)
-            files: dict[str, dict[str, Any]] = {}
-            for role, (pattern, data) in blobs.items():
-                digest = _sha(data)
-                name = pattern.format(digest[:16])
-                if not _holds(path / name, digest):
+            for name, data in named.values():
+                if not _holds(path / name, _sha(data)):
                     atomic_write(path / name, data)
-                files[role] = {"file": name, "sha256": digest, "bytes": len(data)}
-            full = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **manifest, "files": files}
-            atomic_write(path / MANIFEST, json.dumps(full, indent=2).encode())
+            atomic_write(path / MANIFEST, manifest_bytes)
             _fsync_dir(path)
-            keep = {f["file"] for f in files.values()}
+            keep = {name for name, _ in named.values()}
             for stale in path.iterdir():  # older generations, only once the new manifest is in place
                 if stale.is_file() and stale.name not in keep and stale.suffix in (".safetensors", ".faiss"):
                     stale.unlink(missing_ok=True)
@@ -266,7 +278,11 @@ def check_backbone(recorded: dict[str, Any], current: dict[str, Any], chosen: bo
         if recorded.get(k) != current.get(k)
     ]
     a, b = recorded.get("embedding_checksum"), current.get("embedding_checksum")
-    if a is not None and b is not None and abs(a - b) > 1e-3 * max(abs(a), 1e-8):
+    sha_a, sha_b = recorded.get("embedding_sha256"), current.get("embedding_sha256")
+    if sha_a is not None and sha_b is not None:  # exact; banks written before it have the checksum only
+        if sha_a != sha_b:
+            diffs.append(f"embedding weights differ (sha256 {sha_a[:12]}… vs {sha_b[:12]}…)")
+    elif a is not None and b is not None and abs(a - b) > 1e-3 * max(abs(a), 1e-8):
         diffs.append(f"embedding weights differ (checksum {a} vs {b})")
     if diffs:
         fix = (

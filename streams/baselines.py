@@ -119,6 +119,7 @@ class ZeroShot(StreamStrategy):
         self._cache: dict[tuple[int, str], list[str]] = {}
 
     def train(self, experience: CLExperience, task: TaskData, table: TextTable) -> TrainReport:
+        """Nothing is learned: no time spent, no parameters."""
         return TrainReport(seconds=0.0, trainable_params=0, extra={"strategy": "zero-shot"})
 
     def evaluate(self, task_index: int, task: TaskData, seen: list[TaskData]) -> TaskEvaluation:

@@ -23,6 +23,30 @@ def _word_tokenizer():
     return AutoTokenizer.from_pretrained(asset_path(*MINILM_TOKENIZER))
 
 
+REAL_MODELS = ("smollm2", "minilm")  # the offline assets whose weights make a test slow
+
+
+@pytest.fixture(autouse=True)
+def slow_marker_is_true(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that loads real SmolLM2 or MiniLM weights must be marked ``slow``.
+
+    The marker is what ``-m "not slow"`` relies on for a quick run, so an unmarked test that
+    loads them fails here instead of silently making the quick run slow.
+    """
+    if request.node.get_closest_marker("slow"):
+        return
+    from transformers import PreTrainedModel
+
+    load = PreTrainedModel.from_pretrained.__func__
+
+    def guarded(cls, source, *args, **kwargs):
+        if any(name in str(source).lower().replace("_", "") for name in REAL_MODELS):
+            pytest.fail(f"{request.node.nodeid} loads {source} but is not marked slow: add @pytest.mark.slow")
+        return load(cls, source, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(guarded))
+
+
 @pytest.fixture(scope="session")
 def tiny_llama():
     """A 2-layer random Llama with a real tokenizer, wrapped as a FrozenLM."""

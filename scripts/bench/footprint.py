@@ -90,7 +90,7 @@ def ram_bytes(bank: Any) -> dict[str, float]:
 
     T = max(len(bank.tasks), 1)
     states = sum(v.numel() * v.element_size() for st in bank._states.values() for v in st.values())
-    matrices = sum(m.numel() * m.element_size() for m in bank._matrices.values() if m is not None)  # cached ones only
+    matrices = bank.matrix_cache.nbytes()  # cached ones only
     _, arrays = bank.router.state()  # FAISS index as serialised bytes ~ its in-memory size
     router = sum(np.asarray(a).nbytes for a in arrays.values())
     scatter = getattr(bank.router, "_scatter", None)  # held as a full d x d matrix, saved packed

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +74,65 @@ def test_save_load_round_trip_predicts_identically(bank: PromptBank, tmp_path: P
     assert not list((tmp_path / "bank").glob("*.pkl")) and not list((tmp_path / "bank").glob("*.pt"))
 
 
-def test_stored_prompts_are_half_precision_and_predictions_use_them(bank: PromptBank):
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_prompts_are_stored_in_the_storage_dtype_and_predictions_use_them(tiny_llama, dtype, tmp_path: Path):
+    template = "Text: {text}\nAnimal:"
+    banks = {}
+    for d in {dtype, "float32"}:  # trained identically; only the storage dtype differs
+        banks[d] = PromptBank(tiny_llama, BankConfig(n_tokens=4, key_encoder="embedding-mean", storage_dtype=d))
+        banks[d].add_task("animals", *ANIMALS, template=template, train_config=FAST)
+    bank = banks[dtype]
     state = bank.prompt_state("animals")
-    assert all(v.dtype == torch.float16 for v in state.values())
+    exact = banks["float32"].prompt_state("animals")
+    assert all(v.dtype == getattr(torch, dtype) for v in state.values())
+    assert all(torch.equal(state[k], exact[k].to(state[k].dtype)) for k in state)  # rounded from the same training
+
+    rebuilt = bank.new_prompt()
+    rebuilt.load_trainable_state({k: v.float() for k, v in state.items()})
+    with torch.no_grad():
+        matrix = rebuilt().float()
+    assert torch.equal(bank.prompt_matrix("animals"), matrix)  # built from the stored (rounded) tensors
+    if dtype != "float32":
+        assert not torch.equal(matrix, banks["float32"].prompt_matrix("animals"))
+
+    texts = ANIMALS[0][:4]
+    ids = tiny_llama.encode(texts, template, bank.config.max_input_tokens).input_ids
+    label_ids = tiny_llama.label_token_ids(["cat", "dog"])
+    with torch.no_grad():
+        expected = tiny_llama.label_scores(matrix.expand(len(texts), -1, -1), ids, [label_ids] * len(texts))
+    got = [list(p.scores.values()) for p in bank.predict(texts, task="animals")]
+    assert np.allclose(got, expected.float().numpy(), atol=1e-5)
+
+    bank.save(tmp_path / "bank")
+    loaded = PromptBank.load(tmp_path / "bank", backbone=tiny_llama).prompt_state("animals")
+    assert all(loaded[k].dtype == state[k].dtype and torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_matrix_cache_keeps_the_most_recent_and_rebuilds_evicted_ones_exactly(bank: PromptBank):
+    built = {n: bank.prompt_matrix(n).clone() for n in bank.tasks}
+    bank.matrix_cache.size = 1
+    assert bank.matrix_cache.names() == ["weather"]  # the most recently used one stays
+    assert torch.equal(bank.prompt_matrix("animals"), built["animals"])
+    assert bank.matrix_cache.names() == ["animals"]
+    preds = bank.predict(["my cat purrs", "heavy rain today"])  # both tasks in one batch, one slot
+    assert [p.task for p in preds] == ["animals", "weather"]
+    assert len(bank.matrix_cache.names()) == 1 and torch.equal(bank.prompt_matrix("weather"), built["weather"])
+    bank.remove_task("weather")
+    assert bank.matrix_cache.names() == []
+    with pytest.raises(InvalidDataError, match="at least one"):
+        bank.matrix_cache.size = 0
+
+
+def test_bytes_per_task_is_what_a_save_writes(bank: PromptBank, tmp_path: Path):
+    per_task = bank.bytes_per_task()
+    bank.save(tmp_path / "bank")
+    files = {f.name: f.stat().st_size for f in (tmp_path / "bank").iterdir() if f.name != storage.LOCK}
+    assert per_task["total"] == pytest.approx(sum(files.values()) / 2)
+    assert per_task["manifest"] == files["manifest.json"] / 2
+    assert per_task["prompt"] == sum(v for n, v in files.items() if n.startswith("prompts-")) / 2
+    assert per_task["total"] == pytest.approx(per_task["prompt"] + per_task["routing"] + per_task["manifest"])
+    empty = PromptBank(bank.backbone, BankConfig(n_tokens=4, key_encoder="embedding-mean"))
+    assert empty.bytes_per_task()["total"] == 0.0
 
 
 def test_crash_during_save_leaves_previous_bank_loadable(bank: PromptBank, tmp_path: Path, monkeypatch):
@@ -120,6 +178,31 @@ def test_bank_from_another_backbone_is_refused(bank: PromptBank, tiny_t5: Frozen
     bank.save(tmp_path / "bank")
     with pytest.raises(BackboneMismatchError, match="tiny-llama"):
         PromptBank.load(tmp_path / "bank", backbone=tiny_t5)
+
+
+def _with_weights(lm: FrozenLM, change) -> FrozenLM:
+    model = copy.deepcopy(lm.model)
+    with torch.no_grad():
+        change(model.get_input_embeddings().weight)
+    return FrozenLM(model, lm.tokenizer, name=lm.name, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda w: w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(1)) * 0.02),  # another init
+        lambda w: w[3].add_(1e-2),  # one row fine-tuned a little
+    ],
+    ids=["other-checkpoint", "fine-tuned-row"],
+)
+def test_same_architecture_with_other_weights_is_refused(bank: PromptBank, tmp_path: Path, change):
+    bank.save(tmp_path / "bank")
+    other = _with_weights(bank.backbone, change)
+    assert other.identity()["model_type"] == bank.backbone.identity()["model_type"]
+    with pytest.raises(BackboneMismatchError, match="embedding weights differ"):
+        PromptBank.load(tmp_path / "bank", backbone=other)
+    same = _with_weights(bank.backbone, lambda w: None)  # a copy of the same weights loads
+    assert PromptBank.load(tmp_path / "bank", backbone=same).tasks == bank.tasks
 
 
 def test_remove_task_stops_routing_to_it(bank: PromptBank):
@@ -169,8 +252,11 @@ def test_unknown_task_and_empty_bank(tiny_llama, bank: PromptBank):
 def test_long_inputs_are_truncated_with_one_warning(tiny_llama):
     b = PromptBank(tiny_llama, BankConfig(n_tokens=2, key_encoder="embedding-mean", max_input_tokens=8))
     long = " ".join(["word"] * 50)
-    with pytest.warns(UserWarning, match="truncated"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         b.add_task("t", [long, "short one", long + " x", "short two"], ["a", "b", "a", "b"], train_config=FAST)
+    truncation = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    assert len(truncation) == 1 and truncation[0].startswith("2 of 4 texts"), truncation
     enc = tiny_llama.encode([long], "A {text} B", 8).input_ids[0]
     assert len(enc) <= 8 + len(tiny_llama.encode(["x"], "A {text} B", 8).input_ids[0])
 

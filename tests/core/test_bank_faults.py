@@ -57,6 +57,7 @@ HOSTILE = {
     "a field from a newer version": (lambda m: m.update(encryption="aes"), "newer promptbank"),
     "a newer schema version": (lambda m: m.update(schema_version=2), "newer promptbank"),
     "a string schema version": (lambda m: m.update(schema_version="1"), "must be an integer"),
+    "a schema version that never existed": (lambda m: m.update(schema_version=0), "does not exist"),
     "a missing field": (lambda m: m.pop("tasks"), "missing"),
     "an unknown config field": (lambda m: m["config"].update(colour="blue"), "newer promptbank"),
     "a duplicate task name": (lambda m: m["tasks"][1].update(name=m["tasks"][0]["name"]), "appears twice"),

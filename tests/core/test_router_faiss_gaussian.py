@@ -264,13 +264,20 @@ def test_knn_hnsw_searches_with_a_useful_ef(data):
 
 
 def test_gaussian_confidence_is_a_distribution(data):
-    train, queries, _ = data
-    router = GaussianRouter(dim=DIM, temperature=50.0)  # soft enough to see several tasks
+    """Over all tasks the scores are a posterior: each task once per row, summing to one,
+    soft at a high temperature yet peaked on the true task; a shorter list is its head."""
+    train, queries, truth = data
+    router = GaussianRouter(dim=DIM, temperature=500.0)
     for t, (keys, labels) in enumerate(train):
         router.add_task(t, keys, labels)
     r = router.route(queries, top=N_TASKS)
+    assert (np.sort(r.candidates, axis=1) == np.arange(N_TASKS)).all()
     assert np.allclose(r.candidate_scores.sum(axis=1), 1.0, atol=1e-5)
-    assert set(np.unique(r.candidates)) == set(range(N_TASKS))
+    assert (r.candidates[:, 0] == truth).mean() >= 0.99
+    assert (r.candidate_scores[:, 0] < 0.9).all() and (r.candidate_scores[:, -1] > 0.01).all()  # soft
+    head = router.route(queries, top=2)
+    assert np.array_equal(head.candidates, r.candidates[:, :2])
+    assert np.allclose(head.candidate_scores, r.candidate_scores[:, :2], atol=1e-6)
 
 
 @pytest.mark.parametrize("metric,codes", [("ip", "SQ8"), ("l2", "SQ8"), ("l2", "PQ8x4")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from promptbank.prompts import build_prompt
 from promptbank.trainer import TrainConfig, evaluate_prompt, train_prompt
@@ -30,17 +31,37 @@ def test_same_seed_same_prompt_different_seed_differs(tiny_llama):
     assert not torch.equal(runs[0], runs[2])
 
 
-def test_best_validation_checkpoint_is_kept(tiny_llama):
-    ids, labels, prompt = _setup(tiny_llama)
-    y = [0, 1] * 6
-    result = train_prompt(
-        tiny_llama, prompt, ids, y, labels, ids, y, TrainConfig(steps=6, batch_size=4, eval_every=2, progress=False)
-    )
+def test_best_validation_checkpoint_is_restored(tiny_llama):
+    """Validation asks for 'cat' while training pushes to 'dog': the best step is early, and it is restored."""
+    ids, labels, prompt = _setup(tiny_llama, method="pt")
+    after_step: list[dict[str, torch.Tensor]] = []
+
+    def snapshot(optimizer, args, kwargs):
+        after_step.append({k: v.detach().clone() for k, v in prompt.state_dict().items()})
+
+    hook = register_optimizer_step_post_hook(snapshot)
+    try:
+        result = train_prompt(
+            tiny_llama,
+            prompt,
+            ids,
+            [1] * len(ids),
+            labels,
+            ids,
+            [0] * len(ids),
+            TrainConfig(steps=8, batch_size=6, lr=0.001, eval_every=2, progress=False),
+        )
+    finally:
+        hook.remove()
     evals = [h for h in result.history if "val_acc" in h]
-    assert [h["step"] for h in evals] == [2, 4, 6]
+    assert [h["step"] for h in evals] == [2, 4, 6, 8]
+    assert evals[0]["val_acc"] > evals[-1]["val_acc"], "setup: validation must get worse as training goes on"
     best = max(evals, key=lambda h: h["val_acc"])
-    assert result.best_step == best["step"] and result.best_val_acc == best["val_acc"]
-    assert evaluate_prompt(tiny_llama, prompt, ids, y, labels) == best["val_acc"]
+    assert result.best_step == best["step"] < 8 and result.best_val_acc == best["val_acc"]
+    restored = prompt.state_dict()
+    assert all(torch.equal(restored[k], after_step[best["step"] - 1][k]) for k in restored)
+    assert not all(torch.equal(restored[k], after_step[-1][k]) for k in restored)
+    assert evaluate_prompt(tiny_llama, prompt, ids, [0] * len(ids), labels) == best["val_acc"]
 
 
 def test_training_learns_a_constant_answer(tiny_llama):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 import pytest
@@ -55,11 +56,13 @@ def stream_runs(tiny_llama):
     for key, factory in PROMPT_BASELINES.items():
         torch.manual_seed(0)
         strategy = factory(tiny_llama, steps=STEPS, batch_size=BATCH, seed=0, progress=False)
-        run = {"strategy": strategy, "reports": [], "evals": [], "first": {}}
+        run = {"strategy": strategy, "reports": [], "evals": [], "first": {}, "wall": []}
         before = _prompt_state(strategy)
         for exp in benchmark.train_stream:
             i = exp.current_experience
+            started = time.perf_counter()
             run["reports"].append(strategy.train(exp, TASKS[i], table))
+            run["wall"].append(time.perf_counter() - started)
             run["evals"].append([strategy.evaluate(j, TASKS[j], TASKS[: i + 1]) for j in range(i + 1)])
             if i == 0:
                 run["first"] = _plugin_state(strategy)
@@ -121,12 +124,13 @@ def test_every_baseline_trains_and_answers_with_valid_labels(stream_runs, key):
         for task, ev in zip(TASKS, evals):
             assert len(ev.predicted) == len(task.test_texts)
             assert set(ev.predicted) <= set(task.label_names)
-            assert ev.routed_task is None and 0.0 <= ev.accuracy(task) <= 1.0
-    for report in run["reports"]:
-        assert report.seconds >= 0.0
+            right = [p == task.label_names[y] for p, y in zip(ev.predicted, task.test_labels)]
+            assert ev.routed_task is None and ev.accuracy(task) == pytest.approx(np.mean(right))
+    for report, wall in zip(run["reports"], run["wall"]):
         if key == "zero-shot":
-            assert report.trainable_params == 0
+            assert report.seconds == 0.0 and report.trainable_params == 0  # nothing is trained
         else:
+            assert 0.0 < report.seconds <= wall  # the training time, measured inside the call
             assert report.trainable_params == run["strategy"].prompt.num_trainable() > 0
             assert report.extra["steps"] == STEPS and report.extra["strategy"] == AVALANCHE_CLASS[key].__name__
 
@@ -228,7 +232,9 @@ def test_linear_probe_learns_each_task_with_its_own_head(tiny_llama):
     probe = LinearProbe(tiny_llama, key_encoder=encoder, progress=False)
     benchmark, table = build_benchmark(TASKS)
     for exp in benchmark.train_stream:
+        started = time.perf_counter()
         report = probe.train(exp, TASKS[exp.current_experience], table)
+        assert 0.0 < report.seconds <= time.perf_counter() - started  # encoding and fitting, measured
         k = len(TASKS[exp.current_experience].label_names)
         assert report.trainable_params == encoder.dim * k + k and report.extra["penalty"] in PENALTIES
     for j, task in enumerate(TASKS):

@@ -5,16 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 from helpers import TASKS, tiny_run_config
 from mlflow.tracking import MlflowClient
 
 from promptbank.bank import PromptBank
+from promptbank.errors import InvalidDataError
 from streams import runner as runner_mod
 from streams.bank_strategy import BankStrategy
 from streams.cli import main as cli_main
 from streams.metrics import confusion_matrix, continual_metrics
-from streams.runner import run_stream
+from streams.runner import load_tasks, run_stream
 from streams.splits import get_task
 
 
@@ -66,7 +68,7 @@ def test_interrupted_run_resumes_after_last_finished_task(tiny_folder, tmp_path,
     results = run_stream(cfg, out=out, progress=False)
     assert trained == [TASKS[0], TASKS[1]]  # the first task was not trained again
     assert results["tasks"] == TASKS and len(results["acc_matrix"]) == 2 and len(results["acc_matrix"][1]) == 2
-    with pytest.raises(Exception, match="other arguments"):
+    with pytest.raises(InvalidDataError, match="other arguments"):
         run_stream(dataclasses.replace(cfg, seed=1), out=out, progress=False)
 
 
@@ -126,7 +128,18 @@ def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache,
     }
     assert required <= set(results)
     assert results["trainable_params_per_task"] == 4 * 2 + 2 * 32
-    assert 0.0 <= results["routing_acc"] <= 1.0
+    # the run's numbers agree with the output bank evaluated on the same test split, outside the stream
+    bank = PromptBank.load(out / "bank")
+    per_task = {
+        t.name: bank.evaluate(t.test_texts, t.test_labels, task=t.name)
+        for t in load_tasks(tiny_run_config(tiny_folder))
+    }
+    assert results["routing_acc_per_task"] == pytest.approx({n: e["routing_accuracy"] for n, e in per_task.items()})
+    assert results["acc_matrix"][-1] == pytest.approx([per_task[n]["accuracy"] for n in TASKS])
+    assert results["oracle_matrix"][-1] == pytest.approx([per_task[n]["oracle_accuracy"] for n in TASKS])
+    n_test = [per_task[n]["n"] for n in TASKS]
+    routed = [per_task[n]["routing_accuracy"] for n in TASKS]
+    assert results["routing_acc"] == pytest.approx(np.dot(n_test, routed) / sum(n_test))
     assert (out / "acc_matrix.png").stat().st_size > 1000 and (out / "routing_confusion.png").exists()
 
     client = MlflowClient(results["mlflow"]["tracking_uri"])

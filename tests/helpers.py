@@ -71,7 +71,8 @@ TASKS = ["sms_spam", "trec"]
 
 
 def tiny_run_config(backbone: str):
-    """Two real offline tasks at tiny budgets: a stream run of a few seconds (a ``RunConfig``)."""
+    """Two real offline tasks at tiny budgets, keys from the LLM's embeddings (no MiniLM): a stream
+    run of a few seconds (a ``RunConfig``)."""
     from promptbank.bank import BankConfig
     from streams.config import RunConfig
     from streams.splits import DataConfig
@@ -82,5 +83,5 @@ def tiny_run_config(backbone: str):
         backbone=backbone,
         train=TrainConfig(steps=2, eval_every=1, batch_size=4),
         data=DataConfig(train_per_class=4, val_per_class=2, test_per_class=3, key_per_class=8),
-        bank=BankConfig(max_input_tokens=16, n_tokens=4),
+        bank=BankConfig(max_input_tokens=16, n_tokens=4, key_encoder="embedding-mean"),
     )

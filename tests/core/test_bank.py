@@ -23,6 +23,7 @@ from promptbank.errors import (
     TaskExistsError,
     UnknownTaskError,
 )
+from promptbank.records import Prediction
 from promptbank.routing import make_router
 
 
@@ -42,6 +43,39 @@ def test_predict_routes_each_input_and_uses_task_labels(bank: PromptBank):
     for p in preds:
         assert p.label in bank.task_info(p.task).label_names
         assert set(p.scores) == set(bank.task_info(p.task).label_names)
+
+
+def test_label_index_points_into_the_label_names(bank: PromptBank):
+    preds = bank.predict(["my cat purrs", "heavy rain today"], task=["animals", "weather"])
+    for p in preds:
+        names = bank.task_info(p.task).label_names
+        assert names[p.label_index] == p.label and p.label == max(p.scores, key=p.scores.get)
+    assert Prediction(None, None, {}).label_index == -1
+
+
+def test_a_task_list_with_none_answers_only_the_named_inputs(bank: PromptBank):
+    texts = ["my cat purrs", "no task for me", "heavy rain today"]
+    preds = bank.predict(texts, task=["animals", None, "weather"])
+    assert [p.task for p in preds] == ["animals", None, "weather"]
+    assert preds[1].label is None and preds[1].scores == {} and preds[1].label_index == -1
+    alone = bank.predict([texts[2]], task="weather")[0]
+    assert preds[2].scores == pytest.approx(alone.scores, abs=1e-5)
+
+
+def test_evaluate_scores_routed_and_given_task_answers(bank: PromptBank):
+    texts, labels = ANIMALS[0][:4], ANIMALS[1][:4]
+    result = bank.evaluate(texts, labels, task="animals")
+    routed, given = bank.predict(texts), bank.predict(texts, task="animals")
+    assert result["n"] == 4
+    assert result["routing_accuracy"] == np.mean([p.task == "animals" for p in routed])
+    assert result["accuracy"] == np.mean([p.task == "animals" and p.label == y for p, y in zip(routed, labels)])
+    assert result["oracle_accuracy"] == np.mean([p.label == y for p, y in zip(given, labels)])
+    by_index = bank.evaluate(texts, [["cat", "dog"].index(y) for y in labels], task="animals")
+    assert by_index == result  # labels as indices into label_names
+    with pytest.raises(InvalidDataError, match="true task"):
+        bank.evaluate(texts, labels)
+    with pytest.raises(InvalidDataError):
+        bank.evaluate(texts, labels[:2], task="animals")
 
 
 def test_mixed_batch_is_one_forward_and_matches_per_task(bank: PromptBank, monkeypatch):

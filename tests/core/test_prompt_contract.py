@@ -63,3 +63,25 @@ def test_unknown_methods_are_refused_by_name():
         build_prompt("prefix", N, D)
     with pytest.raises(BankFormatError, match="unknown method"):
         prompt_from_config({"method": "prefix", "n_tokens": N, "dim": D})
+
+
+@pytest.mark.parametrize("method", PROMPTS.names())
+def test_every_method_trains_saves_and_answers_through_the_bank(method, tiny_llama, tmp_path):
+    """Through ``PromptBank``: the method's tensors are trained, stored, reloaded and used."""
+    from helpers import ANIMALS, FAST
+
+    from promptbank.bank import BankConfig, PromptBank
+
+    bank = PromptBank(tiny_llama, BankConfig(method=method, n_tokens=4, key_encoder="embedding-mean"))
+    untrained = bank.new_prompt().trainable_state()
+    info = bank.add_task("animals", *ANIMALS, train_config=FAST)
+    assert info.metadata["trainable_params"] == bank.new_prompt().num_trainable()
+    state = bank.prompt_state("animals")
+    assert state.keys() == untrained.keys()
+    assert any(not torch.equal(state[k].float(), untrained[k].half().float()) for k in state)  # trained
+    bank.save(tmp_path / "bank")
+    loaded = PromptBank.load(tmp_path / "bank", backbone=tiny_llama)
+    assert loaded.config.method == method
+    assert torch.equal(loaded.prompt_matrix("animals"), bank.prompt_matrix("animals"))
+    texts = ANIMALS[0][:3]
+    assert [p.scores for p in loaded.predict(texts)] == [p.scores for p in bank.predict(texts)]

@@ -62,14 +62,46 @@ def test_interrupted_run_resumes_after_last_finished_task(tiny_folder, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         run_stream(cfg, out=out, progress=False)
     progress = json.loads((out / runner_mod.PROGRESS).read_text())
-    assert progress["done"] == 1 and len(progress["acc_matrix"]) == 1
+    assert progress["done"] == 1 and len(progress["acc_matrix"]) == 1 and progress["run_id"]
 
     monkeypatch.setattr(BankStrategy, "train", lambda self, *a: trained.append(a[1].name) or real_train(self, *a))
     results = run_stream(cfg, out=out, progress=False)
     assert trained == [TASKS[0], TASKS[1]]  # the first task was not trained again
     assert results["tasks"] == TASKS and len(results["acc_matrix"]) == 2 and len(results["acc_matrix"][1]) == 2
+    assert results["mlflow"]["run_id"] == progress["run_id"]  # the same MLflow run continues
+    client = MlflowClient(results["mlflow"]["tracking_uri"])
+    history = client.get_metric_history(progress["run_id"], f"R.{TASKS[0]}")
+    assert [m.step for m in history] == [0, 1]  # task 0's row once, then the resumed task's
+    assert client.get_run(progress["run_id"]).info.status == "FINISHED"
     with pytest.raises(InvalidDataError, match="other arguments"):
         run_stream(dataclasses.replace(cfg, seed=1), out=out, progress=False)
+
+
+def test_an_interrupted_baseline_starts_over(tiny_folder, tmp_path, tmp_cache, monkeypatch):
+    """A baseline's optimiser and plugin state live in memory only: a resumed baseline run
+    discards its saved progress and trains every task again, in a new MLflow run."""
+    from streams.baselines import AvalancheBaseline
+
+    cfg = dataclasses.replace(tiny_run_config(tiny_folder), baseline="naive")
+    out, trained = tmp_path / "naive", []
+    real_train = AvalancheBaseline.train
+
+    def crash_on_second(self, experience, task, table):
+        if trained:
+            raise KeyboardInterrupt("simulated interruption")
+        trained.append(task.name)
+        return real_train(self, experience, task, table)
+
+    monkeypatch.setattr(AvalancheBaseline, "train", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_stream(cfg, out=out, progress=False)
+    interrupted = json.loads((out / runner_mod.PROGRESS).read_text())
+    assert interrupted["done"] == 1
+
+    monkeypatch.setattr(AvalancheBaseline, "train", lambda self, *a: trained.append(a[1].name) or real_train(self, *a))
+    results = run_stream(cfg, out=out, progress=False)
+    assert trained == [TASKS[0], TASKS[0], TASKS[1]]  # the first task trained again
+    assert len(results["acc_matrix"]) == 2 and results["mlflow"]["run_id"] != interrupted["run_id"]
 
 
 def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache, capsys):
@@ -99,6 +131,8 @@ def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache,
             "16",
             "--n-tokens",
             "4",
+            "--key-encoder",
+            "embedding-mean",
             "--out",
             str(out),
             "--quiet",

@@ -189,3 +189,34 @@ def test_multi_token_labels_scored_a_few_at_a_time_give_the_same_scores_and_grad
     with torch.no_grad():
         p = ULPT(4, tiny_llama.hidden_size, rank=2, seed=0)()
         assert passes[0, 3].item() == pytest.approx(_brute_force_logprob(tiny_llama, p, enc[0], labels[3]), abs=1e-4)
+
+
+def test_device_and_bf16_decisions(monkeypatch):
+    """What a GPU machine would get, decided without one: CUDA when present, bf16 only where the
+    GPU supports it, never by default on a CPU."""
+    from promptbank.backbone import auto_device, default_bf16
+
+    assert auto_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert default_bf16(torch.device("cpu")) is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert auto_device() == torch.device("cuda")
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+        assert default_bf16(torch.device("cuda")) is supported
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_autocast_context_follows_the_bf16_setting(tiny_llama: FrozenLM, bf16: bool):
+    lm = _tiny_llama_copy(tiny_llama, bf16=bf16)
+    assert lm.device == torch.device("cpu") and lm.bf16 is bf16
+    with lm.autocast():
+        assert torch.is_autocast_enabled("cpu") is bf16
+        if bf16:
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        out = torch.nn.functional.linear(torch.ones(2, 4), torch.ones(3, 4))
+    assert out.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    head = lm.model.get_output_embeddings()
+    body = {m.weight.dtype for m in lm.model.modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    assert body == {torch.bfloat16 if bf16 else torch.float32}  # stored once in bf16, not cast per forward
+    assert head.weight.dtype == torch.float32  # tied to the input embeddings
+    assert lm.model.get_input_embeddings().weight.dtype == torch.float32  # prompts join float32 embeddings

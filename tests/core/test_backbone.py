@@ -201,7 +201,7 @@ def test_device_and_bf16_decisions(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert auto_device() == torch.device("cuda")
     for supported in (True, False):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported, **k: s)
         assert default_bf16(torch.device("cuda")) is supported
 
 

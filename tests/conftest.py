@@ -24,27 +24,33 @@ def _word_tokenizer():
 
 
 REAL_MODELS = ("smollm2", "minilm")  # the offline assets whose weights make a test slow
+_running: list[pytest.Item | None] = [None]
 
 
-@pytest.fixture(autouse=True)
-def slow_marker_is_true(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A test that loads real SmolLM2 or MiniLM weights must be marked ``slow``.
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _running[0] = item  # fixtures of any scope are set up inside this phase
 
-    The marker is what ``-m "not slow"`` relies on for a quick run, so an unmarked test that
-    loads them fails here instead of silently making the quick run slow.
-    """
-    if request.node.get_closest_marker("slow"):
-        return
+
+@pytest.fixture(scope="session", autouse=True)
+def slow_marker_is_true():
+    """A test that loads real SmolLM2 or MiniLM weights (itself or through a fixture it is the
+    first to use) must be marked ``slow``: ``-m "not slow"`` relies on the marker for a quick run,
+    so an unmarked test that loads them fails here instead of silently making that run slow."""
     from transformers import PreTrainedModel
 
     load = PreTrainedModel.from_pretrained.__func__
 
     def guarded(cls, source, *args, **kwargs):
-        if any(name in str(source).lower().replace("_", "") for name in REAL_MODELS):
-            pytest.fail(f"{request.node.nodeid} loads {source} but is not marked slow: add @pytest.mark.slow")
+        item = _running[0]
+        real = any(name in str(source).lower().replace("_", "") for name in REAL_MODELS)
+        if real and item is not None and item.get_closest_marker("slow") is None:
+            pytest.fail(f"{item.nodeid} loads {source} but is not marked slow: add @pytest.mark.slow")
         return load(cls, source, *args, **kwargs)
 
-    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(guarded))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PreTrainedModel, "from_pretrained", classmethod(guarded))
+        yield
 
 
 @pytest.fixture(scope="session")

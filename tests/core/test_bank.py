@@ -388,6 +388,7 @@ def test_router_keys_are_encoded_and_added_a_block_of_texts_at_a_time(tiny_llama
         )
 
 
+@pytest.mark.slow
 def test_bank_with_the_default_concatenated_keys_saves_and_refuses_other_keys(tiny_llama, tmp_path: Path):
     from promptbank.keys import make_key_encoder
 

@@ -89,6 +89,7 @@ def _unit_rows(x: np.ndarray) -> bool:
     return bool(np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5))
 
 
+@pytest.mark.slow
 def test_minilm_keys_are_normalised_and_semantic(minilm):
     keys = minilm.encode(SENTENCES)
     assert keys.shape == (4, 384) and keys.dtype == np.float32 and _unit_rows(keys)
@@ -113,6 +114,7 @@ def minilm_bf16() -> MiniLMKeys:
     return MiniLMKeys(device="cpu", bf16=True)
 
 
+@pytest.mark.slow
 def test_encode_keeps_input_order_whatever_the_batching(minilm_fp32):
     texts = SENTENCES[:2] + ["short", "", "a much longer sentence " * 8]
     one_by_one = minilm_fp32.encode(texts, batch_size=1)
@@ -124,6 +126,7 @@ def test_encode_keeps_input_order_whatever_the_batching(minilm_fp32):
         minilm_fp32.encode("not a list")
 
 
+@pytest.mark.slow
 def test_encode_blocks_are_encode_a_block_of_texts_at_a_time(minilm_fp32):
     texts = SENTENCES[:2] + ["short", "", "a much longer sentence " * 8]
     blocks = list(minilm_fp32.encode_blocks(texts, block=2, progress=True))
@@ -134,6 +137,7 @@ def test_encode_blocks_are_encode_a_block_of_texts_at_a_time(minilm_fp32):
         next(minilm_fp32.encode_blocks(texts, block=0))
 
 
+@pytest.mark.slow
 def test_key_batches_hold_at_most_batch_tokens_padded_positions(minilm_fp32, monkeypatch):
     texts = ["a much longer sentence " * 8] * 2 + SENTENCES + ["short", "tiny"] * 3
     shapes = []
@@ -204,6 +208,7 @@ def test_make_key_encoder_names():
         make_key_encoder("embedding-mean")
 
 
+@pytest.mark.slow
 def test_concatenated_keys_are_each_part_side_by_side(minilm_fp32, llama_stub):
     enc = ConcatKeys([minilm_fp32, EmbeddingMeanKeys(llama_stub)])
     assert enc.name == "minilm+embedding-mean" and enc.dim == 384 + 32
@@ -220,6 +225,7 @@ def test_concatenated_keys_are_each_part_side_by_side(minilm_fp32, llama_stub):
         enc.encode("not a list")
 
 
+@pytest.mark.slow
 def test_make_key_encoder_joins_names_with_plus(llama_stub):
     enc = make_key_encoder(DEFAULT_KEY_ENCODER, backbone=llama_stub, device="cpu")
     assert isinstance(enc, ConcatKeys) and enc.name == DEFAULT_KEY_ENCODER == "minilm+embedding-set-mean"
@@ -250,6 +256,7 @@ def test_summarize_keys_shapes_and_norms():
         summarize_keys(np.full((3, 16), np.nan))
 
 
+@pytest.mark.slow
 def test_minilm_bf16_path_stays_within_float32_keys(minilm, minilm_fp32, minilm_bf16):
     """Keys are computed in bf16 where the hardware does it natively (the default), else float32."""
     assert minilm.bf16 == native_bf16(torch.device("cpu"))
@@ -262,6 +269,7 @@ def test_minilm_bf16_path_stays_within_float32_keys(minilm, minilm_fp32, minilm_
     assert float((one_by_one * got).sum(axis=1).min()) > 0.9999
 
 
+@pytest.mark.slow
 def test_minilm_bf16_stores_its_linear_weights_once_and_matches_autocast(minilm_fp32, minilm_bf16):
     """In bf16 the Linear weights are stored in bf16 instead of letting autocast re-cast them on
     every batch; the keys must be exactly what autocast over the float32 model gives."""

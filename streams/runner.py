@@ -92,9 +92,7 @@ def run_stream(
     state = _load_progress(out, cfg)
     if state["done"] and isinstance(strategy, BankStrategy):
         strategy.restore(out, names[: state["done"]])
-    elif state[
-        "done"
-    ]:  # baselines keep optimiser/plugin state in memory: replay finished tasks quickly is not possible
+    elif state["done"]:  # a baseline's optimiser and plugin state lived in memory only: start over
         state = _empty_progress(cfg)
 
     quiet_mlflow()

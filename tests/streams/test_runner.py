@@ -46,10 +46,13 @@ def test_confusion_counts_unknown_separately():
     assert c.tolist() == [[1, 1, 0], [0, 1, 1]]
 
 
-def test_interrupted_run_resumes_after_last_finished_task(tiny_folder, tmp_path, tmp_cache, monkeypatch):
-    cfg = tiny_run_config(tiny_folder)
-    out = tmp_path / "run"
-    real_train = BankStrategy.train
+def _interrupt_on_second_task_then_resume(strategy_cls, cfg, out, monkeypatch):
+    """Run ``cfg`` until its second task starts training (a simulated Ctrl-C), then run it again.
+
+    Returns the progress file the interruption left, the resumed run's results, and the tasks
+    trained, in order.
+    """
+    real_train = strategy_cls.train
     trained: list[str] = []
 
     def crash_on_second(self, experience, task, table):
@@ -58,14 +61,18 @@ def test_interrupted_run_resumes_after_last_finished_task(tiny_folder, tmp_path,
         trained.append(task.name)
         return real_train(self, experience, task, table)
 
-    monkeypatch.setattr(BankStrategy, "train", crash_on_second)
+    monkeypatch.setattr(strategy_cls, "train", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         run_stream(cfg, out=out, progress=False)
     progress = json.loads((out / runner_mod.PROGRESS).read_text())
-    assert progress["done"] == 1 and len(progress["acc_matrix"]) == 1 and progress["run_id"]
+    monkeypatch.setattr(strategy_cls, "train", lambda self, *a: trained.append(a[1].name) or real_train(self, *a))
+    return progress, run_stream(cfg, out=out, progress=False), trained
 
-    monkeypatch.setattr(BankStrategy, "train", lambda self, *a: trained.append(a[1].name) or real_train(self, *a))
-    results = run_stream(cfg, out=out, progress=False)
+
+def test_interrupted_run_resumes_after_last_finished_task(tiny_folder, tmp_path, tmp_cache, monkeypatch):
+    cfg, out = tiny_run_config(tiny_folder), tmp_path / "run"
+    progress, results, trained = _interrupt_on_second_task_then_resume(BankStrategy, cfg, out, monkeypatch)
+    assert progress["done"] == 1 and len(progress["acc_matrix"]) == 1 and progress["run_id"]
     assert trained == [TASKS[0], TASKS[1]]  # the first task was not trained again
     assert results["tasks"] == TASKS and len(results["acc_matrix"]) == 2 and len(results["acc_matrix"][1]) == 2
     assert results["mlflow"]["run_id"] == progress["run_id"]  # the same MLflow run continues
@@ -83,25 +90,12 @@ def test_an_interrupted_baseline_starts_over(tiny_folder, tmp_path, tmp_cache, m
     from streams.baselines import AvalancheBaseline
 
     cfg = dataclasses.replace(tiny_run_config(tiny_folder), baseline="naive")
-    out, trained = tmp_path / "naive", []
-    real_train = AvalancheBaseline.train
-
-    def crash_on_second(self, experience, task, table):
-        if trained:
-            raise KeyboardInterrupt("simulated interruption")
-        trained.append(task.name)
-        return real_train(self, experience, task, table)
-
-    monkeypatch.setattr(AvalancheBaseline, "train", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        run_stream(cfg, out=out, progress=False)
-    interrupted = json.loads((out / runner_mod.PROGRESS).read_text())
-    assert interrupted["done"] == 1
-
-    monkeypatch.setattr(AvalancheBaseline, "train", lambda self, *a: trained.append(a[1].name) or real_train(self, *a))
-    results = run_stream(cfg, out=out, progress=False)
+    progress, results, trained = _interrupt_on_second_task_then_resume(
+        AvalancheBaseline, cfg, tmp_path / "naive", monkeypatch
+    )
+    assert progress["done"] == 1
     assert trained == [TASKS[0], TASKS[0], TASKS[1]]  # the first task trained again
-    assert len(results["acc_matrix"]) == 2 and results["mlflow"]["run_id"] != interrupted["run_id"]
+    assert len(results["acc_matrix"]) == 2 and results["mlflow"]["run_id"] != progress["run_id"]
 
 
 def test_cli_run_writes_results_and_mlflow_run(tiny_folder, tmp_path, tmp_cache, capsys):

@@ -28,9 +28,12 @@ def save_bank(bank: PromptBank, path: Path) -> Path:
 
 
 def saved_bytes(bank: PromptBank) -> dict[str, int]:
-    """Bytes that saving ``bank`` writes, by part: ``prompts``, ``routing`` and ``manifest``."""
+    """Bytes that saving ``bank`` writes, by part: ``prompts``, ``routing`` and ``manifest``.
+
+    It encodes the whole bank as a save would (no disk writes), so it costs about what a save costs.
+    """
     named, manifest = storage.encode_bank(*_bank_parts(bank))
-    routing = sum(len(data) for role, (_, data) in named.items() if role != "prompts")
+    routing = sum(len(data) for role, (_, data, _) in named.items() if role != "prompts")
     return {"prompts": len(named["prompts"][1]), "routing": routing, "manifest": len(manifest)}
 
 

@@ -85,16 +85,17 @@ def _blobs(tensors: dict[str, torch.Tensor], router_arrays: dict[str, np.ndarray
 
 def encode_bank(
     manifest: dict[str, Any], tensors: dict[str, torch.Tensor], router_arrays: dict[str, np.ndarray]
-) -> tuple[dict[str, tuple[str, bytes]], bytes]:
-    """The exact bytes a save writes: each data file by role (file name, content), then the manifest.
+) -> tuple[dict[str, tuple[str, bytes, str]], bytes]:
+    """The exact bytes a save writes: each data file by role (file name, content, SHA-256), then
+    the manifest.
 
     Files are named by a prefix of their SHA-256, so an unchanged part keeps its file across saves.
     """
-    named: dict[str, tuple[str, bytes]] = {}
+    named: dict[str, tuple[str, bytes, str]] = {}
     files: dict[str, dict[str, Any]] = {}
     for role, (pattern, data) in _blobs(tensors, router_arrays).items():
         digest = _sha(data)
-        named[role] = (pattern.format(digest[:16]), data)
+        named[role] = (pattern.format(digest[:16]), data, digest)
         files[role] = {"file": named[role][0], "sha256": digest, "bytes": len(data)}
     full = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **manifest, "files": files}
     return named, json.dumps(full, indent=2).encode()
@@ -115,12 +116,12 @@ def write_bank(
     try:
         with FileLock(str(path / LOCK), timeout=LOCK_TIMEOUT_S):
             _remove_stale_temp_files(path)
-            for name, data in named.values():
-                if not _holds(path / name, _sha(data)):
+            for name, data, digest in named.values():
+                if not _holds(path / name, digest):
                     atomic_write(path / name, data)
             atomic_write(path / MANIFEST, manifest_bytes)
             _fsync_dir(path)
-            keep = {name for name, _ in named.values()}
+            keep = {name for name, _, _ in named.values()}
             for stale in path.iterdir():  # older generations, only once the new manifest is in place
                 if stale.is_file() and stale.name not in keep and stale.suffix in (".safetensors", ".faiss"):
                     stale.unlink(missing_ok=True)

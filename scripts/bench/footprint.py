@@ -21,6 +21,8 @@ from typing import Any
 
 import _bench
 
+from promptbank.keys import KeyEncoder
+
 GOAL_BYTES = 4096  # the target: ULPT <= 4 KB per task including routing keys
 GOAL_PEFT_FACTOR = 10.0  # ... and >= 10x smaller than PEFT's prompt-tuning checkpoint
 
@@ -69,6 +71,8 @@ class CachedKeys:
         if key not in self._memo:
             self._memo[key] = self.inner.encode(list(texts), batch_size=batch_size)
         return self._memo[key]
+
+    encode_blocks = KeyEncoder.encode_blocks  # the bank adds keys a block at a time, through encode
 
 
 def bank_files(path: Path) -> dict[str, int]:

@@ -38,7 +38,7 @@ def variants(n_tokens: int) -> list[tuple[str, str, dict, dict, str]]:
         for router in ({"strategy": "lda"}, {"strategy": "gaussian"}, {"strategy": "knn"}):
             grid.append((f"{method}/{router['strategy']}", method, opts, router, "float16"))
     grid += [
-        ("ulpt/lda rank8 (default until 2026-11-30)", "ulpt", rank, {"strategy": "lda", "scatter_rank": 8}, "float16"),
+        ("ulpt/lda rank8 (a wider scatter)", "ulpt", rank, {"strategy": "lda", "scatter_rank": 8}, "float16"),
         ("ulpt/gaussian rank0", "ulpt", rank, {"strategy": "gaussian", "scatter_rank": 0}, "float16"),
         ("ulpt/lda one mean per task", "ulpt", rank, {"strategy": "lda", "per_class": False}, "float16"),
         ("ulpt/knn 4 centroids", "ulpt", rank, {"strategy": "knn", "n_centroids": 4}, "float16"),

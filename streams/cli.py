@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from promptbank.backbone import PLACEMENTS
 from promptbank.bank import BankConfig
 from promptbank.cli import build_parser as build_library_parser
 from promptbank.cli import run_command
@@ -87,7 +88,7 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
         BankConfig,
         "bank",
         skip=("prompt_options", "router", "rescore", "seed"),
-        choices={"method": PROMPTS.names()},
+        choices={"method": PROMPTS.names(), "placement": list(PLACEMENTS)},
     )
     bank.add_argument("--rank", type=int, default=None, help="rank r of a low-rank prompt (default: the method's, 2)")
     bank.add_argument(

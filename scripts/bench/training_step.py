@@ -6,6 +6,10 @@ Cases, timed side by side with alternating order on the same batch:
 
 * ``ulpt`` / ``pt`` / ``lopt1`` / ``lopt2``: ``prompt()`` -> ``label_scores`` -> CE -> backward -> step
   (the inner loop of ``promptbank.trainer.train_prompt``, without clipping);
+* ``ulpt_suffix``: ULPT placed after the input with the input's keys and values already held
+  (``promptbank.input_cache``, bf16 storage): a step on inputs seen before;
+* ``ulpt_suffix_cold``: the same with an empty cache, so the step also runs the no-grad pass over
+  the inputs: a step on inputs seen for the first time;
 * ``peft``: ``get_peft_model(model, PromptTuningConfig(n))``, right-padded ``input_ids``, full
   logits (every position x vocabulary, as the model returns them), CE over the label words'
   logits at the last real token;
@@ -48,7 +52,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="target input length (template + text) in tokens")
     parser.add_argument("--n-tokens", type=int, default=20)
     parser.add_argument("--rank", type=int, default=2)
-    parser.add_argument("--cases", default="ulpt,pt,lopt1,lopt2,peft,peft_last_logit,limit_label_scores,limit_raw")
+    parser.add_argument(
+        "--cases",
+        default="ulpt,ulpt_suffix,ulpt_suffix_cold,pt,lopt1,lopt2,peft,peft_last_logit,limit_label_scores,limit_raw",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
@@ -58,6 +65,8 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
+    from promptbank.backbone import PROMPT_SLOT
+    from promptbank.input_cache import InputCache
     from promptbank.prompts import build_prompt
     from promptbank.trainer import DEFAULT_LR
     from streams.splits import get_task
@@ -70,10 +79,13 @@ def main() -> None:
     if any(len(t) != 1 for t in label_ids):
         raise SystemExit(f"{args.task} has multi-token labels {label_ids}; pick a task with single-token labels")
     first = torch.tensor([t[0] for t in label_ids], device=dev)
-    template_len = len(backbone.encode(["x"], task.template, 1).input_ids[0]) - 1
-    ids = backbone.encode(task.train_texts[:B], task.template, max(1, args.tokens - template_len)).input_ids
+    template_len = len(backbone.encode(["x"], task.template, 1).input_ids[0]) - 2  # less "x" and the prompt slot
+    text_tokens = max(1, args.tokens - template_len)
+    ids = backbone.encode(task.train_texts[:B], task.template, text_tokens).input_ids
+    suffix_ids = backbone.encode(task.train_texts[:B], task.template, text_tokens, placement="suffix").input_ids
+    plain = [[t for t in seq if t != PROMPT_SLOT] for seq in ids]  # the token ids alone, for the PEFT cases
     y = torch.as_tensor(task.train_labels[:B], device=dev)
-    lengths = [len(x) for x in ids]
+    lengths = [len(x) for x in plain]
     labels = [label_ids] * B
     _bench.log(f"batch {B}, input tokens {min(lengths)}-{max(lengths)} (+{n} soft), labels {task.label_names}")
 
@@ -82,7 +94,7 @@ def main() -> None:
         pad = backbone.tokenizer.pad_token_id
         t = torch.full((B, width), pad, dtype=torch.long)
         mask = torch.zeros(B, width, dtype=torch.long)
-        for b, seq in enumerate(ids):
+        for b, seq in enumerate(plain):
             s = width - len(seq) if left else 0
             t[b, s : s + len(seq)] = torch.tensor(seq)
             mask[b, s : s + len(seq)] = 1
@@ -110,6 +122,24 @@ def main() -> None:
             opt.step()
 
         cases[method] = step
+
+    for case in ("ulpt_suffix", "ulpt_suffix_cold"):
+        if case not in wanted:
+            continue
+        prompt = build_prompt("ulpt", n, backbone.hidden_size, rank=args.rank).to(dev)
+        opt = torch.optim.AdamW(prompt.param_groups(DEFAULT_LR["ulpt"]))
+        held = InputCache(backbone, suffix_ids, dtype=torch.bfloat16)
+        cold = case.endswith("cold")
+
+        def step(prompt=prompt, opt=opt, held=held, cold=cold) -> None:
+            cache = InputCache(backbone, suffix_ids, dtype=torch.bfloat16) if cold else held
+            scores = cache.label_scores(list(range(B)), prompt().unsqueeze(0).expand(B, -1, -1), labels)
+            loss = F.cross_entropy(scores.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        cases[case] = step
 
     if "limit_label_scores" in wanted:
 
@@ -177,6 +207,10 @@ def main() -> None:
     ratios: dict[str, Any] = {}
     for a, b in (
         ("ulpt", "pt"),
+        ("ulpt", "ulpt_suffix"),
+        ("ulpt", "ulpt_suffix_cold"),
+        ("ulpt_suffix", "peft"),
+        ("ulpt_suffix", "limit_raw"),
         ("ulpt", "peft"),
         ("ulpt", "peft_last_logit"),
         ("ulpt", "limit_raw"),

@@ -9,26 +9,28 @@ import pytest
 import torch
 
 from promptbank.assets import asset_path
-from promptbank.backbone import FrozenLM, load_backbone, resolve_model_source
+from promptbank.backbone import PROMPT_SLOT, FrozenLM, load_backbone, resolve_model_source, split_at_slot
 from promptbank.errors import AssetMissingError, HubUnavailableError
 from promptbank.prompts import ULPT
 
 
 def _brute_force_logprob(lm: FrozenLM, prompt: torch.Tensor, ids: list[int], label: list[int]) -> float:
-    """Mean log p(label | prompt, ids) from one plain forward over the whole sequence."""
-    emb = lm.model.get_input_embeddings()(torch.tensor([ids + label]))
-    seq = torch.cat([prompt[None], emb], dim=1)
+    """Mean log p(label | ids with the prompt at its slot) from one plain forward over the whole sequence."""
+    before, after = split_at_slot(ids)
+    embed = lm.model.get_input_embeddings()
+    seq = torch.cat([embed(torch.tensor(before, dtype=torch.long)), prompt, embed(torch.tensor(after + label))])[None]
     with torch.no_grad():
         logp = torch.log_softmax(lm.model(inputs_embeds=seq).logits[0].float(), -1)
-    start = prompt.shape[0] + len(ids) - 1
+    start = prompt.shape[0] + len(before) + len(after) - 1
     return float(sum(logp[start + k, tok] for k, tok in enumerate(label)) / len(label))
 
 
-def test_multi_token_labels_match_a_full_forward(tiny_llama: FrozenLM):
+@pytest.mark.parametrize("placement", ["prefix", "suffix"])
+def test_multi_token_labels_match_a_full_forward(tiny_llama: FrozenLM, placement: str):
     labels = tiny_llama.label_token_ids(["cat", "hot dog stand", "rain"])
     assert max(len(x) for x in labels) > 1
     enc = tiny_llama.encode(
-        ["a short text", "a much longer text with many more words in it"], "In: {text} Out:", 64
+        ["a short text", "a much longer text with many more words in it"], "In: {text} Out:", 64, placement=placement
     ).input_ids
     prompts = torch.randn(2, 3, tiny_llama.hidden_size) * 0.1
     with torch.no_grad():
@@ -76,7 +78,8 @@ def test_template_is_never_truncated(tiny_llama: FrozenLM):
         ids = tiny_llama.encode([" ".join(["word"] * 100)], "Before: {text} After:", 5).input_ids[0]
     tail = tiny_llama.tokenizer(" After:", add_special_tokens=False)["input_ids"]
     assert ids[-len(tail) :] == tail  # causal LM: nothing follows the template
-    assert len(ids) <= 5 + len(tail) + len(
+    assert ids.count(PROMPT_SLOT) == 1
+    assert len(ids) - 1 <= 5 + len(tail) + len(
         tiny_llama.tokenizer("Before:", add_special_tokens=False)["input_ids"]
     ) + len(tiny_llama._prefix_ids)
 

@@ -430,3 +430,36 @@ def test_key_encoder_and_router_options_by_name(tiny_llama):
     b.add_task("animals", *ANIMALS, train_config=FAST)
     b.add_task("weather", *WEATHER, train_config=FAST)
     assert [p.task for p in b.predict(["a cat on the mat"])] == ["animals"]
+
+
+def test_a_suffix_bank_answers_like_its_prompts_after_the_input_and_round_trips(tiny_llama, tmp_path: Path):
+    bank = PromptBank(tiny_llama, BankConfig(n_tokens=4, key_encoder="embedding-mean", placement="suffix"))
+    bank.add_task("animals", *ANIMALS, template="Text: {text}\nAnimal:", train_config=FAST)
+    texts = ["my cat purrs", "the dog runs fast"]
+    preds = bank.predict(texts, task="animals")
+    ids = tiny_llama.encode(texts, "Text: {text}\nAnimal:", 64, placement="suffix").input_ids
+    matrix = bank.prompt_matrix("animals")
+    with torch.no_grad():
+        direct = tiny_llama.label_scores(
+            matrix.expand(2, -1, -1), ids, [tiny_llama.label_token_ids(["cat", "dog"])] * 2
+        )
+    for p, row in zip(preds, direct):
+        assert list(p.scores.values()) == pytest.approx(row.tolist(), abs=1e-5)
+    bank.save(tmp_path / "bank")
+    assert json.loads((tmp_path / "bank" / "manifest.json").read_text())["config"]["placement"] == "suffix"
+    loaded = PromptBank.load(tmp_path / "bank", backbone=tiny_llama)
+    assert loaded.config.placement == "suffix"
+    assert [p.scores for p in loaded.predict(texts, task="animals")] == [p.scores for p in preds]
+
+
+def test_a_bank_saved_before_placements_existed_loads_as_prefix(bank: PromptBank, tmp_path: Path):
+    texts = ["my cat purrs", "rain again tonight"]
+    before = bank.predict(texts)
+    bank.save(tmp_path / "bank")
+    path = tmp_path / "bank" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["config"]["placement"]
+    path.write_text(json.dumps(manifest))
+    loaded = PromptBank.load(tmp_path / "bank", backbone=bank.backbone)
+    assert loaded.config.placement == "prefix"
+    assert [p.scores for p in loaded.predict(texts)] == [p.scores for p in before]

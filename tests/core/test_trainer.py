@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -73,3 +74,21 @@ def test_training_learns_a_constant_answer(tiny_llama):
     )
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert evaluate_prompt(tiny_llama, prompt, ids, y, labels) == 1.0
+
+
+def test_suffix_training_through_the_input_cache_follows_the_uncached_run(tiny_llama):
+    """The cache (bf16 keys and values) changes the arithmetic only by rounding: same losses within
+    a bf16 tolerance, and both runs learn the constant answer."""
+    ids = tiny_llama.encode(TEXTS, "Text: {text} Label:", 16, placement="suffix").input_ids
+    labels = tiny_llama.label_token_ids(["cat", "dog"])
+    y = [1] * len(ids)
+    runs = {}
+    for mb in (1024, 0):
+        prompt = build_prompt("pt", 4, tiny_llama.hidden_size)
+        cfg = TrainConfig(steps=15, batch_size=6, lr=0.3, eval_every=5, input_cache_mb=mb, progress=False)
+        runs[mb] = train_prompt(tiny_llama, prompt, ids, y, labels, ids, y, cfg)
+        assert evaluate_prompt(tiny_llama, prompt, ids, y, labels) == 1.0
+    cached, uncached = ([h["loss"] for h in runs[mb].history] for mb in (1024, 0))
+    assert cached == pytest.approx(uncached, rel=0.05, abs=1e-3)
+    assert cached[-1] < cached[0]
+    assert [h.get("val_acc") for h in runs[1024].history] == [h.get("val_acc") for h in runs[0].history]

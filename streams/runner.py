@@ -30,7 +30,7 @@ from .benchmark import build_benchmark
 from .config import RunConfig
 from .metrics import confusion_matrix, continual_metrics
 from .named import STREAMS, stream_tasks
-from .splits import TaskData, get_task
+from .splits import TaskData, get_task, with_label_list
 from .strategy import StreamStrategy
 from .tracking import Tracker, quiet_mlflow
 
@@ -67,10 +67,13 @@ def make_strategy(cfg: RunConfig, backbone, progress: bool) -> StreamStrategy:
 def load_tasks(cfg: RunConfig) -> list[TaskData]:
     names = cfg.tasks or stream_tasks(cfg.stream, cfg.order)
     d = cfg.data
-    return [
+    tasks = [
         get_task(n, d.train_per_class, d.val_per_class, d.test_per_class, seed=cfg.seed, key_per_class=d.key_per_class)
         for n in names
     ]
+    if d.list_labels:
+        tasks = [dataclasses.replace(t, template=with_label_list(t.template, t.label_names)) for t in tasks]
+    return tasks
 
 
 def run_stream(

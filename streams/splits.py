@@ -8,6 +8,7 @@ a CRC32 of the task name, never Python's salted ``hash``).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,12 +35,28 @@ class DataConfig:
         key_per_class: labelled training inputs per class the router learns from; the prompt
             trains on the first ``train_per_class`` of them.
         test_per_class: test examples per class.
+        list_labels: tell the model its options: the template's closing cue lists the label
+            words ("Topic:" becomes "Topic (business, entertainment, ...):"; ``with_label_list``).
     """
 
     train_per_class: int = 64
     val_per_class: int = 16
     key_per_class: int = KEY_PER_CLASS
     test_per_class: int = 100
+    list_labels: bool = False
+
+
+def with_label_list(template: str, label_names: Sequence[str]) -> str:
+    """``template`` with its label words listed before its closing ``:`` or ``?`` (or at its end).
+
+    Example:
+        >>> with_label_list("Article: {text}\nTopic:", ["business", "sport"])
+        'Article: {text}\nTopic (business, sport):'
+    """
+    options = f" ({', '.join(label_names)})"
+    if template.endswith((":", "?")):
+        return template[:-1] + options + template[-1]
+    return template + options
 
 
 @dataclass

@@ -383,3 +383,21 @@ def test_hub_offline_mode_error_is_translated(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(HubUnavailableError, match=r"'agnews'.*fancyzhx/ag_news.*OfflineModeIsEnabled"):
         load_raw("agnews")
+
+
+def test_list_labels_puts_the_label_words_into_each_template():
+    from streams.config import RunConfig
+    from streams.runner import load_tasks
+    from streams.splits import DataConfig, with_label_list
+
+    assert (
+        with_label_list("Article: {text}\nTopic:", ["business", "sport"]) == "Article: {text}\nTopic (business, sport):"
+    )
+    assert with_label_list("{text}\nSame meaning?", ["yes", "no"]) == "{text}\nSame meaning (yes, no)?"
+    assert with_label_list("{text} =>", ["a", "b"]) == "{text} => (a, b)"
+    data = DataConfig(train_per_class=4, val_per_class=2, key_per_class=4, test_per_class=2)
+    plain = load_tasks(RunConfig(tasks=["trec", "sms_spam"], data=data))
+    listed = load_tasks(RunConfig(tasks=["trec", "sms_spam"], data=DataConfig(**{**vars(data), "list_labels": True})))
+    for p, q in zip(plain, listed):
+        assert q.template == with_label_list(p.template, p.label_names) != p.template
+        assert (q.train_texts, q.test_texts) == (p.train_texts, p.test_texts)

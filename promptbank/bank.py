@@ -60,7 +60,11 @@ class PromptBank:
         self.config = dataclasses.replace(config or BankConfig(), **overrides)
         if key_encoder is not None:  # the manifest must name the encoder actually used, so load() rebuilds it
             self.config = dataclasses.replace(self.config, key_encoder=key_encoder.name)
-        build_prompt(self.config.method, self.config.n_tokens, self.backbone.hidden_size, **self.config.prompt_options)
+        probe = build_prompt(
+            self.config.method, self.config.n_tokens, self.backbone.hidden_size, **self.config.prompt_options
+        )
+        if self.config.prompt_init == "labels":  # refuse a method without it now, not at the first task
+            probe.start_near(torch.zeros(self.backbone.hidden_size))
         self.key_encoder = key_encoder or make_key_encoder(self.config.key_encoder, backbone=self.backbone)
         self.router: Router = make_router(dim=self.key_encoder.dim, **self.config.router)
         self._next_id = 0
@@ -157,6 +161,10 @@ class PromptBank:
         cfg = train_config or TrainConfig(seed=self.config.seed)
 
         prompt = self.new_prompt(seed=cfg.seed)
+        if self.config.prompt_init == "labels":
+            table = self.backbone.model.get_input_embeddings().weight
+            words = torch.tensor([t for ids in label_ids for t in ids], device=table.device)
+            prompt.start_near(table[words].detach().float().mean(0))
         result: TrainResult | None = None
         if prompt_state is None:
             val_ids = (

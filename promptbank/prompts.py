@@ -111,6 +111,15 @@ class SoftPrompt(nn.Module):
         """Optimizer groups; methods whose tensors live on different scales override this."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
+    def start_near(self, center: torch.Tensor) -> None:
+        """Move the untrained prompt's tokens to ``center`` (d,), e.g. the mean embedding of the
+        task's label words (``BankConfig.prompt_init="labels"``), keeping their seeded spread.
+
+        Raises:
+            InvalidDataError: the method has no such initialisation.
+        """
+        raise InvalidDataError(f"the {self.method} prompt has no task-aware initialisation; use prompt_init='random'")
+
 
 @PROMPTS.register("pt")
 class PromptTuning(SoftPrompt):
@@ -127,6 +136,10 @@ class PromptTuning(SoftPrompt):
 
     def forward(self) -> torch.Tensor:
         return self.weight
+
+    def start_near(self, center: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.weight.add_(center.to(self.weight).reshape(1, -1))
 
 
 @dataclass
@@ -187,6 +200,10 @@ class ULPT(SoftPrompt):
 
     def forward(self) -> torch.Tensor:
         return (self.z @ self.proj) * self.scale + self.shift
+
+    def start_near(self, center: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.shift.copy_(center.to(self.shift).reshape(-1))
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         # Z moves a point in r dimensions; scale/shift act on every embedding dimension, so they

@@ -14,6 +14,7 @@ from .rescore import Rescorer
 from .routing import DEFAULT_ROUTER
 
 DEFAULT_TEMPLATE = "Input: {text}\nLabel:"
+PROMPT_INITS = ("random", "labels")
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -34,6 +35,8 @@ class BankConfig:
         placement: where each prompt goes: ``prefix`` (before the input, as in prompt tuning) or
             ``suffix`` (after the input text, before the template's remainder; training then
             computes the input's keys and values once, ``promptbank.input_cache``).
+        prompt_init: ``random`` (the method's seeded initialisation) or ``labels`` (its tokens
+            start around the mean embedding of the task's label words; ULPT and PT).
         seed: seed of each new prompt's initialisation.
 
     Example:
@@ -49,11 +52,14 @@ class BankConfig:
     storage_dtype: str = "float16"
     max_input_tokens: int = 64
     placement: str = "prefix"
+    prompt_init: str = "random"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
             raise InvalidDataError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        if self.prompt_init not in PROMPT_INITS:
+            raise InvalidDataError(f"prompt_init must be one of {PROMPT_INITS}, got {self.prompt_init!r}")
         if self.storage_dtype not in STORAGE_DTYPES:
             raise InvalidDataError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.storage_dtype!r}")
         self.rescorer()  # validate early

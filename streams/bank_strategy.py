@@ -58,8 +58,9 @@ class PromptCache:
         }
         if bank.backbone.bf16:  # absent in float32, so the keys of existing caches stay valid
             payload["bf16"] = True
-        if bank.config.placement != "prefix":  # likewise absent for the default placement
-            payload["placement"] = bank.config.placement
+        for name, default in (("placement", "prefix"), ("prompt_init", "random")):  # likewise absent at defaults
+            if getattr(bank.config, name) != default:
+                payload[name] = getattr(bank.config, name)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
     def get(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:

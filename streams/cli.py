@@ -15,6 +15,7 @@ from promptbank.bank import BankConfig
 from promptbank.cli import build_parser as build_library_parser
 from promptbank.cli import run_command
 from promptbank.prompts import PROMPTS
+from promptbank.records import PROMPT_INITS
 from promptbank.rescore import Rescorer
 from promptbank.routing import ROUTERS
 from promptbank.trainer import TrainConfig
@@ -88,7 +89,7 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
         BankConfig,
         "bank",
         skip=("prompt_options", "router", "rescore", "seed"),
-        choices={"method": PROMPTS.names(), "placement": list(PLACEMENTS)},
+        choices={"method": PROMPTS.names(), "placement": list(PLACEMENTS), "prompt_init": list(PROMPT_INITS)},
     )
     bank.add_argument("--rank", type=int, default=None, help="rank r of a low-rank prompt (default: the method's, 2)")
     bank.add_argument(

@@ -23,6 +23,7 @@ from promptbank.errors import (
     TaskExistsError,
     UnknownTaskError,
 )
+from promptbank.prompts import ULPT, PromptTuning
 from promptbank.records import Prediction
 from promptbank.routing import make_router
 
@@ -463,3 +464,31 @@ def test_a_bank_saved_before_placements_existed_loads_as_prefix(bank: PromptBank
     loaded = PromptBank.load(tmp_path / "bank", backbone=bank.backbone)
     assert loaded.config.placement == "prefix"
     assert [p.scores for p in loaded.predict(texts)] == [p.scores for p in before]
+
+
+def test_label_init_starts_the_prompt_at_the_label_words_mean(tiny_llama):
+    bank = PromptBank(tiny_llama, BankConfig(n_tokens=4, key_encoder="embedding-mean", prompt_init="labels"))
+    seen = []
+    original = ULPT.start_near
+
+    def spy(self, center):
+        seen.append(center.clone())
+        original(self, center)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ULPT, "start_near", spy)
+        bank.add_task("animals", *ANIMALS, template="Text: {text}\nAnimal:", train_config=FAST)
+    words = [t for ids in tiny_llama.label_token_ids(["cat", "dog"]) for t in ids]
+    expected = tiny_llama.model.get_input_embeddings().weight[words].detach().mean(0)
+    assert len(seen) == 1 and torch.allclose(seen[0], expected)
+    prompt = ULPT(4, 32, seed=1)
+    prompt.start_near(expected)
+    assert torch.equal(prompt.shift.detach(), expected)
+    pt = PromptTuning(4, 32, seed=1)
+    spread = pt().detach().clone()
+    pt.start_near(expected)
+    torch.testing.assert_close(pt().detach(), spread + expected)
+    with pytest.raises(InvalidDataError, match="prompt_init='random'"):
+        PromptBank(tiny_llama, BankConfig(method="lopt1", key_encoder="embedding-mean", prompt_init="labels"))
+    with pytest.raises(InvalidDataError, match="prompt_init must be one of"):
+        BankConfig(prompt_init="zeros")

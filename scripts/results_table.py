@@ -98,6 +98,7 @@ def add_run(args: argparse.Namespace) -> None:
         "machine": {**machine(), "torch_threads": threads},
         **time_log(args.time_log),
         **({"note": args.note} if args.note else {}),
+        **({"lever": args.lever} if args.lever else {}),
         "result": {k: v for k, v in results.items() if k not in DROP},
     }
     print(write(args.name, payload))
@@ -270,6 +271,31 @@ def routing_confusion(name: str) -> str:
     return table(["true \\ routed"] + names + ["unknown"], rows) + f"\n\n`docs/results/{name}.json`.\n"
 
 
+def levers_table() -> str:
+    """One row per recorded answer-quality lever run (``docs/results/lever-*.json``, offline-5)."""
+    runs = sorted(RESULTS.glob("lever-*.json"))
+    if not runs:
+        return "(no `docs/results/lever-*.json` recorded yet)\n"
+    data = [json.loads(p.read_text()) for p in runs]
+    tasks = data[0]["result"]["tasks"]
+    rows = []
+    for d in data:
+        r = d["result"]
+        oracle = dict(zip(r["tasks"], r["oracle_matrix"][-1]))
+        train_s = sum(rep.get("prompt_train_seconds", 0.0) for rep in r["reports"])
+        rows.append(
+            [d.get("lever", d["name"])]
+            + [pct(oracle.get(t)) for t in tasks]
+            + [f"**{pct(r['oracle_avg_acc'])}**", pct(r["avg_acc"]), f"{train_s / 60:.1f}", f"`{d['command']}`"]
+        )
+    sources = "; ".join(f"`{p.name}` ({where(d)})" for p, d in zip(runs, data))
+    return (
+        table(["lever", *tasks, "oracle", "routed", "train min", "command"], rows)
+        + "\n\nOracle accuracy per task and on average, routed average, in %; *train min*: the prompts' training "
+        + f"time summed over the tasks. One seed each. Sources: {sources}.\n"
+    )
+
+
 def bench_table(name: str, render: Callable[[dict[str, Any]], str]) -> str:
     path = RESULTS / f"{name}.json"
     if not path.exists():
@@ -293,6 +319,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "offline-9-confusion": _missing_ok("offline-9-o1", lambda: routing_confusion("offline-9-o1")),
     "split-20ng-confusion": _missing_ok("split-20ng", lambda: routing_confusion("split-20ng")),
     "vader-4-confusion": _missing_ok("vader-4", lambda: routing_confusion("vader-4")),
+    "levers": levers_table,
 }
 
 
@@ -337,6 +364,7 @@ def main() -> int:
         p.add_argument("--commit", default=None, help="the commit that ran it (default: HEAD)")
     run.add_argument("--time-log", type=Path, default=None, help="a `/usr/bin/time -v` log of the command")
     run.add_argument("--note", default=None, help="what a reader must know about the run (e.g. a shared machine)")
+    run.add_argument("--lever", default=None, help="the row label of an answer-quality lever run (lever-*.json)")
     rend = sub.add_parser("render", help="rewrite the generated tables in the docs")
     rend.add_argument("--check", action="store_true", help="only report whether they are up to date")
     args = parser.parse_args()

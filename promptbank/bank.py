@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import persistence
+from . import peft_export, persistence
 from .backbone import DEFAULT_BACKBONE, FrozenLM, load_backbone
 from .errors import InvalidDataError, TaskExistsError, UnknownTaskError
 from .inputs import check_task_data, check_texts, label_indices, labelled_blocks
@@ -108,6 +108,7 @@ class PromptBank:
         prompt_state: dict[str, torch.Tensor] | None = None,
         key_texts: Sequence[str] | None = None,
         key_labels: Sequence[Any] | None = None,
+        from_peft: str | Path | None = None,
     ) -> TaskInfo:
         """Train a prompt for a new task and index its keys.
 
@@ -131,6 +132,8 @@ class PromptBank:
             prompt_state: trainable tensors of an already trained prompt: skips training.
             key_texts: more labelled inputs for the router only (with ``key_labels``).
             key_labels: their labels.
+            from_peft: a PEFT prompt-tuning adapter folder whose prompt the task uses instead of
+                training one (a ``pt`` bank with ``prefix`` placement and the adapter's length).
 
         Returns:
             The task's :class:`TaskInfo` (its id, labels, template and training summary).
@@ -160,6 +163,8 @@ class PromptBank:
         encoded = self.backbone.encode(texts, template, self.config.max_input_tokens, placement).input_ids
         cfg = train_config or TrainConfig(seed=self.config.seed)
 
+        if from_peft is not None:
+            prompt_state = self._state_from_peft(from_peft)
         prompt = self.new_prompt(seed=cfg.seed)
         if self.config.prompt_init == "labels":
             table = self.backbone.model.get_input_embeddings().weight
@@ -240,6 +245,40 @@ class PromptBank:
                 matrix = self._matrix_builder().detach().float().clone()  # clone: PT returns its parameter
             self.matrix_cache.put(name, matrix)
         return matrix
+
+    def export_peft(self, name: str, out: str | Path) -> Path:
+        """Write a task's prompt as a PEFT prompt-tuning adapter that ``PeftModel.from_pretrained``
+        loads onto this bank's backbone and answers with like the bank (``promptbank.peft_export``).
+
+        Args:
+            name: the task.
+            out: a new folder.
+
+        Returns:
+            The folder.
+
+        Raises:
+            UnknownTaskError: no task of that name.
+            InvalidDataError: the bank places prompts after the input (PEFT prepends them), or ``out`` exists.
+        """
+        self.task_info(name)
+        if self.config.placement != "prefix":
+            raise InvalidDataError(
+                f"PEFT prompt tuning puts the prompt before the input; this bank's placement is "
+                f"{self.config.placement!r}, so its prompts would answer differently there. Fix: export from a "
+                "bank with placement='prefix'"
+            )
+        return peft_export.write_adapter(self.prompt_matrix(name), self.backbone, out)
+
+    def _state_from_peft(self, folder: str | Path) -> dict[str, torch.Tensor]:
+        matrix = peft_export.read_adapter(folder, self.backbone)
+        if self.config.method != "pt" or self.config.placement != "prefix" or matrix.shape[0] != self.config.n_tokens:
+            raise InvalidDataError(
+                f"{folder} holds a {matrix.shape[0]}-token prompt-tuning prompt; this bank holds "
+                f"{self.config.n_tokens}-token {self.config.method!r} prompts placed {self.config.placement!r}. Fix: "
+                f"import into PromptBank(method='pt', n_tokens={matrix.shape[0]}, placement='prefix')"
+            )
+        return {"weight": matrix}
 
     def remove_task(self, name: str) -> None:
         """Forget a task: its prompt is dropped and no input is routed to it any more.

@@ -1,4 +1,4 @@
-"""The library's commands: ``predict`` with a saved bank and ``info`` about one.
+"""The library's commands: ``predict`` with a saved bank, ``info`` about one, ``export`` a task's prompt.
 
 The installed ``promptbank`` command is ``streams.cli.main``, which adds ``run`` (the stream
 layer) to this parser; the library itself never imports ``streams``.
@@ -69,6 +69,17 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .bank import PromptBank
+
+    bank = PromptBank.load(args.bank, backbone=args.backbone)
+    out = bank.export_peft(args.task, args.out)
+    print(
+        f"wrote a PEFT prompt-tuning adapter for {args.task!r} to {out} (PeftModel.from_pretrained(model, {str(out)!r}))"
+    )
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The ``promptbank`` parser with the library's commands, and its subparsers (for more)."""
     parser = argparse.ArgumentParser(
@@ -92,6 +103,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     info = sub.add_parser("info", help="describe a saved bank")
     info.add_argument("bank")
     info.set_defaults(func=_info)
+
+    export = sub.add_parser("export", help="write one task's prompt in another tool's format")
+    export.add_argument("--bank", required=True)
+    export.add_argument("--task", required=True)
+    export.add_argument("--format", choices=["peft"], default="peft", help="peft: a prompt-tuning adapter folder")
+    export.add_argument("--backbone", default=None)
+    export.add_argument("out", help="a new folder")
+    export.set_defaults(func=_export)
     return parser, sub
 
 

@@ -122,3 +122,15 @@ def test_info_reports_the_bank_on_disk(finished_run, capsys):
     assert f"tasks ({len(TASKS)}):" in printed and f"router: {manifest['router']['strategy']}" in printed
     for t in manifest["tasks"]:
         assert f"best_val_acc={t['metadata']['best_val_acc']}" in printed and t["name"] in printed
+
+
+def test_export_writes_the_task_prompt_as_a_peft_adapter(finished_run, tiny_folder, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    bank_dir, out = str(finished_run / "bank"), tmp_path / "adapter"
+    assert cli_main(["export", "--bank", bank_dir, "--backbone", tiny_folder, "--task", TASKS[0], str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    bank = PromptBank.load(bank_dir, backbone=tiny_folder)
+    assert torch.equal(load_file(out / "adapter_model.safetensors")["prompt_embeddings"], bank.prompt_matrix(TASKS[0]))
+    assert cli_main(["export", "--bank", bank_dir, "--backbone", tiny_folder, "--task", TASKS[0], str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The library's commands: ``predict`` with a saved bank, ``info`` about one, ``export`` a task's prompt.
+"""The library's commands: ``add`` and ``remove`` a task, ``predict`` with a saved bank, ``info``
+about one, ``export`` a task's prompt.
 
 The installed ``promptbank`` command is ``streams.cli.main``, which adds ``run`` (the stream
 layer) to this parser; the library itself never imports ``streams``.
@@ -14,7 +15,12 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
+
+from .backbone import PLACEMENTS
 from .errors import InvalidDataError, PromptBankError
+from .records import DEFAULT_TEMPLATE, BankConfig
+from .trainer import TrainConfig
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -80,6 +86,53 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add(args: argparse.Namespace) -> int:
+    from .bank import PromptBank
+    from .datafiles import load_examples
+    from .trainer import TrainConfig
+
+    examples = load_examples(args.data, args.text_column or ["text"], args.label_column, args.split)
+    folder = Path(args.bank)
+    if (folder / "manifest.json").exists():
+        bank = PromptBank.load(folder, backbone=args.backbone)
+    else:
+        bank = PromptBank(
+            args.backbone,
+            method=args.method,
+            n_tokens=args.n_tokens,
+            placement=args.placement,
+            key_encoder=args.key_encoder,
+        )
+    n_val = int(len(examples.texts) * args.val_fraction)
+    order = np.random.default_rng(args.seed).permutation(len(examples.texts))
+    val, train = order[:n_val].tolist(), order[n_val:].tolist()
+    info = bank.add_task(
+        args.name,
+        [examples.texts[i] for i in train],
+        [examples.labels[i] for i in train],
+        template=args.template,
+        val_texts=[examples.texts[i] for i in val] or None,
+        val_labels=[examples.labels[i] for i in val] or None,
+        train_config=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+    )
+    bank.save(folder)
+    print(
+        f"added {args.name!r} ({len(train)} training and {len(val)} validation examples of {examples.source}; "
+        f"labels {info.label_names}; best validation accuracy {info.metadata.get('best_val_acc')}) to {folder}"
+    )
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from .bank import PromptBank
+
+    bank = PromptBank.load(args.bank, backbone=args.backbone)
+    bank.remove_task(args.name)
+    bank.save(args.bank)
+    print(f"removed {args.name!r} from {args.bank}; {len(bank.tasks)} tasks left")
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The ``promptbank`` parser with the library's commands, and its subparsers (for more)."""
     parser = argparse.ArgumentParser(
@@ -103,6 +156,32 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     info = sub.add_parser("info", help="describe a saved bank")
     info.add_argument("bank")
     info.set_defaults(func=_info)
+
+    add = sub.add_parser("add", help="train a task from a data file or hub dataset into a bank (created if missing)")
+    add.add_argument("--bank", required=True, help="the bank folder; created with the options below if missing")
+    add.add_argument("--name", required=True, help="the task's name")
+    add.add_argument("--data", required=True, help="a .csv/.tsv/.jsonl/.parquet file or a hub dataset name")
+    add.add_argument("--text-column", action="append", help="input column (repeat to join several; default: text)")
+    add.add_argument("--label-column", default="label")
+    add.add_argument("--split", default="train", help="split of a hub dataset (default: %(default)s)")
+    add.add_argument("--template", default=DEFAULT_TEMPLATE, help="how an input is shown; {text} marks it")
+    add.add_argument("--val-fraction", type=float, default=0.1, help="share kept for checkpoint choice")
+    add.add_argument("--steps", type=int, default=TrainConfig.steps)
+    add.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    add.add_argument("--lr", type=float, default=None)
+    add.add_argument("--seed", type=int, default=0)
+    add.add_argument("--backbone", default=None, help="a new bank's LLM (default: SmolLM2-135M, offline)")
+    add.add_argument("--method", default=BankConfig.method, help="a new bank's prompt method")
+    add.add_argument("--n-tokens", type=int, default=BankConfig.n_tokens, help="a new bank's prompt length")
+    add.add_argument("--key-encoder", default=BankConfig.key_encoder, help="a new bank's key encoder")
+    add.add_argument("--placement", default=BankConfig.placement, choices=PLACEMENTS, help="a new bank's placement")
+    add.set_defaults(func=_add)
+
+    remove = sub.add_parser("remove", help="remove a task from a bank")
+    remove.add_argument("--bank", required=True)
+    remove.add_argument("--backbone", default=None)
+    remove.add_argument("name")
+    remove.set_defaults(func=_remove)
 
     export = sub.add_parser("export", help="write one task's prompt in another tool's format")
     export.add_argument("--bank", required=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptbank.assets import asset_path, cache_dir
+from promptbank.datafiles import file_format
 from promptbank.errors import HubUnavailableError, InvalidDataError
 from promptbank.hub import hub_reachable as _hub_reachable
 from promptbank.hub import offline_mode as _offline_mode
@@ -374,19 +375,6 @@ def _hub_error(name: str, spec: HubSpec, why: str) -> HubUnavailableError:
     )
 
 
-def _local_format(files: Sequence[str]) -> tuple[str, dict]:
-    suffixes = {Path(f).suffix.lower() for f in files}
-    if suffixes <= {".csv"}:
-        return "csv", {}
-    if suffixes <= {".tsv"}:
-        return "csv", {"delimiter": "\t"}
-    if suffixes <= {".json", ".jsonl"}:
-        return "json", {}
-    if suffixes <= {".parquet"}:
-        return "parquet", {}
-    raise InvalidDataError(f"local data files must all be .csv, .tsv, .json(l) or .parquet; got {sorted(suffixes)}")
-
-
 def _as_list(files: str | Sequence[str]) -> list[str]:
     return [str(files)] if isinstance(files, (str, os.PathLike)) else [str(f) for f in files]
 
@@ -464,7 +452,7 @@ def _load_hub(name: str, spec: HubSpec, n_labels: int, files: Mapping[str, list[
         missing = [f for fs in files.values() for f in fs if not Path(f).is_file()]
         if missing:
             raise InvalidDataError(f"{name}: local data files not found: {missing}")
-        fmt, kwargs = _local_format([f for fs in files.values() for f in fs])
+        fmt, kwargs = file_format([f for fs in files.values() for f in fs])
         ds = datasets.load_dataset(fmt, data_files=dict(files), cache_dir=str(cache_dir("hf-local")), **kwargs)
         return _rows_to_raw(name, spec, n_labels, {s: ds[s] for s in files})
     try:

@@ -99,6 +99,15 @@ def tiny_t5():
     return FrozenLM(T5ForConditionalGeneration(cfg), tok, name="tiny-t5", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, tiny_llama) -> str:
+    """The tiny random Llama as a local model folder (what ``--backbone`` takes)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama.model.save_pretrained(folder)
+    tiny_llama.tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture
 def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PROMPTBANK_CACHE", str(tmp_path / "cache"))

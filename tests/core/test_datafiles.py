@@ -1,0 +1,115 @@
+"""Tasks from data files and datasets: every format, column choices, one clear error per bad file;
+the ``add`` / ``remove`` commands on a bank folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from promptbank.bank import PromptBank
+from promptbank.cli import main
+from promptbank.datafiles import load_examples
+from promptbank.errors import HubUnavailableError, InvalidDataError
+
+ROWS = [
+    {"text": "the cat sat on the mat", "title": "cats", "label": "cat"},
+    {"text": "a dog barked loudly", "title": "dogs", "label": "dog"},
+    {"text": "my cat purrs", "title": "", "label": "cat"},
+    {"text": "the dog runs fast", "title": "dogs", "label": "dog"},
+] * 4
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    frame = datasets.Dataset.from_list(rows)
+    {".csv": frame.to_csv, ".jsonl": frame.to_json, ".parquet": frame.to_parquet}[path.suffix](str(path))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet", ".tsv"])
+def test_every_format_reads_the_same_examples(tmp_path: Path, suffix: str):
+    if suffix == ".tsv":
+        path = tmp_path / "data.tsv"
+        path.write_text("text\tlabel\n" + "".join(f"{r['text']}\t{r['label']}\n" for r in ROWS))
+    else:
+        path = _write(tmp_path / f"data{suffix}", ROWS)
+    examples = load_examples(path)
+    assert examples.texts == [r["text"] for r in ROWS] and examples.labels == [r["label"] for r in ROWS]
+
+
+def test_several_text_columns_are_joined_and_class_labels_give_their_names():
+    features = datasets.Features(
+        {
+            "title": datasets.Value("string"),
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["cat", "dog"]),
+        }
+    )
+    rows = [{**r, "label": ["cat", "dog"].index(r["label"])} for r in ROWS]
+    split = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows, features=features)})
+    examples = load_examples(split, text_columns=["title", "text"])
+    assert examples.texts[:3] == [
+        "title: cats text: the cat sat on the mat",
+        "title: dogs text: a dog barked loudly",
+        "text: my cat purrs",
+    ]
+    assert examples.labels[:2] == ["cat", "dog"]
+    with pytest.raises(InvalidDataError, match="no split 'test'"):
+        load_examples(split, split="test")
+
+
+def test_bad_files_get_one_clear_error(tmp_path: Path, monkeypatch):
+    good = _write(tmp_path / "data.csv", ROWS)
+    with pytest.raises(InvalidDataError, match=r"no column 'body'.*--text-column"):
+        load_examples(good, text_columns=["body"])
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(InvalidDataError, match="an empty file"):
+        load_examples(empty)
+    blank = tmp_path / "blank.csv"
+    blank.write_text("text,label\n,cat\nhello,\n")
+    with pytest.raises(InvalidDataError, match="no row has both a text and a label"):
+        load_examples(blank)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\xe9 au lait,drink\n".encode("latin-1"))
+    with pytest.raises(InvalidDataError, match="latin.csv.*UTF-8"):
+        load_examples(latin)
+    text_file = tmp_path / "data.txt"
+    text_file.write_text("x")
+    with pytest.raises(InvalidDataError, match="must all be one of"):
+        load_examples(text_file)
+    monkeypatch.setattr("promptbank.datafiles.hub_reachable", lambda: False)
+    with pytest.raises(HubUnavailableError, match="not a local file"):
+        load_examples("someone/some-dataset")
+
+
+def test_add_creates_the_bank_then_adds_and_remove_drops(tiny_folder: str, tmp_path: Path, capsys):
+    data = _write(tmp_path / "animals.jsonl", ROWS)
+    bank_dir = tmp_path / "bank"
+    common = ["--bank", str(bank_dir), "--backbone", tiny_folder]
+    options = ["--steps", "2", "--batch-size", "4", "--n-tokens", "4", "--key-encoder", "embedding-mean"]
+    assert main(["add", *common, "--name", "animals", "--data", str(data), *options]) == 0
+    assert "added 'animals'" in capsys.readouterr().out
+    weather = _write(
+        tmp_path / "weather.csv",
+        [
+            {"text": t, "label": lab}
+            for t, lab in zip(
+                ["heavy rain today", "sunny and warm", "rain again tonight", "bright sun outside"] * 4,
+                ["rain", "sun"] * 8,
+            )
+        ],
+    )
+    assert main(["add", *common, "--name", "weather", "--data", str(weather), "--steps", "2"]) == 0
+    bank = PromptBank.load(bank_dir, backbone=tiny_folder)
+    assert bank.tasks == ["animals", "weather"] and bank.config.n_tokens == 4
+    assert bank.task_info("animals").label_names == ["cat", "dog"]
+    assert bank.task_info("animals").metadata["n_train"] == len(ROWS) - int(len(ROWS) * 0.1)
+    assert main(["remove", *common, "animals"]) == 0
+    assert PromptBank.load(bank_dir, backbone=tiny_folder).tasks == ["weather"]
+    assert main(["add", *common, "--name", "x", "--data", str(data), "--label-column", "kind"]) == 2
+    assert "no column 'kind'" in capsys.readouterr().err
+    manifest = json.loads((bank_dir / "manifest.json").read_text())
+    assert [t["name"] for t in manifest["tasks"]] == ["weather"]  # a failed add leaves the bank as it was

@@ -8,6 +8,8 @@ layer) to this parser; the library itself never imports ``streams``.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import logging
 import os
@@ -20,12 +22,17 @@ import numpy as np
 from .backbone import PLACEMENTS
 from .errors import InvalidDataError, PromptBankError
 from .records import DEFAULT_TEMPLATE, BankConfig
+from .storage import atomic_write
 from .trainer import TrainConfig
 
 
 def _predict(args: argparse.Namespace) -> int:
     texts = list(args.text)
-    if not texts:
+    if args.file:
+        from .datafiles import load_examples
+
+        texts = load_examples(args.file, args.text_column or ["text"], label_column=None).texts
+    elif not texts:
         raw = sys.stdin.buffer.read()
         try:
             texts = [line for line in raw.decode("utf-8").splitlines() if line.strip()]
@@ -34,23 +41,32 @@ def _predict(args: argparse.Namespace) -> int:
                 f"stdin is not valid UTF-8 (byte {exc.start}); Fix: re-encode the input as UTF-8"
             ) from None
     if not texts:
-        raise InvalidDataError("no texts to answer; Fix: pass them as arguments or one per line on stdin")
+        raise InvalidDataError("no texts to answer; Fix: pass them as arguments, --file, or one per line on stdin")
+    if args.out and Path(args.out).suffix.lower() not in (".jsonl", ".csv"):
+        raise InvalidDataError(f"--out {args.out}: write .jsonl or .csv")
     from .bank import PromptBank  # the model loads only once the input is known to be usable
 
     bank = PromptBank.load(args.bank, backbone=args.backbone, bf16=args.bf16)
+    rows = []
     for text, p in zip(texts, bank.predict(texts, task=args.task)):
         score = None if p.route_score != p.route_score else round(p.route_score, 4)
-        print(
-            json.dumps(
-                {
-                    "text": text,
-                    "task": p.task,
-                    "label": p.label,
-                    "route_score": score,
-                    "scores": {k: round(v, 4) for k, v in p.scores.items()},
-                }
-            )
-        )
+        scores = {k: round(v, 4) for k, v in p.scores.items()}
+        rows.append({"text": text, "task": p.task, "label": p.label, "route_score": score, "scores": scores})
+    if not args.out:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    out = Path(args.out)
+    if out.suffix.lower() == ".jsonl":
+        payload = "".join(json.dumps(row) + "\n" for row in rows)
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "scores": json.dumps(row["scores"])} for row in rows)
+        payload = buffer.getvalue()
+    atomic_write(out, payload.encode("utf-8"))
+    print(f"wrote {len(rows)} answers to {out}")
     return 0
 
 
@@ -150,6 +166,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         default=None,
         help="the LLM under bf16 autocast (default: on a bf16 GPU only), e.g. to answer as a --bf16 run trained",
     )
+    predict.add_argument("--file", default=None, help="read the texts from a .csv/.tsv/.jsonl/.parquet file")
+    predict.add_argument("--text-column", action="append", help="the file's text column(s) (default: text)")
+    predict.add_argument("--out", default=None, help="write the answers to a .jsonl or .csv file")
     predict.add_argument("text", nargs="*", help="texts (default: one per line on stdin)")
     predict.set_defaults(func=_predict)
 

@@ -47,7 +47,7 @@ class Examples:
 def load_examples(
     source: str | Path | Any,
     text_columns: Sequence[str] = ("text",),
-    label_column: str = "label",
+    label_column: str | None = "label",
     split: str = "train",
 ) -> Examples:
     """Read a task's labelled examples.
@@ -56,7 +56,8 @@ def load_examples(
         source: a local ``.csv``/``.tsv``/``.json(l)``/``.parquet`` file, a hub dataset name, a
             ``datasets.Dataset``, or a ``datasets.DatasetDict`` (``split`` picks the part).
         text_columns: the column(s) holding the input; several are joined as ``name: value``.
-        label_column: the column holding the label (a class label's name is used).
+        label_column: the column holding the label (a class label's name is used); None reads
+            texts only (``labels`` is then empty).
         split: the split of a hub dataset or ``DatasetDict``.
 
     Returns:
@@ -81,19 +82,20 @@ def load_examples(
         raise InvalidDataError(
             f"cannot read examples from a {where}; pass a file path, a hub name or a datasets.Dataset"
         )
-    columns = [*text_columns, label_column]
+    columns = [*text_columns, *([label_column] if label_column else [])]
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
         raise InvalidDataError(
             f"{where}: no column {', '.join(map(repr, missing))}; it has {dataset.column_names}. Fix: name the "
             "text column(s) and the label column (--text-column, --label-column)"
         )
-    feature = dataset.features.get(label_column)
+    feature = dataset.features.get(label_column) if label_column else None
     names = getattr(feature, "names", None)
     texts, labels = [], []
     for start in range(0, len(dataset), 4096):  # column batches: much faster than row access
         batch = dataset[start : start + 4096]
-        for i, label in enumerate(batch[label_column]):
+        column = batch[label_column] if label_column else ["-"] * len(batch[text_columns[0]])
+        for i, label in enumerate(column):
             if len(text_columns) == 1:
                 text = str(batch[text_columns[0]][i] or "").strip()
             else:
@@ -101,9 +103,12 @@ def load_examples(
             if not text or label is None or str(label).strip() == "":
                 continue
             texts.append(text)
-            labels.append(names[label] if names is not None and isinstance(label, int) else str(label).strip())
+            if label_column:
+                labels.append(names[label] if names is not None and isinstance(label, int) else str(label).strip())
     if not texts:
-        raise InvalidDataError(f"{where}: no row has both a text and a label. Fix: check the file and its columns")
+        raise InvalidDataError(
+            f"{where}: no row has {'both a text and a label' if label_column else 'a text'}. Fix: check the file and its columns"
+        )
     return Examples(texts, labels, where)
 
 

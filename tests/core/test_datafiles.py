@@ -113,3 +113,25 @@ def test_add_creates_the_bank_then_adds_and_remove_drops(tiny_folder: str, tmp_p
     assert "no column 'kind'" in capsys.readouterr().err
     manifest = json.loads((bank_dir / "manifest.json").read_text())
     assert [t["name"] for t in manifest["tasks"]] == ["weather"]  # a failed add leaves the bank as it was
+
+
+def test_predict_reads_a_file_and_writes_jsonl_or_csv(tiny_folder: str, tmp_path: Path, capsys):
+    import csv
+
+    data = _write(tmp_path / "animals.jsonl", ROWS)
+    bank_dir = tmp_path / "bank"
+    common = ["--bank", str(bank_dir), "--backbone", tiny_folder]
+    tiny = ["--steps", "2", "--batch-size", "4", "--n-tokens", "4", "--key-encoder", "embedding-mean"]
+    assert main(["add", *common, "--name", "animals", "--data", str(data), *tiny]) == 0
+    expected = PromptBank.load(bank_dir, backbone=tiny_folder).predict([r["text"] for r in ROWS])
+    assert main(["predict", *common, "--file", str(data), "--out", str(tmp_path / "out.jsonl")]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(r["text"], r["label"]) for r in lines] == [(r["text"], p.label) for r, p in zip(ROWS, expected)]
+    assert main(["predict", *common, "--file", str(data), "--out", str(tmp_path / "out.csv")]) == 0
+    with open(tmp_path / "out.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["label"] for r in table] == [p.label for p in expected]
+    assert json.loads(table[0]["scores"]) == lines[0]["scores"]
+    capsys.readouterr()
+    assert main(["predict", *common, "--file", str(data), "--out", str(tmp_path / "out.txt")]) == 2
+    assert "write .jsonl or .csv" in capsys.readouterr().err

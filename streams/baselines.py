@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 from avalanche.benchmarks.scenarios import CLExperience
 from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
 from avalanche.models import MultiTaskModule
 from avalanche.training import EWC, LwF, Naive, Replay
 from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin, SupervisedPlugin
@@ -295,7 +295,7 @@ class AvalancheBaseline(StreamStrategy):
             eval_mb_size=_RECIPE.eval_batch_size,
             device=backbone.device,
             plugins=[self.recipe],
-            evaluator=_quiet_evaluator(),
+            evaluator=_mlflow_evaluator(),
         )
 
     def make_strategy(self, **common: Any) -> SupervisedTemplate:
@@ -339,11 +339,15 @@ class AvalancheBaseline(StreamStrategy):
         )
 
 
-def _quiet_evaluator() -> EvaluationPlugin:
-    """No metrics, no loggers: the numbers come from ``evaluate`` (Avalanche warns about that)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="No loggers specified")
-        return EvaluationPlugin(loggers=[])
+def _mlflow_evaluator() -> EvaluationPlugin:
+    """Training loss and accuracy per minibatch, logged to the active MLflow run (the task's run in
+    ``promptbank run``) the way Avalanche users read them; the stream's accuracy numbers come
+    from ``evaluate``, on the bank's terms."""
+    from .mlflow_logger import MLflowLogger  # noqa: PLC0415  (mlflow loads only for a baseline run)
+
+    return EvaluationPlugin(
+        loss_metrics(minibatch=True), accuracy_metrics(minibatch=True), loggers=[MLflowLogger(strict=False)]
+    )
 
 
 def _stream_width(experience: CLExperience) -> int:

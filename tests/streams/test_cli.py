@@ -84,13 +84,24 @@ def test_fresh_discards_a_run_with_other_arguments(tiny_folder, tmp_path, tmp_ca
     assert second["mlflow"]["run_id"] != first["mlflow"]["run_id"]  # a new run, not the old one resumed
 
 
-def test_baseline_run_has_no_routing(tiny_folder, tmp_path, tmp_cache):
-    code, results = run_cli(tiny_folder, tmp_path / "naive", "--tasks", ",".join(TASKS), "--baseline", "naive")
+def test_baseline_run_has_no_routing_and_logs_avalanche_metrics_to_each_task_run(tiny_folder, tmp_path, tmp_cache):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    options = ["--tasks", ",".join(TASKS), "--baseline", "naive", "--tracking-uri", uri]
+    code, results = run_cli(tiny_folder, tmp_path / "naive", *options)
     assert code == 0
     assert results["baseline"] == "naive" and results["strategy"] == "naive"
     assert results["routing_acc"] is None and results["routing_confusion"] is None
     assert [r["strategy"] for r in results["reports"]] == ["Naive", "Naive"]
     assert not (tmp_path / "naive" / "bank").exists()
+    client = MlflowClient(uri)
+    parent = client.get_run(results["mlflow"]["run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", order_by=["start_time ASC"]
+    )
+    assert len(children) == len(TASKS)
+    for task_id, child in enumerate(children):  # the Avalanche logger wrote the minibatch losses, one per step
+        history = client.get_metric_history(child.info.run_id, f"Loss_MB/train_phase/train_stream/Task{task_id:03d}")
+        assert len(history) == 2 and all(h.value > 0 for h in history)
 
 
 def test_predict_with_a_task_and_from_stdin(finished_run, tiny_folder, monkeypatch, capsys):

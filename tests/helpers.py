@@ -85,3 +85,10 @@ def tiny_run_config(backbone: str):
         data=DataConfig(train_per_class=4, val_per_class=2, test_per_class=3, key_per_class=8),
         bank=BankConfig(max_input_tokens=16, n_tokens=4, key_encoder="embedding-mean"),
     )
+
+
+#: ``promptbank run`` options for a run of a few seconds on the tiny random Llama.
+TINY_RUN = (
+    "--steps 2 --eval-every 1 --batch-size 4 --train-per-class 4 --val-per-class 2 --test-per-class 3 "
+    "--key-per-class 8 --max-input-tokens 16 --n-tokens 4 --key-encoder embedding-mean --quiet"
+).split()

@@ -13,17 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import TASKS
+from helpers import TINY_RUN as TINY
 from mlflow.tracking import MlflowClient
 
 from promptbank import storage
 from promptbank.bank import PromptBank
 from streams.cli import main as cli_main
 from streams.named import stream_tasks
-
-TINY = (
-    "--steps 2 --eval-every 1 --batch-size 4 --train-per-class 4 --val-per-class 2 --test-per-class 3 "
-    "--key-per-class 8 --max-input-tokens 16 --n-tokens 4 --key-encoder embedding-mean --quiet"
-).split()
 
 
 def run_cli(backbone: str, out: Path, *options: str) -> tuple[int, dict | None]:

@@ -163,7 +163,12 @@ def run_stream(
 
         results = summarize(cfg, tasks, state)
         _write_outputs(out, cfg, tasks, results, tracker)
-    results["mlflow"] = {"tracking_uri": tracker.tracking_uri, "run_id": state["run_id"], "ui": tracker.ui_hint()}
+    results["mlflow"] = {
+        "tracking_uri": tracker.tracking_uri,
+        "run_id": state["run_id"],
+        "model_uri": results.pop("mlflow_model", None),  # the bank as a pyfunc model (bank runs)
+        "ui": tracker.ui_hint(),
+    }
     atomic_write(out / RESULTS, json.dumps(results, indent=2).encode())
     return results
 
@@ -246,6 +251,7 @@ def _write_outputs(out: Path, cfg: RunConfig, tasks: list[TaskData], results: di
     tracker.artifact(out / RESULTS)
     if (out / "bank").exists():
         tracker.artifact(out / "bank", folder="bank")
+        results["mlflow_model"] = tracker.bank_model(out / "bank", backbone=cfg.backbone)
 
 
 def _empty_progress(cfg: RunConfig) -> dict[str, Any]:

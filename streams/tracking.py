@@ -16,6 +16,8 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from promptbank.serving import log_bank_model
+
 DEFAULT_EXPERIMENT = "promptbank"
 
 
@@ -87,6 +89,11 @@ class Tracker:
             mlflow.log_artifacts(str(path), artifact_path=folder or path.name)
         elif path.exists():
             mlflow.log_artifact(str(path), artifact_path=folder)
+
+    @staticmethod
+    def bank_model(bank_dir: str | Path, backbone: str | None = None) -> str:
+        """Log a saved bank as an MLflow pyfunc model of the active run; returns its model URI."""
+        return log_bank_model(bank_dir, backbone=backbone).model_uri
 
     def ui_hint(self) -> str:
         return f"mlflow ui --backend-store-uri {self.tracking_uri}"

@@ -92,3 +92,32 @@ TINY_RUN = (
     "--steps 2 --eval-every 1 --batch-size 4 --train-per-class 4 --val-per-class 2 --test-per-class 3 "
     "--key-per-class 8 --max-input-tokens 16 --n-tokens 4 --key-encoder embedding-mean --quiet"
 ).split()
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, server, log_path, seconds: float = 180) -> None:
+    """Wait until ``url`` answers 200, failing with the server's log if it exits or takes too long."""
+    import time
+    import urllib.request
+
+    import pytest
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the server behind {url} did not start: {log_path.read_text()[-3000:]}")
+        time.sleep(0.5)

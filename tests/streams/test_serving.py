@@ -1,0 +1,98 @@
+"""The bank as an MLflow model: logged by the runner, loaded with mlflow.pyfunc, served by the real
+scoring server; every answer equals ``PromptBank.predict``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from helpers import TASKS, free_port, wait_for_http
+from helpers import TINY_RUN as TINY
+
+from promptbank.bank import PromptBank
+from promptbank.errors import InvalidDataError
+from promptbank.serving import load_bank_model, log_bank_model
+from streams.cli import main as cli_main
+
+TEXTS = ["what is the capital of peru", "WIN a prize now, reply YES", "who wrote hamlet"]
+
+
+@pytest.fixture(scope="module")
+def logged(tiny_folder, tmp_path_factory):
+    """A tiny two-task run whose final bank the runner logged as a pyfunc model."""
+    out = tmp_path_factory.mktemp("serving") / "run"
+    uri = f"sqlite:///{out.parent / 'mlflow.db'}"
+    argv = ["run", *TINY, "--backbone", tiny_folder, "--tasks", ",".join(TASKS), "--out", str(out)]
+    assert cli_main([*argv, "--tracking-uri", uri]) == 0
+    results = json.loads((out / "results.json").read_text())
+    return uri, results["mlflow"]["model_uri"], PromptBank.load(out / "bank", backbone=tiny_folder)
+
+
+def _none(value):
+    """Unknown inputs come back as None or NaN (pandas' missing value)."""
+    return None if value is None or value != value else value
+
+
+def _expected(bank: PromptBank, tasks: list[str | None]) -> list[tuple]:
+    """Each input answered by its task if given, else routed."""
+    routed = bank.predict(TEXTS)
+    given = [bank.predict([text], task=task)[0] if task else None for text, task in zip(TEXTS, tasks)]
+    chosen = [g or r for g, r in zip(given, routed)]
+    return [(p.task, p.label, p.scores.get(p.label, float("nan"))) for p in chosen]
+
+
+def test_the_logged_bank_loads_with_pyfunc_and_answers_like_the_bank(logged):
+    uri, model_uri, bank = logged
+    mlflow.set_tracking_uri(uri)
+    assert model_uri and model_uri.startswith("models:/")
+    model = load_bank_model(model_uri)
+    tasks = [None, TASKS[1], TASKS[0]]
+    answers = model.predict(pd.DataFrame({"text": TEXTS, "task": tasks}))
+    got = [(_none(t), _none(lab), s) for t, lab, s in zip(answers["task"], answers["label"], answers["score"])]
+    assert [(t, lab) for t, lab, _ in got] == [(t, lab) for t, lab, _ in _expected(bank, tasks)]
+    assert [s for *_, s in got] == pytest.approx([s for *_, s in _expected(bank, tasks)], abs=1e-6, nan_ok=True)
+    routed = model.predict(pd.DataFrame({"text": TEXTS}))
+    assert [_none(t) for t in routed["task"]] == [t for t, *_ in _expected(bank, [None] * 3)]
+    assert model.metadata.get_input_schema().input_names() == ["text", "task"]
+
+
+def test_the_scoring_server_answers_a_mixed_batch_like_the_bank(logged, tmp_path):
+    uri, model_uri, bank = logged
+    port = free_port()
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's uvicorn
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log")
+        tasks = [None, TASKS[1], None]
+        body = {"dataframe_records": [{"text": t, "task": k} for t, k in zip(TEXTS, tasks)]}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            rows = json.loads(answer.read())["predictions"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    expected = _expected(bank, tasks)
+    assert [(_none(r["task"]), _none(r["label"])) for r in rows] == [(t, lab) for t, lab, _ in expected]
+    scores = [float("nan") if r["score"] is None else r["score"] for r in rows]
+    assert scores == pytest.approx([s for *_, s in expected], abs=1e-6, nan_ok=True)
+
+
+def test_logging_a_folder_without_a_bank_names_the_fix(tmp_path: Path):
+    with pytest.raises(InvalidDataError, match="bank.save"):
+        log_bank_model(tmp_path)

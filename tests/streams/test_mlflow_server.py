@@ -1,5 +1,6 @@
-"""The bank as an MLflow model: logged by the runner, loaded with mlflow.pyfunc, served by the real
-scoring server; every answer equals ``PromptBank.predict``."""
+"""MLflow for real: ``mlflow server`` on localhost (sqlite backend, local artifacts) tracks a tiny stream
+run, read back with MlflowClient; the run's final bank, logged as a pyfunc model, loads with
+``mlflow.pyfunc`` and is served by the real scoring server; every answer equals ``PromptBank.predict``."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 from helpers import TASKS, free_port, wait_for_http
 from helpers import TINY_RUN as TINY
+from mlflow.tracking import MlflowClient
 
 from promptbank.bank import PromptBank
 from promptbank.errors import InvalidDataError
@@ -25,14 +26,48 @@ TEXTS = ["what is the capital of peru", "WIN a prize now, reply YES", "who wrote
 
 
 @pytest.fixture(scope="module")
-def logged(tiny_folder, tmp_path_factory):
-    """A tiny two-task run whose final bank the runner logged as a pyfunc model."""
-    out = tmp_path_factory.mktemp("serving") / "run"
-    uri = f"sqlite:///{out.parent / 'mlflow.db'}"
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}", "--artifacts-destination", str(root / "art")]
+    log = open(root / "server.log", "wb")  # noqa: SIM115  (open for the server's whole life)
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{uri}/health", server, root / "server.log")
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def tracked(mlflow_server, tiny_folder, tmp_path_factory):
+    """A tiny two-task run tracked on the server: its output folder and results."""
+    out = tmp_path_factory.mktemp("tracked") / "run"
     argv = ["run", *TINY, "--backbone", tiny_folder, "--tasks", ",".join(TASKS), "--out", str(out)]
-    assert cli_main([*argv, "--tracking-uri", uri]) == 0
-    results = json.loads((out / "results.json").read_text())
-    return uri, results["mlflow"]["model_uri"], PromptBank.load(out / "bank", backbone=tiny_folder)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PROMPTBANK_CACHE", str(out.parent / "cache"))  # no prompt cached by another test
+        assert cli_main([*argv, "--tracking-uri", mlflow_server]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_a_stream_run_is_tracked_on_a_real_server(mlflow_server: str, tracked, tmp_path: Path):
+    out, results = tracked
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(results["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.steps"] == "2" and run.data.params["bank.n_tokens"] == "4"
+    assert run.data.metrics["avg_acc"] == pytest.approx(results["avg_acc"])
+    assert run.data.metrics["routing_acc"] == pytest.approx(results["routing_acc"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"results.json", "acc_matrix.png", "bank"} <= artifacts
+    bank_files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "bank")}
+    assert "manifest.json" in bank_files
+    downloaded = Path(client.download_artifacts(run.info.run_id, "results.json", str(tmp_path)))
+    assert json.loads(downloaded.read_text())["avg_acc"] == results["avg_acc"]
 
 
 def _none(value):
@@ -48,9 +83,16 @@ def _expected(bank: PromptBank, tasks: list[str | None]) -> list[tuple]:
     return [(p.task, p.label, p.scores.get(p.label, float("nan"))) for p in chosen]
 
 
-def test_the_logged_bank_loads_with_pyfunc_and_answers_like_the_bank(logged):
+@pytest.fixture(scope="module")
+def logged(mlflow_server, tracked, tiny_folder):
+    """The tracked run's final bank: its model URI on the server, and the bank itself."""
+    out, results = tracked
+    return mlflow_server, results["mlflow"]["model_uri"], PromptBank.load(out / "bank", backbone=tiny_folder)
+
+
+def test_the_logged_bank_loads_with_pyfunc_and_answers_like_the_bank(logged, monkeypatch):
     uri, model_uri, bank = logged
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert model_uri and model_uri.startswith("models:/")
     model = load_bank_model(model_uri)
     tasks = [None, TASKS[1], TASKS[0]]

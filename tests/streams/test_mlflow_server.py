@@ -138,3 +138,17 @@ def test_the_scoring_server_answers_a_mixed_batch_like_the_bank(logged, tmp_path
 def test_logging_a_folder_without_a_bank_names_the_fix(tmp_path: Path):
     with pytest.raises(InvalidDataError, match="bank.save"):
         log_bank_model(tmp_path)
+
+
+def test_a_bank_registers_in_the_model_registry_and_loads_by_version(mlflow_server, tracked, tiny_folder, monkeypatch):
+    import mlflow
+
+    out, _ = tracked
+    mlflow.set_tracking_uri(mlflow_server)
+    with mlflow.start_run():
+        log_bank_model(out / "bank", backbone=tiny_folder, registered_model_name="tiny-bank")
+    versions = MlflowClient(mlflow_server).search_model_versions("name='tiny-bank'")
+    assert [v.version for v in versions] == ["1"]
+    answers = load_bank_model("models:/tiny-bank/1").predict(pd.DataFrame({"text": TEXTS}))
+    bank = PromptBank.load(out / "bank", backbone=tiny_folder)
+    assert [_none(t) for t in answers["task"]] == [p.task for p in bank.predict(TEXTS)]

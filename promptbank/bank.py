@@ -164,7 +164,7 @@ class PromptBank:
         cfg = train_config or TrainConfig(seed=self.config.seed)
 
         if from_peft is not None:
-            prompt_state = self._state_from_peft(from_peft)
+            prompt_state = peft_export.pt_state(from_peft, self.backbone, self.config)
         prompt = self.new_prompt(seed=cfg.seed)
         if self.config.prompt_init == "labels":
             table = self.backbone.model.get_input_embeddings().weight
@@ -262,23 +262,8 @@ class PromptBank:
             InvalidDataError: the bank places prompts after the input (PEFT prepends them), or ``out`` exists.
         """
         self.task_info(name)
-        if self.config.placement != "prefix":
-            raise InvalidDataError(
-                f"PEFT prompt tuning puts the prompt before the input; this bank's placement is "
-                f"{self.config.placement!r}, so its prompts would answer differently there. Fix: export from a "
-                "bank with placement='prefix'"
-            )
+        peft_export.check_prefix(self.config.placement, "export from a bank with placement='prefix'")
         return peft_export.write_adapter(self.prompt_matrix(name), self.backbone, out)
-
-    def _state_from_peft(self, folder: str | Path) -> dict[str, torch.Tensor]:
-        matrix = peft_export.read_adapter(folder, self.backbone)
-        if self.config.method != "pt" or self.config.placement != "prefix" or matrix.shape[0] != self.config.n_tokens:
-            raise InvalidDataError(
-                f"{folder} holds a {matrix.shape[0]}-token prompt-tuning prompt; this bank holds "
-                f"{self.config.n_tokens}-token {self.config.method!r} prompts placed {self.config.placement!r}. Fix: "
-                f"import into PromptBank(method='pt', n_tokens={matrix.shape[0]}, placement='prefix')"
-            )
-        return {"weight": matrix}
 
     def remove_task(self, name: str) -> None:
         """Forget a task: its prompt is dropped and no input is routed to it any more.

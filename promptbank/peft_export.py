@@ -46,6 +46,32 @@ def adapter_config(backbone: FrozenLM, n_tokens: int) -> dict[str, Any]:
     }
 
 
+def check_prefix(placement: str, fix: str) -> None:
+    """PEFT prompt tuning prepends its prompt: a prompt placed elsewhere would answer differently there."""
+    if placement != "prefix":
+        raise InvalidDataError(
+            f"PEFT prompt tuning puts the prompt before the input; this bank's placement is {placement!r}, so its "
+            f"prompts would answer differently there. Fix: {fix}"
+        )
+
+
+def pt_state(folder: str | Path, backbone: FrozenLM, config: Any) -> dict[str, torch.Tensor]:
+    """An adapter's prompt as the trainable state of a ``pt`` prompt of a bank with ``config``.
+
+    Raises:
+        InvalidDataError: the bank does not hold prefix ``pt`` prompts of the adapter's length.
+        BankFormatError: not a readable prompt-tuning adapter for this backbone.
+    """
+    matrix = read_adapter(folder, backbone)
+    if config.method != "pt" or config.placement != "prefix" or matrix.shape[0] != config.n_tokens:
+        raise InvalidDataError(
+            f"{folder} holds a {matrix.shape[0]}-token prompt-tuning prompt; this bank holds {config.n_tokens}-token "
+            f"{config.method!r} prompts placed {config.placement!r}. Fix: import into "
+            f"PromptBank(method='pt', n_tokens={matrix.shape[0]}, placement='prefix')"
+        )
+    return {"weight": matrix}
+
+
 def write_adapter(matrix: torch.Tensor, backbone: FrozenLM, out: str | Path) -> Path:
     """Write ``matrix`` (n, d) as a PEFT prompt-tuning adapter folder, atomically.
 

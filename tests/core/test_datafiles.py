@@ -64,22 +64,16 @@ def test_bad_files_get_one_clear_error(tmp_path: Path, monkeypatch):
     good = _write(tmp_path / "data.csv", ROWS)
     with pytest.raises(InvalidDataError, match=r"no column 'body'.*--text-column"):
         load_examples(good, text_columns=["body"])
-    empty = tmp_path / "empty.csv"
-    empty.write_text("")
-    with pytest.raises(InvalidDataError, match="an empty file"):
-        load_examples(empty)
-    blank = tmp_path / "blank.csv"
-    blank.write_text("text,label\n,cat\nhello,\n")
-    with pytest.raises(InvalidDataError, match="no row has both a text and a label"):
-        load_examples(blank)
-    latin = tmp_path / "latin.csv"
-    latin.write_bytes("text,label\ncaf\xe9 au lait,drink\n".encode("latin-1"))
-    with pytest.raises(InvalidDataError, match="latin.csv.*UTF-8"):
-        load_examples(latin)
-    text_file = tmp_path / "data.txt"
-    text_file.write_text("x")
-    with pytest.raises(InvalidDataError, match="must all be one of"):
-        load_examples(text_file)
+    bad_files = {  # file name, bytes, what the error says
+        "empty.csv": (b"", "an empty file"),
+        "blank.csv": (b"text,label\n,cat\nhello,\n", "no row has both a text and a label"),
+        "latin.csv": ("text,label\ncaf\xe9 au lait,drink\n".encode("latin-1"), "latin.csv.*UTF-8"),
+        "data.txt": (b"x", "must all be one of"),
+    }
+    for name, (content, message) in bad_files.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(InvalidDataError, match=message):
+            load_examples(tmp_path / name)
     monkeypatch.setattr("promptbank.datafiles.hub_reachable", lambda: False)
     with pytest.raises(HubUnavailableError, match="not a local file"):
         load_examples("someone/some-dataset")

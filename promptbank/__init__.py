@@ -2,6 +2,7 @@
 
 from .backbone import FrozenLM, load_backbone
 from .bank import BankConfig, Prediction, PromptBank, TaskInfo
+from .dept import DePT
 from .errors import (
     AssetMissingError,
     BackboneMismatchError,
@@ -12,7 +13,9 @@ from .errors import (
     TaskExistsError,
     UnknownTaskError,
 )
-from .prompts import ULPT, LoPT1, LoPT2, PromptTuning, build_prompt
+from .lowrank import LoRA, VeRA
+from .prompts import ULPT, LoPT1, LoPT2, PromptTuning, TaskModule, build_prompt
+from .scaling import IA3, SSB, SSL
 from .trainer import TrainConfig
 
 __version__ = "0.1.0"
@@ -22,20 +25,27 @@ __all__ = [
     "BackboneMismatchError",
     "BankConfig",
     "BankFormatError",
+    "DePT",
     "FrozenLM",
     "HubUnavailableError",
+    "IA3",
     "InvalidDataError",
     "LoPT1",
     "LoPT2",
+    "LoRA",
     "Prediction",
     "PromptBank",
     "PromptBankError",
     "PromptTuning",
+    "SSB",
+    "SSL",
+    "TaskModule",
     "TaskExistsError",
     "TaskInfo",
     "TrainConfig",
     "ULPT",
     "UnknownTaskError",
+    "VeRA",
     "build_prompt",
     "load_backbone",
 ]

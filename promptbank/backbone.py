@@ -7,6 +7,7 @@ soft prompt and its own label set, so a batch that mixes tasks is a single forwa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -25,6 +26,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from .assets import asset_path, cache_dir
 from .errors import HubUnavailableError, InvalidDataError, PromptBankError
 from .hub import hub_reachable
+from .label_table import LabelTable
+from .module_batch import ModuleBatch
+from .weight_hooks import find_linears
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +186,8 @@ class FrozenLM:
         self.tokenizer = tokenizer
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         self.hidden_size = int(model.get_input_embeddings().weight.shape[1])
+        self._linears = {} if self.is_encoder_decoder else find_linears(self.model)
+        self._weights = None  # the weight-space changes of the batch being scored, if any
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         specials = tokenizer("", add_special_tokens=True)["input_ids"]
@@ -219,6 +225,11 @@ class FrozenLM:
     def output_weight(self) -> torch.Tensor:
         """The output (unembedding) matrix for label scoring: its bf16 copy when ``self.bf16``."""
         return self._head_bf16 if self._head_bf16 is not None else self.model.get_output_embeddings().weight
+
+    def linear_shapes(self) -> dict[str, list[int]]:
+        """Each Llama-style target Linear (``q_proj`` ... ``down_proj``) as [layers, in, out]:
+        what weight-space modules are built for (empty for other architectures)."""
+        return {t: [len(ls), ls[0].in_features, ls[0].out_features] for t, ls in self._linears.items()}
 
     # ----------------------------------------------------------------- tokenisation
     def encode(
@@ -270,53 +281,77 @@ class FrozenLM:
     # ----------------------------------------------------------------- scoring
     def label_scores(
         self,
-        prompts: torch.Tensor,
+        prompts: torch.Tensor | ModuleBatch,
         input_ids: list[list[int]],
         labels: list[list[list[int]]],
     ) -> torch.Tensor:
         """Mean log-probability of each candidate label, per example.
 
-        prompts: (B, n, d) soft prompt per example; input_ids: B token lists, the prompt goes at
-        each one's ``PROMPT_SLOT`` (first if it has none); labels: per example, its candidate
-        labels as token lists. Returns (B, max labels) with -inf for padding.
+        Args:
+            prompts: (B, n, d) one soft prompt per example, or a :class:`ModuleBatch` giving each
+                example its own task module (prompts of any length, token offsets, weight changes).
+            input_ids: B token lists; the prompt goes at each one's ``PROMPT_SLOT`` (first if none).
+            labels: per example, its candidate labels as token lists.
+
+        Returns:
+            (B, max labels) scores, -inf for padding.
         """
-        if len(input_ids) != prompts.shape[0] or len(labels) != prompts.shape[0]:
+        batch = prompts if isinstance(prompts, ModuleBatch) else ModuleBatch.of_prompts(prompts)
+        if len(input_ids) != len(batch) or len(labels) != len(batch):
             raise InvalidDataError("prompts, input_ids and labels must have the same batch size")
         table = LabelTable.build(labels, self.tokenizer.pad_token_id, self.device)
         with self.autocast():
             if self.is_encoder_decoder:
-                return self._scores_seq2seq(prompts, input_ids, table)
-            return self._scores_causal(prompts, input_ids, table)
+                if batch.weights is not None:
+                    raise InvalidDataError("weight-space modules need a Llama-style causal LM")
+                return self._scores_seq2seq(batch, input_ids, table)
+            if batch.weights is None:
+                return self._scores_causal(batch, input_ids, table)
+            self._weights = batch.weights
+            try:
+                with batch.weights.installed(self._linears):
+                    return self._scores_causal(batch, input_ids, table)
+            finally:
+                self._weights = None
 
     def _embed_with_prompts(
-        self, prompts: torch.Tensor, input_ids: list[list[int]], left_pad: bool
+        self, batch: ModuleBatch, input_ids: list[list[int]], left_pad: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, width, d) embeddings with each prompt at its example's slot, and the attention mask."""
         emb_layer = self.model.get_input_embeddings()
         parts = [split_at_slot(seq) for seq in input_ids]
-        n = prompts.shape[1]
-        lengths = [n + len(before) + len(after) for before, after in parts]
+        sizes = [len(before) + len(after) for before, after in parts]
+        lengths = [p.shape[0] + m for p, m in zip(batch.prompts, sizes)]
         width = max(lengths)
         pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(input_ids), width - n), pad, dtype=torch.long)
+        ids = torch.full((len(input_ids), max(sizes)), pad, dtype=torch.long)
         mask = torch.zeros(len(input_ids), width, dtype=torch.long)
         for b, (before, after) in enumerate(parts):
             start = width - lengths[b] if left_pad else 0
             mask[b, start : start + lengths[b]] = 1
-            ids[b, : len(before) + len(after)] = torch.tensor(before + after, dtype=torch.long)
+            ids[b, : sizes[b]] = torch.tensor(before + after, dtype=torch.long)
         tok_emb = emb_layer(ids.to(self.device))
-        prompts = prompts.to(device=self.device, dtype=tok_emb.dtype)
         filler = tok_emb.new_zeros(width, tok_emb.shape[-1])
         seqs = []
-        for b, (before, after) in enumerate(parts):
+        for b, (before, _) in enumerate(parts):
             start = width - lengths[b] if left_pad else 0
-            k, m = len(before), len(before) + len(after)
-            body = torch.cat([tok_emb[b, :k], prompts[b], tok_emb[b, k:m]], dim=0)
+            k, m = len(before), sizes[b]
+            tokens = tok_emb[b, :m]
+            offsets = batch.offsets[b]
+            if offsets is not None:
+                if m > offsets.shape[0]:
+                    raise InvalidDataError(
+                        f"an input has {m} tokens but its task's DePT offsets cover {offsets.shape[0]} positions. "
+                        "Fix: lower max_input_tokens or build the task with a larger 'positions' option"
+                    )
+                tokens = tokens + offsets[:m].to(tokens.dtype)
+            prompt = batch.prompts[b].to(device=self.device, dtype=tok_emb.dtype)
+            body = torch.cat([tokens[:k], prompt, tokens[k:]], dim=0)
             seqs.append(torch.cat([filler[:start], body, filler[: width - start - body.shape[0]]], dim=0))
         return torch.stack(seqs), mask.to(self.device)
 
-    def _scores_causal(self, prompts: torch.Tensor, input_ids: list[list[int]], table: LabelTable) -> torch.Tensor:
-        embeds, mask = self._embed_with_prompts(prompts, input_ids, left_pad=True)
+    def _scores_causal(self, batch: ModuleBatch, input_ids: list[list[int]], table: LabelTable) -> torch.Tensor:
+        embeds, mask = self._embed_with_prompts(batch, input_ids, left_pad=True)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return self.score_after(embeds, mask, positions, table)
 
@@ -378,13 +413,14 @@ class FrozenLM:
             full_mask = torch.cat([mask.repeat_interleave(c, 0), cont_mask], dim=1)
             start = mask.sum(-1).repeat_interleave(c, 0)[:, None]
             cont_pos = start + torch.arange(T - 1, device=self.device)[None, :]
-            hidden = self.model.base_model(
-                input_ids=cont_in,
-                attention_mask=full_mask,
-                position_ids=cont_pos,
-                use_cache=False,
-                **{self._cache_kwarg: cache},
-            ).last_hidden_state
+            with self._weights.repeated(c) if self._weights is not None else contextlib.nullcontext():
+                hidden = self.model.base_model(
+                    input_ids=cont_in,
+                    attention_mask=full_mask,
+                    position_ids=cont_pos,
+                    use_cache=False,
+                    **{self._cache_kwarg: cache},
+                ).last_hidden_state
             logp = torch.log_softmax((hidden @ weight.T).float(), dim=-1)
             parts.append(logp.gather(2, table.ids[:, labels, 1:].reshape(B * c, T - 1, 1)).reshape(B, c, T - 1))
             if labels.stop < L:  # back to one prefix per input for the next labels
@@ -394,8 +430,8 @@ class FrozenLM:
                 cache.batch_select_indices(torch.arange(0, B * c, c, device=self.device))
         return (torch.cat(parts, dim=1) * table.token_mask[:, :, 1:]).sum(-1)
 
-    def _scores_seq2seq(self, prompts: torch.Tensor, input_ids: list[list[int]], table: LabelTable) -> torch.Tensor:
-        embeds, mask = self._embed_with_prompts(prompts, input_ids, left_pad=False)
+    def _scores_seq2seq(self, batch: ModuleBatch, input_ids: list[list[int]], table: LabelTable) -> torch.Tensor:
+        embeds, mask = self._embed_with_prompts(batch, input_ids, left_pad=False)
         enc = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         B, L, T = table.ids.shape
         start_id = self.model.config.decoder_start_token_id
@@ -409,37 +445,6 @@ class FrozenLM:
         ).logits
         logp = torch.log_softmax(logits.float(), dim=-1).gather(2, table.ids.reshape(B * L, T, 1)).reshape(B, L, T)
         return table.finish((logp * table.token_mask).sum(-1))
-
-
-@dataclass
-class LabelTable:
-    """Candidate labels of a batch padded to (B, L, T) token ids with masks."""
-
-    ids: torch.Tensor
-    token_mask: torch.Tensor
-    label_mask: torch.Tensor
-
-    @property
-    def max_len(self) -> int:
-        return int(self.ids.shape[2])
-
-    @classmethod
-    def build(cls, labels: list[list[list[int]]], pad_id: int, device: torch.device) -> LabelTable:
-        L = max(len(ls) for ls in labels)
-        T = max(len(t) for ls in labels for t in ls)
-        ids = torch.full((len(labels), L, T), pad_id, dtype=torch.long)
-        token_mask = torch.zeros(len(labels), L, T)
-        label_mask = torch.zeros(len(labels), L, dtype=torch.bool)
-        for b, ls in enumerate(labels):
-            for j, toks in enumerate(ls):
-                ids[b, j, : len(toks)] = torch.tensor(toks)
-                token_mask[b, j, : len(toks)] = 1.0
-                label_mask[b, j] = True
-        return cls(ids.to(device), token_mask.to(device), label_mask.to(device))
-
-    def finish(self, summed_logp: torch.Tensor) -> torch.Tensor:
-        mean = summed_logp / self.token_mask.sum(-1).clamp(min=1.0)
-        return mean.masked_fill(~self.label_mask, float("-inf"))
 
 
 def load_backbone(

@@ -6,6 +6,7 @@ Old prompts are never touched again, so the only way to forget is a routing mist
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,8 @@ from .errors import InvalidDataError, TaskExistsError, UnknownTaskError
 from .inputs import check_task_data, check_texts, label_indices, labelled_blocks
 from .keys import KeyEncoder, make_key_encoder
 from .matrix_cache import MatrixCache
-from .prompts import SoftPrompt, build_prompt
+from .module_batch import Applied
+from .prompts import TaskModule, build_prompt, prompt_from_config
 from .records import DEFAULT_TEMPLATE, STORAGE_DTYPES, BankConfig, Prediction, TaskInfo
 from .routing import Router, Routing, make_router
 from .trainer import TrainConfig, TrainResult, predict_scores, train_prompt
@@ -60,10 +62,8 @@ class PromptBank:
         self.config = dataclasses.replace(config or BankConfig(), **overrides)
         if key_encoder is not None:  # the manifest must name the encoder actually used, so load() rebuilds it
             self.config = dataclasses.replace(self.config, key_encoder=key_encoder.name)
-        probe = build_prompt(
-            self.config.method, self.config.n_tokens, self.backbone.hidden_size, **self.config.prompt_options
-        )
-        if self.config.prompt_init == "labels":  # refuse a method without it now, not at the first task
+        probe = self.new_prompt()  # refuse a bad method or option now, not at the first task
+        if self.config.prompt_init == "labels":
             probe.start_near(torch.zeros(self.backbone.hidden_size))
         self.key_encoder = key_encoder or make_key_encoder(self.config.key_encoder, backbone=self.backbone)
         self.router: Router = make_router(dim=self.key_encoder.dim, **self.config.router)
@@ -75,7 +75,7 @@ class PromptBank:
         self._tasks: dict[str, TaskInfo] = {}
         self._states: dict[str, dict[str, torch.Tensor]] = {}
         self.matrix_cache = MatrixCache()
-        self._matrix_builder: SoftPrompt | None = None
+        self._builders: dict[str, TaskModule] = {}
 
     # ------------------------------------------------------------------ registry
     @property
@@ -87,11 +87,29 @@ class PromptBank:
             raise UnknownTaskError(f"no task named {name!r} in the bank; known tasks: {self.tasks}")
         return self._tasks[name]
 
-    def new_prompt(self, seed: int | None = None) -> SoftPrompt:
-        """An untrained prompt with this bank's method and shape."""
-        opts = dict(self.config.prompt_options)
+    def new_prompt(
+        self, seed: int | None = None, method: str | None = None, options: dict[str, Any] | None = None
+    ) -> TaskModule:
+        """An untrained module: the bank's kind and options, or ``method`` with ``options``.
+
+        Args:
+            seed: seed of its initialisation (default: the bank's).
+            method: a kind in ``promptbank.prompts.PROMPTS``; default ``config.method``.
+            options: the kind's options (with ``method``; default ``config.prompt_options`` without).
+
+        Returns:
+            The module, built for this bank's LLM (prompt length ``config.n_tokens``).
+
+        Raises:
+            InvalidDataError: an unknown kind or a bad option.
+        """
+        if method is None:
+            method, options = self.config.method, self.config.prompt_options
+        opts = dict(options or {})
         opts.setdefault("seed", self.config.seed if seed is None else seed)
-        return build_prompt(self.config.method, self.config.n_tokens, self.backbone.hidden_size, **opts)
+        return build_prompt(
+            method, self.config.n_tokens, self.backbone.hidden_size, shapes=self.backbone.linear_shapes(), **opts
+        )
 
     # ------------------------------------------------------------------ add / remove
     def add_task(
@@ -109,6 +127,8 @@ class PromptBank:
         key_texts: Sequence[str] | None = None,
         key_labels: Sequence[Any] | None = None,
         from_peft: str | Path | None = None,
+        method: str | None = None,
+        module_options: dict[str, Any] | None = None,
     ) -> TaskInfo:
         """Train a prompt for a new task and index its keys.
 
@@ -134,6 +154,9 @@ class PromptBank:
             key_labels: their labels.
             from_peft: a PEFT prompt-tuning adapter folder whose prompt the task uses instead of
                 training one (a ``pt`` bank with ``prefix`` placement and the adapter's length).
+            method: this task's module kind (``"dept"``, ``"ssb"``, ``"lora"``, ...); default the
+                bank's ``config.method``. Tasks of different kinds share one forward pass.
+            module_options: the kind's options, e.g. ``{"rank": 2, "targets": "all"}`` (with ``method``).
 
         Returns:
             The task's :class:`TaskInfo` (its id, labels, template and training summary).
@@ -163,9 +186,11 @@ class PromptBank:
         encoded = self.backbone.encode(texts, template, self.config.max_input_tokens, placement).input_ids
         cfg = train_config or TrainConfig(seed=self.config.seed)
 
+        if module_options is not None and method is None:
+            raise InvalidDataError("module_options need method=...; the bank's own options are config.prompt_options")
         if from_peft is not None:
             prompt_state = peft_export.pt_state(from_peft, self.backbone, self.config)
-        prompt = self.new_prompt(seed=cfg.seed)
+        prompt = self.new_prompt(seed=cfg.seed, method=method, options=module_options)
         if self.config.prompt_init == "labels":
             table = self.backbone.model.get_input_embeddings().weight
             words = torch.tensor([t for ids in label_ids for t in ids], device=table.device)
@@ -212,7 +237,7 @@ class PromptBank:
                     "llm_bf16": self.backbone.bf16,
                 }
             )
-        info = TaskInfo(name, task_id, names, template, meta)
+        info = TaskInfo(name, task_id, names, template, meta, prompt.config_state())
         self._tasks[name] = info
         self._set_state(name, prompt_state)
         return info
@@ -224,27 +249,33 @@ class PromptBank:
         self.matrix_cache.drop(name)  # rebuilt from the stored state at first use
 
     def prompt_state(self, name: str) -> dict[str, torch.Tensor]:
-        """The stored (trainable) tensors of a task's prompt."""
+        """The stored (trainable) tensors of a task's module."""
         self.task_info(name)
         return dict(self._states[name])
 
-    def prompt_matrix(self, name: str) -> torch.Tensor:
-        """The (n, d) prompt a task's inputs receive, built from its stored tensors.
+    def applied(self, name: str) -> Applied:
+        """What a task's module does to its inputs, built from its stored tensors, on the LLM's device.
 
-        The same tensors through the same module give the same matrix bit for bit, so a
-        matrix evicted from ``matrix_cache`` (the most recently used are kept) is rebuilt
-        exactly.
+        The same tensors through the same module give the same result bit for bit, so one
+        evicted from ``matrix_cache`` (the most recently used are kept) is rebuilt exactly.
         """
-        self.task_info(name)
-        matrix = self.matrix_cache.get(name)
-        if matrix is None:
-            if self._matrix_builder is None:  # one module reused: its buffers depend only on the bank's config
-                self._matrix_builder = self.new_prompt()
-            self._matrix_builder.load_trainable_state({k: v.float() for k, v in self._states[name].items()})
+        info = self.task_info(name)
+        applied = self.matrix_cache.get(name)
+        if applied is None:
+            config = {k: v for k, v in info.module.items() if k != "seed"}
+            key = json.dumps(config, sort_keys=True)
+            if key not in self._builders:  # buffers (frozen projections) depend on the config only
+                self._builders[key] = prompt_from_config(info.module).to(self.backbone.device)
+            builder = self._builders[key]
+            builder.load_trainable_state({k: v.float() for k, v in self._states[name].items()})
             with torch.no_grad():
-                matrix = self._matrix_builder().detach().float().clone()  # clone: PT returns its parameter
-            self.matrix_cache.put(name, matrix)
-        return matrix
+                applied = builder.applied().frozen(self.backbone.device)
+            self.matrix_cache.put(name, applied)
+        return applied
+
+    def prompt_matrix(self, name: str) -> torch.Tensor:
+        """The (n, d) soft prompt a task's inputs receive (n = 0 for kinds without one), on the CPU."""
+        return self.applied(name).prompt.cpu()
 
     def export_peft(self, name: str, out: str | Path) -> Path:
         """Write a task's prompt as a PEFT prompt-tuning adapter that ``PeftModel.from_pretrained``
@@ -261,7 +292,7 @@ class PromptBank:
             UnknownTaskError: no task of that name.
             InvalidDataError: the bank places prompts after the input (PEFT prepends them), or ``out`` exists.
         """
-        self.task_info(name)
+        peft_export.check_exportable(self.task_info(name).module)
         peft_export.check_prefix(self.config.placement, "export from a bank with placement='prefix'")
         return peft_export.write_adapter(self.prompt_matrix(name), self.backbone, out)
 
@@ -390,10 +421,9 @@ class PromptBank:
         label_ids = {n: self.backbone.label_token_ids(self._tasks[n].label_names) for n in names}
         scores: list[np.ndarray] = []
         if known:
-            matrices = torch.stack([self.prompt_matrix(n) for n in names]).to(self.backbone.device)
             scores = predict_scores(
                 self.backbone,
-                matrices,
+                [self.applied(n) for n in names],
                 [slot[assigned[i]] for i in known],
                 [ids[i] for i in known],
                 [label_ids[assigned[i]] for i in known],

@@ -21,6 +21,7 @@ import numpy as np
 
 from .backbone import PLACEMENTS
 from .errors import InvalidDataError, PromptBankError
+from .prompts import PROMPTS
 from .records import DEFAULT_TEMPLATE, BankConfig
 from .storage import atomic_write
 from .trainer import TrainConfig
@@ -84,11 +85,36 @@ def _info(args: argparse.Namespace) -> int:
         f"method: {cfg['method']} n={cfg['n_tokens']} {cfg['prompt_options']} · keys: {cfg['key_encoder']} · "
         f"router: {manifest['router'].get('strategy')}"
     )
+    stored = _stored_bytes(Path(args.bank) / files["prompts"]["file"])
+    by_kind: dict[str, list[int]] = {}
     print(f"tasks ({len(manifest['tasks'])}):")
     for t in manifest["tasks"]:
-        print(f"  {t['name']:<20} labels={t['label_names']}  best_val_acc={t['metadata'].get('best_val_acc')}")
+        kind = t.get("module", manifest["prompt_config"]).get("method")
+        size = stored.get(t["task_id"], 0)
+        by_kind.setdefault(kind, []).append(size)
+        print(
+            f"  {t['name']:<20} {kind:<6} {size:>9} B  labels={t['label_names']}  "
+            f"best_val_acc={t['metadata'].get('best_val_acc')}"
+        )
     print(f"size: {total} bytes on disk, {total / n:.0f} bytes per task")
+    if by_kind:
+        print("module bytes per task: " + ", ".join(f"{k} {sum(v) / len(v):.0f}" for k, v in sorted(by_kind.items())))
     return 0
+
+
+def _stored_bytes(prompts_file: Path) -> dict[int, int]:
+    """Bytes of each task's module tensors, read from the safetensors header alone."""
+    from safetensors import safe_open
+
+    sizes: dict[int, int] = {}
+    with safe_open(prompts_file, framework="pt") as f:
+        for key in f.keys():
+            part = f.get_slice(key)
+            numel = int(np.prod(part.get_shape())) if part.get_shape() else 1
+            width = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}.get(part.get_dtype(), 4)
+            task = int(key.split(".", 1)[0][4:])
+            sizes[task] = sizes.get(task, 0) + numel * width
+    return sizes
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -102,6 +128,19 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def json_options(text: str | None) -> dict | None:
+    """A module kind's options from a JSON object on the command line (None when not given)."""
+    if text is None:
+        return None
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        raise InvalidDataError(f"--options must be a JSON object, e.g. '{{\"rank\": 2}}' ({exc})") from None
+    if not isinstance(options, dict):
+        raise InvalidDataError(f"--options must be a JSON object, e.g. '{{\"rank\": 2}}', got {text!r}")
+    return options
+
+
 def _add(args: argparse.Namespace) -> int:
     from .bank import PromptBank
     from .datafiles import load_examples
@@ -109,12 +148,14 @@ def _add(args: argparse.Namespace) -> int:
 
     examples = load_examples(args.data, args.text_column or ["text"], args.label_column, args.split)
     folder = Path(args.bank)
+    options = json_options(args.options)
+    kind = {"method": args.method, "module_options": options} if args.method or options else {}
     if (folder / "manifest.json").exists():
         bank = PromptBank.load(folder, backbone=args.backbone)
     else:
         bank = PromptBank(
             args.backbone,
-            method=args.method,
+            method=args.method or BankConfig.method,
             n_tokens=args.n_tokens,
             placement=args.placement,
             key_encoder=args.key_encoder,
@@ -130,6 +171,7 @@ def _add(args: argparse.Namespace) -> int:
         val_texts=[examples.texts[i] for i in val] or None,
         val_labels=[examples.labels[i] for i in val] or None,
         train_config=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+        **kind,
     )
     bank.save(folder)
     print(
@@ -190,7 +232,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     add.add_argument("--lr", type=float, default=None)
     add.add_argument("--seed", type=int, default=0)
     add.add_argument("--backbone", default=None, help="a new bank's LLM (default: SmolLM2-135M, offline)")
-    add.add_argument("--method", default=BankConfig.method, help="a new bank's prompt method")
+    add.add_argument(
+        "--method",
+        default=None,
+        help=f"this task's module kind ({', '.join(PROMPTS.names())}); default: the bank's "
+        f"(a new bank's: {BankConfig.method})",
+    )
+    add.add_argument(
+        "--options", default=None, help='the kind\'s options as JSON, e.g. \'{"rank": 2, "targets": "all"}\''
+    )
     add.add_argument("--n-tokens", type=int, default=BankConfig.n_tokens, help="a new bank's prompt length")
     add.add_argument("--key-encoder", default=BankConfig.key_encoder, help="a new bank's key encoder")
     add.add_argument("--placement", default=BankConfig.placement, choices=PLACEMENTS, help="a new bank's placement")

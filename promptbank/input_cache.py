@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .backbone import FrozenLM, LabelTable, split_at_slot
+from .backbone import FrozenLM, split_at_slot
 from .errors import InvalidDataError
+from .label_table import LabelTable
 
 #: Bytes of keys and values one cache keeps: 320 bbc inputs of 64 tokens in bf16 take ~0.5 GB.
 DEFAULT_BUDGET_BYTES = 1 << 30

@@ -16,11 +16,13 @@ from typing import Any
 from .errors import BankFormatError
 
 FORMAT = "promptbank"
-SCHEMA_VERSION = 1
+#: 2: each task records its own module (``module``: kind and options); 1: every task had ``prompt_config``.
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 TOP_KEYS = {"format", "schema_version", "backbone", "key_encoder", "config", "prompt_config", "router",
             "next_task_id", "tasks", "files"}  # fmt: skip
 TASK_KEYS = {"name", "task_id", "label_names", "template", "metadata"}
+OPTIONAL_TASK_KEYS = {"module"}  # schema 2
 FILE_ROLES = {"prompts": ".safetensors", "router": ".safetensors", "index": ".faiss"}
 FILE_KEYS = {"file", "sha256", "bytes"}
 #: a data file's name: its role, a hex digest, its suffix (what ``write_bank`` writes)
@@ -137,7 +139,7 @@ def _check_tasks(manifest: dict[str, Any], where: Path) -> None:
     names, ids = set(), set()
     for i, task in enumerate(tasks):
         _check_type(where, task, lambda v: isinstance(v, dict), f"tasks[{i}] must be an object")
-        unknown = set(task) - TASK_KEYS
+        unknown = set(task) - TASK_KEYS - (OPTIONAL_TASK_KEYS if manifest["schema_version"] >= 2 else set())
         if unknown:
             raise _newer(where, f"task fields {sorted(unknown)} this version does not know")
         if TASK_KEYS - set(task):
@@ -154,6 +156,8 @@ def _check_tasks(manifest: dict[str, Any], where: Path) -> None:
                     f"tasks[{i}].label_names must be a list of at least 2 strings")  # fmt: skip
         _check_type(where, task["template"], lambda v: isinstance(v, str), f"tasks[{i}].template must be a string")
         _check_type(where, task["metadata"], lambda v: isinstance(v, dict), f"tasks[{i}].metadata must be an object")
+        _check_type(where, task.get("module", {}), lambda v: isinstance(v, dict) and isinstance(v.get("method", ""), str),
+                    f"tasks[{i}].module must be an object with a method name")  # fmt: skip
         if task["name"] in names or task["task_id"] in ids:
             raise _fail(where, f"task {task['name']!r} (id {task['task_id']}) appears twice")
         names.add(task["name"])

@@ -55,6 +55,19 @@ def check_prefix(placement: str, fix: str) -> None:
         )
 
 
+#: Kinds whose whole effect is a soft prompt: the ones a PEFT prompt-tuning adapter holds.
+PROMPT_ONLY_KINDS = ("pt", "ulpt", "lopt1", "lopt2")
+
+
+def check_exportable(module: dict[str, Any]) -> None:
+    """Refuse a task whose module is more than a soft prompt (DePT offsets, weight-space kinds)."""
+    if module.get("method") not in PROMPT_ONLY_KINDS:
+        raise InvalidDataError(
+            f"a {module.get('method')!r} task cannot be written as a PEFT prompt-tuning adapter; "
+            f"export tasks of the prompt-only kinds {', '.join(PROMPT_ONLY_KINDS)}"
+        )
+
+
 def pt_state(folder: str | Path, backbone: FrozenLM, config: Any) -> dict[str, torch.Tensor]:
     """An adapter's prompt as the trainable state of a ``pt`` prompt of a bank with ``config``.
 

@@ -8,6 +8,7 @@ onto them. It is the bank's own persistence, so it reads the bank's private fiel
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from . import storage
 from .backbone import FrozenLM, load_backbone
 from .errors import BackboneMismatchError, BankFormatError, InvalidDataError
 from .keys import KeyEncoder, make_key_encoder
+from .prompts import prompt_from_config
 from .records import BankConfig, TaskInfo
 from .routing import router_from_state
 
@@ -85,11 +87,22 @@ def load_bank(
     bank.router = router_from_state(manifest["router"], router_arrays)
     bank._next_id = int(manifest["next_task_id"])
     bank._init_storage()
-    try:
-        expected = {k: tuple(v.shape) for k, v in bank.new_prompt().trainable_state().items()}
-    except InvalidDataError as exc:
-        raise BankFormatError(f"{path}: the saved prompt config is not valid ({exc})") from None
     infos = [TaskInfo(**t) for t in manifest["tasks"]]
+    expected = {}
+    shapes_by_config: dict[str, dict[str, tuple[int, ...]]] = {}
+    for info in infos:
+        if not info.module:  # schema 1: every task has the bank's kind
+            info.module = dict(manifest["prompt_config"])
+        key = json.dumps({k: v for k, v in info.module.items() if k != "seed"}, sort_keys=True)
+        if key not in shapes_by_config:
+            try:
+                module = prompt_from_config(info.module)
+            except (BankFormatError, InvalidDataError) as exc:
+                raise BankFormatError(
+                    f"{path}: task {info.name!r} has a module config that is not valid ({exc})"
+                ) from None
+            shapes_by_config[key] = {k: tuple(v.shape) for k, v in module.trainable_state().items()}
+        expected[info.task_id] = shapes_by_config[key]
     states = storage.task_states(tensors, {i.task_id: i.name for i in infos}, expected, path)
     for info in infos:
         bank._tasks[info.name] = info

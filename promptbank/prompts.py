@@ -1,4 +1,8 @@
-"""Soft-prompt parameterisations: each is an ``nn.Module`` whose ``forward()`` is an (n, d) prompt.
+"""Per-task modules: the base class every kind shares, and the soft-prompt kinds (PT, ULPT, LoPT).
+
+A module's ``forward()`` is its (n, d) soft prompt (n = 0 for a kind without one) and
+``applied()`` is everything it does to an input (``promptbank.module_batch.Applied``). The other
+kinds live in ``dept``, ``scaling`` and ``lowrank``; all register in :data:`PROMPTS`.
 
 Only trainable tensors are ever stored; frozen random matrices are regenerated from their seed
 on the CPU with a fixed generator, so the same seed yields the same bits on every machine.
@@ -7,6 +11,7 @@ on the CPU with a fixed generator, so the same seed yields the same bits on ever
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -14,10 +19,11 @@ import torch
 from torch import nn
 
 from .errors import BankFormatError, InvalidDataError
+from .module_batch import Applied
 from .registry import Registry
 
-#: Every prompt method, by the name banks and configs use for it.
-PROMPTS: Registry[type[SoftPrompt]] = Registry("prompt method")
+#: Every module kind (prompt method), by the name banks and configs use for it.
+PROMPTS: Registry[type[TaskModule]] = Registry("module kind")
 
 
 def frozen_xavier(rows: int, cols: int, seed: int) -> torch.Tensor:
@@ -30,6 +36,12 @@ def frozen_xavier(rows: int, cols: int, seed: int) -> torch.Tensor:
 def seeded_normal(shape: tuple[int, ...], std: float, seed: int) -> torch.Tensor:
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     return torch.randn(*shape, generator=gen, dtype=torch.float32) * std
+
+
+def seeded_uniform(shape: tuple[int, ...], bound: float, seed: int) -> torch.Tensor:
+    """U(-bound, bound) from a CPU generator (Kaiming-uniform with bound 1 / sqrt(fan_in))."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    return (torch.rand(*shape, generator=gen, dtype=torch.float32) * 2.0 - 1.0) * bound
 
 
 @dataclass
@@ -65,15 +77,22 @@ class LowRankConfig(PromptConfig):
         self.rank = int(self.rank)
 
 
-class SoftPrompt(nn.Module):
-    """Base class: a prompt of ``n_tokens`` vectors of size ``dim``.
+class TaskModule(nn.Module):
+    """Base class of every per-task module: a prompt of ``n_tokens`` vectors of size ``dim``
+    and, for some kinds, offsets on the input's embeddings or changes to the LLM's Linears.
 
-    A method subclasses this, sets ``config_class`` to its :class:`PromptConfig` subclass and
+    A kind subclasses this, sets ``config_class`` to its :class:`PromptConfig` subclass and
     registers itself with ``@PROMPTS.register("name")`` (docs/architecture.md).
     """
 
     method: ClassVar[str]
     config_class: ClassVar[type[PromptConfig]] = PromptConfig
+    #: False for kinds without a soft prompt (their n_tokens is 0).
+    has_prompt: ClassVar[bool] = True
+    #: True for kinds that need the LLM's Linear shapes (``shapes=FrozenLM.linear_shapes()``).
+    needs_shapes: ClassVar[bool] = False
+    #: True for kinds with low-rank factors (the ones an ``mpc`` regulariser applies to).
+    low_rank: ClassVar[bool] = False
 
     def __init__(self, config: PromptConfig) -> None:
         super().__init__()
@@ -83,6 +102,14 @@ class SoftPrompt(nn.Module):
     def config_state(self) -> dict[str, Any]:
         """Everything (besides trainable tensors) needed to rebuild this prompt, JSON-able."""
         return {"method": self.method, **asdict(self.config)}
+
+    def applied(self) -> Applied:
+        """What the module does to an input; its tensors are live (gradients flow into them)."""
+        return Applied(self())
+
+    def regularization(self) -> torch.Tensor | None:
+        """A penalty the trainer adds to the loss (e.g. LoRA's MPC), or None."""
+        return None
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -122,7 +149,7 @@ class SoftPrompt(nn.Module):
 
 
 @PROMPTS.register("pt")
-class PromptTuning(SoftPrompt):
+class PromptTuning(TaskModule):
     """Vanilla prompt tuning (Lester et al.): P in R^{n x d} trainable."""
 
     method = "pt"
@@ -161,7 +188,7 @@ class ULPTConfig(LowRankConfig):
 
 
 @PROMPTS.register("ulpt")
-class ULPT(SoftPrompt):
+class ULPT(TaskModule):
     """Ultra-low-dimensional prompt: P = (Z A) * s + b.
 
     Z (n x r) and the per-dimension scale s and shift b (d each) are trained; A (r x d) is a
@@ -215,7 +242,7 @@ class ULPT(SoftPrompt):
 
 
 @PROMPTS.register("lopt1")
-class LoPT1(SoftPrompt):
+class LoPT1(TaskModule):
     """LoPT-1: P = U V with U (n x r) and V (r x d) both trainable."""
 
     method = "lopt1"
@@ -231,6 +258,10 @@ class LoPT1(SoftPrompt):
         return self.u @ self.v
 
 
+#: DPT (a low-dimensional prompt times a trainable up-projection) is LoPT-1 under another name.
+PROMPTS.alias("dpt", "lopt1")
+
+
 @dataclass
 class LoPT2Config(LowRankConfig):
     """LoPT-2's options: ``rank`` and the seed of the frozen random input X0."""
@@ -239,7 +270,7 @@ class LoPT2Config(LowRankConfig):
 
 
 @PROMPTS.register("lopt2")
-class LoPT2(SoftPrompt):
+class LoPT2(TaskModule):
     """LoPT-2: P = ELU(X0 U) V, X0 (n x d) frozen random, U (d x r) and V (r x d) trainable."""
 
     method = "lopt2"
@@ -258,34 +289,48 @@ class LoPT2(SoftPrompt):
         return nn.functional.elu(self.x0 @ self.u) @ self.v
 
 
-def build_prompt(method: str, n_tokens: int, dim: int, **options: Any) -> SoftPrompt:
-    """A new prompt of a registered method.
+def build_prompt(
+    method: str, n_tokens: int, dim: int, shapes: dict[str, Sequence[int]] | None = None, **options: Any
+) -> TaskModule:
+    """A new module of a registered kind.
 
     Args:
-        method: a name in :data:`PROMPTS` ("ulpt", "pt", "lopt1", "lopt2").
-        n_tokens: prompt length.
+        method: a name in :data:`PROMPTS` ("ulpt", "pt", "lopt1", "lopt2", "dept", "ssb", "lora", ...).
+        n_tokens: prompt length (ignored by kinds without a prompt).
         dim: embedding size of the frozen LLM.
-        **options: the method's config fields (e.g. ``rank=2``) or init-only arguments.
+        shapes: the LLM's Linear shapes, ``FrozenLM.linear_shapes()``; needed by kinds that change
+            Linear layers (``needs_shapes``), ignored by the others.
+        **options: the kind's config fields (e.g. ``rank=2``) or init-only arguments.
 
     Returns:
-        The prompt module (trainable tensors initialised from ``seed``).
+        The module (trainable tensors initialised from ``seed``).
 
     Raises:
-        InvalidDataError: unknown method, or an option the method does not take.
+        InvalidDataError: unknown kind, an option the kind does not take, missing ``shapes``.
 
     Example:
         >>> prompt = build_prompt("ulpt", n_tokens=20, dim=576, rank=2)
         >>> prompt().shape
         torch.Size([20, 576])
+        >>> build_prompt("ssb", 0, 576, shapes=backbone.linear_shapes()).num_trainable()
+        109440
     """
     cls = PROMPTS.get(method)
+    if "mpc" in options and not cls.low_rank:
+        raise InvalidDataError(f"mpc regularises low-rank factors; the '{method}' module has none (use method='lora')")
+    if cls.needs_shapes:
+        if shapes is None:
+            raise InvalidDataError(
+                f"the '{method}' module changes the LLM's Linear layers: pass shapes=backbone.linear_shapes()"
+            )
+        options["shapes"] = shapes
     try:
-        return cls(n_tokens, dim, **options)
+        return cls(n_tokens if cls.has_prompt else 0, dim, **options)
     except TypeError as exc:
-        raise InvalidDataError(f"bad option for the '{method}' prompt: {exc}") from None
+        raise InvalidDataError(f"bad option for the '{method}' module: {exc}") from None
 
 
-def prompt_from_config(config: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> SoftPrompt:
+def prompt_from_config(config: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> TaskModule:
     """Rebuild a prompt from ``config_state()`` output and (optionally) its trainable tensors.
 
     Raises:

@@ -20,10 +20,11 @@ STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32
 
 @dataclass
 class BankConfig:
-    """Bank-wide choices, fixed at creation (every task's prompt has the same shape).
+    """Bank-wide choices, fixed at creation.
 
     Args:
-        method: prompt method, a name in ``promptbank.prompts.PROMPTS``.
+        method: the default module kind, a name in ``promptbank.prompts.PROMPTS`` (a task may
+            pick another: ``add_task(..., method=...)``).
         n_tokens: soft tokens per prompt.
         prompt_options: the method's config fields, e.g. ``{"rank": 2}`` (its defaults otherwise).
         key_encoder: what turns a text into a routing key (``promptbank.keys.KEY_ENCODERS``,
@@ -75,13 +76,14 @@ class BankConfig:
 
 @dataclass
 class TaskInfo:
-    """What the bank knows about one task."""
+    """What the bank knows about one task; ``module`` is its module's ``config_state()`` (kind and options)."""
 
     name: str
     task_id: int
     label_names: list[str]
     template: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    module: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

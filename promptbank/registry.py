@@ -33,6 +33,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator that adds ``obj`` under ``name``.
@@ -48,21 +49,36 @@ class Registry(Generic[T]):
         """
 
         def add(obj: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice ({self._entries[name]!r} and {obj!r})")
+            if name in self._entries or name in self._aliases:
+                first = self._entries.get(name, f"an alias of {self._aliases.get(name)!r}")
+                raise ValueError(f"{self.kind} {name!r} is registered twice ({first!r} and {obj!r})")
             self._entries[name] = obj
             return obj
 
         return add
 
+    def alias(self, name: str, of: str) -> None:
+        """Let ``name`` stand for the entry ``of`` (the same object, not a copy; ``names()`` lists ``of`` only).
+
+        Raises:
+            ValueError: ``name`` is taken or ``of`` is not registered.
+        """
+        if name in self._entries or name in self._aliases or of not in self._entries:
+            raise ValueError(f"{self.kind} alias {name!r} -> {of!r}: the name is taken or the target unknown")
+        self._aliases[name] = of
+
+    def aliases(self) -> dict[str, str]:
+        """Alias -> registered name."""
+        return dict(self._aliases)
+
     def get(self, name: str) -> T:
-        """The entry called ``name``.
+        """The entry called ``name`` (or that an alias ``name`` stands for).
 
         Raises:
             InvalidDataError: no entry has that name; the message lists the valid names.
         """
         try:
-            return self._entries[name]
+            return self._entries[self._aliases.get(name, name)]
         except (KeyError, TypeError):
             raise InvalidDataError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
 
@@ -82,7 +98,7 @@ class Registry(Generic[T]):
         return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)

@@ -238,9 +238,12 @@ def _read_files(path: Path, manifest: dict[str, Any]) -> tuple[dict[str, bytes],
 
 
 def task_states(
-    tensors: dict[str, torch.Tensor], names: dict[int, str], expected: dict[str, tuple[int, ...]], path: Path
+    tensors: dict[str, torch.Tensor],
+    names: dict[int, str],
+    expected: dict[int, dict[str, tuple[int, ...]]],
+    path: Path,
 ) -> dict[int, dict[str, torch.Tensor]]:
-    """The prompt tensors of each listed task (``task<id>.<name>``), checked against ``expected`` shapes.
+    """The module tensors of each listed task (``task<id>.<name>``), checked against its ``expected`` shapes.
 
     Raises:
         BankFormatError: a tensor of no listed task, or a task whose tensors have other shapes.
@@ -256,9 +259,9 @@ def task_states(
         raise BankFormatError(f"{path}: prompt tensors of task ids {unknown} belong to no listed task")
     for task_id, task in names.items():
         shapes = {k: tuple(v.shape) for k, v in by_id.get(task_id, {}).items()}
-        if shapes != expected:
+        if shapes != expected[task_id]:
             raise BankFormatError(
-                f"{path}: task {task!r} has prompt tensors {shapes}, but its prompt config needs {expected}. "
+                f"{path}: task {task!r} has tensors {shapes}, but its module config needs {expected[task_id]}. "
                 "Fix: restore the bank from a copy"
             )
     return {task_id: by_id[task_id] for task_id in names}

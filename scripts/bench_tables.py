@@ -18,6 +18,7 @@ def footprint(r: dict[str, Any]) -> str:
     for row in r["rows"]:
         marginal = row["disk_marginal_per_task"]
         at = row["disk_per_task_at"]
+        same = row.get("peft", r["peft"] if row["method"] in ("ulpt", "pt", "lopt1", "lopt2") else None)
         rows.append(
             [
                 row["variant"],
@@ -26,7 +27,8 @@ def footprint(r: dict[str, Any]) -> str:
                 f"{marginal['routing']:,.0f}",
                 f"{marginal['total']:,.0f}",
                 f"{at.get('1000', float('nan')):,.0f}",
-                f"{peft / marginal['total']:.1f}×",
+                "-" if same is None else f"{same['total']:,}",
+                "-" if same is None else f"{same['total'] / marginal['total']:.1f}×",
             ]
         )
     return (
@@ -38,11 +40,12 @@ def footprint(r: dict[str, Any]) -> str:
                 "routing B/task",
                 "marginal B/task",
                 "B/task at 1,000 tasks",
+                "PEFT file B",
                 "vs PEFT file",
             ],
             rows,
         )
-        + f"\n\nPEFT's prompt-tuning checkpoint of the same prompt (n × d expanded): {peft:,} B. *Marginal*: what one more "
+        + f"\n\n*PEFT file*: PEFT's checkpoint of the same module (prompt kinds: prompt tuning, n × d expanded, {peft:,} B; LoRA, (IA)3, VeRA with the same targets and rank). *Marginal*: what one more "
         "task adds on disk (prompt tensors + routing state + its manifest entry); *at 1,000 tasks*: everything, shared "
         "matrices included, divided by the tasks."
     )

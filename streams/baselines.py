@@ -50,7 +50,8 @@ from tqdm.auto import tqdm
 
 from promptbank.backbone import FrozenLM
 from promptbank.errors import InvalidDataError
-from promptbank.prompts import SoftPrompt, build_prompt
+from promptbank.module_batch import Applied, ModuleBatch
+from promptbank.prompts import TaskModule, build_prompt
 from promptbank.registry import Registry
 from promptbank.trainer import DEFAULT_LR, TrainConfig, predict_scores
 
@@ -73,18 +74,18 @@ _RECIPE = TrainConfig()  # warmup ratio, grad clip and eval batch size shared wi
 
 def predict_labels(
     backbone: FrozenLM,
-    prompt: torch.Tensor,
+    module: Applied | torch.Tensor,
     task: TaskData,
     max_input_tokens: int,
     batch_size: int = _RECIPE.eval_batch_size,
     progress: bool = False,
 ) -> list[str]:
-    """Label names predicted for ``task``'s test inputs behind one (n, d) prompt (n may be 0)."""
+    """Label names predicted for ``task``'s test inputs with one module (or one (n, d) prompt; n may be 0)."""
     ids = backbone.encode(task.test_texts, task.template, max_input_tokens).input_ids
     label_ids = backbone.label_token_ids(task.label_names)
     scores = predict_scores(
         backbone,
-        prompt.detach().unsqueeze(0),
+        [module if isinstance(module, Applied) else Applied(module.detach())],
         [0] * len(ids),
         ids,
         [label_ids] * len(ids),
@@ -147,7 +148,7 @@ class SharedPromptModel(MultiTaskModule):
     attribute, invisible to ``parameters()`` (EWC, LwF, the optimiser) and never copied.
     """
 
-    def __init__(self, backbone: FrozenLM, prompt: SoftPrompt, max_input_tokens: int = 128) -> None:
+    def __init__(self, backbone: FrozenLM, prompt: TaskModule, max_input_tokens: int = 128) -> None:
         super().__init__()
         self.prompt = prompt
         self.backbone = backbone  # FrozenLM is not an nn.Module: a plain attribute, not a submodule
@@ -186,8 +187,8 @@ class SharedPromptModel(MultiTaskModule):
     def _scores(self, rows: list[int], tasks: list[int]) -> torch.Tensor:
         ids = self._token_ids(rows, tasks)
         labels = [self.heads[t].label_ids for t in tasks]
-        prompt = self.prompt()
-        scores = self.backbone.label_scores(prompt.unsqueeze(0).expand(len(rows), -1, -1), ids, labels).float()
+        batch = ModuleBatch.shared(self.prompt.applied(), len(rows))  # one module shared by every task
+        scores = self.backbone.label_scores(batch, ids, labels).float()
         scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, PAD_SCORE))
         return nn.functional.pad(scores, (0, max(self.width - scores.shape[1], 0)), value=PAD_SCORE)
 
@@ -281,7 +282,9 @@ class AvalancheBaseline(StreamStrategy):
         self.backbone, self.steps, self.seed, self.progress = backbone, int(steps), int(seed), progress
         self.max_input_tokens = max_input_tokens
         options = {"seed": seed, **(prompt_options or {})}
-        self.prompt = build_prompt(method, n_tokens, backbone.hidden_size, **options).to(backbone.device)
+        self.prompt = build_prompt(
+            method, n_tokens, backbone.hidden_size, shapes=backbone.linear_shapes(), **options
+        ).to(backbone.device)
         self.lr = lr if lr is not None else DEFAULT_LR.get(method, 0.03)
         self.model = SharedPromptModel(backbone, self.prompt, max_input_tokens)
         optimizer = torch.optim.AdamW(self.prompt.param_groups(self.lr), weight_decay=_RECIPE.weight_decay)
@@ -333,9 +336,9 @@ class AvalancheBaseline(StreamStrategy):
 
     def evaluate(self, task_index: int, task: TaskData, seen: list[TaskData]) -> TaskEvaluation:
         with torch.no_grad():
-            prompt = self.prompt()
+            module = self.prompt.applied().frozen(self.backbone.device)
         return TaskEvaluation(
-            predicted=predict_labels(self.backbone, prompt, task, self.max_input_tokens, progress=self.progress)
+            predicted=predict_labels(self.backbone, module, task, self.max_input_tokens, progress=self.progress)
         )
 
 

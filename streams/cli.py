@@ -13,7 +13,7 @@ import sys
 from promptbank.backbone import PLACEMENTS
 from promptbank.bank import BankConfig
 from promptbank.cli import build_parser as build_library_parser
-from promptbank.cli import run_command
+from promptbank.cli import json_options, run_command
 from promptbank.prompts import PROMPTS
 from promptbank.records import PROMPT_INITS
 from promptbank.rescore import Rescorer
@@ -29,9 +29,9 @@ def _run(args: argparse.Namespace) -> int:
 
     bank = nested_values(args, "bank")
     method_cls = PROMPTS.get(bank["method"])
-    prompt_options = {"rank": args.rank} if args.rank is not None else {}
-    if prompt_options and "rank" not in {f for f in method_cls.config_class.__dataclass_fields__}:
-        print(f"promptbank: error: --rank does not apply to the '{bank['method']}' prompt", file=sys.stderr)
+    prompt_options = {**(json_options(args.options) or {}), **({"rank": args.rank} if args.rank is not None else {})}
+    if "rank" in prompt_options and "rank" not in {f for f in method_cls.config_class.__dataclass_fields__}:
+        print(f"promptbank: error: --rank does not apply to the '{bank['method']}' module", file=sys.stderr)
         return 2
     given = {"top": args.rescore_top, "weight": args.rescore_weight}
     rescore = {**Rescorer().to_dict(), **{k: v for k, v in given.items() if v is not None}}
@@ -91,7 +91,10 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
         skip=("prompt_options", "router", "rescore", "seed"),
         choices={"method": PROMPTS.names(), "placement": list(PLACEMENTS), "prompt_init": list(PROMPT_INITS)},
     )
-    bank.add_argument("--rank", type=int, default=None, help="rank r of a low-rank prompt (default: the method's, 2)")
+    bank.add_argument("--rank", type=int, default=None, help="rank r of a low-rank module (default: the kind's)")
+    bank.add_argument(
+        "--options", default=None, help='the module kind\'s options as JSON, e.g. \'{"rank": 2, "targets": "all"}\''
+    )
     bank.add_argument(
         "--router",
         default=defaults.bank.router["strategy"],

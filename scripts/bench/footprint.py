@@ -1,5 +1,6 @@
-"""Footprint benchmark: bytes per task of a bank, on disk and in RAM, per prompt method and router,
-versus the same prompt saved the way PEFT saves prompt tuning (expanded n x d, float32).
+"""Footprint benchmark: bytes per task of a bank, on disk and in RAM, per module kind and router,
+versus the same module saved by PEFT where PEFT has it (prompt tuning expanded n x d float32 for
+the prompt kinds; LoRA, (IA)3 and VeRA with the same targets and rank).
 
 Banks are built with ``add_task(..., prompt_state=...)`` from freshly initialised prompts (no
 training: the size does not depend on the values); keys come from real texts of offline tasks.
@@ -53,7 +54,38 @@ def variants(n_tokens: int) -> list[tuple[str, str, dict, dict, str]]:
         ("ulpt/knn mean SQfp16", "ulpt", rank, {"strategy": "knn", "summary": "mean", "index": "SQfp16"}, "float16"),
         ("ulpt/knn 8 centroids SQfp16", "ulpt", rank, {"strategy": "knn", "index": "SQfp16"}, "float16"),
     ]
+    lda = {"strategy": "lda"}
+    grid += [
+        ("dept/lda", "dept", {}, lda, "float16"),
+        ("ssb/lda", "ssb", {}, lda, "float16"),
+        ("ssl/lda", "ssl", {}, lda, "float16"),
+        ("ia3/lda", "ia3", {}, lda, "float16"),
+        ("lora r2 qv/lda", "lora", {"rank": 2}, lda, "float16"),
+        ("lora r8 qv/lda", "lora", {"rank": 8}, lda, "float16"),
+        ("lora r8 all/lda", "lora", {"rank": 8, "targets": "all"}, lda, "float16"),
+        ("vera r64 qv/lda", "vera", {"rank": 64}, lda, "float16"),
+    ]
     return grid
+
+
+def peft_config(method: str, opts: dict, n_tokens: int) -> Any:
+    """PEFT's config for the same module (targets, rank), or None where PEFT has no such kind."""
+    from peft import IA3Config, LoraConfig, PromptTuningConfig, TaskType, VeraConfig
+
+    targets = opts.get("targets", ["q_proj", "v_proj"])
+    targets = (
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] if targets == "all" else targets
+    )
+    if method in ("ulpt", "pt", "lopt1", "lopt2"):
+        return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n_tokens)
+    if method == "lora":
+        return LoraConfig(task_type=TaskType.CAUSAL_LM, r=opts.get("rank", 8), lora_alpha=16, target_modules=targets)
+    if method == "ia3":  # output scales on k, v and up (up_proj not as a "feedforward" input scale)
+        kv_up = ["k_proj", "v_proj", "up_proj"]
+        return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=kv_up, feedforward_modules=[])
+    if method == "vera":
+        return VeraConfig(task_type=TaskType.CAUSAL_LM, r=opts.get("rank", 64), target_modules=targets)
+    return None
 
 
 class CachedKeys:
@@ -116,22 +148,22 @@ def ram_bytes(bank: Any) -> dict[str, float]:
     return out
 
 
-def peft_footprint(backbone: Any, n_tokens: int, workdir: Path) -> dict[str, Any]:
-    """Size of PEFT's prompt-tuning checkpoint for the same backbone and n (save_pretrained)."""
-    from peft import PromptTuningConfig, TaskType, get_peft_model
+def peft_footprint(backbone: Any, config: Any, workdir: Path) -> dict[str, Any]:
+    """Size of PEFT's checkpoint (save_pretrained) for ``config`` on a copy of the backbone."""
+    import copy
 
-    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n_tokens)
-    model = get_peft_model(backbone.model, config)
-    out_dir = workdir / "peft-adapter"
+    from peft import get_peft_model
+
+    model = get_peft_model(copy.deepcopy(backbone.model), config)
+    out_dir = workdir / f"peft-{type(config).__name__}"
     model.save_pretrained(out_dir)
     files = {name: (out_dir / name).stat().st_size for name in ("adapter_model.safetensors", "adapter_config.json")}
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
+        "config": type(config).__name__,
         "files": files,
         "total": sum(files.values()),
         "allocated": sum((out_dir / n).stat().st_blocks * 512 for n in files),
-        "trainable_params": trainable,
-        "ram_prompt_bytes": sum(p.numel() * p.element_size() for p in model.prompt_encoder.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
 
 
@@ -234,9 +266,17 @@ def main() -> None:
                 f"{per_task['routing']:.0f}, manifest {per_task['manifest']:.0f}); marginal {marginal['total']:.0f} B; "
                 f"RAM/task {row['ram_per_task']['total']:.0f} B; routing acc {row['routing_accuracy']:.3f}"
             )
-        peft = peft_footprint(backbone, args.n_tokens, tmp)  # last: it wraps the backbone's model
-    _bench.log(f"PEFT prompt tuning: {peft['total']} B on disk ({peft['files']})")
+        peft_by_row = {}
+        for row in rows:
+            config = peft_config(row["method"], row["prompt_options"], args.n_tokens)
+            if config is not None:
+                peft_by_row[row["variant"]] = peft_footprint(backbone, config, tmp / row["variant"].replace("/", "_"))
     for row in rows:
+        if row["variant"] not in peft_by_row:
+            continue
+        peft = peft_by_row[row["variant"]]
+        row["peft"] = peft
+        _bench.log(f"{row['variant']:30s} PEFT {peft['config']}: {peft['total']} B on disk")
         row["vs_peft"] = {
             "peft_over_bank_per_task": peft["total"] / row["disk_per_task"]["total"],
             "peft_over_bank_marginal": peft["total"] / row["disk_marginal_per_task"]["total"],
@@ -256,7 +296,7 @@ def main() -> None:
             "backbone": backbone.identity(),
             "n_tasks": T,
             "goal": {"bytes_per_task": GOAL_BYTES, "peft_factor": GOAL_PEFT_FACTOR},
-            "peft": peft,
+            "peft": peft_by_row.get("ulpt/lda"),
             "rows": rows,
         },
     )

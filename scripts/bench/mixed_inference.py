@@ -3,8 +3,10 @@ tasks, versus the same inputs grouped by task (one call per task, as PEFT must d
 same inputs all answered with one task's prompt, versus the bare frozen model on the same
 token ids with n extra (zero) prompt vectors: the limit.
 
-The bank holds m ULPT prompts with random states (speed does not depend on their values) built
-from the offline tasks' label sets and templates; keys come from real texts of those tasks.
+The bank holds m modules with random states (speed does not depend on their values) built
+from the offline tasks' label sets and templates; keys come from real texts of those tasks. All
+are ``--method`` (ULPT by default), or with ``--kinds ulpt,dept,ssb,...`` task j has kind
+j mod len(kinds): a batch mixing kinds (the bank's default kind answers ``single_task``).
 Cases, timed side by side with alternating order:
 
 * ``mixed_routed``  ``bank.predict(texts)``: keys + routing + one mixed forward;
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--max-input-tokens", type=int, default=48)
     parser.add_argument("--n-tokens", type=int, default=20)
     parser.add_argument("--method", default="ulpt")
+    parser.add_argument("--kinds", default=None, help="comma-separated module kinds cycled over the tasks")
     parser.add_argument("--router", default=None, help="router strategy (default: the bank's, BankConfig().router)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
@@ -82,6 +85,7 @@ def main() -> None:
     backbone = _bench.load_frozen(args.backbone, args.random_init, args.device, args.bf16)
     keys = make_key_encoder(DEFAULT_KEY_ENCODER, backbone=backbone, device=args.device)
     sources = [get_task(name) for name in args.source_tasks.split(",")]
+    kinds = args.kinds.split(",") if args.kinds else [args.method]
     results = []
     for m in args.tasks:
         n_inputs = args.inputs
@@ -103,7 +107,8 @@ def main() -> None:
             labels = src.train_labels[start : start + args.key_texts]
             if len(set(labels)) < 2:
                 texts, labels = src.train_texts[: args.key_texts], src.train_labels[: args.key_texts]
-            state = bank.new_prompt(seed=j).trainable_state()
+            kind = kinds[j % len(kinds)]
+            state = bank.new_prompt(seed=j, method=kind).trainable_state()
             bank.add_task(
                 f"t{j}",
                 texts,
@@ -112,6 +117,7 @@ def main() -> None:
                 template=src.template,
                 prompt_state=state,
                 train_config=TrainConfig(progress=False),
+                method=kind,
             )
             names.append(f"t{j}")
         # the batch: input i belongs to task i % m, its text from that task's source test split
@@ -162,6 +168,7 @@ def main() -> None:
         times = _bench.interleaved(cases, repeats=args.repeats, warmup=args.warmup, log=_bench.log)
         row: dict[str, Any] = {
             "m": m,
+            "kinds": sorted({kinds[j % len(kinds)] for j in range(m)}),
             "inputs": n_inputs,
             "tasks_in_batch": len(groups),
             "tokens_per_input": float(np.mean([len(x) for x in ids])),

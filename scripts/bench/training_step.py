@@ -1,11 +1,13 @@
-"""Training step: seconds per step (forward + backward + AdamW step) for ULPT, PT, LoPT-1 and
-LoPT-2 through ``FrozenLM.label_scores`` + cross-entropy, versus PEFT's prompt tuning on the
-same backbone and batch, versus the bare frozen forward + backward to the input embeddings.
+"""Training step: seconds per step (forward + backward + AdamW step) for every module kind
+through ``FrozenLM.label_scores`` + cross-entropy, versus PEFT's prompt tuning on the same
+backbone and batch, versus the bare frozen forward + backward to the input embeddings.
 
 Cases, timed side by side with alternating order on the same batch:
 
-* ``ulpt`` / ``pt`` / ``lopt1`` / ``lopt2``: ``prompt()`` -> ``label_scores`` -> CE -> backward -> step
-  (the inner loop of ``promptbank.trainer.train_prompt``, without clipping);
+* a kind's name (``ulpt``, ``pt``, ``lopt1``, ``lopt2``, ``dept``, ``ssb``, ``ssl``, ``ia3``, ``vera``)
+  and ``lora2_qv``, ``lora8_qv``, ``lora8_all``, ``lora8_qv_mpc``: ``applied()`` -> ``label_scores``
+  -> CE (+ MPC) -> backward -> step (the inner loop of ``promptbank.trainer.train_prompt``,
+  without clipping);
 * ``ulpt_suffix``: ULPT placed after the input with the input's keys and values already held
   (``promptbank.input_cache``, bf16 storage): a step on inputs seen before;
 * ``ulpt_suffix_cold``: the same with an empty cache, so the step also runs the no-grad pass over
@@ -54,7 +56,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=2)
     parser.add_argument(
         "--cases",
-        default="ulpt,ulpt_suffix,ulpt_suffix_cold,pt,lopt1,lopt2,peft,peft_last_logit,limit_label_scores,limit_raw",
+        default="ulpt,ulpt_suffix,ulpt_suffix_cold,pt,lopt1,lopt2,dept,ssb,ssl,ia3,lora2_qv,lora8_qv,lora8_all,"
+        "lora8_qv_mpc,vera,peft,peft_last_logit,limit_label_scores,limit_raw",
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
@@ -67,6 +70,7 @@ def main() -> None:
 
     from promptbank.backbone import PROMPT_SLOT
     from promptbank.input_cache import InputCache
+    from promptbank.module_batch import ModuleBatch
     from promptbank.prompts import build_prompt
     from promptbank.trainer import DEFAULT_LR
     from streams.splits import get_task
@@ -104,24 +108,40 @@ def main() -> None:
     params: dict[str, int] = {}
     wanted = args.cases.split(",")
 
-    for method in ("ulpt", "pt", "lopt1", "lopt2"):
-        if method not in wanted:
+    low_rank = {"rank": args.rank}
+    kinds = {
+        "ulpt": ("ulpt", low_rank),
+        "pt": ("pt", {}),
+        "lopt1": ("lopt1", low_rank),
+        "lopt2": ("lopt2", low_rank),
+        "dept": ("dept", {}),
+        "ssb": ("ssb", {}),
+        "ssl": ("ssl", {}),
+        "ia3": ("ia3", {}),
+        "lora2_qv": ("lora", {"rank": 2}),
+        "lora8_qv": ("lora", {"rank": 8}),
+        "lora8_all": ("lora", {"rank": 8, "targets": "all"}),
+        "lora8_qv_mpc": ("lora", {"rank": 8, "mpc": "orthogonal"}),
+        "vera": ("vera", {}),
+    }
+    for case, (method, options) in kinds.items():
+        if case not in wanted:
             continue
-        prompt = build_prompt(method, n, backbone.hidden_size, **({} if method == "pt" else {"rank": args.rank})).to(
-            dev
-        )
+        prompt = build_prompt(method, n, backbone.hidden_size, shapes=backbone.linear_shapes(), **options).to(dev)
         opt = torch.optim.AdamW(prompt.param_groups(DEFAULT_LR[method]))
-        params[method] = prompt.num_trainable()
+        params[case] = prompt.num_trainable()
 
         def step(prompt=prompt, opt=opt) -> None:
-            p = prompt()
-            scores = backbone.label_scores(p.unsqueeze(0).expand(B, -1, -1), ids, labels)
+            scores = backbone.label_scores(ModuleBatch.shared(prompt.applied(), B), ids, labels)
             loss = F.cross_entropy(scores.float(), y)
+            penalty = prompt.regularization()
+            if penalty is not None:
+                loss = loss + penalty
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-        cases[method] = step
+        cases[case] = step
 
     for case in ("ulpt_suffix", "ulpt_suffix_cold"):
         if case not in wanted:
@@ -219,6 +239,15 @@ def main() -> None:
         ("limit_label_scores", "limit_raw"),
         ("lopt1", "pt"),
         ("lopt2", "pt"),
+        ("dept", "pt"),
+        ("ssb", "ulpt"),
+        ("ssl", "ulpt"),
+        ("ia3", "ulpt"),
+        ("lora2_qv", "ulpt"),
+        ("lora8_qv", "ulpt"),
+        ("lora8_all", "ulpt"),
+        ("lora8_qv_mpc", "lora8_qv"),
+        ("vera", "ulpt"),
         ("peft", "limit_raw"),
         ("peft_last_logit", "limit_raw"),
     ):

@@ -27,6 +27,7 @@ from promptbank.bank import PromptBank
 from promptbank.cli import main as cli_main
 from promptbank.errors import BankFormatError, InvalidDataError, PromptBankError
 from promptbank.inputs import check_texts
+from promptbank.manifest import SCHEMA_VERSION
 
 
 def saved(bank: PromptBank, tmp_path: Path) -> Path:
@@ -55,7 +56,7 @@ HOSTILE = {
     "an absolute path": (pointing_at("/etc/passwd"), "not a bank data file"),
     "a name with a separator": (pointing_at("sub/prompts-0123456789abcdef.safetensors"), "not a bank data file"),
     "a field from a newer version": (lambda m: m.update(encryption="aes"), "newer promptbank"),
-    "a newer schema version": (lambda m: m.update(schema_version=2), "newer promptbank"),
+    "a newer schema version": (lambda m: m.update(schema_version=SCHEMA_VERSION + 1), "newer promptbank"),
     "a string schema version": (lambda m: m.update(schema_version="1"), "must be an integer"),
     "a schema version that never existed": (lambda m: m.update(schema_version=0), "does not exist"),
     "a missing field": (lambda m: m.pop("tasks"), "missing"),
@@ -95,8 +96,8 @@ def test_a_link_leaving_the_bank_is_refused(bank, tmp_path):
 
 def test_parts_that_disagree_are_refused_at_load_not_in_predict(bank, tmp_path):
     path = saved(bank, tmp_path)
-    edit_manifest(path, lambda m: m["config"].update(n_tokens=5))  # the tensors hold 4 soft tokens
-    with pytest.raises(BankFormatError, match="prompt tensors"):
+    edit_manifest(path, lambda m: m["tasks"][0]["module"].update(n_tokens=5))  # the tensors hold 4 soft tokens
+    with pytest.raises(BankFormatError, match="module config needs"):
         PromptBank.load(path, backbone=bank.backbone)
     path = tmp_path / "again"
     bank.save(path)

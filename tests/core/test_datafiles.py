@@ -96,9 +96,18 @@ def test_add_creates_the_bank_then_adds_and_remove_drops(tiny_folder: str, tmp_p
             )
         ],
     )
-    assert main(["add", *common, "--name", "weather", "--data", str(weather), "--steps", "2"]) == 0
+    kind = ["--method", "lora", "--options", '{"rank": 2}']  # this task's own module kind
+    assert main(["add", *common, "--name", "weather", "--data", str(weather), "--steps", "2", *kind]) == 0
     bank = PromptBank.load(bank_dir, backbone=tiny_folder)
     assert bank.tasks == ["animals", "weather"] and bank.config.n_tokens == 4
+    assert [bank.task_info(n).module["method"] for n in bank.tasks] == ["ulpt", "lora"]
+    assert bank.task_info("weather").module["rank"] == 2
+    capsys.readouterr()
+    assert main(["info", str(bank_dir)]) == 0
+    lora_bytes = 2 * sum(v.numel() for v in bank.prompt_state("weather").values())  # float16
+    assert f"lora {lora_bytes}" in capsys.readouterr().out
+    assert main(["add", *common, "--name", "y", "--data", str(data), "--method", "lora", "--options", "rank=2"]) == 2
+    assert "--options must be a JSON object" in capsys.readouterr().err
     assert bank.task_info("animals").label_names == ["cat", "dog"]
     assert bank.task_info("animals").metadata["n_train"] == len(ROWS) - int(len(ROWS) * 0.1)
     assert main(["remove", *common, "animals"]) == 0

@@ -78,8 +78,8 @@ def test_bad_state_and_method_are_refused():
         p.load_trainable_state({"weight": torch.zeros(3, 8)})
     with pytest.raises(InvalidDataError, match="missing"):
         p.load_trainable_state({})
-    with pytest.raises(InvalidDataError, match="unknown prompt method"):
-        build_prompt("lora", 4, 8)
+    with pytest.raises(InvalidDataError, match="unknown module kind"):
+        build_prompt("prefix-tuning", 4, 8)
 
 
 def test_gradients_reach_only_trainable_tensors():

@@ -60,6 +60,18 @@ def test_bank_options_reach_the_saved_bank_and_mlflow(tiny_folder, tmp_path, tmp
     assert not torch.equal(slow_lr, fast_lr)  # the learning rate reached the trainer
 
 
+def test_a_weight_space_kind_runs_as_the_bank_and_as_a_baseline(tiny_folder, tmp_path, tmp_cache):
+    options = ["--tasks", ",".join(TASKS), "--method", "lora", "--options", '{"rank": 2, "targets": "all"}']
+    code, results = run_cli(tiny_folder, tmp_path / "lora", *options)
+    assert code == 0 and results["method"] == "lora"
+    bank = PromptBank.load(tmp_path / "lora" / "bank", backbone=tiny_folder)
+    module = bank.task_info(TASKS[0]).module
+    assert (module["method"], module["rank"], len(module["targets"])) == ("lora", 2, 7)
+    assert results["trainable_params_per_task"] == bank.new_prompt().num_trainable() > 0
+    code, naive = run_cli(tiny_folder, tmp_path / "naive", *options, "--baseline", "naive")
+    assert code == 0 and len(naive["acc_matrix"]) == len(TASKS)
+
+
 def test_named_stream_in_another_order(tiny_folder, tmp_path, tmp_cache):
     code, results = run_cli(tiny_folder, tmp_path / "o2", "--stream", "offline-9", "--order", "2", "--steps", "1")
     assert code == 0

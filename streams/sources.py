@@ -729,6 +729,9 @@ TASKS: Registry[TaskSource] = Registry("task")
 for _source in _SOURCES:
     TASKS.register(_source.name)(_source)
 
+# the held-out tasks register themselves; their loaders use this module's helpers, defined above
+from . import heldout_tasks  # noqa: E402, F401
+
 
 def get_source(name: str) -> TaskSource:
     """The registered task ``name``; InvalidDataError listing valid names otherwise."""

@@ -247,6 +247,30 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
+class CachedKeys:
+    """Wraps a key encoder so that each text is encoded once, however many banks it reaches."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.dim, self.name = inner, inner.dim, inner.name
+        self._memo: dict[str, Any] = {}
+
+    def identity(self) -> dict[str, Any]:
+        return self.inner.identity()
+
+    def encode(self, texts, batch_size: int = 64, progress: bool = False):
+        import numpy as np
+
+        todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if todo:
+            self._memo.update(zip(todo, self.inner.encode(todo, batch_size=batch_size, progress=progress)))
+        return np.stack([self._memo[t] for t in texts])
+
+    def encode_blocks(self, texts, block=None, batch_size: int = 64, progress: bool = False):
+        from promptbank.keys import KeyEncoder
+
+        return KeyEncoder.encode_blocks(self, texts, block, batch_size, progress)
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 

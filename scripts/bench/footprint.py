@@ -22,8 +22,6 @@ from typing import Any
 
 import _bench
 
-from promptbank.keys import KeyEncoder
-
 GOAL_BYTES = 4096  # the issue's target: ULPT <= 4 KB per task including routing keys
 GOAL_PEFT_FACTOR = 10.0  # ... and >= 10x smaller than PEFT's prompt-tuning checkpoint
 
@@ -86,25 +84,6 @@ def peft_config(method: str, opts: dict, n_tokens: int) -> Any:
     if method == "vera":
         return VeraConfig(task_type=TaskType.CAUSAL_LM, r=opts.get("rank", 64), target_modules=targets)
     return None
-
-
-class CachedKeys:
-    """Wraps a key encoder so that the same texts are encoded once across all banks."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.dim, self.name = inner, inner.dim, inner.name
-        self._memo: dict[tuple[str, ...], Any] = {}
-
-    def identity(self) -> dict[str, Any]:
-        return self.inner.identity()
-
-    def encode(self, texts, batch_size: int = 64, progress: bool = False):
-        key = tuple(texts)
-        if key not in self._memo:
-            self._memo[key] = self.inner.encode(list(texts), batch_size=batch_size)
-        return self._memo[key]
-
-    encode_blocks = KeyEncoder.encode_blocks  # the bank adds keys a block at a time, through encode
 
 
 def bank_files(path: Path) -> dict[str, int]:
@@ -202,7 +181,7 @@ def main() -> None:
 
     machine = _bench.machine_info()
     backbone = _bench.load_frozen(args.backbone)
-    keys = CachedKeys(make_key_encoder(args.keys or DEFAULT_KEY_ENCODER, backbone=backbone))
+    keys = _bench.CachedKeys(make_key_encoder(args.keys or DEFAULT_KEY_ENCODER, backbone=backbone))
     tasks = [get_task(name) for name in args.tasks.split(",")]
     T = len(tasks)
     _bench.log(f"{T} tasks, {args.key_texts} key texts each, d={backbone.hidden_size}, n={args.n_tokens}")

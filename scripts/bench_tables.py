@@ -168,7 +168,40 @@ def faults(r: dict[str, Any]) -> str:
     return table(["fault", "tried", "lost"], rows)
 
 
+def heldout_routing(r: dict[str, Any]) -> str:
+    n = len(r["draws"])
+    rows = []
+    for name, v in r["per_heldout"].items():
+        lost: dict[str, int] = {}
+        for d in r["draws"]:
+            for dest, count in d["after"][name]["misrouted_to"].items():
+                lost[dest] = lost.get(dest, 0) + count
+        top = max(lost.items(), key=lambda kv: kv[1]) if lost else None
+        rows.append(
+            [
+                f"`{name}`",
+                f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}",
+                f"{100 * v['min']:.1f}",
+                "–" if top is None else f"`{top[0]}` ({top[1] / n:.0f} per draw)",
+            ]
+        )
+    s, t = r["summary"], r["per_tuning"]
+    worst = min(t.items(), key=lambda kv: kv[1]["after"]["mean"] - kv[1]["before"]["mean"])
+    return (
+        table(["held-out task", "routing %", "worst draw", "most misrouted to"], rows)
+        + f"\n\nHeld-out mean {100 * s['heldout_mean']['mean']:.1f} ± {100 * s['heldout_mean']['std']:.1f} over {n} "
+        f"draws (goal: ≥ 97 on average, no task below 93: {'met' if s['meets_goal'] else 'not met'}). The "
+        f"{len(t)} tuning tasks' routing went from {100 * s['tuning_mean_before']:.1f} to "
+        f"{100 * s['tuning_mean_after']:.1f} as the held-out tasks arrived (most: `{worst[0]}`, "
+        f"{100 * worst[1]['before']['mean']:.1f} → {100 * worst[1]['after']['mean']:.1f}). Keys: "
+        f"`{r['bank_config']['key_encoder']}`, router `{r['bank_config']['router']['strategy']}`; per class "
+        f"{r['budgets']['train']} train + {r['budgets']['val']} validation, up to {r['budgets']['key']} key "
+        f"inputs, {r['budgets']['test']} test."
+    )
+
+
 BENCH_TABLES: dict[str, Callable[[], str]] = {
+    "bench-heldout-routing": lambda: bench_table("bench-heldout-routing", heldout_routing),
     "bench-faults": lambda: bench_table("bench-faults", faults),
     "bench-footprint": lambda: bench_table("bench-footprint", footprint),
     "bench-training-step": lambda: bench_table("bench-training-step", training_step),

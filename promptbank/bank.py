@@ -1,6 +1,7 @@
-"""PromptBank: the public API. One frozen LLM, one tiny prompt per task, keys that route inputs.
+"""PromptBank: the public API. One frozen LLM, one small module per task (by default a soft
+prompt), keys that route inputs.
 
-Old prompts are never touched again, so the only way to forget is a routing mistake.
+Old modules are never touched again, so the only way to forget is a routing mistake.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .trainer import TrainConfig, TrainResult, predict_scores, train_prompt
 
 
 class PromptBank:
-    """A frozen LLM plus a bank of per-task soft prompts and a key router.
+    """A frozen LLM plus a bank of per-task modules (soft prompts, DePT, SSB, LoRA, ...) and a key router.
 
     Args:
         backbone: the frozen LLM: a loaded ``FrozenLM``, an offline asset name (default

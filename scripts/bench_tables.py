@@ -180,7 +180,7 @@ def heldout_routing(r: dict[str, Any]) -> str:
         rows.append(
             [
                 f"`{name}`",
-                f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}",
+                f"{100 * v['mean']:.1f}" + (f" ± {100 * v['std']:.1f}" if n > 1 else ""),
                 f"{100 * v['min']:.1f}",
                 "–" if top is None else f"`{top[0]}` ({top[1] / n:.0f} per draw)",
             ]
@@ -189,8 +189,9 @@ def heldout_routing(r: dict[str, Any]) -> str:
     worst = min(t.items(), key=lambda kv: kv[1]["after"]["mean"] - kv[1]["before"]["mean"])
     return (
         table(["held-out task", "routing %", "worst draw", "most misrouted to"], rows)
-        + f"\n\nHeld-out mean {100 * s['heldout_mean']['mean']:.1f} ± {100 * s['heldout_mean']['std']:.1f} over {n} "
-        f"draws (goal: ≥ 97 on average, no task below 93: {'met' if s['meets_goal'] else 'not met'}). The "
+        + f"\n\nHeld-out mean {100 * s['heldout_mean']['mean']:.1f}"
+        + (f" ± {100 * s['heldout_mean']['std']:.1f} over {n} draws" if n > 1 else " (one data draw)")
+        + f"; goal ≥ 97 on average and no task below 93: {'met' if s['meets_goal'] else 'not met'}. The "
         f"{len(t)} tuning tasks' routing went from {100 * s['tuning_mean_before']:.1f} to "
         f"{100 * s['tuning_mean_after']:.1f} as the held-out tasks arrived (most: `{worst[0]}`, "
         f"{100 * worst[1]['before']['mean']:.1f} → {100 * worst[1]['after']['mean']:.1f}). Keys: "

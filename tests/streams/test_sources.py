@@ -27,6 +27,15 @@ OFFLINE = sorted(n for n, s in TASKS.items() if not s.online)
 
 # task -> (unique usable examples, per-class counts in label order)
 EXPECTED = {
+    # the held-out tasks (streams/heldout_tasks.py)
+    "debate_party": (1052, [342, 430, 280]),
+    "convention_party": (2814, [1604, 1210]),
+    "book_audience": (2611, [1168, 1443]),
+    "fairy_tale_kind": (1285, [1012, 273]),
+    "friends_speaker": (36799, [6080, 6496, 6427, 6230, 5998, 5568]),
+    "word_valence": (6050, [2887, 3163]),
+    "reuters_economy": (603, [141, 119, 112, 87, 73, 71]),
+    "slo_comments": (1623, [754, 560, 102, 207]),
     "bbc": (2125, [503, 369, 403, 503, 347]),
     "trec": (5381, [86, 1153, 1245, 1215, 824, 858]),
     "sms_spam": (5159, [4518, 641]),
@@ -65,7 +74,7 @@ def _fresh_cache(tmp_path_factory):
 
 
 def test_registry_entries_are_well_formed():
-    assert len(TASKS) == 32
+    assert len(TASKS) == 40  # 32 of the streams, 8 held out
     for name, src in TASKS.items():
         assert src.name == name
         assert src.template.count("{text}") == 1 and not src.template.endswith(" ")
@@ -112,7 +121,9 @@ def test_offline_task_loads(name):
 
 def test_official_splits_only_where_the_data_has_them():
     with_split = {n for n in OFFLINE if load_raw(n).split is not None}
-    assert with_split == {"20newsgroups", "reuters_r8", "20ng_comp", "20ng_rec", "20ng_sci", "20ng_talk", "20ng_misc"}
+    assert with_split == {
+        "20newsgroups", "reuters_r8", "reuters_economy", "20ng_comp", "20ng_rec", "20ng_sci", "20ng_talk", "20ng_misc"
+    }  # fmt: skip
     assert Counter(load_raw("reuters_r8").split) == {"train": 5419, "test": 2172}
 
 

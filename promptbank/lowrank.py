@@ -19,8 +19,8 @@ from torch import nn
 
 from .errors import InvalidDataError
 from .module_batch import Applied
-from .prompts import PROMPTS, TaskModule, frozen_xavier, seeded_uniform
-from .weight_config import WeightConfig
+from .prompts import PROMPTS, frozen_xavier, seeded_uniform
+from .weight_config import WeightConfig, WeightModule
 from .weight_hooks import TARGETS, SharedLowRank, SiteDelta
 
 MPC_OPTIONS = ("none", "orthogonal", "diagonal")
@@ -51,13 +51,11 @@ class LoRAConfig(WeightConfig):
 
 
 @PROMPTS.register("lora")
-class LoRA(TaskModule):
+class LoRA(WeightModule):
     """W' = W + (alpha / r) B A on each targeted Linear of every layer."""
 
     method = "lora"
     config_class = LoRAConfig
-    has_prompt = False
-    needs_shapes = True
     low_rank = True
 
     def __init__(
@@ -83,9 +81,6 @@ class LoRA(TaskModule):
                 seeded_uniform((layers, c.rank, n_in), 1 / math.sqrt(n_in), c.seed * len(TARGETS) + TARGETS.index(t))
             )
             self.lora_b[t] = nn.Parameter(torch.zeros(layers, n_out, c.rank))
-
-    def forward(self) -> torch.Tensor:
-        return next(self.parameters()).new_zeros(0, self.dim)
 
     def applied(self) -> Applied:
         sites = {t: SiteDelta(down=self.lora_a[t], up=self.lora_b[t] * self.scaling) for t in self.config.targets}
@@ -122,13 +117,11 @@ class VeRAConfig(WeightConfig):
 
 
 @PROMPTS.register("vera")
-class VeRA(TaskModule):
+class VeRA(WeightModule):
     """ΔW = diag(b) B diag(d) A with A (r, in) and B (out, r) frozen and shared across layers."""
 
     method = "vera"
     config_class = VeRAConfig
-    has_prompt = False
-    needs_shapes = True
 
     def __init__(
         self,
@@ -153,9 +146,6 @@ class VeRA(TaskModule):
             self.register_buffer(f"b_{t}", frozen_xavier(n_out, c.rank, c.proj_seed + k + 1), persistent=False)
             self.mid[t] = nn.Parameter(torch.full((layers, c.rank), c.d_init))
             self.outer[t] = nn.Parameter(torch.zeros(layers, n_out))
-
-    def forward(self) -> torch.Tensor:
-        return next(self.parameters()).new_zeros(0, self.dim)
 
     def applied(self) -> Applied:
         c = self.config

@@ -16,17 +16,14 @@ import torch
 from torch import nn
 
 from .module_batch import Applied
-from .prompts import PROMPTS, TaskModule
-from .weight_config import WeightConfig
+from .prompts import PROMPTS
+from .weight_config import WeightConfig, WeightModule
 from .weight_hooks import SiteDelta
 
 
-class SubspaceScaling(TaskModule):
+class SubspaceScaling(WeightModule):
     """Base of the scaling kinds: ``scales_inputs`` and ``scales_outputs`` choose the sides."""
 
-    config_class = WeightConfig
-    has_prompt = False
-    needs_shapes = True
     scales_inputs: ClassVar[bool] = True
     scales_outputs: ClassVar[bool] = True
 
@@ -47,9 +44,6 @@ class SubspaceScaling(TaskModule):
                 self.in_scale[t] = nn.Parameter(torch.ones(layers, n_in))
             if self.scales_outputs:
                 self.out_scale[t] = nn.Parameter(torch.ones(layers, n_out))
-
-    def forward(self) -> torch.Tensor:
-        return next(self.parameters()).new_zeros(0, self.dim)
 
     def applied(self) -> Applied:
         sites = {

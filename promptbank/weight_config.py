@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from .errors import InvalidDataError
-from .prompts import PromptConfig
+from .prompts import PromptConfig, TaskModule
 from .weight_hooks import TARGETS
 
 
@@ -62,3 +64,14 @@ class WeightConfig(PromptConfig):
         for name, v in values.items():
             if not v > 0:
                 raise InvalidDataError(f"{name} must be > 0, got {v!r}")
+
+
+class WeightModule(TaskModule):
+    """Base of the kinds that change Linear layers and have no soft prompt."""
+
+    config_class = WeightConfig
+    has_prompt = False
+    needs_shapes = True
+
+    def forward(self) -> torch.Tensor:
+        return next(self.parameters()).new_zeros(0, self.dim)

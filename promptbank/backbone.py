@@ -190,6 +190,8 @@ class FrozenLM:
         self._weights = None  # the weight-space changes of the batch being scored, if any
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        #: where a generated answer ends: EOS, or [SEP] for BERT-style tokenizers that have none
+        self.eos_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         specials = tokenizer("", add_special_tokens=True)["input_ids"]
         self._prefix_ids = [] if self.is_encoder_decoder else list(specials)
         self._suffix_ids = list(specials) if self.is_encoder_decoder else []
@@ -300,24 +302,39 @@ class FrozenLM:
         if len(input_ids) != len(batch) or len(labels) != len(batch):
             raise InvalidDataError("prompts, input_ids and labels must have the same batch size")
         table = LabelTable.build(labels, self.tokenizer.pad_token_id, self.device)
-        with self.autocast():
+        with self.applying(batch):
             if self.is_encoder_decoder:
-                if batch.weights is not None:
-                    raise InvalidDataError("weight-space modules need a Llama-style causal LM")
                 return self._scores_seq2seq(batch, input_ids, table)
+            return self._scores_causal(batch, input_ids, table)
+
+    @contextlib.contextmanager
+    def applying(self, batch: ModuleBatch):
+        """Autocast, with each row's weight-space changes installed on the LLM's Linears (if any)."""
+        if batch.weights is not None and self.is_encoder_decoder:
+            raise InvalidDataError("weight-space modules need a Llama-style causal LM")
+        with self.autocast():
             if batch.weights is None:
-                return self._scores_causal(batch, input_ids, table)
+                yield
+                return
             self._weights = batch.weights
             try:
                 with batch.weights.installed(self._linears):
-                    return self._scores_causal(batch, input_ids, table)
+                    yield
             finally:
                 self._weights = None
 
-    def _embed_with_prompts(
+    def target_token_ids(self, targets: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text-to-text answer followed by EOS, which the module learns to emit
+        so that generation stops (leading space for causal LMs, as for labels)."""
+        if self.eos_token_id is None:
+            raise InvalidDataError(f"backbone {self.name!r} has no EOS token, so generated answers could not stop")
+        return [ids + [self.eos_token_id] for ids in self.label_token_ids(targets)]
+
+    def embed_with_prompts(
         self, batch: ModuleBatch, input_ids: list[list[int]], left_pad: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, width, d) embeddings with each prompt at its example's slot, and the attention mask."""
+        """(B, width, d) embeddings with each prompt at its example's slot (and its token offsets
+        added), and the attention mask; padding on the left (causal LMs) or the right."""
         emb_layer = self.model.get_input_embeddings()
         parts = [split_at_slot(seq) for seq in input_ids]
         sizes = [len(before) + len(after) for before, after in parts]
@@ -351,7 +368,7 @@ class FrozenLM:
         return torch.stack(seqs), mask.to(self.device)
 
     def _scores_causal(self, batch: ModuleBatch, input_ids: list[list[int]], table: LabelTable) -> torch.Tensor:
-        embeds, mask = self._embed_with_prompts(batch, input_ids, left_pad=True)
+        embeds, mask = self.embed_with_prompts(batch, input_ids, left_pad=True)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return self.score_after(embeds, mask, positions, table)
 
@@ -431,7 +448,7 @@ class FrozenLM:
         return (torch.cat(parts, dim=1) * table.token_mask[:, :, 1:]).sum(-1)
 
     def _scores_seq2seq(self, batch: ModuleBatch, input_ids: list[list[int]], table: LabelTable) -> torch.Tensor:
-        embeds, mask = self._embed_with_prompts(batch, input_ids, left_pad=False)
+        embeds, mask = self.embed_with_prompts(batch, input_ids, left_pad=False)
         enc = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         B, L, T = table.ids.shape
         start_id = self.model.config.decoder_start_token_id

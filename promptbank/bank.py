@@ -7,7 +7,6 @@ Old modules are never touched again, so the only way to forget is a routing mist
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,18 +14,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import GenerationConfig
 
 from . import peft_export, persistence
+from .answering import answer, candidate_scores, evaluate_task
 from .backbone import DEFAULT_BACKBONE, FrozenLM, load_backbone
 from .errors import InvalidDataError, TaskExistsError, UnknownTaskError
-from .inputs import check_task_data, check_texts, label_indices, labelled_blocks
+from .generation import generation_config
+from .inputs import check_texts, labelled_blocks
 from .keys import KeyEncoder, make_key_encoder
-from .matrix_cache import MatrixCache
 from .module_batch import Applied
-from .prompts import TaskModule, build_prompt, prompt_from_config
+from .module_store import ModuleStore
+from .prompts import TaskModule, build_prompt
 from .records import DEFAULT_TEMPLATE, STORAGE_DTYPES, BankConfig, Prediction, TaskInfo
 from .routing import Router, Routing, make_router
-from .trainer import TrainConfig, TrainResult, predict_scores, train_prompt
+from .task_data import prepare_task
+from .trainer import TrainConfig, TrainResult, train_prompt
 
 
 class PromptBank:
@@ -74,9 +77,8 @@ class PromptBank:
     def _init_storage(self) -> None:
         """Empty per-task stores (``load`` fills them without running ``__init__``)."""
         self._tasks: dict[str, TaskInfo] = {}
-        self._states: dict[str, dict[str, torch.Tensor]] = {}
-        self.matrix_cache = MatrixCache()
-        self._builders: dict[str, TaskModule] = {}
+        self.modules = ModuleStore(self.backbone.device, STORAGE_DTYPES[self.config.storage_dtype])
+        self.matrix_cache = self.modules.cache
 
     # ------------------------------------------------------------------ registry
     @property
@@ -117,7 +119,7 @@ class PromptBank:
         self,
         name: str,
         texts: Sequence[str],
-        labels: Sequence[Any],
+        labels: Sequence[Any] | None = None,
         label_names: Sequence[str] | None = None,
         template: str = DEFAULT_TEMPLATE,
         val_texts: Sequence[str] | None = None,
@@ -130,8 +132,14 @@ class PromptBank:
         from_peft: str | Path | None = None,
         method: str | None = None,
         module_options: dict[str, Any] | None = None,
+        targets: Sequence[str] | None = None,
+        val_targets: Sequence[str] | None = None,
     ) -> TaskInfo:
-        """Train a prompt for a new task and index its keys.
+        """Train a module for a new task and index its keys.
+
+        A task is classification (``labels``: the LLM answers with one of its label words) or
+        text-to-text (``targets``: the LLM generates the answer; trained with the token-level
+        cross-entropy of each target and its EOS after ``prompt + template(text)``).
 
         The router learns from the keys of ``texts``, ``val_texts`` and ``key_texts``: further
         labelled inputs of the task that the prompt does not train on. Keys are cheap and the
@@ -141,7 +149,7 @@ class PromptBank:
         Args:
             name: the task's unique name.
             texts: training inputs.
-            labels: their labels, as label names or indices into ``label_names``.
+            labels: their labels, as label names or indices into ``label_names`` (classification).
             label_names: the label words the LLM scores (with a leading space added); default: the
                 sorted distinct string labels.
             template: how an input is shown to the LLM; ``{text}`` marks the input.
@@ -158,13 +166,16 @@ class PromptBank:
             method: this task's module kind (``"dept"``, ``"ssb"``, ``"lora"``, ...); default the
                 bank's ``config.method``. Tasks of different kinds share one forward pass.
             module_options: the kind's options, e.g. ``{"rank": 2, "targets": "all"}`` (with ``method``).
+            targets: each text's answer (text-to-text; instead of ``labels``).
+            val_targets: each ``val_texts``' answer (text-to-text).
 
         Returns:
-            The task's :class:`TaskInfo` (its id, labels, template and training summary).
+            The task's :class:`TaskInfo` (its id, labels or task type, template and training summary).
 
         Raises:
             TaskExistsError: a task of that name is in the bank.
-            InvalidDataError: empty or non-string texts, labels that do not match, one class only.
+            InvalidDataError: empty or non-string texts, labels that do not match, one class only,
+                both or neither of labels and targets, targets of another count or blank.
         """
         if not isinstance(name, str) or not name.strip():
             raise InvalidDataError(f"task name must be a non-empty string, got {name!r}")
@@ -172,17 +183,20 @@ class PromptBank:
             raise TaskExistsError(
                 f"task {name!r} is already in the bank; remove_task({name!r}) first or pick another name"
             )
-        data = check_task_data(name, texts, labels, label_names, val_texts, val_labels, key_texts, key_labels)
-        texts, names, y, val_texts, val_y, key_texts, key_y = (
-            data.texts,
-            data.label_names,
-            data.labels,
-            data.val_texts,
-            data.val_labels,
-            data.key_texts,
-            data.key_labels,
+        task = prepare_task(
+            self.backbone,
+            name,
+            texts,
+            labels,
+            label_names,
+            val_texts,
+            val_labels,
+            key_texts,
+            key_labels,
+            targets,
+            val_targets,
         )
-        label_ids = self.backbone.label_token_ids(names)
+        texts, val_texts, key_texts = task.texts, task.val_texts, task.key_texts
         placement = self.config.placement
         encoded = self.backbone.encode(texts, template, self.config.max_input_tokens, placement).input_ids
         cfg = train_config or TrainConfig(seed=self.config.seed)
@@ -194,8 +208,7 @@ class PromptBank:
         prompt = self.new_prompt(seed=cfg.seed, method=method, options=module_options)
         if self.config.prompt_init == "labels":
             table = self.backbone.model.get_input_embeddings().weight
-            words = torch.tensor([t for ids in label_ids for t in ids], device=table.device)
-            prompt.start_near(table[words].detach().float().mean(0))
+            prompt.start_near(table[torch.tensor(task.words, device=table.device)].detach().float().mean(0))
         result: TrainResult | None = None
         if prompt_state is None:
             val_ids = (
@@ -204,17 +217,24 @@ class PromptBank:
                 else None
             )
             result = train_prompt(
-                self.backbone, prompt, encoded, y, label_ids, val_ids, val_y, cfg, desc=f"train {name}"
+                self.backbone,
+                prompt,
+                encoded,
+                task.targets,
+                task.objective,
+                val_ids,
+                task.val_targets,
+                cfg,
+                desc=f"train {name}",
             )
             prompt_state = prompt.trainable_state()
         started = time.perf_counter()
         # Validation inputs are labelled inputs of the task too: the router gets their keys
         # (a quarter more keys per class, +0.2 to +1.3 pt routing; docs/routing.md).
         routed = texts + (val_texts or []) + (key_texts or [])
-        labels = np.asarray(y + (val_y or []) + key_y)
         blocks = self.key_encoder.encode_blocks(routed, progress=cfg.progress)
         task_id = self._next_id
-        self.router.add_task_blocks(task_id, labelled_blocks(blocks, labels))
+        self.router.add_task_blocks(task_id, labelled_blocks(blocks, np.asarray(task.route_labels)))
         key_seconds = time.perf_counter() - started
         self._next_id += 1
 
@@ -233,26 +253,20 @@ class PromptBank:
                     "train_seconds": round(result.seconds, 2),
                     "steps": result.steps,
                     "best_step": result.best_step,
-                    "best_val_acc": result.best_val_acc,
+                    f"best_{result.val_metric}": result.best_val,
                     "train_config": cfg.to_dict(),
                     "llm_bf16": self.backbone.bf16,
                 }
             )
-        info = TaskInfo(name, task_id, names, template, meta, prompt.config_state())
+        info = TaskInfo(name, task_id, task.label_names, template, meta, prompt.config_state(), task.task_type)
         self._tasks[name] = info
-        self._set_state(name, prompt_state)
+        self.modules.put(name, prompt_state)  # predictions use exactly what a save writes
         return info
-
-    def _set_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
-        """Store the trainable tensors in the storage dtype; predictions use exactly what is saved."""
-        dtype = STORAGE_DTYPES[self.config.storage_dtype]
-        self._states[name] = {k: v.detach().cpu().to(dtype).contiguous() for k, v in state.items()}
-        self.matrix_cache.drop(name)  # rebuilt from the stored state at first use
 
     def prompt_state(self, name: str) -> dict[str, torch.Tensor]:
         """The stored (trainable) tensors of a task's module."""
         self.task_info(name)
-        return dict(self._states[name])
+        return dict(self.modules.states[name])
 
     def applied(self, name: str) -> Applied:
         """What a task's module does to its inputs, built from its stored tensors, on the LLM's device.
@@ -260,19 +274,7 @@ class PromptBank:
         The same tensors through the same module give the same result bit for bit, so one
         evicted from ``matrix_cache`` (the most recently used are kept) is rebuilt exactly.
         """
-        info = self.task_info(name)
-        applied = self.matrix_cache.get(name)
-        if applied is None:
-            config = {k: v for k, v in info.module.items() if k != "seed"}
-            key = json.dumps(config, sort_keys=True)
-            if key not in self._builders:  # buffers (frozen projections) depend on the config only
-                self._builders[key] = prompt_from_config(info.module).to(self.backbone.device)
-            builder = self._builders[key]
-            builder.load_trainable_state({k: v.float() for k, v in self._states[name].items()})
-            with torch.no_grad():
-                applied = builder.applied().frozen(self.backbone.device)
-            self.matrix_cache.put(name, applied)
-        return applied
+        return self.modules.applied(name, self.task_info(name).module)
 
     def prompt_matrix(self, name: str) -> torch.Tensor:
         """The (n, d) soft prompt a task's inputs receive (n = 0 for kinds without one), on the CPU."""
@@ -305,8 +307,8 @@ class PromptBank:
         """
         info = self.task_info(name)
         self.router.remove_task(info.task_id)
-        del self._tasks[name], self._states[name]
-        self.matrix_cache.drop(name)
+        del self._tasks[name]
+        self.modules.drop(name)
 
     # ------------------------------------------------------------------ inference
     def route(self, texts: Sequence[str], top: int = 3) -> tuple[list[str | None], Routing]:
@@ -346,28 +348,34 @@ class PromptBank:
         task: str | Sequence[str | None] | None = None,
         batch_size: int = 16,
         progress: bool = False,
+        generation: GenerationConfig | dict[str, Any] | None = None,
     ) -> list[Prediction]:
-        """Answer each input with its task's prompt; all tasks share one forward pass per batch.
+        """Answer each input with its task's module; inputs of different tasks share each batch.
 
         Args:
             texts: the inputs.
             task: None to route each input by its key (re-scoring uncertain ones if
                 ``BankConfig.rescore`` says so), one task name for all inputs, or a name (or
                 None) per input.
-            batch_size: inputs per forward pass.
+            batch_size: inputs per forward pass (per decoding step for text-to-text tasks).
             progress: show a progress bar.
+            generation: how text-to-text answers are decoded: a transformers ``GenerationConfig``
+                or its fields, e.g. ``{"max_new_tokens": 64, "num_beams": 4}`` (default greedy,
+                ``promptbank.generation.DEFAULT_MAX_NEW_TOKENS``).
 
         Returns:
-            One :class:`Prediction` per input: its task (None if unknown), label and every
-            label's score (mean log-probability of the label word).
+            One :class:`Prediction` per input: its task (None if unknown) and, for a
+            classification task, the label and every label's score (mean log-probability of the
+            label word); for a text-to-text task, the generated ``text`` and its ``confidence``.
 
         Raises:
-            InvalidDataError: empty or non-string texts; a task list of another length.
+            InvalidDataError: empty or non-string texts; a task list of another length; bad generation options.
             UnknownTaskError: a task name the bank does not hold.
         """
         texts = check_texts(texts)
+        decoding = generation_config(self.backbone, generation)
         if task is None:
-            return self._predict_routed(texts, batch_size, progress)
+            return self._predict_routed(texts, batch_size, progress, decoding)
         if isinstance(task, str):
             self.task_info(task)
             assigned = [task] * len(texts)
@@ -377,23 +385,28 @@ class PromptBank:
                 raise InvalidDataError(f"{len(texts)} texts but {len(assigned)} task names")
             for t in set(assigned) - {None}:
                 self.task_info(t)
-        return self._answer(texts, assigned, np.full(len(texts), np.nan, dtype=np.float32), batch_size, progress)
+        unrouted = np.full(len(texts), np.nan, dtype=np.float32)
+        return answer(self, texts, assigned, unrouted, batch_size, progress, decoding)
 
-    def _predict_routed(self, texts: list[str], batch_size: int, progress: bool) -> list[Prediction]:
+    def _predict_routed(
+        self, texts: list[str], batch_size: int, progress: bool, decoding: GenerationConfig
+    ) -> list[Prediction]:
         rescorer = self.config.rescorer()
         _, routing = self.route(texts, top=max(rescorer.top, 1))
         candidates = rescorer.candidates(routing)
         pairs = [(i, t) for i, cands in enumerate(candidates) for t in cands]
         by_id = self._names_by_id()
-        answers = self._answer(
+        answers = answer(
+            self,
             [texts[i] for i, _ in pairs],
             [by_id[t] for _, t in pairs],
             np.full(len(pairs), np.nan),
             batch_size,
             progress,
+            decoding,
         )
         by_pair = dict(zip(pairs, answers))
-        chosen = rescorer.choose(routing, candidates, lambda i, t: np.fromiter(by_pair[(i, t)].scores.values(), float))
+        chosen = rescorer.choose(routing, candidates, lambda i, t: candidate_scores(by_pair[(i, t)]))
         out = []
         for i, t in enumerate(chosen):
             if t < 0:
@@ -404,75 +417,33 @@ class PromptBank:
             out.append(dataclasses.replace(p, route_score=float(posterior[0]) if len(posterior) else float("nan")))
         return out
 
-    def _answer(
-        self, texts: list[str], assigned: list[str | None], route_scores: np.ndarray, batch_size: int, progress: bool
-    ) -> list[Prediction]:
-        known = [i for i, t in enumerate(assigned) if t is not None]
-        names = sorted({assigned[i] for i in known})
-        slot = {n: k for k, n in enumerate(names)}
-        ids: list[list[int]] = [[] for _ in texts]
-        for n in names:
-            members = [i for i in known if assigned[i] == n]
-            info = self._tasks[n]
-            encoded = self.backbone.encode(
-                [texts[i] for i in members], info.template, self.config.max_input_tokens, self.config.placement
-            ).input_ids
-            for i, e in zip(members, encoded):
-                ids[i] = e
-        label_ids = {n: self.backbone.label_token_ids(self._tasks[n].label_names) for n in names}
-        scores: list[np.ndarray] = []
-        if known:
-            scores = predict_scores(
-                self.backbone,
-                [self.applied(n) for n in names],
-                [slot[assigned[i]] for i in known],
-                [ids[i] for i in known],
-                [label_ids[assigned[i]] for i in known],
-                batch_size,
-                progress,
-            )
-        out: list[Prediction] = [Prediction(None, None, {}, float(route_scores[i])) for i in range(len(texts))]
-        for i, s in zip(known, scores):
-            label_names = self._tasks[assigned[i]].label_names
-            out[i] = Prediction(
-                assigned[i],
-                label_names[int(np.argmax(s))],
-                dict(zip(label_names, map(float, s))),
-                float(route_scores[i]),
-            )
-        return out
-
     def evaluate(
-        self, texts: Sequence[str], labels: Sequence[Any], task: str | None = None, batch_size: int = 16
+        self,
+        texts: Sequence[str],
+        labels: Sequence[Any] | None = None,
+        task: str | None = None,
+        batch_size: int = 16,
+        targets: Sequence[str] | None = None,
     ) -> dict[str, float]:
-        """Routed and task-given accuracy on labelled inputs of one task.
+        """Routed and task-given scores on inputs of one task.
 
         Args:
             texts: inputs of ``task``.
-            labels: their labels (names or indices).
+            labels: their labels (names or indices), for a classification task.
             task: the true task (required: routing is measured against it).
             batch_size: inputs per forward pass.
+            targets: their reference answers, for a text-to-text task.
 
         Returns:
-            ``accuracy`` (routed), ``oracle_accuracy`` (task given), ``routing_accuracy`` and ``n``.
+            ``routing_accuracy``, ``n`` and, for classification, ``accuracy`` (routed) and
+            ``oracle_accuracy`` (task given); for text-to-text, each of ``exact_match``,
+            ``token_f1`` and ``rouge_l`` (routed; an input routed elsewhere scores 0) and its
+            ``oracle_`` twin (``promptbank.text_metrics``).
 
         Raises:
-            InvalidDataError: no task given, or labels that do not match.
+            InvalidDataError: no task given, or labels / targets that do not match the task.
         """
-        texts = check_texts(texts)
-        if task is None:
-            raise InvalidDataError("evaluate needs the true task name to score labels; routing is measured against it")
-        info = self.task_info(task)
-        y = label_indices(labels, info.label_names, len(texts), "labels")
-        oracle = self.predict(texts, task=task, batch_size=batch_size)
-        routed = self.predict(texts, batch_size=batch_size)
-        correct = lambda preds: [p.task == task and p.label == info.label_names[t] for p, t in zip(preds, y)]
-        return {
-            "accuracy": float(np.mean(correct(routed))),
-            "oracle_accuracy": float(np.mean(correct(oracle))),
-            "routing_accuracy": float(np.mean([p.task == task for p in routed])),
-            "n": len(texts),
-        }
+        return evaluate_task(self, texts, labels, task, batch_size, targets)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:

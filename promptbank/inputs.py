@@ -134,3 +134,46 @@ def check_task_data(
         key_texts = check_texts(key_texts, "key_texts")
         key_y = label_indices(key_labels, names, len(key_texts), "key_labels")
     return TaskData(texts, names, y, val_texts, val_y, key_texts, key_y)
+
+
+@dataclass
+class TextToTextData:
+    """A text-to-text task's inputs after the checks: texts and their target answers as lists."""
+
+    texts: list[str]
+    targets: list[str]
+    val_texts: list[str] | None
+    val_targets: list[str] | None
+    key_texts: list[str] | None
+
+
+def check_text_to_text_data(
+    name: Any,
+    texts: Sequence[str],
+    targets: Sequence[str],
+    val_texts: Sequence[str] | None,
+    val_targets: Sequence[str] | None,
+    key_texts: Sequence[str] | None,
+) -> TextToTextData:
+    """Everything ``PromptBank.add_task`` is given for a text-to-text task, checked before any model work.
+
+    Raises:
+        InvalidDataError: a bad name, texts or targets (empty, blank, not strings, another count),
+            or a validation split given half.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidDataError(f"task name must be a non-empty string, got {name!r}")
+    texts = check_texts(texts)
+    targets = check_texts(targets, "targets")
+    if len(targets) != len(texts):
+        raise InvalidDataError(f"targets: {len(texts)} texts but {len(targets)} targets; give one answer per text")
+    if (val_texts is None) != (val_targets is None):
+        raise InvalidDataError("give both val_texts and val_targets, or neither")
+    if val_texts is not None:
+        val_texts = check_texts(val_texts, "val_texts")
+        val_targets = check_texts(val_targets, "val_targets")
+        if len(val_targets) != len(val_texts):
+            raise InvalidDataError(f"val_targets: {len(val_texts)} val_texts but {len(val_targets)} val_targets")
+    if key_texts is not None:
+        key_texts = check_texts(key_texts, "key_texts")
+    return TextToTextData(texts, targets, val_texts, val_targets, key_texts)

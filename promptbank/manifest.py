@@ -16,13 +16,17 @@ from typing import Any
 from .errors import BankFormatError
 
 FORMAT = "promptbank"
-#: 2: each task records its own module (``module``: kind and options); 1: every task had ``prompt_config``.
-SCHEMA_VERSION = 2
+#: 3: each task records its ``task_type`` (text-to-text tasks have no label names); 2: each task
+#: records its own module (``module``: kind and options); 1: every task had ``prompt_config``.
+SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
 TOP_KEYS = {"format", "schema_version", "backbone", "key_encoder", "config", "prompt_config", "router",
             "next_task_id", "tasks", "files"}  # fmt: skip
 TASK_KEYS = {"name", "task_id", "label_names", "template", "metadata"}
-OPTIONAL_TASK_KEYS = {"module"}  # schema 2
+#: task fields by the schema version that introduced them
+OPTIONAL_TASK_KEYS = {2: {"module"}, 3: {"task_type"}}
+#: What a task answers with: one of its label words, or generated text.
+TASK_TYPES = ("classification", "text-to-text")
 FILE_ROLES = {"prompts": ".safetensors", "router": ".safetensors", "index": ".faiss"}
 FILE_KEYS = {"file", "sha256", "bytes"}
 #: a data file's name: its role, a hex digest, its suffix (what ``write_bank`` writes)
@@ -139,7 +143,8 @@ def _check_tasks(manifest: dict[str, Any], where: Path) -> None:
     names, ids = set(), set()
     for i, task in enumerate(tasks):
         _check_type(where, task, lambda v: isinstance(v, dict), f"tasks[{i}] must be an object")
-        unknown = set(task) - TASK_KEYS - (OPTIONAL_TASK_KEYS if manifest["schema_version"] >= 2 else set())
+        optional = {k for v, keys in OPTIONAL_TASK_KEYS.items() if manifest["schema_version"] >= v for k in keys}
+        unknown = set(task) - TASK_KEYS - optional
         if unknown:
             raise _newer(where, f"task fields {sorted(unknown)} this version does not know")
         if TASK_KEYS - set(task):
@@ -152,8 +157,14 @@ def _check_tasks(manifest: dict[str, Any], where: Path) -> None:
         )
         _check_type(where, task["task_id"], lambda v: _is_int(v) and 0 <= v < manifest["next_task_id"],
                     f"tasks[{i}].task_id must be an integer below next_task_id")  # fmt: skip
-        _check_type(where, task["label_names"], lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(x, str) for x in v),
-                    f"tasks[{i}].label_names must be a list of at least 2 strings")  # fmt: skip
+        _check_type(where, task.get("task_type", TASK_TYPES[0]), lambda v: v in TASK_TYPES,
+                    f"tasks[{i}].task_type must be one of {TASK_TYPES}")  # fmt: skip
+        if task.get("task_type", TASK_TYPES[0]) == "classification":
+            _check_type(where, task["label_names"], lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(x, str) for x in v),
+                        f"tasks[{i}].label_names must be a list of at least 2 strings")  # fmt: skip
+        else:
+            _check_type(where, task["label_names"], lambda v: v == [],
+                        f"tasks[{i}].label_names must be empty for a text-to-text task")  # fmt: skip
         _check_type(where, task["template"], lambda v: isinstance(v, str), f"tasks[{i}].template must be a string")
         _check_type(where, task["metadata"], lambda v: isinstance(v, dict), f"tasks[{i}].metadata must be an object")
         _check_type(where, task.get("module", {}), lambda v: isinstance(v, dict) and isinstance(v.get("method", ""), str),

@@ -51,7 +51,7 @@ def _bank_parts(bank: PromptBank) -> tuple[dict, dict, dict]:
         "next_task_id": bank._next_id,
         "tasks": [dataclasses.asdict(t) for t in bank._tasks.values()],
     }
-    tensors = {f"task{bank._tasks[n].task_id}.{k}": v for n, st in bank._states.items() for k, v in st.items()}
+    tensors = {f"task{bank._tasks[n].task_id}.{k}": v for n, st in bank.modules.states.items() for k, v in st.items()}
     return manifest, tensors, router_arrays
 
 
@@ -106,5 +106,5 @@ def load_bank(
     states = storage.task_states(tensors, {i.task_id: i.name for i in infos}, expected, path)
     for info in infos:
         bank._tasks[info.name] = info
-        bank._set_state(info.name, states[info.task_id])
+        bank.modules.put(info.name, states[info.task_id])
     return bank

@@ -10,6 +10,7 @@ import torch
 from .backbone import PLACEMENTS
 from .errors import InvalidDataError
 from .keys import DEFAULT_KEY_ENCODER
+from .manifest import TASK_TYPES  # noqa: F401  (what a task answers with)
 from .rescore import Rescorer
 from .routing import DEFAULT_ROUTER
 
@@ -76,7 +77,8 @@ class BankConfig:
 
 @dataclass
 class TaskInfo:
-    """What the bank knows about one task; ``module`` is its module's ``config_state()`` (kind and options)."""
+    """What the bank knows about one task; ``module`` is its module's ``config_state()`` (kind and
+    options). A text-to-text task has no label names."""
 
     name: str
     task_id: int
@@ -84,17 +86,31 @@ class TaskInfo:
     template: str
     metadata: dict[str, Any] = field(default_factory=dict)
     module: dict[str, Any] = field(default_factory=dict)
+    task_type: str = "classification"
+
+    @property
+    def generates(self) -> bool:
+        return self.task_type == "text-to-text"
 
 
 @dataclass
 class Prediction:
-    """One input's answer: the routed task (None = unknown), the label and every label's score."""
+    """One input's answer: the routed task (None = unknown) and either a label with every label's
+    score (classification) or generated ``text`` with its ``confidence``, the mean log-probability
+    of its tokens (text-to-text)."""
 
     task: str | None
     label: str | None
     scores: dict[str, float]
     route_score: float = float("nan")
+    text: str | None = None
+    confidence: float = float("nan")
 
     @property
     def label_index(self) -> int:
         return -1 if self.label is None else list(self.scores).index(self.label)
+
+    @property
+    def answer(self) -> str | None:
+        """The label, or the generated text."""
+        return self.text if self.text is not None else self.label

@@ -22,6 +22,7 @@ from .backbone import PROMPT_SLOT, FrozenLM
 from .errors import InvalidDataError
 from .input_cache import InputCache
 from .module_batch import Applied, ModuleBatch
+from .objectives import Classification, Objective, TextToText
 from .prompts import TaskModule
 
 # Learning rates that worked on SmolLM2-135M at the default budget (see RESULTS.md); the
@@ -93,13 +94,18 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """Outcome of training: history of (step, loss, val_acc) and the chosen checkpoint."""
+    """Outcome of training: history of (step, loss, validation metric) and the chosen checkpoint.
+
+    ``best_val`` is the chosen checkpoint's validation score, named by ``val_metric``: accuracy
+    (``val_acc``) for classification, mean target log-probability (``val_logp``) for text-to-text.
+    """
 
     best_step: int
-    best_val_acc: float | None
+    best_val: float | None
     seconds: float
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
+    val_metric: str = "val_acc"
 
 
 def predict_scores(
@@ -144,18 +150,19 @@ def predict_scores(
     return out
 
 
-def accuracy(scores: list[np.ndarray], targets: Sequence[int]) -> float:
-    return float(np.mean([int(np.argmax(s)) == int(t) for s, t in zip(scores, targets)])) if targets else float("nan")
+def as_objective(objective: Objective | list[list[int]]) -> Objective:
+    """An objective, or a task's label token lists read as :class:`Classification` over them."""
+    return objective if isinstance(objective, (Classification, TextToText)) else Classification(list(objective))
 
 
 def train_prompt(
     backbone: FrozenLM,
     prompt: TaskModule,
     train_ids: list[list[int]],
-    train_labels: Sequence[int],
-    label_ids: list[list[int]],
+    train_labels: Sequence[Any],
+    objective: Objective | list[list[int]],
     val_ids: list[list[int]] | None = None,
-    val_labels: Sequence[int] | None = None,
+    val_labels: Sequence[Any] | None = None,
     config: TrainConfig | None = None,
     desc: str = "train",
 ) -> TrainResult:
@@ -165,10 +172,12 @@ def train_prompt(
         backbone: the frozen LLM (it never gets gradients).
         prompt: the module (any kind); its own parameters are trained, live.
         train_ids: token lists with the prompt slot.
-        train_labels: their label indices.
-        label_ids: the task's labels as token lists.
+        train_labels: their targets: label indices (classification) or answer token lists ending
+            in EOS (text-to-text).
+        objective: :class:`~promptbank.objectives.Classification` (or just the task's label token
+            lists) or :class:`~promptbank.objectives.TextToText`.
         val_ids: validation token lists (with ``val_labels``) for checkpoint choice.
-        val_labels: their label indices.
+        val_labels: their targets.
         config: the budget and optimiser (:class:`TrainConfig`).
         desc: the progress bar's label.
 
@@ -176,6 +185,7 @@ def train_prompt(
         The :class:`TrainResult`; ``prompt`` holds the best checkpoint.
     """
     cfg = config or TrainConfig()
+    objective = as_objective(objective)
     torch.manual_seed(cfg.seed)
     prompt.to(backbone.device).train()
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR.get(prompt.method, 0.03)
@@ -189,9 +199,8 @@ def train_prompt(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     rng = np.random.default_rng(cfg.seed)
-    targets = np.asarray(train_labels)
     has_val = bool(val_ids) and val_labels is not None and cfg.eval_every > 0
-    best = (-1.0, 0, copy.deepcopy(prompt.state_dict()))
+    best: tuple[float, int, dict[str, Any] | None] = (float("-inf"), 0, None)
     history: list[dict[str, float]] = []
     order: list[int] = []
     started = time.perf_counter()
@@ -199,20 +208,21 @@ def train_prompt(
     train_cache = _input_cache(backbone, train_ids, cfg) if input_only else None
     val_cache = _input_cache(backbone, val_ids, cfg) if has_val and input_only else None
     bar = tqdm(range(cfg.steps), desc=desc, disable=not cfg.progress, unit="step", leave=False)
-    running_loss, running_acc = 0.0, 0.0
+    running_loss, running_metric = 0.0, 0.0
     for step in bar:
         if len(order) < cfg.batch_size:
             order.extend(rng.permutation(len(train_ids)).tolist())
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
         applied = prompt.applied()
+        targets = [train_labels[i] for i in idx]
+        candidates = objective.candidates(targets)
         if train_cache is not None:
             batch_prompts = applied.prompt.unsqueeze(0).expand(len(idx), -1, -1)
-            scores = train_cache.label_scores(idx, batch_prompts, [label_ids] * len(idx))
+            scores = train_cache.label_scores(idx, batch_prompts, candidates)
         else:
             batch = ModuleBatch.shared(applied, len(idx))
-            scores = backbone.label_scores(batch, [train_ids[i] for i in idx], [label_ids] * len(idx))
-        y = torch.as_tensor(targets[idx], device=scores.device)
-        loss = torch.nn.functional.cross_entropy(scores.float(), y)
+            scores = backbone.label_scores(batch, [train_ids[i] for i in idx], candidates)
+        loss = objective.loss(scores, targets)
         penalty = prompt.regularization()
         if penalty is not None:
             loss = loss + penalty
@@ -224,28 +234,31 @@ def train_prompt(
         scheduler.step()
         loss_value = loss.item()
         running_loss = 0.9 * running_loss + 0.1 * loss_value if step else loss_value
-        batch_acc = float((scores.argmax(-1) == y).float().mean())
-        running_acc = 0.9 * running_acc + 0.1 * batch_acc if step else batch_acc
+        batch_metric = objective.batch_metric(scores, targets)
+        running_metric = 0.9 * running_metric + 0.1 * batch_metric if step else batch_metric
         record = {"step": step + 1, "loss": loss_value}
         if has_val and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            val_acc = evaluate_prompt(backbone, prompt, val_ids, val_labels, label_ids, cfg.eval_batch_size, val_cache)
-            record["val_acc"] = val_acc
-            if val_acc > best[0]:
-                best = (val_acc, step + 1, copy.deepcopy(prompt.state_dict()))
+            val = evaluate_prompt(backbone, prompt, val_ids, val_labels, objective, cfg.eval_batch_size, val_cache)
+            record[objective.metric] = val
+            if best[2] is None or val > best[0]:
+                best = (val, step + 1, copy.deepcopy(prompt.state_dict()))
             prompt.train()
         history.append(record)
         bar.set_postfix(
-            loss=f"{running_loss:.3f}", acc=f"{running_acc:.2f}", best_val=f"{max(best[0], 0):.2f}" if has_val else "-"
+            loss=f"{running_loss:.3f}",
+            **{objective.metric.removeprefix("val_"): f"{running_metric:.2f}"},
+            best_val=f"{best[0]:.2f}" if best[2] is not None else "-",
         )
-    if has_val:
+    if best[2] is not None:
         prompt.load_state_dict(best[2])
     prompt.eval()
     return TrainResult(
         best_step=best[1] if has_val else cfg.steps,
-        best_val_acc=best[0] if has_val else None,
+        best_val=best[0] if has_val else None,
         seconds=time.perf_counter() - started,
         steps=cfg.steps,
         history=history,
+        val_metric=objective.metric,
     )
 
 
@@ -264,13 +277,16 @@ def evaluate_prompt(
     backbone: FrozenLM,
     prompt: TaskModule | torch.Tensor,
     input_ids: list[list[int]],
-    targets: Sequence[int],
-    label_ids: list[list[int]],
+    targets: Sequence[Any],
+    objective: Objective | list[list[int]],
     batch_size: int = 16,
     cache: InputCache | None = None,
 ) -> float:
-    """Accuracy of one module (or plain (n, d) prompt) on pre-tokenised inputs (their keys and
-    values from ``cache`` if given; only a prompt-only module can use one)."""
+    """The objective's validation score (accuracy, or mean target log-probability) of one module
+    (or plain (n, d) prompt) on pre-tokenised inputs (their keys and values from ``cache`` if
+    given; only a prompt-only module can use one)."""
+    objective = as_objective(objective)
+    candidates = objective.candidates(targets)
     with torch.inference_mode():
         applied = prompt.applied() if isinstance(prompt, TaskModule) else Applied(prompt)
         if cache is not None and applied.input_only:
@@ -278,10 +294,8 @@ def evaluate_prompt(
             for start in range(0, len(input_ids), batch_size):
                 rows = list(range(start, min(len(input_ids), start + batch_size)))
                 prompts = applied.prompt.unsqueeze(0).expand(len(rows), -1, -1)
-                batch = cache.label_scores(rows, prompts, [label_ids] * len(rows))
-                scores.extend(s[: len(label_ids)] for s in batch.float().cpu().numpy())
-            return accuracy(scores, targets)
-        scores = predict_scores(
-            backbone, [applied], [0] * len(input_ids), input_ids, [label_ids] * len(input_ids), batch_size
-        )
-    return accuracy(scores, targets)
+                batch = cache.label_scores(rows, prompts, [candidates[r] for r in rows])
+                scores.extend(s[: len(candidates[r])] for r, s in zip(rows, batch.float().cpu().numpy()))
+            return objective.score(scores, targets)
+        scores = predict_scores(backbone, [applied], [0] * len(input_ids), input_ids, candidates, batch_size)
+    return objective.score(scores, targets)

@@ -104,7 +104,7 @@ def ram_bytes(bank: Any) -> dict[str, float]:
     import numpy as np
 
     T = max(len(bank.tasks), 1)
-    states = sum(v.numel() * v.element_size() for st in bank._states.values() for v in st.values())
+    states = sum(v.numel() * v.element_size() for st in bank.modules.states.values() for v in st.values())
     matrices = bank.matrix_cache.nbytes()  # cached ones only
     _, arrays = bank.router.state()  # FAISS index as serialised bytes ~ its in-memory size
     router = sum(np.asarray(a).nbytes for a in arrays.values())

@@ -79,7 +79,7 @@ def main() -> None:
                 "variant": variant,
                 "test_acc": acc,
                 "params": prompt.num_trainable() if n else 0,
-                "best_val_acc": result.best_val_acc if result else None,
+                "best_val_acc": result.best_val if result else None,
                 "seconds": round(time.perf_counter() - started, 1),
             }
             rows.append(row)

@@ -209,7 +209,7 @@ def test_a_schema_1_bank_still_loads_and_answers_the_same(tiny_llama, tmp_path):
     manifest = json.loads(manifest_path.read_text())
     manifest["schema_version"] = 1
     for task in manifest["tasks"]:
-        del task["module"]
+        del task["module"], task["task_type"]
     manifest_path.write_text(json.dumps(manifest))
     loaded = PromptBank.load(path, backbone=tiny_llama)
     assert loaded.task_info("animals").module["method"] == "ulpt"

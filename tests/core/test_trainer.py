@@ -58,7 +58,9 @@ def test_best_validation_checkpoint_is_restored(tiny_llama):
     assert [h["step"] for h in evals] == [2, 4, 6, 8]
     assert evals[0]["val_acc"] > evals[-1]["val_acc"], "setup: validation must get worse as training goes on"
     best = max(evals, key=lambda h: h["val_acc"])
-    assert result.best_step == best["step"] < 8 and result.best_val_acc == best["val_acc"]
+    assert (
+        result.best_step == best["step"] < 8 and result.best_val == best["val_acc"] and result.val_metric == "val_acc"
+    )
     restored = prompt.state_dict()
     assert all(torch.equal(restored[k], after_step[best["step"] - 1][k]) for k in restored)
     assert not all(torch.equal(restored[k], after_step[-1][k]) for k in restored)

@@ -1,0 +1,140 @@
+"""Answers for inputs whose task is known: label scores for classification tasks, generated text
+for text-to-text tasks. Inputs of different tasks (and module kinds) share each batch; the two
+task types go through their own batches (one scores label words, the other decodes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from transformers import GenerationConfig
+
+from .backbone import FrozenLM
+from .errors import InvalidDataError
+from .generation import generate
+from .inputs import check_texts, label_indices
+from .module_batch import Applied
+from .records import Prediction, TaskInfo
+from .text_metrics import text_scores
+from .trainer import predict_scores
+
+if TYPE_CHECKING:
+    from .bank import PromptBank
+
+
+def answer(
+    bank: PromptBank,
+    texts: list[str],
+    assigned: list[str | None],
+    route_scores: np.ndarray,
+    batch_size: int,
+    progress: bool,
+    generation: GenerationConfig | None = None,
+) -> list[Prediction]:
+    """Each input answered by its assigned task (None: an empty, unknown answer).
+
+    Args:
+        bank: the bank holding the tasks.
+        texts: the inputs.
+        assigned: per input, its task's name or None.
+        route_scores: per input, the router's score for that task (NaN when given).
+        batch_size: inputs per forward pass.
+        progress: show progress bars.
+        generation: decoding settings for text-to-text tasks (``promptbank.generation``).
+
+    Returns:
+        One :class:`Prediction` per input.
+    """
+    out = [Prediction(None, None, {}, float(route_scores[i])) for i in range(len(texts))]
+    infos = {n: bank.task_info(n) for n in set(assigned) - {None}}
+    for generates in (False, True):
+        rows = [i for i, t in enumerate(assigned) if t is not None and infos[t].generates == generates]
+        if not rows:
+            continue
+        names = sorted({assigned[i] for i in rows})
+        slot = {n: k for k, n in enumerate(names)}
+        ids = _encoded(bank.backbone, texts, assigned, rows, infos, bank.config.max_input_tokens, bank.config.placement)
+        modules: list[Applied] = [bank.applied(n) for n in names]
+        index = [slot[assigned[i]] for i in rows]
+        if generates:
+            results = generate(bank.backbone, modules, index, ids, generation, batch_size, progress)
+            for i, g in zip(rows, results):
+                out[i] = Prediction(assigned[i], None, {}, float(route_scores[i]), text=g.text, confidence=g.logprob)
+            continue
+        labels = {n: bank.backbone.label_token_ids(infos[n].label_names) for n in names}
+        scores = predict_scores(
+            bank.backbone, modules, index, ids, [labels[assigned[i]] for i in rows], batch_size, progress
+        )
+        for i, s in zip(rows, scores):
+            label_names = infos[assigned[i]].label_names
+            out[i] = Prediction(
+                assigned[i],
+                label_names[int(np.argmax(s))],
+                dict(zip(label_names, map(float, s))),
+                float(route_scores[i]),
+            )
+    return out
+
+
+def _encoded(
+    backbone: FrozenLM,
+    texts: list[str],
+    assigned: list[str | None],
+    rows: list[int],
+    infos: dict[str, TaskInfo],
+    max_input_tokens: int,
+    placement: str,
+) -> list[list[int]]:
+    """The token lists of ``rows``, each input in its own task's template."""
+    ids: dict[int, list[int]] = {}
+    for name in sorted({assigned[i] for i in rows}):
+        members = [i for i in rows if assigned[i] == name]
+        encoded = backbone.encode([texts[i] for i in members], infos[name].template, max_input_tokens, placement)
+        ids.update(zip(members, encoded.input_ids))
+    return [ids[i] for i in rows]
+
+
+def candidate_scores(prediction: Prediction) -> np.ndarray:
+    """What re-scoring compares across candidate tasks: label scores, or a generated answer's confidence."""
+    if prediction.text is not None:
+        return np.array([prediction.confidence])
+    return np.fromiter(prediction.scores.values(), float)
+
+
+def evaluate_task(
+    bank: PromptBank,
+    texts: Sequence[str],
+    labels: Sequence[Any] | None,
+    task: str | None,
+    batch_size: int,
+    targets: Sequence[str] | None,
+) -> dict[str, float]:
+    """``PromptBank.evaluate``: routed and task-given scores on inputs of one task."""
+    texts = check_texts(texts)
+    if task is None:
+        raise InvalidDataError("evaluate needs the true task name to score answers; routing is measured against it")
+    info = bank.task_info(task)
+    given = targets if info.generates else labels
+    if given is None or (targets is not None and labels is not None):
+        kind = "targets=[...]" if info.generates else "labels=[...]"
+        raise InvalidDataError(f"task {task!r} is {info.task_type}: evaluate it with {kind} only")
+    oracle = bank.predict(texts, task=task, batch_size=batch_size)
+    routed = bank.predict(texts, batch_size=batch_size)
+    on_task = [p.task == task for p in routed]
+    result = {"routing_accuracy": float(np.mean(on_task)), "n": len(texts)}
+    if info.generates:
+        refs = check_texts(targets, "targets")
+        if len(refs) != len(texts):
+            raise InvalidDataError(f"targets: {len(texts)} texts but {len(refs)} targets")
+        routed_scores = text_scores([p.text if ok else None for p, ok in zip(routed, on_task)], refs)
+        oracle_scores = text_scores([p.text for p in oracle], refs)
+        return {**result, **routed_scores, **{f"oracle_{k}": v for k, v in oracle_scores.items()}}
+    y = label_indices(labels, info.label_names, len(texts), "labels")
+    correct = lambda preds: [p.task == task and p.label == info.label_names[t] for p, t in zip(preds, y)]
+    return {
+        **result,
+        "accuracy": float(np.mean(correct(routed))),
+        "oracle_accuracy": float(np.mean(correct(oracle))),
+    }

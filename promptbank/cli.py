@@ -49,10 +49,13 @@ def _predict(args: argparse.Namespace) -> int:
 
     bank = PromptBank.load(args.bank, backbone=args.backbone, bf16=args.bf16)
     rows = []
-    for text, p in zip(texts, bank.predict(texts, task=args.task)):
+    generation = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None
+    for text, p in zip(texts, bank.predict(texts, task=args.task, generation=generation)):
         score = None if p.route_score != p.route_score else round(p.route_score, 4)
         scores = {k: round(v, 4) for k, v in p.scores.items()}
-        rows.append({"text": text, "task": p.task, "label": p.label, "route_score": score, "scores": scores})
+        confidence = None if p.confidence != p.confidence else round(p.confidence, 4)
+        rows.append({"text": text, "task": p.task, "label": p.label, "generated": p.text, "confidence": confidence,
+                     "route_score": score, "scores": scores})  # fmt: skip
     if not args.out:
         for row in rows:
             print(json.dumps(row))
@@ -92,10 +95,11 @@ def _info(args: argparse.Namespace) -> int:
         kind = t.get("module", manifest["prompt_config"]).get("method")
         size = stored.get(t["task_id"], 0)
         by_kind.setdefault(kind, []).append(size)
-        print(
-            f"  {t['name']:<20} {kind:<6} {size:>9} B  labels={t['label_names']}  "
-            f"best_val_acc={t['metadata'].get('best_val_acc')}"
-        )
+        if t.get("task_type") == "text-to-text":
+            answers = f"text-to-text  best_val_logp={t['metadata'].get('best_val_logp')}"
+        else:
+            answers = f"labels={t['label_names']}  best_val_acc={t['metadata'].get('best_val_acc')}"
+        print(f"  {t['name']:<20} {kind:<6} {size:>9} B  {answers}")
     print(f"size: {total} bytes on disk, {total / n:.0f} bytes per task")
     if by_kind:
         print("module bytes per task: " + ", ".join(f"{k} {sum(v) / len(v):.0f}" for k, v in sorted(by_kind.items())))
@@ -146,7 +150,8 @@ def _add(args: argparse.Namespace) -> int:
     from .datafiles import load_examples
     from .trainer import TrainConfig
 
-    examples = load_examples(args.data, args.text_column or ["text"], args.label_column, args.split)
+    answer_column = args.target_column or args.label_column
+    examples = load_examples(args.data, args.text_column or ["text"], answer_column, args.split)
     folder = Path(args.bank)
     options = json_options(args.options)
     kind = {"method": args.method, "module_options": options} if args.method or options else {}
@@ -163,20 +168,24 @@ def _add(args: argparse.Namespace) -> int:
     n_val = int(len(examples.texts) * args.val_fraction)
     order = np.random.default_rng(args.seed).permutation(len(examples.texts))
     val, train = order[:n_val].tolist(), order[n_val:].tolist()
+    answers = "targets" if args.target_column else "labels"
     info = bank.add_task(
         args.name,
         [examples.texts[i] for i in train],
-        [examples.labels[i] for i in train],
         template=args.template,
         val_texts=[examples.texts[i] for i in val] or None,
-        val_labels=[examples.labels[i] for i in val] or None,
+        **{answers: [examples.labels[i] for i in train], f"val_{answers}": [examples.labels[i] for i in val] or None},
         train_config=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
         **kind,
     )
     bank.save(folder)
+    if info.generates:
+        answered = f"text-to-text; best validation log-prob per token {info.metadata.get('best_val_logp')}"
+    else:
+        answered = f"labels {info.label_names}; best validation accuracy {info.metadata.get('best_val_acc')}"
     print(
         f"added {args.name!r} ({len(train)} training and {len(val)} validation examples of {examples.source}; "
-        f"labels {info.label_names}; best validation accuracy {info.metadata.get('best_val_acc')}) to {folder}"
+        f"{answered}) to {folder}"
     )
     return 0
 
@@ -211,6 +220,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     predict.add_argument("--file", default=None, help="read the texts from a .csv/.tsv/.jsonl/.parquet file")
     predict.add_argument("--text-column", action="append", help="the file's text column(s) (default: text)")
     predict.add_argument("--out", default=None, help="write the answers to a .jsonl or .csv file")
+    predict.add_argument(
+        "--max-new-tokens", type=int, default=None, help="longest generated answer of a text-to-text task"
+    )
     predict.add_argument("text", nargs="*", help="texts (default: one per line on stdin)")
     predict.set_defaults(func=_predict)
 
@@ -224,6 +236,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     add.add_argument("--data", required=True, help="a .csv/.tsv/.jsonl/.parquet file or a hub dataset name")
     add.add_argument("--text-column", action="append", help="input column (repeat to join several; default: text)")
     add.add_argument("--label-column", default="label")
+    add.add_argument(
+        "--target-column", default=None, help="the answer column of a text-to-text task (instead of --label-column)"
+    )
     add.add_argument("--split", default="train", help="split of a hub dataset (default: %(default)s)")
     add.add_argument("--template", default=DEFAULT_TEMPLATE, help="how an input is shown; {text} marks it")
     add.add_argument("--val-fraction", type=float, default=0.1, help="share kept for checkpoint choice")

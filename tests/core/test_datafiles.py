@@ -138,3 +138,21 @@ def test_predict_reads_a_file_and_writes_jsonl_or_csv(tiny_folder: str, tmp_path
     capsys.readouterr()
     assert main(["predict", *common, "--file", str(data), "--out", str(tmp_path / "out.txt")]) == 2
     assert "write .jsonl or .csv" in capsys.readouterr().err
+
+
+def test_a_text_to_text_task_is_added_from_a_file_and_predict_prints_its_generated_answer(
+    tiny_folder: str, tmp_path: Path, capsys
+):
+    data = _write(tmp_path / "titles.jsonl", ROWS)  # text -> title
+    common = ["--bank", str(tmp_path / "bank"), "--backbone", tiny_folder]
+    tiny = ["--steps", "2", "--batch-size", "4", "--n-tokens", "4", "--key-encoder", "embedding-mean"]
+    assert main(["add", *common, "--name", "titles", "--data", str(data), "--target-column", "title", *tiny]) == 0
+    assert "text-to-text" in capsys.readouterr().out
+    bank = PromptBank.load(tmp_path / "bank", backbone=tiny_folder)
+    assert bank.task_info("titles").generates and bank.task_info("titles").metadata["n_train"] == 12 - 1  # "" titles dropped, 10% held out
+    expected = bank.predict(["a cat"], generation={"max_new_tokens": 3})[0]
+    assert main(["predict", *common, "--max-new-tokens", "3", "a cat"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (row["task"], row["label"], row["generated"]) == ("titles", None, expected.text) and row["confidence"] < 0
+    assert main(["info", str(tmp_path / "bank")]) == 0
+    assert "text-to-text" in capsys.readouterr().out

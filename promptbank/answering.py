@@ -110,6 +110,7 @@ def evaluate_task(
     task: str | None,
     batch_size: int,
     targets: Sequence[str] | None,
+    generation: GenerationConfig | dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """``PromptBank.evaluate``: routed and task-given scores on inputs of one task."""
     texts = check_texts(texts)
@@ -120,8 +121,8 @@ def evaluate_task(
     if given is None or (targets is not None and labels is not None):
         kind = "targets=[...]" if info.generates else "labels=[...]"
         raise InvalidDataError(f"task {task!r} is {info.task_type}: evaluate it with {kind} only")
-    oracle = bank.predict(texts, task=task, batch_size=batch_size)
-    routed = bank.predict(texts, batch_size=batch_size)
+    oracle = bank.predict(texts, task=task, batch_size=batch_size, generation=generation)
+    routed = bank.predict(texts, batch_size=batch_size, generation=generation)
     on_task = [p.task == task for p in routed]
     result = {"routing_accuracy": float(np.mean(on_task)), "n": len(texts)}
     if info.generates:

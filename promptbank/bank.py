@@ -424,6 +424,7 @@ class PromptBank:
         task: str | None = None,
         batch_size: int = 16,
         targets: Sequence[str] | None = None,
+        generation: GenerationConfig | dict[str, Any] | None = None,
     ) -> dict[str, float]:
         """Routed and task-given scores on inputs of one task.
 
@@ -433,6 +434,7 @@ class PromptBank:
             task: the true task (required: routing is measured against it).
             batch_size: inputs per forward pass.
             targets: their reference answers, for a text-to-text task.
+            generation: decoding settings for a text-to-text task (as in :meth:`predict`).
 
         Returns:
             ``routing_accuracy``, ``n`` and, for classification, ``accuracy`` (routed) and
@@ -443,7 +445,7 @@ class PromptBank:
         Raises:
             InvalidDataError: no task given, or labels / targets that do not match the task.
         """
-        return evaluate_task(self, texts, labels, task, batch_size, targets)
+        return evaluate_task(self, texts, labels, task, batch_size, targets, generation)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:

@@ -56,6 +56,8 @@ class PromptCache:
             "train": train,
             "data": hashlib.sha256("\x1f".join(task.train_texts + task.val_texts).encode()).hexdigest(),
         }
+        if task.generates:  # absent for classification, so the keys of existing caches stay valid
+            payload["targets"] = hashlib.sha256("\x1f".join(task.train_targets + task.val_targets).encode()).hexdigest()
         if bank.backbone.bf16:  # absent in float32, so the keys of existing caches stay valid
             payload["bf16"] = True
         for name, default in (("placement", "prefix"), ("prompt_init", "random")):  # likewise absent at defaults
@@ -106,6 +108,16 @@ class BankStrategy(StreamStrategy):
     def train(self, experience: CLExperience, task: TaskData, table: TextTable) -> TrainReport:
         rows, labels = experience_rows(experience.dataset)
         texts = table.lookup(rows)
+        if task.generates:
+            answer_of = dict(zip(task.train_texts, task.train_targets))
+            answers = {"targets": [answer_of[t] for t in texts], "val_targets": task.val_targets or None}
+        else:
+            answers = {
+                "labels": labels,
+                "label_names": list(task.label_names),
+                "val_labels": task.val_labels or None,
+                "key_labels": task.key_labels or None,
+            }
         cached, key = None, None
         if self.prompt_cache is not None:
             key = PromptCache.key(self.bank, task, self.train_config)
@@ -114,20 +126,21 @@ class BankStrategy(StreamStrategy):
         info = self.bank.add_task(
             task.name,
             texts,
-            labels,
-            label_names=list(task.label_names),
             template=task.template,
             val_texts=task.val_texts or None,
-            val_labels=task.val_labels or None,
             key_texts=task.key_texts or None,
-            key_labels=task.key_labels or None,
+            **answers,
             train_config=self.train_config,
             prompt_state=cached[0] if cached else None,
             metadata={"budgets": task.budgets},
         )
         if cached:
             info.metadata.update(
-                {k: v for k, v in cached[1].items() if k in ("train_seconds", "best_val_acc", "best_step", "steps")}
+                {
+                    k: v
+                    for k, v in cached[1].items()
+                    if k in ("train_seconds", "best_val_acc", "best_val_logp", "best_step", "steps")
+                }
             )
             info.metadata["prompt_from_cache"] = True
         elif key is not None:
@@ -141,6 +154,7 @@ class BankStrategy(StreamStrategy):
                 "prompt_train_seconds": info.metadata.get("train_seconds"),
                 "key_seconds": info.metadata.get("key_seconds"),
                 "best_val_acc": info.metadata.get("best_val_acc"),
+                "best_val_logp": info.metadata.get("best_val_logp"),
                 "prompt_from_cache": bool(cached),
             },
         )
@@ -161,8 +175,9 @@ class BankStrategy(StreamStrategy):
             batch_size=self.batch_size,
             progress=self.progress,
         )
-        for i, p in zip(todo, preds):
-            self._answers.setdefault((p.task, task.name), {})[i] = list(p.scores.values())
+        for i, p in zip(todo, preds):  # label scores, or a generated answer and its log-probability
+            answer = list(p.scores.values()) if p.text is None else {"text": p.text, "logprob": p.confidence}
+            self._answers.setdefault((p.task, task.name), {})[i] = answer
 
     def evaluate(self, task_index: int, task: TaskData, seen: list[TaskData]) -> TaskEvaluation:
         """Route (re-scoring uncertain inputs with candidate prompts, as ``PromptBank.predict`` does)."""
@@ -175,15 +190,21 @@ class BankStrategy(StreamStrategy):
             max((len(c) for c in candidates), default=0)
         ):  # only new (prompt, input) pairs cost a forward
             self._ensure_answers(task, [names[c[rank]] if rank < len(c) else None for c in candidates])
-        scores = lambda i, t: np.asarray(self._answers[(names[t], task.name)][i])
+        scores = lambda i, t: _scores(self._answers[(names[t], task.name)][i])
         chosen = rescorer.choose(routing, candidates, scores)
         by_id = {self.bank.task_info(t.name).task_id: k for k, t in enumerate(seen)}
         routed_index = np.array([by_id.get(int(t), -1) for t in chosen])
-        label = lambda name, i: self.bank.task_info(name).label_names[
-            int(np.argmax(self._answers[(name, task.name)][i]))
-        ]
-        predicted = [label(names[int(t)], i) if t >= 0 else None for i, t in enumerate(chosen)]
-        oracle = [label(task.name, i) for i in range(len(task.test_texts))]
+
+        def answer(name: str, i: int) -> str | None:
+            if task.generates and name != task.name:
+                return None  # another task's answer is none to a text-to-text input (it would share words by chance)
+            entry = self._answers[(name, task.name)][i]
+            if isinstance(entry, dict):
+                return entry["text"]
+            return self.bank.task_info(name).label_names[int(np.argmax(entry))]
+
+        predicted = [answer(names[int(t)], i) if t >= 0 else None for i, t in enumerate(chosen)]
+        oracle = [answer(task.name, i) for i in range(len(task.test_texts))]
         key_index = np.array([by_id.get(int(t), -1) for t in routing.task_ids])
         return TaskEvaluation(
             predicted=predicted, routed_task=routed_index, oracle_predicted=oracle, key_routed_task=key_index
@@ -232,7 +253,12 @@ class BankStrategy(StreamStrategy):
         except (OSError, ValueError):  # no answers yet, or unreadable: they are only a cache
             return
         self._answers = {
-            tuple(k.split("\x1f")): {int(i): v for i, v in rows.items() if isinstance(v, list)}
+            tuple(k.split("\x1f")): {int(i): v for i, v in rows.items() if isinstance(v, (list, dict))}
             for k, rows in raw.items()
             if k.split("\x1f")[0] in finished
         }
+
+
+def _scores(entry: list[float] | dict[str, Any]) -> np.ndarray:
+    """What re-scoring compares: label scores, or a generated answer's mean log-probability."""
+    return np.asarray([entry["logprob"]]) if isinstance(entry, dict) else np.asarray(entry)

@@ -101,6 +101,13 @@ _STREAMS = [
         "20 Newsgroups split by hierarchy (comp/rec/sci/talk/alt+misc+soc): the hardest routing",
     ),
     StreamDef(
+        "offline-mixed",
+        {1: ("rotten_tomatoes", "bbc_headline", "trec", "movie_reply", "sms_spam")},
+        False,
+        "classification and text-to-text tasks in one bank: generated headlines and film replies (ROUGE-L) "
+        "between label tasks. bbc_headline stands in for bbc: the two share their articles",
+    ),
+    StreamDef(
         "cl-standard",
         {
             1: ("dbpedia", "amazon", "yahoo", "agnews"),

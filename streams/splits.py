@@ -76,6 +76,14 @@ class TaskData:
     budgets: dict = field(default_factory=dict)
     key_texts: list[str] = field(default_factory=list)
     key_labels: list[int] = field(default_factory=list)
+    train_targets: list[str] = field(default_factory=list)  # a text-to-text task's answers (its labels are all 0)
+    val_targets: list[str] = field(default_factory=list)
+    test_targets: list[str] = field(default_factory=list)
+
+    @property
+    def generates(self) -> bool:
+        """A text-to-text task: no label names, generated answers scored against ``*_targets``."""
+        return not self.label_names
 
 
 def _allocate(n: int, wanted: list[int]) -> list[int]:
@@ -140,7 +148,8 @@ def get_task(
     extra = max(0, int(key_per_class) - int(train_per_class))
     picked: dict[str, list[int]] = {"train": [], "val": [], "test": [], "key": []}
     counts: dict[str, list[int]] = {"train": [], "val": [], "test": [], "key": []}
-    for c, label in enumerate(source.label_names):
+    # a text-to-text task is one class: its budgets are per task
+    for c, label in enumerate(source.label_names or ("(answers)",)):
         if official:
             test_pool = rng.permutation(np.flatnonzero((labels == c) & is_test))
             pool = rng.permutation(np.flatnonzero((labels == c) & ~is_test))
@@ -168,13 +177,14 @@ def get_task(
             picked[split].extend(int(i) for i in idx)
             counts[split].append(len(idx))
 
-    out: dict[str, tuple[list[str], list[int]]] = {}
+    out: dict[str, tuple[list[str], list[int], list[str]]] = {}
     for k, (split, idx) in enumerate(picked.items()):
         # Interleave the classes; one stream per split so the test order never depends on
         # the train budget (the key split comes last, so it changes none of the others).
         split_rng = np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8")), k + 1])
         order = split_rng.permutation(np.asarray(idx, dtype=np.int64))
-        out[split] = ([raw.texts[i] for i in order], [int(labels[i]) for i in order])
+        targets = [raw.targets[i] for i in order] if raw.targets is not None else []
+        out[split] = ([raw.texts[i] for i in order], [int(labels[i]) for i in order], targets)
     return TaskData(
         name=name,
         label_names=source.label_names,
@@ -201,4 +211,7 @@ def get_task(
         },
         key_texts=out["key"][0],
         key_labels=out["key"][1],
+        train_targets=out["train"][2],
+        val_targets=out["val"][2],
+        test_targets=out["test"][2],
     )

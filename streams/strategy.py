@@ -14,13 +14,29 @@ from typing import Any
 import numpy as np
 from avalanche.benchmarks.scenarios import CLExperience
 
+from promptbank.text_metrics import PRIMARY, text_scores
+
 from .benchmark import TextTable
 from .splits import TaskData
 
 
+def task_metric(task: TaskData) -> str:
+    """The score a task is judged by: accuracy, or (text-to-text) ROUGE-L F of the generated answers."""
+    return PRIMARY if task.generates else "accuracy"
+
+
+def task_score(task: TaskData, predicted: list[str | None]) -> float:
+    """``task_metric`` of the answers to ``task``'s test inputs (None: unanswered, scores 0)."""
+    if task.generates:
+        return text_scores(predicted, task.test_targets)[PRIMARY]
+    truth = [task.label_names[y] for y in task.test_labels]
+    return float(np.mean([p == t for p, t in zip(predicted, truth)]))
+
+
 @dataclass
 class TaskEvaluation:
-    """Per test input of one task: the predicted label name and (if routed) the chosen task index."""
+    """Per test input of one task: the predicted label name or generated answer, and (if routed)
+    the chosen task index."""
 
     predicted: list[str | None]
     routed_task: np.ndarray | None = None  # task index per input, -1 = unknown; None = task id given
@@ -28,14 +44,13 @@ class TaskEvaluation:
     key_routed_task: np.ndarray | None = None  # the router's pick from keys alone, before re-scoring
 
     def accuracy(self, task: TaskData) -> float:
-        truth = [task.label_names[y] for y in task.test_labels]
-        return float(np.mean([p == t for p, t in zip(self.predicted, truth)]))
+        """The task's score (``task_metric``: accuracy, or ROUGE-L for text-to-text)."""
+        return task_score(task, self.predicted)
 
     def oracle_accuracy(self, task: TaskData) -> float | None:
         if self.oracle_predicted is None:
             return None if self.routed_task is not None else self.accuracy(task)
-        truth = [task.label_names[y] for y in task.test_labels]
-        return float(np.mean([p == t for p, t in zip(self.oracle_predicted, truth)]))
+        return task_score(task, self.oracle_predicted)
 
 
 @dataclass

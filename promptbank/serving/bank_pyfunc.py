@@ -1,7 +1,8 @@
 """The pyfunc model MLflow loads for a logged bank ("models from code": this file is logged as
 the model's code, so loading it never unpickles anything). Input: a table with a ``text``
-column and an optional ``task`` column (empty = routed); output: ``task``, ``label``, ``score``
-(the chosen label's mean log-probability) and ``route_score`` per input."""
+column and an optional ``task`` column (empty = routed); output: ``task``, ``label`` (classification),
+``generated`` (text-to-text), ``score`` (the chosen label's or the generated answer's mean
+log-probability) and ``route_score`` per input."""
 
 from __future__ import annotations
 
@@ -37,10 +38,17 @@ class BankModel(PythonModel):
             {
                 "task": [p.task for p in preds],
                 "label": [p.label for p in preds],
-                "score": [p.scores.get(p.label) if p.label is not None else None for p in preds],
+                "generated": [p.text for p in preds],
+                "score": [_score(p) for p in preds],
                 "route_score": [None if p.route_score != p.route_score else p.route_score for p in preds],
             }
         )
+
+
+def _score(p: Any) -> float | None:
+    if p.text is not None:
+        return p.confidence
+    return p.scores.get(p.label) if p.label is not None else None
 
 
 mlflow.models.set_model(BankModel())

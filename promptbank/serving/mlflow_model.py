@@ -19,6 +19,7 @@ def _signature() -> Any:
         [
             ColSpec("string", "task"),
             ColSpec("string", "label"),
+            ColSpec("string", "generated", required=False),
             ColSpec("double", "score"),
             ColSpec("double", "route_score"),
         ]

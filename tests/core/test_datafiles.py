@@ -149,7 +149,9 @@ def test_a_text_to_text_task_is_added_from_a_file_and_predict_prints_its_generat
     assert main(["add", *common, "--name", "titles", "--data", str(data), "--target-column", "title", *tiny]) == 0
     assert "text-to-text" in capsys.readouterr().out
     bank = PromptBank.load(tmp_path / "bank", backbone=tiny_folder)
-    assert bank.task_info("titles").generates and bank.task_info("titles").metadata["n_train"] == 12 - 1  # "" titles dropped, 10% held out
+    assert (
+        bank.task_info("titles").generates and bank.task_info("titles").metadata["n_train"] == 12 - 1
+    )  # "" titles dropped, 10% held out
     expected = bank.predict(["a cat"], generation={"max_new_tokens": 3})[0]
     assert main(["predict", *common, "--max-new-tokens", "3", "a cat"]) == 0
     row = json.loads(capsys.readouterr().out)

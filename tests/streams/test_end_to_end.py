@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from promptbank import PromptBank, TrainConfig
+from promptbank.text_metrics import text_scores
 from streams.splits import get_task
 
 pytestmark = pytest.mark.slow
@@ -83,3 +84,29 @@ def test_two_real_tasks_train_save_reload_and_route(tmp_path: Path):
         # a trainer that changes nothing answers like the untrained prompt: every task must clear it and chance
         assert oracle >= chance + 0.2 and oracle >= before + 0.05, (n, oracle, before, chance)
         assert routed >= oracle - 0.1, (n, routed, oracle)  # routing costs little
+
+
+def test_a_real_text_to_text_task_answers_better_than_zero_shot():
+    """A text-to-text task on the real SmolLM2: the answer is generated, not picked from label
+    words. Asked for the message type, the bare model writes a sentence; a trained ULPT prompt
+    makes it say "spam" or "normal" and stop (EOS), which exact match measures."""
+    t = get_task("sms_spam", train_per_class=16, val_per_class=4, test_per_class=12, seed=0)
+    answers = lambda ys: [t.label_names[y] for y in ys]  # noqa: E731
+    template = "SMS: {text}\nReply with the message type, spam or normal:"
+    bank = PromptBank(max_input_tokens=48, key_encoder="embedding-mean")
+    untrained = PromptBank(bank.backbone, key_encoder="embedding-mean", max_input_tokens=48)
+    train = TrainConfig(steps=16, batch_size=8, eval_every=8, progress=False)
+    bank.add_task("sms_type", t.train_texts, targets=answers(t.train_labels), template=template, train_config=train,
+                  val_texts=t.val_texts, val_targets=answers(t.val_labels))  # fmt: skip
+    untrained.add_task("sms_type", t.train_texts, targets=answers(t.train_labels), template=template,
+                       prompt_state=untrained.new_prompt().trainable_state())  # fmt: skip
+    short = {"max_new_tokens": 4}  # the references are one word; a longer answer is wrong anyway
+    refs = answers(t.test_labels)
+    scores = {
+        name: text_scores(
+            [p.text for p in b.predict(t.test_texts, task="sms_type", batch_size=24, generation=short)], refs
+        )
+        for name, b in (("zero_shot", untrained), ("trained", bank))
+    }
+    assert scores["trained"]["exact_match"] >= scores["zero_shot"]["exact_match"] + 0.3, scores
+    assert scores["trained"]["exact_match"] >= 0.7, scores

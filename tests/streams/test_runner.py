@@ -242,3 +242,38 @@ def test_bf16_run_trains_its_own_prompts_and_records_the_setting(tiny_folder, tm
     assert len(cached()) == 2 * len(fp32_entries) == 2 * len(TASKS)
     again = run_stream(cfg, out=tmp_path / "fp32-again", progress=False)
     assert all(r["prompt_from_cache"] for r in again["reports"]) and len(cached()) == 2 * len(TASKS)
+
+
+def test_a_stream_mixing_text_to_text_and_classification_runs_resumes_and_scores_each_by_its_metric(
+    tiny_folder, tmp_path, tmp_cache, monkeypatch
+):
+    """movie_reply (generated replies, ROUGE-L) then trec (labels, accuracy): interrupted before
+    trec, resumed from the checkpoint with movie_reply's generated answers restored."""
+    tasks = ["movie_reply", "trec"]
+    cfg = dataclasses.replace(tiny_run_config(tiny_folder), tasks=tasks)
+    out = tmp_path / "mixed"
+    real_train = BankStrategy.train
+
+    def crash_on_trec(self, experience, task, table):
+        if task.name == "trec":
+            raise KeyboardInterrupt("simulated interruption")
+        return real_train(self, experience, task, table)
+
+    monkeypatch.setattr(BankStrategy, "train", crash_on_trec)
+    with pytest.raises(KeyboardInterrupt):
+        run_stream(cfg, out=out, progress=False)
+    answers = json.loads((out / "answers.json").read_text())
+    assert all(set(a) == {"text", "logprob"} for a in answers["movie_reply\x1fmovie_reply"].values())
+    monkeypatch.setattr(BankStrategy, "train", real_train)
+    results = run_stream(cfg, out=out, progress=False)
+    assert results["metrics"] == {"movie_reply": "rouge_l", "trec": "accuracy"}
+    assert len(results["acc_matrix"]) == 2 and all(0 <= v <= 1 for row in results["acc_matrix"] for v in row)
+    assert set(results["routing_acc_per_task"]) == set(tasks)
+    info = PromptBank.load(out / "bank", backbone=tiny_folder).task_info("movie_reply")
+    assert info.task_type == "text-to-text" and info.metadata["budgets"]["test_counts"] == [3]
+    client = MlflowClient(results["mlflow"]["tracking_uri"])
+    child = [r for r in client.search_runs([client.get_run(results["mlflow"]["run_id"]).info.experiment_id])
+             if r.data.params.get("task") == "trec"][0]  # fmt: skip
+    assert {"rouge_l.movie_reply", "acc.trec"} <= set(child.data.metrics)
+    with pytest.raises(InvalidDataError, match="text-to-text tasks"):
+        run_stream(dataclasses.replace(cfg, baseline="naive"), out=tmp_path / "naive", progress=False)

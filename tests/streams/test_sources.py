@@ -27,6 +27,9 @@ OFFLINE = sorted(n for n, s in TASKS.items() if not s.online)
 
 # task -> (unique usable examples, per-class counts in label order)
 EXPECTED = {
+    # the text-to-text tasks (streams/generative_tasks.py): one class
+    "bbc_headline": (2031, [2031]),
+    "movie_reply": (54041, [54041]),
     # the held-out tasks (streams/heldout_tasks.py)
     "debate_party": (1052, [342, 430, 280]),
     "convention_party": (2814, [1604, 1210]),
@@ -74,14 +77,15 @@ def _fresh_cache(tmp_path_factory):
 
 
 def test_registry_entries_are_well_formed():
-    assert len(TASKS) == 40  # 32 of the streams, 8 held out
+    assert len(TASKS) == 42  # 32 of the classification streams, 8 held out, 2 text-to-text
     for name, src in TASKS.items():
         assert src.name == name
         assert src.template.count("{text}") == 1 and not src.template.endswith(" ")
         assert all(w == w.lower().strip() and w for w in src.label_names), name
-        assert len(set(src.label_names)) == len(src.label_names) >= 2
+        assert len(set(src.label_names)) == len(src.label_names) >= (0 if src.generates else 2)
         assert src.online == (src.hub is not None)
         assert src.render("X") == src.template.replace("{text}", "X")
+    assert sorted(n for n, s in TASKS.items() if s.generates) == ["bbc_headline", "movie_reply"]
     assert TASKS["bbc"].label_names == ("business", "entertainment", "politics", "sport", "tech")
     assert TASKS["trec"].label_names == ("abbreviation", "description", "entity", "human", "location", "number")
     assert TASKS["sms_spam"].label_names == ("normal", "spam")
@@ -108,8 +112,11 @@ def test_data_files_are_refused_for_offline_tasks():
 @pytest.mark.parametrize("name", OFFLINE)
 def test_offline_task_loads(name):
     raw = load_raw(name)
-    n_classes = len(TASKS[name].label_names)
+    n_classes = len(TASKS[name].label_names) or 1  # a text-to-text task's labels are all 0
     assert len(raw.texts) == len(raw.labels) > 0
+    assert (raw.targets is not None) == TASKS[name].generates
+    if raw.targets is not None:
+        assert len(raw.targets) == len(raw.texts) and all(t and t == t.strip() for t in raw.targets)
     assert all(t and t == t.strip() and "  " not in t for t in raw.texts)
     assert len(set(raw.texts)) == len(raw.texts), "duplicates must be removed"
     counts = Counter(raw.labels)
@@ -412,3 +419,16 @@ def test_list_labels_puts_the_label_words_into_each_template():
     for p, q in zip(plain, listed):
         assert q.template == with_label_list(p.template, p.label_names) != p.template
         assert (q.train_texts, q.test_texts) == (p.train_texts, p.test_texts)
+
+
+def test_a_text_to_text_task_splits_keep_each_text_with_its_answer():
+    raw = load_raw("bbc_headline")
+    answer_of = dict(zip(raw.texts, raw.targets))
+    td = get_task("bbc_headline", train_per_class=20, val_per_class=5, test_per_class=10, seed=1)
+    assert td.generates and td.label_names == () and set(td.train_labels) == {0}
+    assert (len(td.train_texts), len(td.val_texts), len(td.test_texts)) == (20, 5, 10)
+    for texts, targets in ((td.train_texts, td.train_targets), (td.test_texts, td.test_targets)):
+        assert targets == [answer_of[t] for t in texts]
+    assert not set(td.train_texts) & set(td.test_texts)
+    assert raw.texts[0].startswith("Quarterly profits at US media giant TimeWarner")
+    assert raw.targets[0] == "Ad sales boost Time Warner profit"

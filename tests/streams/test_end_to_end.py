@@ -31,7 +31,8 @@ def _accuracy(preds, task: str, truth) -> float:
 
 def test_two_real_tasks_train_save_reload_and_route(tmp_path: Path):
     bank = PromptBank(max_input_tokens=48)  # defaults: smollm2-135m, ULPT r=2, minilm+embedding-set-mean keys
-    untrained = PromptBank(max_input_tokens=48)  # what a trainer that changes nothing would answer
+    # what a trainer that changes nothing would answer (same LLM and key encoder, loaded once)
+    untrained = PromptBank(bank.backbone, key_encoder=bank.key_encoder, max_input_tokens=48)
     data = {
         n: get_task(n, train_per_class=16, val_per_class=8, test_per_class=TEST_PER_CLASS[n], seed=0) for n in TASKS
     }

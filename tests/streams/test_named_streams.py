@@ -15,6 +15,7 @@ STREAM_ORDERS = {
     "offline-5": {1: "bbc rotten_tomatoes trec sms_spam reuters_r8"},
     "vader-4": {1: "vader_tweets vader_movies vader_amazon vader_nyt"},
     "split-20ng": {1: "20ng_comp 20ng_rec 20ng_sci 20ng_talk 20ng_misc"},
+    "offline-mixed": {1: "rotten_tomatoes bbc_headline trec movie_reply sms_spam"},  # text-to-text among labels
     "cl-standard": {
         1: "dbpedia amazon yahoo agnews",
         2: "dbpedia amazon agnews yahoo",

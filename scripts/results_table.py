@@ -271,6 +271,35 @@ def routing_confusion(name: str) -> str:
     return table(["true \\ routed"] + names + ["unknown"], rows) + f"\n\n`docs/results/{name}.json`.\n"
 
 
+def mixed_table() -> str:
+    """offline-mixed: each task by its own metric, the bank next to the bare LLM (zero-shot floor)."""
+    d = load("offline-mixed")
+    r = d["result"]
+    floor = load("offline-mixed-zero-shot") if (RESULTS / "offline-mixed-zero-shot.json").exists() else None
+    zero = dict(zip(r["tasks"], floor["result"]["acc_matrix"][-1])) if floor else {}
+    rows = []
+    for j, task in enumerate(r["tasks"]):
+        rows.append(
+            [
+                task,
+                "ROUGE-L F" if r["metrics"][task] == "rouge_l" else "accuracy",
+                pct(r["acc_matrix"][-1][j]),
+                pct(r["oracle_matrix"][-1][j]),
+                pct(zero.get(task)),
+                pct(r["routing_acc_per_task"].get(task)),
+                str(sum(r["budgets"]["per_task"][task]["test_counts"])),
+            ]
+        )
+    sources = f"`docs/results/offline-mixed.json` ({where(d)})" + (
+        f", zero-shot `docs/results/offline-mixed-zero-shot.json` (`{floor['command']}`; {where(floor)})" if floor else ""
+    )
+    return (
+        table(["task", "metric", "routed", "oracle", "zero-shot", "routing", "test inputs"], rows)
+        + f"\n\nAfter the last task, in %. The whole stream took {minutes(d)}; BWT {pct(r['bwt'], True)} pt, "
+        + f"routing {pct(r['routing_acc'])}%. Command: `{d['command']}`. Sources: {sources}.\n"
+    )
+
+
 def levers_table() -> str:
     """One row per recorded answer-quality lever run (``docs/results/lever-*.json``, offline-5)."""
     runs = sorted(RESULTS.glob("lever-*.json"))
@@ -322,6 +351,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "split-20ng-confusion": _missing_ok("split-20ng", lambda: routing_confusion("split-20ng")),
     "vader-4-confusion": _missing_ok("vader-4", lambda: routing_confusion("vader-4")),
     "levers": levers_table,
+    "offline-mixed": _missing_ok("offline-mixed", mixed_table),
 }
 
 

@@ -1,6 +1,7 @@
 """Baselines for the prompt bank, on the same frozen LLM, prompt method/shape and budgets.
 
-- ``zero-shot``: the frozen LLM with the verbaliser and no prompt (the floor);
+- ``zero-shot``: the frozen LLM with the task's template and no prompt (the floor): it scores the
+  verbaliser for classification tasks and decodes greedily for text-to-text tasks;
 - ``naive``, ``ewc``, ``lwf``, ``replay``: ONE shared soft prompt trained task after task by
   Avalanche's own strategies (``avalanche.training.Naive/EWC/LwF/Replay``);
 - ``joint``: one shared prompt trained on the union of all tasks seen so far (Avalanche's
@@ -50,6 +51,7 @@ from tqdm.auto import tqdm
 
 from promptbank.backbone import FrozenLM
 from promptbank.errors import InvalidDataError
+from promptbank.generation import generate
 from promptbank.module_batch import Applied, ModuleBatch
 from promptbank.prompts import TaskModule, build_prompt
 from promptbank.registry import Registry
@@ -96,6 +98,20 @@ def predict_labels(
     return [task.label_names[int(np.argmax(s))] for s in scores]
 
 
+def generate_answers(
+    backbone: FrozenLM,
+    module: Applied,
+    task: TaskData,
+    max_input_tokens: int,
+    batch_size: int = _RECIPE.eval_batch_size,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy answers (the library's default decoding) to a text-to-text ``task``'s test inputs with one module."""
+    ids = backbone.encode(task.test_texts, task.template, max_input_tokens).input_ids
+    generated = generate(backbone, [module], [0] * len(ids), ids, batch_size=batch_size, progress=progress)
+    return [g.text for g in generated]
+
+
 class ZeroShot(StreamStrategy):
     """The frozen LLM with an empty prompt: nothing is trained, so every answer is cached."""
 
@@ -126,8 +142,9 @@ class ZeroShot(StreamStrategy):
     def evaluate(self, task_index: int, task: TaskData, seen: list[TaskData]) -> TaskEvaluation:
         key = (task_index, task.name)
         if key not in self._cache:  # the answers cannot change from one experience to the next
-            empty = torch.zeros(0, self.backbone.hidden_size, device=self.backbone.device)
-            self._cache[key] = predict_labels(self.backbone, empty, task, self.max_input_tokens, progress=self.progress)
+            empty = Applied(torch.zeros(0, self.backbone.hidden_size, device=self.backbone.device))
+            answers = generate_answers if task.generates else predict_labels
+            self._cache[key] = answers(self.backbone, empty, task, self.max_input_tokens, progress=self.progress)
         return TaskEvaluation(predicted=list(self._cache[key]))
 
 

@@ -92,10 +92,10 @@ def run_stream(
     tasks = load_tasks(cfg)
     names = [t.name for t in tasks]
     generating = [t.name for t in tasks if t.generates]
-    if cfg.baseline and generating:
+    if cfg.baseline not in (None, "zero-shot") and generating:
         raise InvalidDataError(
             f"baseline {cfg.baseline!r} answers with label words, but {generating} are text-to-text tasks. "
-            "Fix: run the bank (no --baseline) on this stream, or leave those tasks out (--tasks)"
+            "Fix: run the bank (no --baseline) or --baseline zero-shot on this stream, or leave those tasks out (--tasks)"
         )
     benchmark, table = build_benchmark(tasks)
     backbone = load_backbone(cfg.backbone, bf16=cfg.bf16)

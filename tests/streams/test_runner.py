@@ -277,3 +277,6 @@ def test_a_stream_mixing_text_to_text_and_classification_runs_resumes_and_scores
     assert {"rouge_l.movie_reply", "acc.trec"} <= set(child.data.metrics)
     with pytest.raises(InvalidDataError, match="text-to-text tasks"):
         run_stream(dataclasses.replace(cfg, baseline="naive"), out=tmp_path / "naive", progress=False)
+    floor = run_stream(dataclasses.replace(cfg, baseline="zero-shot"), out=tmp_path / "zero", progress=False)
+    assert floor["metrics"] == results["metrics"] and floor["bank_bytes_per_task"] == 0
+    assert floor["acc_matrix"][0][0] == floor["acc_matrix"][1][0]  # the bare LLM's replies: nothing to forget

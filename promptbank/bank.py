@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from . import peft_export, persistence
+from . import merge, peft_export, persistence
 from .answering import answer, candidate_scores, evaluate_task
 from .backbone import DEFAULT_BACKBONE, FrozenLM, load_backbone
 from .errors import InvalidDataError, TaskExistsError, UnknownTaskError
@@ -309,6 +309,16 @@ class PromptBank:
         self.router.remove_task(info.task_id)
         del self._tasks[name]
         self.modules.drop(name)
+
+    def merge(self, other: PromptBank) -> list[str]:
+        """Add every task of ``other`` (same LLM, key encoder, router and prompt settings) as it is:
+        modules bit for bit, routing statistics summed (``promptbank.merge``); nothing is retrained.
+
+        Returns:
+            The added task names. Raises ``TaskExistsError`` on a shared name, ``InvalidDataError`` or
+            ``BackboneMismatchError`` on other settings; then the bank is unchanged.
+        """
+        return merge.merge_into(self, other)
 
     # ------------------------------------------------------------------ inference
     def route(self, texts: Sequence[str], top: int = 3) -> tuple[list[str | None], Routing]:

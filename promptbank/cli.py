@@ -1,5 +1,5 @@
 """The library's commands: ``add`` and ``remove`` a task, ``predict`` with a saved bank, ``info``
-about one, ``export`` a task's prompt.
+about one, ``export`` a task's prompt, ``merge`` banks.
 
 The installed ``promptbank`` command is ``streams.cli.main``, which adds ``run`` (the stream
 layer) to this parser; the library itself never imports ``streams``.
@@ -200,6 +200,23 @@ def _remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from .bank import PromptBank
+    from .errors import BackboneMismatchError
+
+    merged = PromptBank.load(args.banks[0], backbone=args.backbone)
+    for path in args.banks[1:]:
+        try:  # one LLM and key encoder in memory for every bank
+            other = PromptBank.load(path, backbone=merged.backbone, key_encoder=merged.key_encoder)
+        except BackboneMismatchError as exc:
+            raise BackboneMismatchError(f"cannot merge {path} into {args.banks[0]}: {exc}") from None
+        added = merged.merge(other)
+        print(f"{path}: {len(added)} tasks added")
+    merged.save(args.out)
+    print(f"wrote {args.out}: {len(merged.tasks)} tasks")
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The ``promptbank`` parser with the library's commands, and its subparsers (for more)."""
     parser = argparse.ArgumentParser(
@@ -274,6 +291,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     export.add_argument("--backbone", default=None)
     export.add_argument("out", help="a new folder")
     export.set_defaults(func=_export)
+
+    merge = sub.add_parser("merge", help="combine saved banks into one (no retraining; routing statistics summed)")
+    merge.add_argument("banks", nargs="+", help="bank folders; the first one's tasks come first")
+    merge.add_argument("--out", required=True, help="where the merged bank is written (may be the first bank)")
+    merge.add_argument("--backbone", default=None)
+    merge.set_defaults(func=_merge)
     return parser, sub
 
 

@@ -291,7 +291,9 @@ def mixed_table() -> str:
             ]
         )
     sources = f"`docs/results/offline-mixed.json` ({where(d)})" + (
-        f", zero-shot `docs/results/offline-mixed-zero-shot.json` (`{floor['command']}`; {where(floor)})" if floor else ""
+        f", zero-shot `docs/results/offline-mixed-zero-shot.json` (`{floor['command']}`; {where(floor)})"
+        if floor
+        else ""
     )
     return (
         table(["task", "metric", "routed", "oracle", "zero-shot", "routing", "test inputs"], rows)

@@ -166,6 +166,39 @@ class Router(ABC):
     def remove_task(self, task_id: int) -> None:
         """Forget a task; its inputs can no longer be routed to it."""
 
+    def merge(self, other: Router, id_map: dict[int, int]) -> None:
+        """Add every task of ``other`` (same strategy and config) under a new id, from its
+        statistics alone: the keys are not needed again. The result routes like a router that
+        had ``other``'s tasks added after its own (the Gaussian/LDA scatters are sums, so up to
+        float32 rounding; a k-NN index stores the same summary vectors).
+
+        Args:
+            other: the router whose tasks are added; it is not changed.
+            id_map: ``other``'s task id -> the id it gets here (one entry per task of ``other``).
+
+        Raises:
+            InvalidDataError: another strategy or config, or ``id_map`` does not cover ``other``'s tasks.
+            TaskExistsError: a new id is already taken here.
+        """
+        mine, theirs = self.config_state(), other.config_state()
+        for state in (mine, theirs):
+            state.pop("unknown_threshold")  # a calibration of one bank, not part of the model
+        if mine != theirs:
+            raise InvalidDataError(
+                f"cannot merge routers with different configs: {mine} vs {theirs}; "
+                "build both banks with the same router options"
+            )
+        if sorted(id_map) != sorted(other.task_ids()):
+            raise InvalidDataError("id_map must give a new id to every task of the other router, and only those")
+        targets = [self._check_new(t) for t in id_map.values()]
+        if len(set(targets)) != len(targets):
+            raise InvalidDataError("id_map gives two tasks the same new id")
+        self._absorb(other, id_map)
+
+    @abstractmethod
+    def _absorb(self, other: Router, id_map: dict[int, int]) -> None:
+        """``merge`` after its checks: take over ``other``'s per-task state under the new ids."""
+
     @abstractmethod
     def task_ids(self) -> list[int]:
         """Known task ids, in the order they were added."""

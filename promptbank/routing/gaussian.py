@@ -214,6 +214,13 @@ class GaussianRouter(Router):
             self._scatter[:] = 0.0  # no float residue once empty
         self._changed(tid, stats, -1)
 
+    def _absorb(self, other: Router, id_map: dict[int, int]) -> None:
+        assert isinstance(other, GaussianRouter)
+        for tid, stats in other._tasks.items():  # in the other router's order, as a sequential add would
+            self._tasks[id_map[tid]] = stats
+            self._changed(id_map[tid], stats, +1)
+        self._scatter = symmetric_float32(self._scatter.astype(np.float64) + other._scatter)
+
     def _changed(self, tid: int, stats: TaskStats, sign: int) -> None:
         """Book-keeping after ``tid`` was added (+1) or removed (-1)."""
         self._n_keys += sign * int(stats.counts.sum())

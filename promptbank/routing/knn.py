@@ -241,6 +241,20 @@ class KNNRouter(Router):
             )
         del self._counts[tid]
 
+    def _absorb(self, other: Router, id_map: dict[int, int]) -> None:
+        assert isinstance(other, KNNRouter)
+        if other._index is None:
+            return
+        if self._index is None:
+            self._start_index()
+        low = (1 << TASK_SHIFT) - 1
+        for ids, vecs in fx.chunks(other._index):  # decoded: exact for Flat, the stored codes for SQ/PQ
+            new = np.array([id_map[int(t)] for t in ids >> TASK_SHIFT], np.int64) << TASK_SHIFT | (ids & low)
+            self._index.add_with_ids(np.ascontiguousarray(vecs), new)
+        for tid, n in other._counts.items():
+            self._counts[id_map[tid]] = n
+        self._maybe_grow()
+
     def _tune_search(self, k: int) -> None:
         ivf = faiss.try_extract_index_ivf(self._index)
         if ivf is not None:

@@ -117,6 +117,15 @@ def test_add_creates_the_bank_then_adds_and_remove_drops(tiny_folder: str, tmp_p
     manifest = json.loads((bank_dir / "manifest.json").read_text())
     assert [t["name"] for t in manifest["tasks"]] == ["weather"]  # a failed add leaves the bank as it was
 
+    other = ["--bank", str(tmp_path / "other"), "--backbone", tiny_folder]
+    assert main(["add", *other, "--name", "animals", "--data", str(data), *options]) == 0
+    merged = tmp_path / "merged"
+    assert main(["merge", str(bank_dir), str(tmp_path / "other"), "--out", str(merged)]) == 0
+    assert PromptBank.load(merged, backbone=tiny_folder).tasks == ["weather", "animals"]
+    capsys.readouterr()
+    assert main(["merge", str(merged), str(tmp_path / "other"), "--out", str(merged)]) == 2
+    assert "both banks hold tasks named ['animals']" in capsys.readouterr().err
+
 
 def test_predict_reads_a_file_and_writes_jsonl_or_csv(tiny_folder: str, tmp_path: Path, capsys):
     import csv

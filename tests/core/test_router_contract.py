@@ -63,6 +63,30 @@ def test_state_round_trips_its_config_and_routes_identically(strategy, options, 
 
 
 @pytest.mark.parametrize("strategy,options", CASES, ids=IDS)
+def test_merge_routes_like_adding_every_task_in_turn(strategy, options, data):
+    """Two routers built apart (ids 0.. each) merge into one that routes as the sequential build."""
+    train, queries, _ = data
+    sequential = build_router(strategy, train, **options)
+    merged = build_router(strategy, train[:2], **options)
+    other = build_router(strategy, train[2:], **options)
+    other_before = other.state()
+    merged.merge(other, {t: t + 2 for t in other.task_ids()})
+    assert merged.task_ids() == sequential.task_ids()
+    a, b = sequential.route(queries, top=3), merged.route(queries, top=3)
+    assert np.array_equal(a.task_ids, b.task_ids) and np.array_equal(a.candidates, b.candidates)
+    np.testing.assert_allclose(a.candidate_scores, b.candidate_scores, atol=1e-4)
+    assert json.dumps(other.state()[0]) == json.dumps(other_before[0])  # the other router is not changed
+    merged.remove_task(3)  # merged tasks are ordinary tasks
+    assert not (merged.route(queries).candidates == 3).any()
+    with pytest.raises(TaskExistsError):
+        merged.merge(other, {t: t for t in other.task_ids()})  # ids 2 and 4 are taken
+    with pytest.raises(InvalidDataError, match="every task"):
+        merged.merge(other, {2: 10})
+    with pytest.raises(InvalidDataError, match="different configs"):
+        make_router(strategy, dim=DIM, **options).merge(make_router(strategy, dim=DIM, temperature=0.37), {})
+
+
+@pytest.mark.parametrize("strategy,options", CASES, ids=IDS)
 def test_unknown_threshold_flags_inputs_of_no_task(strategy, options, data):
     train, queries, _ = data
     router = build_router(strategy, train, **options)

@@ -311,13 +311,8 @@ class PromptBank:
         self.modules.drop(name)
 
     def merge(self, other: PromptBank) -> list[str]:
-        """Add every task of ``other`` (same LLM, key encoder, router and prompt settings) as it is:
-        modules bit for bit, routing statistics summed (``promptbank.merge``); nothing is retrained.
-
-        Returns:
-            The added task names. Raises ``TaskExistsError`` on a shared name, ``InvalidDataError`` or
-            ``BackboneMismatchError`` on other settings; then the bank is unchanged.
-        """
+        """Add ``other``'s tasks unchanged, routing statistics summed (``promptbank.merge``); returns their
+        names. Other settings or a shared name raise before anything changes."""
         return merge.merge_into(self, other)
 
     # ------------------------------------------------------------------ inference
@@ -500,9 +495,8 @@ class PromptBank:
     def bytes_per_task(self) -> dict[str, float]:
         """Bytes a save writes, per task: ``prompt`` tensors, ``routing`` state, the ``manifest``'s
         share, and their ``total`` (the saved directory's size over the number of tasks)."""
-        if not self._tasks:
-            return {"prompt": 0.0, "routing": 0.0, "manifest": 0.0, "total": 0.0}
-        n = len(self._tasks)
-        parts = persistence.saved_bytes(self)
-        per_task = {"prompt": parts["prompts"] / n, "routing": parts["routing"] / n, "manifest": parts["manifest"] / n}
+        n, parts = max(len(self._tasks), 1), persistence.saved_bytes(self) if self._tasks else {}
+        per_task = {
+            k: parts.get(f, 0) / n for k, f in (("prompt", "prompts"), ("routing", "routing"), ("manifest", "manifest"))
+        }
         return {**per_task, "total": sum(per_task.values())}

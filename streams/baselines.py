@@ -82,12 +82,18 @@ def predict_labels(
     batch_size: int = _RECIPE.eval_batch_size,
     progress: bool = False,
 ) -> list[str]:
-    """Label names predicted for ``task``'s test inputs with one module (or one (n, d) prompt; n may be 0)."""
+    """Answers to ``task``'s test inputs with one module (or one (n, d) prompt; n may be 0): label
+    names, or for a text-to-text task the greedy answers (the library's default decoding)."""
     ids = backbone.encode(task.test_texts, task.template, max_input_tokens).input_ids
+    applied = module if isinstance(module, Applied) else Applied(module.detach())
+    if task.generates:
+        return [
+            g.text for g in generate(backbone, [applied], [0] * len(ids), ids, batch_size=batch_size, progress=progress)
+        ]
     label_ids = backbone.label_token_ids(task.label_names)
     scores = predict_scores(
         backbone,
-        [module if isinstance(module, Applied) else Applied(module.detach())],
+        [applied],
         [0] * len(ids),
         ids,
         [label_ids] * len(ids),
@@ -96,20 +102,6 @@ def predict_labels(
         desc=f"eval {task.name}",
     )
     return [task.label_names[int(np.argmax(s))] for s in scores]
-
-
-def generate_answers(
-    backbone: FrozenLM,
-    module: Applied,
-    task: TaskData,
-    max_input_tokens: int,
-    batch_size: int = _RECIPE.eval_batch_size,
-    progress: bool = False,
-) -> list[str]:
-    """Greedy answers (the library's default decoding) to a text-to-text ``task``'s test inputs with one module."""
-    ids = backbone.encode(task.test_texts, task.template, max_input_tokens).input_ids
-    generated = generate(backbone, [module], [0] * len(ids), ids, batch_size=batch_size, progress=progress)
-    return [g.text for g in generated]
 
 
 class ZeroShot(StreamStrategy):
@@ -142,9 +134,8 @@ class ZeroShot(StreamStrategy):
     def evaluate(self, task_index: int, task: TaskData, seen: list[TaskData]) -> TaskEvaluation:
         key = (task_index, task.name)
         if key not in self._cache:  # the answers cannot change from one experience to the next
-            empty = Applied(torch.zeros(0, self.backbone.hidden_size, device=self.backbone.device))
-            answers = generate_answers if task.generates else predict_labels
-            self._cache[key] = answers(self.backbone, empty, task, self.max_input_tokens, progress=self.progress)
+            empty = torch.zeros(0, self.backbone.hidden_size, device=self.backbone.device)
+            self._cache[key] = predict_labels(self.backbone, empty, task, self.max_input_tokens, progress=self.progress)
         return TaskEvaluation(predicted=list(self._cache[key]))
 
 

@@ -211,10 +211,8 @@ class PromptBank:
             prompt.start_near(table[torch.tensor(task.words, device=table.device)].detach().float().mean(0))
         result: TrainResult | None = None
         if prompt_state is None:
-            val_ids = (
-                self.backbone.encode(val_texts, template, self.config.max_input_tokens, placement).input_ids
-                if val_texts
-                else None
+            val_encoded = val_texts and self.backbone.encode(
+                val_texts, template, self.config.max_input_tokens, placement
             )
             result = train_prompt(
                 self.backbone,
@@ -222,7 +220,7 @@ class PromptBank:
                 encoded,
                 task.targets,
                 task.objective,
-                val_ids,
+                val_encoded.input_ids if val_encoded else None,
                 task.val_targets,
                 cfg,
                 desc=f"train {name}",
@@ -335,10 +333,9 @@ class PromptBank:
         """
         if not 0 <= reject_rate < 1:
             raise InvalidDataError(f"reject_rate must be in [0, 1), got {reject_rate}")
-        if reject_rate == 0:
-            self.router.unknown_threshold = None
-            return float("-inf")
         self.router.unknown_threshold = None
+        if reject_rate == 0:
+            return float("-inf")
         _, routing = self.route(texts, top=1)
         threshold = float(np.quantile(routing.closeness, reject_rate))
         self.router.unknown_threshold = threshold

@@ -1,5 +1,5 @@
-"""The library's commands: ``add`` and ``remove`` a task, ``predict`` with a saved bank, ``info``
-about one, ``export`` a task's prompt, ``merge`` banks.
+"""The library's commands: ``add`` and ``remove`` a task, ``train-many`` tasks in parallel, ``predict``
+with a saved bank, ``info`` about one, ``export`` a task's prompt, ``merge`` banks.
 
 The installed ``promptbank`` command is ``streams.cli.main``, which adds ``run`` (the stream
 layer) to this parser; the library itself never imports ``streams``.
@@ -145,49 +145,108 @@ def json_options(text: str | None) -> dict | None:
     return options
 
 
-def _add(args: argparse.Namespace) -> int:
+def _open_bank(args: argparse.Namespace, folder: Path):
+    """The bank in ``folder``, or a new one with the command's bank options when there is none."""
     from .bank import PromptBank
+
+    if (folder / "manifest.json").exists():
+        return PromptBank.load(folder, backbone=args.backbone)
+    return PromptBank(
+        args.backbone,
+        method=args.method or BankConfig.method,
+        n_tokens=args.n_tokens,
+        placement=args.placement,
+        key_encoder=args.key_encoder,
+    )
+
+
+def _task_from_data(args: argparse.Namespace, source: str) -> tuple[dict, str]:
+    """``add_task``'s keywords for one data file or hub dataset, split into training and validation
+    examples at random (``--val-fraction``, ``--seed``), and a phrase saying what was read."""
     from .datafiles import load_examples
     from .trainer import TrainConfig
 
     answer_column = args.target_column or args.label_column
-    examples = load_examples(args.data, args.text_column or ["text"], answer_column, args.split)
-    folder = Path(args.bank)
+    examples = load_examples(source, args.text_column or ["text"], answer_column, args.split)
     options = json_options(args.options)
-    kind = {"method": args.method, "module_options": options} if args.method or options else {}
-    if (folder / "manifest.json").exists():
-        bank = PromptBank.load(folder, backbone=args.backbone)
-    else:
-        bank = PromptBank(
-            args.backbone,
-            method=args.method or BankConfig.method,
-            n_tokens=args.n_tokens,
-            placement=args.placement,
-            key_encoder=args.key_encoder,
-        )
     n_val = int(len(examples.texts) * args.val_fraction)
     order = np.random.default_rng(args.seed).permutation(len(examples.texts))
     val, train = order[:n_val].tolist(), order[n_val:].tolist()
     answers = "targets" if args.target_column else "labels"
-    info = bank.add_task(
-        args.name,
-        [examples.texts[i] for i in train],
-        template=args.template,
-        val_texts=[examples.texts[i] for i in val] or None,
-        **{answers: [examples.labels[i] for i in train], f"val_{answers}": [examples.labels[i] for i in val] or None},
-        train_config=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
-        **kind,
-    )
+    kwargs = {
+        "texts": [examples.texts[i] for i in train],
+        "template": args.template,
+        "val_texts": [examples.texts[i] for i in val] or None,
+        answers: [examples.labels[i] for i in train],
+        f"val_{answers}": [examples.labels[i] for i in val] or None,
+        "train_config": TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+        **({"method": args.method, "module_options": options} if args.method or options else {}),
+    }
+    return kwargs, f"{len(train)} training and {len(val)} validation examples of {examples.source}"
+
+
+def _add(args: argparse.Namespace) -> int:
+    folder = Path(args.bank)
+    task, read = _task_from_data(args, args.data)
+    bank = _open_bank(args, folder)
+    info = bank.add_task(args.name, **task)
     bank.save(folder)
     if info.generates:
         answered = f"text-to-text; best validation log-prob per token {info.metadata.get('best_val_logp')}"
     else:
         answered = f"labels {info.label_names}; best validation accuracy {info.metadata.get('best_val_acc')}"
-    print(
-        f"added {args.name!r} ({len(train)} training and {len(val)} validation examples of {examples.source}; "
-        f"{answered}) to {folder}"
-    )
+    print(f"added {args.name!r} ({read}; {answered}) to {folder}")
     return 0
+
+
+def _data_sources(args: argparse.Namespace) -> dict[str, str]:
+    """Task name -> data source, from ``--task NAME=SOURCE`` and the files of ``--data-dir`` (named by stem)."""
+    from .datafiles import FORMATS
+
+    sources: dict[str, str] = {}
+    for item in args.task or []:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise InvalidDataError(f"--task {item!r}: write NAME=FILE or NAME=HUB_DATASET")
+        sources[name] = source
+    if args.data_dir:
+        folder = Path(args.data_dir)
+        if not folder.is_dir():
+            raise InvalidDataError(f"--data-dir {folder}: not a folder")
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in FORMATS and path.stem not in sources:
+                sources[path.stem] = str(path)
+    if not sources:
+        raise InvalidDataError(
+            f"no tasks to train; Fix: --task NAME=FILE (repeat it) or --data-dir holding {'/'.join(sorted(FORMATS))} files"
+        )
+    return sources
+
+
+def _train_many(args: argparse.Namespace) -> int:
+    from .distributed import TaskSpec, train_many
+
+    folder = Path(args.bank)
+    sources = _data_sources(args)
+    specs = []
+    for name, source in sources.items():  # every file is read and checked before any training
+        task, _ = _task_from_data(args, source)
+        specs.append(TaskSpec(name, task.pop("texts"), task.pop("labels", None), options=task))
+    bank = _open_bank(args, folder)
+    result = train_many(
+        bank,
+        specs,
+        folder,
+        workers=args.workers,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        retries=args.retries,
+        address=args.address,
+    )
+    print(f"added {len(result.added)} tasks to {folder} ({len(bank.tasks)} in all)")
+    for name, reason in result.failed.items():
+        print(f"failed {name}: {reason}", file=sys.stderr)
+    return 1 if result.failed else 0
 
 
 def _remove(args: argparse.Namespace) -> int:
@@ -251,32 +310,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     add.add_argument("--bank", required=True, help="the bank folder; created with the options below if missing")
     add.add_argument("--name", required=True, help="the task's name")
     add.add_argument("--data", required=True, help="a .csv/.tsv/.jsonl/.parquet file or a hub dataset name")
-    add.add_argument("--text-column", action="append", help="input column (repeat to join several; default: text)")
-    add.add_argument("--label-column", default="label")
-    add.add_argument(
-        "--target-column", default=None, help="the answer column of a text-to-text task (instead of --label-column)"
-    )
-    add.add_argument("--split", default="train", help="split of a hub dataset (default: %(default)s)")
-    add.add_argument("--template", default=DEFAULT_TEMPLATE, help="how an input is shown; {text} marks it")
-    add.add_argument("--val-fraction", type=float, default=0.1, help="share kept for checkpoint choice")
-    add.add_argument("--steps", type=int, default=TrainConfig.steps)
-    add.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    add.add_argument("--lr", type=float, default=None)
-    add.add_argument("--seed", type=int, default=0)
-    add.add_argument("--backbone", default=None, help="a new bank's LLM (default: SmolLM2-135M, offline)")
-    add.add_argument(
-        "--method",
-        default=None,
-        help=f"this task's module kind ({', '.join(PROMPTS.names())}); default: the bank's "
-        f"(a new bank's: {BankConfig.method})",
-    )
-    add.add_argument(
-        "--options", default=None, help='the kind\'s options as JSON, e.g. \'{"rank": 2, "targets": "all"}\''
-    )
-    add.add_argument("--n-tokens", type=int, default=BankConfig.n_tokens, help="a new bank's prompt length")
-    add.add_argument("--key-encoder", default=BankConfig.key_encoder, help="a new bank's key encoder")
-    add.add_argument("--placement", default=BankConfig.placement, choices=PLACEMENTS, help="a new bank's placement")
+    _task_options(add)
     add.set_defaults(func=_add)
+
+    many = sub.add_parser(
+        "train-many", help="train many tasks in parallel on Ray and merge them into a bank (created if missing)"
+    )
+    many.add_argument("--bank", required=True, help="the bank folder; tasks already in it are skipped")
+    many.add_argument("--task", action="append", metavar="NAME=SOURCE", help="a task and its data file or hub dataset")
+    many.add_argument("--data-dir", default=None, help="a folder of data files: one task per file, named by its stem")
+    many.add_argument("--workers", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    many.add_argument("--num-cpus", type=float, default=1.0, help="CPUs (and torch threads) per task")
+    many.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per task; a fraction shares one GPU")
+    many.add_argument("--retries", type=int, default=2, help="retries of a task whose worker died")
+    many.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local one)")
+    _task_options(many)
+    many.set_defaults(func=_train_many)
 
     remove = sub.add_parser("remove", help="remove a task from a bank")
     remove.add_argument("--bank", required=True)
@@ -298,6 +347,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     merge.add_argument("--backbone", default=None)
     merge.set_defaults(func=_merge)
     return parser, sub
+
+
+def _task_options(parser: argparse.ArgumentParser) -> None:
+    """How a task is read from its data and trained, and a new bank's settings (``add`` and ``train-many``)."""
+    parser.add_argument("--text-column", action="append", help="input column (repeat to join several; default: text)")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument(
+        "--target-column", default=None, help="the answer column of a text-to-text task (instead of --label-column)"
+    )
+    parser.add_argument("--split", default="train", help="split of a hub dataset (default: %(default)s)")
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="how an input is shown; {text} marks it")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share kept for checkpoint choice")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backbone", default=None, help="a new bank's LLM (default: SmolLM2-135M, offline)")
+    parser.add_argument(
+        "--method",
+        default=None,
+        help=f"the task's module kind ({', '.join(PROMPTS.names())}); default: the bank's "
+        f"(a new bank's: {BankConfig.method})",
+    )
+    parser.add_argument(
+        "--options", default=None, help='the kind\'s options as JSON, e.g. \'{"rank": 2, "targets": "all"}\''
+    )
+    parser.add_argument("--n-tokens", type=int, default=BankConfig.n_tokens, help="a new bank's prompt length")
+    parser.add_argument("--key-encoder", default=BankConfig.key_encoder, help="a new bank's key encoder")
+    parser.add_argument("--placement", default=BankConfig.placement, choices=PLACEMENTS, help="a new bank's placement")
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:

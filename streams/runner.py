@@ -80,9 +80,18 @@ def load_tasks(cfg: RunConfig) -> list[TaskData]:
 
 
 def run_stream(
-    cfg: RunConfig, out: Path | None = None, tracking_uri: str | None = None, progress: bool = True, fresh: bool = False
+    cfg: RunConfig,
+    out: Path | None = None,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+    fresh: bool = False,
+    workers: int = 0,
 ) -> dict[str, Any]:
-    """Run ``cfg`` end to end; returns the results dict also written to ``out/results.json``."""
+    """Run ``cfg`` end to end; returns the results dict also written to ``out/results.json``.
+
+    With ``workers`` > 0 the bank's prompts first train in parallel on a local Ray instance of that
+    many CPUs (``BankStrategy.pretrain``); the stream then adds, evaluates and checkpoints in order.
+    """
     if cfg.tasks is None:
         STREAMS.get(cfg.stream)  # one clear error for an unknown name
     out = Path(out or cfg.default_out())
@@ -97,6 +106,11 @@ def run_stream(
             f"baseline {cfg.baseline!r} answers with label words, but {generating} are text-to-text tasks. "
             "Fix: run the bank (no --baseline) or --baseline zero-shot on this stream, or leave those tasks out (--tasks)"
         )
+    if workers and cfg.baseline:
+        raise InvalidDataError(
+            f"--workers trains the bank's per-task prompts in parallel; baseline {cfg.baseline!r} trains one model "
+            "in order. Fix: drop --workers for baselines"
+        )
     benchmark, table = build_benchmark(tasks)
     backbone = load_backbone(cfg.backbone, bf16=cfg.bf16)
     strategy = make_strategy(cfg, backbone, progress)
@@ -106,6 +120,8 @@ def run_stream(
         strategy.restore(out, names[: state["done"]])
     elif state["done"]:  # a baseline's optimiser and plugin state lived in memory only: start over
         state = _empty_progress(cfg)
+    if workers and isinstance(strategy, BankStrategy):
+        strategy.pretrain(tasks[state["done"] :], workers)
 
     quiet_mlflow()
     tracker = Tracker(tracking_uri, root=out.parent if tracking_uri is None else "runs")

@@ -112,3 +112,16 @@ def tiny_folder(tmp_path_factory, tiny_llama) -> str:
 def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PROMPTBANK_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A local 2-CPU Ray instance for the whole session (its workers start once). Its workers can
+    import the tests' modules (``tests/core/test_distributed.DiesOnce``)."""
+    import ray
+
+    here = [str(Path(__file__).parent), str(Path(__file__).parent / "core")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*here, os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from helpers import TASKS, tiny_run_config
 from mlflow.tracking import MlflowClient
 
@@ -280,3 +281,26 @@ def test_a_stream_mixing_text_to_text_and_classification_runs_resumes_and_scores
     floor = run_stream(dataclasses.replace(cfg, baseline="zero-shot"), out=tmp_path / "zero", progress=False)
     assert floor["metrics"] == results["metrics"] and floor["bank_bytes_per_task"] == 0
     assert floor["acc_matrix"][0][0] == floor["acc_matrix"][1][0]  # the bare LLM's replies: nothing to forget
+
+
+def test_a_stream_run_with_workers_answers_like_the_run_in_order(tiny_folder: str, tmp_path, local_ray, monkeypatch):
+    cfg = tiny_run_config(tiny_folder)
+    monkeypatch.setenv("PROMPTBANK_CACHE", str(tmp_path / "cache-parallel"))
+    parallel = run_stream(cfg, out=tmp_path / "parallel", progress=False, workers=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each worker's thread count, so the prompts agree bit for bit
+    try:
+        monkeypatch.setenv("PROMPTBANK_CACHE", str(tmp_path / "cache-in-order"))
+        in_order = run_stream(cfg, out=tmp_path / "in-order", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(r["prompt_from_cache"] for r in parallel["reports"])  # every prompt came from the workers
+    assert not any(r["prompt_from_cache"] for r in in_order["reports"])
+    for key in ("acc_matrix", "oracle_matrix", "routing_acc"):
+        assert parallel[key] == in_order[key]
+    banks = [PromptBank.load(tmp_path / run / "bank", backbone=tiny_folder) for run in ("parallel", "in-order")]
+    for name in TASKS:
+        a, b = (bank.prompt_state(name) for bank in banks)
+        assert all(torch.equal(a[k], b[k]) for k in b)
+    with pytest.raises(InvalidDataError, match="baseline"):
+        run_stream(dataclasses.replace(cfg, baseline="naive"), out=tmp_path / "naive", progress=False, workers=2)

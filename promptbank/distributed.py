@@ -1,0 +1,208 @@
+"""Many tasks trained at once on Ray: one Ray task per bank task, merged into the bank as each ends.
+
+A task's module depends only on that task, so a thousand tasks are a thousand independent jobs.
+Each becomes a Ray task with its own resources and retries. Its worker loads the frozen LLM and
+the key encoder once and keeps them for every later task it runs. It trains the module, computes
+the task's routing statistics and writes a one-task bank, a few KB plus the router's shared
+matrix, next to the bank. The driver merges each part as it arrives (``PromptBank.merge``, exact)
+and saves the bank, so an interrupted run restarts with only the tasks that are not in it yet.
+Ray is an optional dependency (``pip install promptbank[distributed]``), imported only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .bank import PromptBank
+from .errors import InvalidDataError
+from .records import BankConfig
+
+#: Worker-process cache: (backbone, bf16, key encoder) -> the loaded LLM and key encoder.
+_LOADED: dict[tuple[str, bool, str], tuple[Any, Any]] = {}
+
+
+@dataclass
+class TaskSpec:
+    """One task to train: what ``PromptBank.add_task`` takes.
+
+    Args:
+        name: the task's name in the bank.
+        texts: its training inputs.
+        labels: their labels (classification), or None with ``options["targets"]`` (text-to-text).
+        options: any other ``add_task`` keyword: ``label_names``, ``template``, ``val_texts``,
+            ``val_labels``, ``targets``, ``train_config``, ``method``, ...
+    """
+
+    name: str
+    texts: list[str]
+    labels: list[Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainManyResult:
+    """What a parallel run did: tasks merged into the bank, and tasks that failed with their error."""
+
+    added: list[str]
+    failed: dict[str, str]
+
+
+def train_part(blueprint: dict[str, Any], spec: TaskSpec, parts: str, threads: int) -> str:
+    """Train one task into a one-task bank under ``parts`` (the body of each Ray task).
+
+    Returns:
+        The part's folder, written atomically (a crash leaves no half part behind).
+    """
+    import torch
+
+    from .backbone import load_backbone
+    from .keys import make_key_encoder
+
+    torch.set_num_threads(threads)
+    key = (blueprint["backbone"], blueprint["bf16"], blueprint["config"]["key_encoder"])
+    if key not in _LOADED:
+        backbone = load_backbone(key[0], bf16=key[1])
+        _LOADED[key] = (backbone, make_key_encoder(key[2], backbone=backbone))
+    backbone, encoder = _LOADED[key]
+    part = PromptBank(backbone, BankConfig(**blueprint["config"]), key_encoder=encoder)
+    part.add_task(spec.name, spec.texts, spec.labels, **spec.options)
+    final = Path(parts) / spec.name
+    staging = Path(parts) / f".{spec.name}.{uuid.uuid4().hex}"
+    part.save(staging)
+    shutil.rmtree(final, ignore_errors=True)  # a part left by an attempt Ray then retried
+    os.replace(staging, final)
+    return str(final)
+
+
+def train_many(
+    bank: PromptBank,
+    specs: Sequence[TaskSpec],
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    retries: int = 2,
+    address: str | None = None,
+    progress: bool = True,
+) -> TrainManyResult:
+    """Train ``specs`` in parallel on Ray and merge each into ``bank``, saved to ``out`` after each.
+
+    Tasks already in ``bank`` are skipped, and parts that an interrupted run left finished are
+    merged without training again. The merged bank equals one built by adding the tasks one by
+    one in ``specs`` order on one machine with the same thread count: modules bit for bit,
+    routing statistics summed.
+
+    Args:
+        bank: the bank to add to (its backbone must be loadable by name in the workers).
+        specs: the tasks, one Ray task each.
+        out: where the bank is saved; its parts wait in ``<out>.parts/`` until merged.
+        workers: CPUs of the local Ray instance that ``ray.init`` starts (default: all); ignored
+            with ``address``.
+        num_cpus: CPUs per task (also its torch threads).
+        num_gpus: GPUs per task; fractions share a GPU between small models.
+        retries: how many times a task whose worker died or raised a runtime error is retried.
+        address: an existing Ray cluster (``"auto"`` or ``"ray://host:10001"``); default: local.
+        progress: show a progress bar.
+
+    Returns:
+        The tasks added (in ``specs`` order) and the failures by task name.
+
+    Raises:
+        InvalidDataError: duplicate names in ``specs``, or Ray is not installed.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise InvalidDataError("parallel training needs Ray. Fix: pip install 'promptbank[distributed]'") from None
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise InvalidDataError(
+            f"task names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}"
+        )
+    out = Path(out)
+    parts = Path(f"{out}.parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    order = [s.name for s in specs if s.name not in bank.tasks]
+    # parts an interrupted run finished are merged without training again
+    ready: dict[str, Path | str] = {n: parts / n for n in order if (parts / n / "manifest.json").exists()}
+    todo = [s for s in specs if s.name in order and s.name not in ready]
+    result = TrainManyResult([], {})
+    merger = _InOrder(bank, order, ready, out, result)
+    merger.flush()
+    if todo:
+        _run_on_ray(ray, bank, todo, parts, merger, workers, num_cpus, num_gpus, retries, address, progress)
+    if not any(parts.iterdir()):
+        parts.rmdir()
+    return result
+
+
+class _InOrder:
+    """Merges finished parts in ``specs`` order, whatever order they finish in, so the bank is the
+    same on every run (task ids, and the order the routing statistics are summed in)."""
+
+    def __init__(self, bank: PromptBank, order: list[str], ready: dict, out: Path, result: TrainManyResult) -> None:
+        self.bank, self.order, self.ready, self.out, self.result = bank, order, ready, out, result
+        self.next = 0
+
+    def finished(self, name: str, path: str | None, error: str | None = None) -> None:
+        if error is not None:
+            self.result.failed[name] = error
+        self.ready[name] = path
+        self.flush()
+
+    def flush(self) -> None:
+        while self.next < len(self.order) and self.order[self.next] in self.ready:
+            path = self.ready.pop(self.order[self.next])
+            if path is not None:
+                part = PromptBank.load(path, backbone=self.bank.backbone, key_encoder=self.bank.key_encoder)
+                self.result.added += self.bank.merge(part)
+                self.bank.save(self.out)
+                shutil.rmtree(path)  # only once the bank that holds it is on disk
+            self.next += 1
+
+
+def _run_on_ray(ray, bank, todo, parts, merger, workers, num_cpus, num_gpus, retries, address, progress) -> None:
+    if not ray.is_initialized():
+        local = {} if address else {"num_cpus": workers, "include_dashboard": False}
+        ray.init(address=address, log_to_driver=False, **local)
+    blueprint = {
+        "backbone": bank.backbone.name,
+        "bf16": bank.backbone.bf16,
+        "config": dataclasses.asdict(bank.config),
+    }
+    remote = ray.remote(train_part).options(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        max_retries=retries,
+        retry_exceptions=[RuntimeError, OSError, MemoryError],  # a bad task's own error is final
+    )
+    threads = max(1, int(num_cpus))
+    pending = {remote.remote(blueprint, spec, str(parts), threads): spec.name for spec in todo}
+    with tqdm(total=len(pending), desc="train-many", unit="task", disable=not progress) as bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            name = pending.pop(done[0])
+            try:
+                path = ray.get(done[0])
+            except Exception as exc:  # noqa: BLE001 - a task's failure is reported, the others go on
+                merger.finished(name, None, _reason(exc))
+            else:
+                merger.finished(name, path)
+            bar.update(1)
+
+
+def _reason(exc: Exception) -> str:
+    """The task's own exception (Ray wraps it), as one line."""
+    cause = getattr(exc, "cause", None)
+    err = cause if isinstance(cause, BaseException) else exc
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

@@ -1,5 +1,5 @@
 """The library's commands: ``add`` and ``remove`` a task, ``train-many`` tasks in parallel, ``predict``
-with a saved bank, ``info`` about one, ``export`` a task's prompt, ``merge`` banks.
+with a saved bank or ``serve`` it, ``info`` about one, ``export`` a task's prompt, ``merge`` banks.
 
 The installed ``promptbank`` command is ``streams.cli.main``, which adds ``run`` (the stream
 layer) to this parser; the library itself never imports ``streams``.
@@ -249,6 +249,28 @@ def _train_many(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .serving.ray_serve import bank_app
+
+    app = bank_app(
+        args.bank,
+        backbone=args.backbone,
+        max_batch_size=args.max_batch_size,
+        batch_wait_timeout_s=args.batch_wait_ms / 1000,
+        num_replicas=args.replicas,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+    )
+    from ray import serve
+
+    serve.start(http_options={"host": args.host, "port": args.port})
+    print(
+        f'serving {args.bank} at http://{args.host}:{args.port}/ (POST {{"text": ..., "task": optional}}); Ctrl-C stops'
+    )
+    serve.run(app, blocking=True)
+    return 0
+
+
 def _remove(args: argparse.Namespace) -> int:
     from .bank import PromptBank
 
@@ -326,6 +348,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     many.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local one)")
     _task_options(many)
     many.set_defaults(func=_train_many)
+
+    serve = sub.add_parser("serve", help="serve a saved bank over HTTP on Ray Serve, batching requests across tasks")
+    serve.add_argument("--bank", required=True)
+    serve.add_argument("--backbone", default=None)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--replicas", type=int, default=1, help="replicas, each with its own copy of the LLM")
+    serve.add_argument("--max-batch-size", type=int, default=16, help="most requests per forward (1: no batching)")
+    serve.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
+    serve.add_argument("--num-cpus", type=float, default=1.0, help="CPUs (torch threads) per replica")
+    serve.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica; a fraction shares one GPU")
+    serve.set_defaults(func=_serve)
 
     remove = sub.add_parser("remove", help="remove a task from a bank")
     remove.add_argument("--bank", required=True)

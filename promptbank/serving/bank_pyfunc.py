@@ -12,6 +12,8 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from promptbank.serving.requests import answer_record, answer_rows, task_or_none
+
 
 class BankModel(PythonModel):
     """Answers with the bank saved in the model's ``bank`` artifact."""
@@ -24,31 +26,9 @@ class BankModel(PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         texts = [str(t) for t in model_input["text"]]
-        tasks: list[str | None] = [None] * len(texts)
-        if "task" in model_input.columns:
-            tasks = [None if t is None or t != t or str(t) == "" else str(t) for t in model_input["task"]]
-        preds = [None] * len(texts)
-        given = [i for i, t in enumerate(tasks) if t is not None]
-        routed = [i for i, t in enumerate(tasks) if t is None]
-        for rows, task in ((given, [tasks[i] for i in given]), (routed, None)):
-            if rows:  # inputs with a task are answered by it, the others are routed
-                for i, p in zip(rows, self.bank.predict([texts[i] for i in rows], task=task)):
-                    preds[i] = p
-        return pd.DataFrame(
-            {
-                "task": [p.task for p in preds],
-                "label": [p.label for p in preds],
-                "generated": [p.text for p in preds],
-                "score": [_score(p) for p in preds],
-                "route_score": [None if p.route_score != p.route_score else p.route_score for p in preds],
-            }
-        )
-
-
-def _score(p: Any) -> float | None:
-    if p.text is not None:
-        return p.confidence
-    return p.scores.get(p.label) if p.label is not None else None
+        tasks = [task_or_none(t) for t in model_input["task"]] if "task" in model_input.columns else [None] * len(texts)
+        records = [answer_record(p) for p in answer_rows(self.bank, texts, tasks)]
+        return pd.DataFrame(records, columns=["task", "label", "generated", "score", "route_score"])
 
 
 mlflow.models.set_model(BankModel())

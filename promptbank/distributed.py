@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,11 @@ class TrainManyResult:
     failed: dict[str, str]
 
 
+def bank_blueprint(bank: PromptBank) -> dict[str, Any]:
+    """What a worker needs to build an empty bank like ``bank``: its LLM's name and its config (JSON-able)."""
+    return {"backbone": bank.backbone.name, "bf16": bank.backbone.bf16, "config": dataclasses.asdict(bank.config)}
+
+
 def train_part(blueprint: dict[str, Any], spec: TaskSpec, parts: str, threads: int) -> str:
     """Train one task into a one-task bank under ``parts`` (the body of each Ray task).
 
@@ -94,8 +100,9 @@ def train_many(
     retries: int = 2,
     address: str | None = None,
     progress: bool = True,
+    save_every_s: float = 30.0,
 ) -> TrainManyResult:
-    """Train ``specs`` in parallel on Ray and merge each into ``bank``, saved to ``out`` after each.
+    """Train ``specs`` in parallel on Ray and merge each into ``bank``, saved to ``out`` as they arrive.
 
     Tasks already in ``bank`` are skipped, and parts that an interrupted run left finished are
     merged without training again. The merged bank equals one built by adding the tasks one by
@@ -113,6 +120,9 @@ def train_many(
         retries: how many times a task whose worker died or raised a runtime error is retried.
         address: an existing Ray cluster (``"auto"`` or ``"ray://host:10001"``); default: local.
         progress: show a progress bar.
+        save_every_s: least seconds between two saves of ``out`` (a save writes the whole bank, so
+            saving after every one of thousands of small tasks would cost more than the tasks); a
+            part's folder is deleted only once a saved bank holds it, and the last merge is always saved.
 
     Returns:
         The tasks added (in ``specs`` order) and the failures by task name.
@@ -137,10 +147,11 @@ def train_many(
     ready: dict[str, Path | str] = {n: parts / n for n in order if (parts / n / "manifest.json").exists()}
     todo = [s for s in specs if s.name in order and s.name not in ready]
     result = TrainManyResult([], {})
-    merger = _InOrder(bank, order, ready, out, result)
+    merger = _InOrder(bank, order, ready, out, result, save_every_s)
     merger.flush()
     if todo:
         _run_on_ray(ray, bank, todo, parts, merger, workers, num_cpus, num_gpus, retries, address, progress)
+    merger.save()
     if not any(parts.iterdir()):
         parts.rmdir()
     return result
@@ -150,9 +161,13 @@ class _InOrder:
     """Merges finished parts in ``specs`` order, whatever order they finish in, so the bank is the
     same on every run (task ids, and the order the routing statistics are summed in)."""
 
-    def __init__(self, bank: PromptBank, order: list[str], ready: dict, out: Path, result: TrainManyResult) -> None:
+    def __init__(
+        self, bank: PromptBank, order: list[str], ready: dict, out: Path, result: TrainManyResult, save_every_s: float
+    ) -> None:
         self.bank, self.order, self.ready, self.out, self.result = bank, order, ready, out, result
+        self.save_every_s, self.saved_at = save_every_s, time.monotonic()
         self.next = 0
+        self.merged: list[Path] = []  # parts in the bank in memory, not yet in a saved one
 
     def finished(self, name: str, path: str | None, error: str | None = None) -> None:
         if error is not None:
@@ -166,20 +181,26 @@ class _InOrder:
             if path is not None:
                 part = PromptBank.load(path, backbone=self.bank.backbone, key_encoder=self.bank.key_encoder)
                 self.result.added += self.bank.merge(part)
-                self.bank.save(self.out)
-                shutil.rmtree(path)  # only once the bank that holds it is on disk
+                self.merged.append(Path(path))
             self.next += 1
+        if time.monotonic() - self.saved_at >= self.save_every_s:
+            self.save()
+
+    def save(self) -> None:
+        """Save the bank if it holds unsaved parts, then delete those parts (never before)."""
+        if self.merged:
+            self.bank.save(self.out)
+            for path in self.merged:
+                shutil.rmtree(path)
+            self.merged = []
+        self.saved_at = time.monotonic()
 
 
 def _run_on_ray(ray, bank, todo, parts, merger, workers, num_cpus, num_gpus, retries, address, progress) -> None:
     if not ray.is_initialized():
         local = {} if address else {"num_cpus": workers, "include_dashboard": False}
         ray.init(address=address, log_to_driver=False, **local)
-    blueprint = {
-        "backbone": bank.backbone.name,
-        "bf16": bank.backbone.bf16,
-        "config": dataclasses.asdict(bank.config),
-    }
+    blueprint = bank_blueprint(bank)
     remote = ray.remote(train_part).options(
         num_cpus=num_cpus,
         num_gpus=num_gpus,

@@ -11,7 +11,7 @@ from helpers import ANIMALS, FAST, WEATHER
 
 from promptbank.bank import BankConfig, PromptBank
 from promptbank.cli import main
-from promptbank.distributed import TaskSpec, train_many
+from promptbank.distributed import TaskSpec, bank_blueprint, train_many, train_part
 
 CONFIG = BankConfig(n_tokens=4, key_encoder="embedding-mean")  # the lda router: its statistics are summed
 TEXTS = ANIMALS[0][:4] + WEATHER[0][:4]
@@ -105,3 +105,13 @@ def test_train_many_command_trains_a_folder_of_data_files_and_skips_what_the_ban
     assert "added 0 tasks to" in capsys.readouterr().out
     assert main(["train-many", *common, "--task", "animals"]) == 2  # no NAME=SOURCE: refused before Ray
     assert "NAME=FILE" in capsys.readouterr().err
+
+
+def test_parts_an_interrupted_run_left_are_merged_without_training_again(tiny_folder: str, tmp_path: Path):
+    bank = PromptBank(tiny_folder, CONFIG)
+    parts = tmp_path / "bank.parts"
+    train_part(bank_blueprint(bank), SPECS[0], str(parts), threads=1)  # finished before the driver died
+    result = train_many(bank, SPECS[:1], tmp_path / "bank", progress=False)  # nothing left for Ray to run
+    assert result.added == ["animals"] and not parts.exists()
+    saved = PromptBank.load(tmp_path / "bank", backbone=bank.backbone)
+    assert saved.tasks == ["animals"] and saved.task_info("animals").metadata["steps"] == FAST.steps

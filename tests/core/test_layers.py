@@ -1,4 +1,4 @@
-"""Layers point one way: the library never loads the experiment layer, Avalanche or MLflow."""
+"""Layers point one way: the library never loads the experiment layer, Avalanche, MLflow or Ray on import."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 
 import promptbank
 
-FORBIDDEN = {"streams", "avalanche", "mlflow"}
+FORBIDDEN = {"streams", "avalanche", "mlflow", "ray"}
 
 
 def test_importing_the_library_loads_no_experiment_layer():
     code = (
         "import sys, promptbank, promptbank.cli, promptbank.routing, promptbank.bank, promptbank.storage, "
-        "promptbank.serving; "
+        "promptbank.serving, promptbank.serving.ray_serve, promptbank.distributed; "
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {FORBIDDEN!r}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -25,7 +25,8 @@ def test_importing_the_library_loads_no_experiment_layer():
 def test_no_library_module_imports_the_experiment_layer():
     """``streams`` and Avalanche not even inside a function (the library must work where they are not
     installed); MLflow only inside the functions that log or load a bank as an MLflow model, and in
-    the model code file MLflow itself executes (``serving/bank_pyfunc.py``)."""
+    the model code file MLflow itself executes (``serving/bank_pyfunc.py``); Ray (an optional extra)
+    only inside the functions that use it."""
     offenders = []
     root = Path(promptbank.__file__).parent
     for path in root.rglob("*.py"):
@@ -40,6 +41,7 @@ def test_no_library_module_imports_the_experiment_layer():
                 names = [node.module]
             for name in names:
                 top = name.split(".")[0]
-                if top in {"streams", "avalanche"} or (top == "mlflow" and id(node) in top_level and not mlflow_code):
+                only_in_functions = (top == "mlflow" and not mlflow_code) or top in {"ray", "starlette"}
+                if top in {"streams", "avalanche"} or (only_in_functions and id(node) in top_level):
                     offenders.append(f"{path.relative_to(root)}: {name}")
     assert offenders == []

@@ -3,9 +3,10 @@
 A task's module depends only on that task, so a thousand tasks are a thousand independent jobs.
 Each becomes a Ray task with its own resources and retries. Its worker loads the frozen LLM and
 the key encoder once and keeps them for every later task it runs. It trains the module, computes
-the task's routing statistics and writes a one-task bank, a few KB plus the router's shared
-matrix, next to the bank. The driver merges each part as it arrives (``PromptBank.merge``, exact)
-and saves the bank, so an interrupted run restarts with only the tasks that are not in it yet.
+the task's routing statistics and returns a saved one-task bank (a few KB plus the router's shared
+matrix) through Ray's object store. The driver writes each part next to the bank, merges the parts
+in the tasks' order (``PromptBank.merge``, exact) and saves the bank, so an interrupted run
+restarts with only the tasks that are not in it yet.
 Ray is an optional dependency (``pip install promptbank[distributed]``), imported only here.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -62,11 +64,12 @@ def bank_blueprint(bank: PromptBank) -> dict[str, Any]:
     return {"backbone": bank.backbone.name, "bf16": bank.backbone.bf16, "config": dataclasses.asdict(bank.config)}
 
 
-def train_part(blueprint: dict[str, Any], spec: TaskSpec, parts: str, threads: int) -> str:
-    """Train one task into a one-task bank under ``parts`` (the body of each Ray task).
+def train_part(blueprint: dict[str, Any], spec: TaskSpec, threads: int) -> dict[str, bytes]:
+    """Train one task into a one-task bank (the body of each Ray task).
 
     Returns:
-        The part's folder, written atomically (a crash leaves no half part behind).
+        The saved part's files by name: they travel back to the driver through Ray's object store,
+        so a worker on another node needs no shared disk.
     """
     import torch
 
@@ -81,12 +84,21 @@ def train_part(blueprint: dict[str, Any], spec: TaskSpec, parts: str, threads: i
     backbone, encoder = _LOADED[key]
     part = PromptBank(backbone, BankConfig(**blueprint["config"]), key_encoder=encoder)
     part.add_task(spec.name, spec.texts, spec.labels, **spec.options)
-    final = Path(parts) / spec.name
-    staging = Path(parts) / f".{spec.name}.{uuid.uuid4().hex}"
-    part.save(staging)
-    shutil.rmtree(final, ignore_errors=True)  # a part left by an attempt Ray then retried
+    with tempfile.TemporaryDirectory(prefix="promptbank-part-") as folder:
+        part.save(Path(folder) / "part")
+        return {f.name: f.read_bytes() for f in (Path(folder) / "part").iterdir() if not f.name.startswith(".")}
+
+
+def store_part(files: dict[str, bytes], parts: Path, name: str) -> Path:
+    """Write a part's files as ``parts/name`` atomically: a crash leaves the whole part or none."""
+    staging = parts / f".{name}.{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    for file, data in files.items():
+        (staging / file).write_bytes(data)
+    final = parts / name
+    shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
-    return str(final)
+    return final
 
 
 def train_many(
@@ -208,17 +220,17 @@ def _run_on_ray(ray, bank, todo, parts, merger, workers, num_cpus, num_gpus, ret
         retry_exceptions=[RuntimeError, OSError, MemoryError],  # a bad task's own error is final
     )
     threads = max(1, int(num_cpus))
-    pending = {remote.remote(blueprint, spec, str(parts), threads): spec.name for spec in todo}
+    pending = {remote.remote(blueprint, spec, threads): spec.name for spec in todo}
     with tqdm(total=len(pending), desc="train-many", unit="task", disable=not progress) as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             name = pending.pop(done[0])
             try:
-                path = ray.get(done[0])
+                files = ray.get(done[0])
             except Exception as exc:  # noqa: BLE001 - a task's failure is reported, the others go on
                 merger.finished(name, None, _reason(exc))
             else:
-                merger.finished(name, path)
+                merger.finished(name, store_part(files, parts, name))
             bar.update(1)
 
 

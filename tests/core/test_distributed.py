@@ -11,7 +11,7 @@ from helpers import ANIMALS, FAST, WEATHER
 
 from promptbank.bank import BankConfig, PromptBank
 from promptbank.cli import main
-from promptbank.distributed import TaskSpec, bank_blueprint, train_many, train_part
+from promptbank.distributed import TaskSpec, bank_blueprint, store_part, train_many, train_part
 
 CONFIG = BankConfig(n_tokens=4, key_encoder="embedding-mean")  # the lda router: its statistics are summed
 TEXTS = ANIMALS[0][:4] + WEATHER[0][:4]
@@ -110,7 +110,7 @@ def test_train_many_command_trains_a_folder_of_data_files_and_skips_what_the_ban
 def test_parts_an_interrupted_run_left_are_merged_without_training_again(tiny_folder: str, tmp_path: Path):
     bank = PromptBank(tiny_folder, CONFIG)
     parts = tmp_path / "bank.parts"
-    train_part(bank_blueprint(bank), SPECS[0], str(parts), threads=1)  # finished before the driver died
+    store_part(train_part(bank_blueprint(bank), SPECS[0], threads=1), parts, "animals")  # before the driver died
     result = train_many(bank, SPECS[:1], tmp_path / "bank", progress=False)  # nothing left for Ray to run
     assert result.added == ["animals"] and not parts.exists()
     saved = PromptBank.load(tmp_path / "bank", backbone=bank.backbone)

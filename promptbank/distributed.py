@@ -13,6 +13,7 @@ Ray is an optional dependency (``pip install promptbank[distributed]``), importe
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import shutil
 import tempfile
@@ -220,9 +221,17 @@ def _run_on_ray(ray, bank, todo, parts, merger, workers, num_cpus, num_gpus, ret
         retry_exceptions=[RuntimeError, OSError, MemoryError],  # a bad task's own error is final
     )
     threads = max(1, int(num_cpus))
-    pending = {remote.remote(blueprint, spec, threads): spec.name for spec in todo}
-    with tqdm(total=len(pending), desc="train-many", unit="task", disable=not progress) as bar:
-        while pending:
+    # a few tasks per slot in flight, not all of them: the driver holds the texts of those only
+    slots = ray.cluster_resources().get("GPU" if num_gpus else "CPU", 1) / (num_gpus or num_cpus)
+    window = max(4, 4 * int(slots))
+    waiting = iter(todo)
+    pending: dict[Any, str] = {}
+    with tqdm(total=len(todo), desc="train-many", unit="task", disable=not progress) as bar:
+        while True:
+            for spec in itertools.islice(waiting, window - len(pending)):
+                pending[remote.remote(blueprint, spec, threads)] = spec.name
+            if not pending:
+                break
             done, _ = ray.wait(list(pending), num_returns=1)
             name = pending.pop(done[0])
             try:

@@ -62,7 +62,12 @@ def bank_app(
         raise InvalidDataError(f"max_batch_size must be at least 1, got {max_batch_size}")
     threads = max(1, int(num_cpus))
 
-    @serve.deployment(num_replicas=num_replicas, ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus})
+    @serve.deployment(
+        num_replicas=num_replicas,
+        ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
+        # Serve lets 5 requests into a replica by default, which would cap every batch at 5
+        max_ongoing_requests=max(5, 2 * max_batch_size),
+    )
     class BankDeployment:
         def __init__(self) -> None:
             import torch

@@ -111,7 +111,7 @@ def router_merge(n: int, dim: int = 960, classes: int = 2, keys_per_class: int =
                 t, np.repeat(centre, keys_per_class, 0) + noise, np.repeat(np.arange(classes), keys_per_class)
             )
         size = base
-        while 2 * size <= n // 2:
+        while size < n // 2:
             router.merge(router_from_state(*router.state()), {t: size + t for t in range(size)})
             size *= 2
         halves.append((router, size))

@@ -355,7 +355,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--replicas", type=int, default=1, help="replicas, each with its own copy of the LLM")
-    serve.add_argument("--max-batch-size", type=int, default=16, help="most requests per forward (1: no batching)")
+    serve.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="most requests per forward (default: 16 with --num-gpus, 1 on CPUs, where batching measured slower)",
+    )
     serve.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
     serve.add_argument("--num-cpus", type=float, default=1.0, help="CPUs (torch threads) per replica")
     serve.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica; a fraction shares one GPU")

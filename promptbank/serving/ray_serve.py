@@ -20,7 +20,7 @@ from .requests import answer_record, answer_rows, task_or_none
 def bank_app(
     bank_dir: str | Path,
     backbone: str | None = None,
-    max_batch_size: int = 16,
+    max_batch_size: int | None = None,
     batch_wait_timeout_s: float = 0.01,
     num_replicas: int = 1,
     num_cpus: float = 1.0,
@@ -32,6 +32,9 @@ def bank_app(
         bank_dir: a saved bank (loaded once per replica).
         backbone: the frozen LLM, if not the one the bank records.
         max_batch_size: most requests answered by one ``predict`` call; 1 turns batching off.
+            Default: 16 on GPU replicas, 1 on CPU-only ones, where a forward costs the same per
+            token whatever the batch and padding mixed lengths makes batching lose (0.66x the
+            requests/s on the 2-core benchmark, BENCHMARKS.md section 5).
         batch_wait_timeout_s: how long the first request of a batch waits for others.
         num_replicas: replicas, each with its own copy of the LLM.
         num_cpus: CPUs per replica (its torch threads).
@@ -58,6 +61,8 @@ def bank_app(
         raise InvalidDataError("serving on Ray needs Ray Serve. Fix: pip install 'promptbank[distributed]'") from None
     if not (Path(bank_dir) / "manifest.json").exists():
         raise InvalidDataError(f"{bank_dir}: no saved bank there (manifest.json missing); Fix: save or train one first")
+    if max_batch_size is None:
+        max_batch_size = 16 if num_gpus > 0 else 1
     if max_batch_size < 1:
         raise InvalidDataError(f"max_batch_size must be at least 1, got {max_batch_size}")
     threads = max(1, int(num_cpus))

@@ -41,7 +41,8 @@ def test_served_answers_equal_predict_and_requests_of_different_tasks_share_a_ba
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        handle = serve.run(bank_app(tmp_path / "bank", backbone=tiny_folder, batch_wait_timeout_s=0.5))
+        app = bank_app(tmp_path / "bank", backbone=tiny_folder, max_batch_size=16, batch_wait_timeout_s=0.5)
+        handle = serve.run(app)
         served = [f.result() for f in [handle.answer.remote(r) for r in ROWS]]  # all in flight at once
         for got, want in zip(served, expected):
             assert (got["task"], got["label"]) == (want["task"], want["label"])

@@ -110,7 +110,12 @@ def test_train_many_command_trains_a_folder_of_data_files_and_skips_what_the_ban
 def test_parts_an_interrupted_run_left_are_merged_without_training_again(tiny_folder: str, tmp_path: Path):
     bank = PromptBank(tiny_folder, CONFIG)
     parts = tmp_path / "bank.parts"
-    store_part(train_part(bank_blueprint(bank), SPECS[0], threads=1), parts, "animals")  # before the driver died
+    threads = torch.get_num_threads()
+    try:  # train_part sets the thread count of the worker process it runs in: here, this one
+        store_part(train_part(bank_blueprint(bank), SPECS[0], threads=1), parts, "animals")  # before the driver died
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
     result = train_many(bank, SPECS[:1], tmp_path / "bank", progress=False)  # nothing left for Ray to run
     assert result.added == ["animals"] and not parts.exists()
     saved = PromptBank.load(tmp_path / "bank", backbone=bank.backbone)

@@ -257,7 +257,31 @@ def serve_load(r: dict[str, Any]) -> str:
     )
 
 
+def router_scale(r: dict[str, Any]) -> str:
+    gib = 2**30
+    rows = [
+        [f"{r['tasks']:,}", str(nprobe), f"{x['route_batch_us_per_query']['median']:.1f}",
+         f"{x['agreement_with_exact']:.3f}", f"{r['rss_bytes'] / gib:.2f}", f"{r['rss_peak_bytes'] / gib:.2f}",
+         f"{r['rss_bytes_per_task']:,.0f}", f"{r['state_bytes_per_task']:,.0f}"]
+        for nprobe, x in r["by_nprobe"].items()
+    ]  # fmt: skip
+    return (
+        table(
+            ["tasks", "nprobe", "µs/query, batch", "agreement with exact", "RSS (GiB)", "peak RSS (GiB)",
+             "RSS B/task", "state B/task"],
+            rows,
+        )  # fmt: skip
+        + f"\n\n`lda` defaults ({r['router']['mean_bits']}-bit means, {r['args']['dim']}-d keys, one mean per task, "
+        f"index {r['index_in_use']}); batches of {r['args']['batch']} queries. True task {r['accuracy_true_task']:.3f} "
+        f"(exact LDA {r['exact_accuracy_true_task']:.3f}). At this size, adding a task took "
+        f"{r['add_ms_per_task']:.2f} ms and removing one {r['remove_ms_per_task']:.2f} ms (index updates included); "
+        f"the first route after loading (whitening, index training and filling) {r['first_route_s']:.0f} s."
+    )
+
+
 BENCH_TABLES: dict[str, Callable[[], str]] = {
+    "bench-router-scale-1m": lambda: bench_table("bench-router-scale-1m", router_scale),
+    "bench-router-scale-100k": lambda: bench_table("bench-router-scale-100k", router_scale),
     "bench-distributed": lambda: bench_table("bench-distributed", distributed),
     "bench-serve-load": lambda: bench_table("bench-serve-load", serve_load),
     "bench-mixed-generation": lambda: bench_table("bench-mixed-generation", mixed_generation),

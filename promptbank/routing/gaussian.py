@@ -28,14 +28,16 @@ from .faiss_index import (
     LDA_FLAT_KMEANS_MAX_NLIST,
 )
 from .stats import (
+    MEAN_BITS,
+    MEAN_OUTLIERS,
     ClassStats,
     ClassStatsSum,
     TaskStats,
     eigh,
     pack_upper,
     principal_factor,
+    quantize_means,
     row_blocks,
-    stored_means,
     symmetric_float32,
     unpack_upper,
 )
@@ -45,6 +47,11 @@ from .stats import (
 #: exact LDA on 39.8% of queries; 65,536 lists of ~15 means agree on 96.0% (true task 0.910
 #: vs 0.944 exact; BENCHMARKS.md section 2).
 LDA_MAX_NLIST = 65536
+#: Whitened means the auto IVF's k-means trains on, at most (1 GB of float32 at 960-d); the
+#: SQ8 codec then trains on ``LDA_CODEC_SAMPLE`` of them. Sampling every mean needed a 3.8 GB
+#: float32 copy at 1M tasks x 960-d, twice the router's own memory.
+LDA_TRAIN_SAMPLE_MAX = 262_144
+LDA_CODEC_SAMPLE = 65_536
 #: Lists the LDA router scans per query. Its auto IVF trains spherical k-means, whose lists
 #: come out even (at 100k synthetic tasks the largest held 80 means, not 403), so 8 lists
 #: suffice: 99.4-99.7% / 100% agreement with exact LDA at 384 / 960 dims (BENCHMARKS.md section 2).
@@ -59,6 +66,10 @@ EXACT_WHITENING_MAX_COMPONENTS = 1024
 WHITENING_REFRESH_FACTOR = 2.0
 #: Gaussian/LDA rebuilds whiten this many means at a time (63 MB of float64 at 960-d).
 REBUILD_BLOCK_MEANS = 8192
+#: Centred key rows of small tasks (no more keys than dimensions) wait in a buffer and join
+#: the shared scatter this many at a time, in one product: adding a 4-key task at 960-d went
+#: from 16 ms (a dim x dim matrix formed and added per task) to well under 1 ms.
+PENDING_SCATTER_ROWS = 2048
 #: what a Gaussian/LDA router's ``closeness`` measures (see GaussianRouter)
 NOVELTY_SCORES = ("posterior", "nearest")
 
@@ -78,6 +89,7 @@ class GaussianConfig(RouterConfig):
         novelty: what ``closeness`` measures: "posterior" or "nearest" (class docstring).
         novelty_temperature: the softer temperature of the "posterior" closeness.
         nprobe: IVF lists scanned per query (``LDA_NPROBE``).
+        mean_bits: bits each class mean is stored in, 8 or 16 (``stats.quantize_means``).
     """
 
     per_class: bool = False
@@ -89,6 +101,7 @@ class GaussianConfig(RouterConfig):
     novelty: str = "posterior"
     novelty_temperature: float = 30.0
     nprobe: int = LDA_NPROBE
+    mean_bits: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,6 +115,8 @@ class GaussianConfig(RouterConfig):
             raise InvalidDataError(f"shrinkage must be 'oas' or a number in [0, 1], got {shrinkage!r}")
         if not 0 <= self.scatter_rank <= self.dim:
             raise InvalidDataError(f"scatter_rank must be in [0, {self.dim}], got {self.scatter_rank}")
+        if self.mean_bits not in MEAN_BITS:
+            raise InvalidDataError(f"mean_bits must be one of {MEAN_BITS}, got {self.mean_bits!r}")
         if not self.temperature > 0 or self.search_k < 1 or self.nprobe < 1:
             raise InvalidDataError("temperature must be > 0, search_k >= 1 and nprobe >= 1")
         self.per_class, self.scatter_rank, self.temperature = (
@@ -141,7 +156,8 @@ class GaussianRouter(Router):
     Keys and queries are L2-normalised first (a no-op for KeyEncoder output), which also
     keeps the float16 scatter factors in range.
 
-    Cost: per task, its means (float16, 768 B per mean at 384-d), a ``scatter_rank`` x dim
+    Cost: per task, its means (8-bit, ``stats.quantize_means``: 436 B per mean at 384-d; or
+    float16 with ``mean_bits=16``), a ``scatter_rank`` x dim
     float16 factor and a dim float32 residual (~8.4 KB at rank 8, 384-d); shared: the
     upper triangle of the dim x dim scatter in float32 (296 KB at 384-d). The scatter and
     the means are kept in memory at exactly the precision they are saved in, so a loaded
@@ -158,10 +174,41 @@ class GaussianRouter(Router):
     def __init__(self, config: GaussianConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
         self._tasks: dict[int, TaskStats] = {}
-        self._scatter = np.zeros((self.dim, self.dim), dtype=np.float32)  # see symmetric_float32
+        self._scatter_sum = np.zeros((self.dim, self.dim), dtype=np.float32)  # see symmetric_float32
+        self._pending: list[np.ndarray] = []  # centred rows not yet in the scatter
+        self._pending_rows = 0
         self._cache: dict[str, Any] | None = None
         self._n_keys = 0  # keys and components (class means) of all tasks, kept current
         self._n_comp = 0
+
+    @property
+    def _scatter(self) -> np.ndarray:
+        """The shared within-class scatter (float32, exactly symmetric), pending rows included."""
+        if self._pending:
+            rows = np.concatenate(self._pending)
+            self._pending, self._pending_rows = [], 0
+            self._scatter_sum = symmetric_float32(self._scatter_sum + rows.T @ rows)
+        return self._scatter_sum
+
+    @_scatter.setter
+    def _scatter(self, value: np.ndarray) -> None:
+        self._pending, self._pending_rows = [], 0
+        self._scatter_sum = value
+
+    def _fold_scatter(self, cs: ClassStats) -> None:
+        """Add a new task's within-class scatter to the shared one (a small task's centred
+        rows wait in the buffer, ``PENDING_SCATTER_ROWS``)."""
+        if cs.scatter is not None:
+            self._scatter = symmetric_float32(self._scatter + cs.scatter)
+            return
+        self._pending.append(cs.centred)
+        self._pending_rows += len(cs.centred)
+        if self._pending_rows >= PENDING_SCATTER_ROWS:
+            self._scatter  # noqa: B018 -- the getter folds the buffer in
+
+    def _task_stats(self, cs: ClassStats, factor: np.ndarray, residual: np.ndarray) -> TaskStats:
+        means, scale, outliers = quantize_means(cs.means, self.config.mean_bits)
+        return TaskStats(cs.classes, cs.counts, means, factor, residual, scale, outliers)
 
     def task_ids(self) -> list[int]:
         return list(self._tasks)
@@ -201,7 +248,7 @@ class GaussianRouter(Router):
         factor, variance = principal_factor(cs, self.config.scatter_rank)
         kept = (factor.astype(np.float64) ** 2).sum(axis=0)
         residual = np.clip(variance - kept, 0.0, None).astype(np.float32)
-        stats = TaskStats(cs.classes, cs.counts, stored_means(cs.means), factor, residual)
+        stats = self._task_stats(cs, factor, residual)
         self._scatter = symmetric_float32(self._scatter + stats.scatter())
         self._tasks[tid] = stats
         self._changed(tid, stats, +1)
@@ -303,7 +350,10 @@ class GaussianRouter(Router):
             for lo in range(0, len(rows), REBUILD_BLOCK_MEANS):
                 hi = min(len(rows), lo + REBUILD_BLOCK_MEANS)
                 out[lo:hi] = white_of(
-                    [items[o][1].means[r - (ends[o] - sizes[o])][None] for o, r in zip(owner[lo:hi], rows[lo:hi])]
+                    [
+                        items[o][1].float_means()[r - (ends[o] - sizes[o])][None]
+                        for o, r in zip(owner[lo:hi], rows[lo:hi])
+                    ]
                 )
             return out
 
@@ -324,7 +374,7 @@ class GaussianRouter(Router):
             block.append(item)
             held += len(item[1].counts)
             if held >= REBUILD_BLOCK_MEANS or i + 1 == len(items):
-                self._index_tasks(c, block, white_of([s.means for _, s in block]))
+                self._index_tasks(c, block, white_of([s.float_means() for _, s in block]))
                 block, held = [], 0
         self._cache = c
         return c
@@ -358,9 +408,12 @@ class GaussianRouter(Router):
             else:
                 rng = np.random.default_rng(0)
                 cap = min(n, 2 * fx.train_size(index))
+                if auto:
+                    cap = min(cap, max(need, LDA_TRAIN_SAMPLE_MAX))
                 sample = np.ascontiguousarray(whitened(np.sort(rng.choice(n, cap, replace=False))))
                 if auto and ivf.nlist > LDA_FLAT_KMEANS_MAX_NLIST:
                     fx.two_level_lists(ivf, sample)
+                    sample = sample[:LDA_CODEC_SAMPLE]  # the lists are there: the SQ8 codec needs few
                 index.train(sample)  # the lists, unless already there; then the SQ8 codec
         return index if ivf is not None else faiss.IndexIDMap2(index)
 
@@ -372,7 +425,7 @@ class GaussianRouter(Router):
         if not block:
             return
         if white is None:
-            white = np.concatenate([s.means for _, s in block]) @ c["whiten"]  # float32
+            white = np.concatenate([s.float_means() for _, s in block]) @ c["whiten"]  # float32
         first = c["next"]
         for tid, stats in block:
             k = len(stats.counts)
@@ -443,10 +496,15 @@ class GaussianRouter(Router):
         arrays = {
             "comp_label": join("labels", (0,), np.int64, stack=False),
             "comp_count": join("counts", (0,), np.int64, stack=False),
-            "comp_mean": join("means", (0, d), np.float32, stack=False).astype(np.float16),
+            "comp_mean": join("means", (0, d), np.float16, stack=False).astype(
+                np.int8 if self.config.mean_bits == 8 else np.float16
+            ),
             "task_factor": join("factor", (0, r, d), np.float16, stack=True),
             "scatter_packed": pack_upper(self._scatter),
         }
+        if self.config.mean_bits == 8:
+            arrays["comp_mean_scale"] = join("scale", (0, 1 + MEAN_OUTLIERS), np.float32, stack=False)
+            arrays["comp_mean_outlier"] = join("outliers", (0, MEAN_OUTLIERS), np.int16, stack=False)
         if self._uses_residual:
             arrays["task_residual"] = join("residual", (0, d), np.float32, stack=True)
         return config, arrays
@@ -454,18 +512,23 @@ class GaussianRouter(Router):
     @classmethod
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> GaussianRouter:
         # states saved before the novelty option had thresholds on the nearest-mean closeness
-        router = cls(cls.config_class.from_state(config, novelty="nearest"))
+        # ... and 16-bit means
+        router = cls(cls.config_class.from_state(config, novelty="nearest", mean_bits=16))
         try:
             start = 0
             residuals = arrays.get("task_residual")
+            scales = arrays["comp_mean_scale"] if router.config.mean_bits == 8 else None
+            outliers = arrays["comp_mean_outlier"] if router.config.mean_bits == 8 else None
             for i, (tid, n_comp) in enumerate(config["tasks"]):
                 sl = slice(start, start + int(n_comp))
                 router._tasks[int(tid)] = TaskStats(
                     labels=np.asarray(arrays["comp_label"][sl], np.int64),
                     counts=np.asarray(arrays["comp_count"][sl], np.int64),
-                    means=np.asarray(arrays["comp_mean"][sl]),  # float16 (float32 if saved so)
+                    means=np.asarray(arrays["comp_mean"][sl]),  # int8, float16 (float32 if saved so)
                     factor=np.asarray(arrays["task_factor"][i], np.float16),
                     residual=(np.zeros(0, np.float32) if residuals is None else np.asarray(residuals[i], np.float32)),
+                    scale=None if scales is None else np.asarray(scales[sl], np.float32),
+                    outliers=None if outliers is None else np.asarray(outliers[sl], np.int16),
                 )
                 start += int(n_comp)
             if residuals is None and router._uses_residual:

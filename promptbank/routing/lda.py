@@ -9,7 +9,7 @@ import numpy as np
 
 from .base import ROUTERS
 from .gaussian import GaussianConfig, GaussianRouter
-from .stats import TaskStats, principal_factor, stored_means, symmetric_float32
+from .stats import principal_factor, symmetric_float32
 
 
 @dataclass
@@ -35,8 +35,8 @@ class LDARouter(GaussianRouter):
 
     Adding a task is closed form: accumulate its class means and scatter; the whitening is
     recomputed lazily (one dim x dim eigendecomposition, ~30 ms at 384-d on one core) at
-    the next route. Per task the state keeps its class means (float16, 1.9 KB per class at
-    960-d) and counts. The shared scatter is saved as the float32 upper triangle of the
+    the next route. Per task the state keeps its class means (8-bit, 1,012 B per class at
+    960-d; ``mean_bits=16``: float16, 1.9 KB) and counts. The shared scatter is saved as the float32 upper triangle of the
     dim x dim matrix (1.8 MB at 960-d) whatever the number of tasks.
 
     Removal drops the task's means (it can no longer be chosen); its within-class scatter --
@@ -60,9 +60,9 @@ class LDARouter(GaussianRouter):
         tid, cs = self._new_task_classes(task_id, blocks)
         factor, _ = principal_factor(cs, self.config.scatter_rank)
         no_residual = np.zeros(0, np.float32)  # removal does not use it: not kept
-        stats = TaskStats(cs.classes, cs.counts, stored_means(cs.means), factor, no_residual)
+        stats = self._task_stats(cs, factor, no_residual)
         self._tasks[tid] = stats
-        self._scatter = symmetric_float32(self._scatter + cs.scatter)
+        self._fold_scatter(cs)
         self._changed(tid, stats, +1)
 
     def remove_task(self, task_id: int) -> None:

@@ -40,6 +40,7 @@ def variants(n_tokens: int) -> list[tuple[str, str, dict, dict, str]]:
         ("ulpt/lda rank8 (a wider scatter)", "ulpt", rank, {"strategy": "lda", "scatter_rank": 8}, "float16"),
         ("ulpt/gaussian rank0", "ulpt", rank, {"strategy": "gaussian", "scatter_rank": 0}, "float16"),
         ("ulpt/lda one mean per task", "ulpt", rank, {"strategy": "lda", "per_class": False}, "float16"),
+        ("ulpt/lda float16 means", "ulpt", rank, {"strategy": "lda", "mean_bits": 16}, "float16"),
         ("ulpt/knn 4 centroids", "ulpt", rank, {"strategy": "knn", "n_centroids": 4}, "float16"),
         (
             "ulpt/knn 2 centroids SQfp16",

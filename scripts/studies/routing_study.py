@@ -404,6 +404,7 @@ STRATEGIES: list[Strategy] = [
         per_class=False,
     ),
     _bank("lda", "LDARouter defaults: class means, exact pooled scatter", strategy="lda"),
+    _bank("lda-16bit", "lda with float16 class means (mean_bits=16)", strategy="lda", mean_bits=16),
     _bank(
         "lda-nearest",
         "lda with closeness = distance to the nearest mean (novelty='nearest', the old score)",

@@ -76,10 +76,14 @@ def test_lda_is_registered_and_routes_separated_tasks(data):
     assert np.all(np.diff(r.candidate_scores, axis=1) <= 1e-6)  # best first
 
 
-def test_lda_uses_the_exact_pooled_covariance(data):
-    train, _, _ = data
+@pytest.mark.parametrize("n", [80, 40, 8])  # more keys than dimensions (64) or fewer (rows folded in later)
+def test_lda_uses_the_exact_pooled_covariance(n):
+    train, _, _ = shared_covariance_tasks(n_tasks=30, n=n)
     router = build(train, shrinkage=0.0)
     assert np.allclose(router.covariance(), exact_pooled_covariance(train), atol=1e-10)
+    assert router_from_state(*router.state()).covariance().tobytes() == router.covariance().tobytes()
+    if n <= 16:
+        return  # a rank-8 factor + diagonal is exact for so few keys
     approx = GaussianRouter(dim=DIM, per_class=True, shrinkage=0.0)  # rank-8 + diagonal
     for t, (keys, labels) in enumerate(train):
         approx.add_task(t, keys, labels)
@@ -237,16 +241,32 @@ def test_lda_state_is_compact(data):
     assert "scatter" not in arrays and "task_residual" not in arrays  # residual: unused by lda
     assert arrays["scatter_packed"].dtype == np.float32
     assert arrays["scatter_packed"].shape == (DIM * (DIM + 1) // 2,)  # 4x below float64 d x d
-    assert arrays["comp_mean"].dtype == np.float16
+    assert arrays["comp_mean"].dtype == np.int8  # 8-bit means, 8 outliers kept (float32 + int16)
+    assert arrays["comp_mean_scale"].shape == (2 * N_TASKS, 9) and arrays["comp_mean_outlier"].shape == (2 * N_TASKS, 8)
     shared = arrays["scatter_packed"].nbytes
-    assert sum(a.nbytes for a in arrays.values()) - shared <= N_TASKS * (2 * DIM * 2 + 64)
+    assert sum(a.nbytes for a in arrays.values()) - shared <= N_TASKS * 2 * (DIM + 9 * 4 + 8 * 2 + 16)
+    _, arrays16 = build(train, mean_bits=16).state()
+    assert arrays16["comp_mean"].dtype == np.float16 and "comp_mean_scale" not in arrays16
+
+
+def test_lda_loads_a_state_saved_before_8_bit_means_as_it_was(data):
+    """A state without ``mean_bits`` (float16 means) loads as a 16-bit router and routes as
+    saved; tasks added to it keep float16 means."""
+    train, queries, _ = data
+    router = build(train[:4], mean_bits=16)
+    config, arrays = router.state()
+    del config["mean_bits"]
+    loaded = router_from_state(json.loads(json.dumps(config)), arrays)
+    assert loaded.config.mean_bits == 16 and same_routing(router.route(queries), loaded.route(queries))
+    loaded.add_task(4, *train[4])
+    assert loaded.state()[1]["comp_mean"].dtype == np.float16
 
 
 def test_lda_loads_state_saved_in_the_float64_layout(data):
     """Banks saved before the packed layout (full float64 scatter, float32 means, a residual
     per task) still load, and route as the router they were saved from."""
     train, queries, _ = data
-    router = build(train[:4])
+    router = build(train[:4], mean_bits=16)
     config, arrays = router.state()
     stats = list(router._tasks.values())
     old = {k: v for k, v in arrays.items() if k != "scatter_packed"}
@@ -260,11 +280,15 @@ def test_lda_loads_state_saved_in_the_float64_layout(data):
     assert router_from_state(*loaded.state()).route(queries).task_ids.shape == (len(queries),)
 
 
-def test_lda_compact_statistics_route_like_float64_ones():
-    """float32 scatter and float16 means, kept in memory as saved, against float64
-    statistics of the same keys: the same decisions on >= 99.9% of inputs."""
+@pytest.mark.parametrize("mean_bits", [8, 16])
+def test_lda_compact_statistics_route_like_float64_ones(mean_bits):
+    """float32 scatter and 8-bit or float16 means, kept in memory as saved, against float64
+    statistics of the same keys: the same decisions on >= 99.9% of inputs (8-bit: 99.5%, the
+    rest near-ties, accuracy within half a point). These tasks differ along low-variance
+    directions, which whitening magnifies: 8-bit means without their outlier components kept
+    exactly route 7 points worse here."""
     train, queries, truth = whitened_apart(seed=3, n_tasks=20, n=120)
-    router = build(train)
+    router = build(train, mean_bits=mean_bits)
     exact = build(train)
     scatter, means = np.zeros((DIM, DIM)), {}
     for t, (keys, labels) in enumerate(train):
@@ -277,10 +301,11 @@ def test_lda_compact_statistics_route_like_float64_ones():
         means[t] = m.astype(np.float32)
     exact._scatter = scatter
     for t, stats in exact._tasks.items():
-        stats.means = means[t]
+        stats.means, stats.scale, stats.outliers = means[t], None, None
     exact._cache = None
     got, ref = router.route(queries, top=1).task_ids, exact.route(queries, top=1).task_ids
-    assert (got == ref).mean() >= 0.999, (got == ref).mean()
+    assert (got == ref).mean() >= (0.995 if mean_bits == 8 else 0.999), (got == ref).mean()
+    assert abs((got == truth).mean() - (ref == truth).mean()) <= 0.005
     assert (ref == truth).mean() > 0.5  # a routing problem with errors to disagree on
     loaded = router_from_state(*router.state())
     assert same_routing(router.route(queries), loaded.route(queries))

@@ -280,7 +280,6 @@ def router_scale(r: dict[str, Any]) -> str:
 
 
 BENCH_TABLES: dict[str, Callable[[], str]] = {
-    "bench-router-scale-1m": lambda: bench_table("bench-router-scale-1m", router_scale),
     "bench-router-scale-100k": lambda: bench_table("bench-router-scale-100k", router_scale),
     "bench-distributed": lambda: bench_table("bench-distributed", distributed),
     "bench-serve-load": lambda: bench_table("bench-serve-load", serve_load),

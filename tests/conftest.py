@@ -114,10 +114,12 @@ def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """A local 2-CPU Ray instance for the whole session (its workers start once). Its workers can
-    import the tests' modules (``tests/core/test_distributed.DiesOnce``)."""
+    """A local 2-CPU Ray instance for one test module (its workers start once per module, ~5 s),
+    shut down after it: left running, its idle processes took CPU from the slow end-to-end tests
+    on the 2-core machine. Its workers can import the tests' modules
+    (``tests/core/test_distributed.DiesOnce``)."""
     import ray
 
     here = [str(Path(__file__).parent), str(Path(__file__).parent / "core")]

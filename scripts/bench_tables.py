@@ -267,8 +267,16 @@ def router_scale(r: dict[str, Any]) -> str:
     ]  # fmt: skip
     return (
         table(
-            ["tasks", "nprobe", "µs/query, batch", "agreement with exact", "RSS (GiB)", "peak RSS (GiB)",
-             "RSS B/task", "state B/task"],
+            [
+                "tasks",
+                "nprobe",
+                "µs/query, batch",
+                "agreement with exact",
+                "RSS (GiB)",
+                "peak RSS (GiB)",
+                "RSS B/task",
+                "state B/task",
+            ],
             rows,
         )  # fmt: skip
         + f"\n\n`lda` defaults ({r['router']['mean_bits']}-bit means, {r['args']['dim']}-d keys, one mean per task, "

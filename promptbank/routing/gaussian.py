@@ -156,7 +156,7 @@ class GaussianRouter(Router):
     Keys and queries are L2-normalised first (a no-op for KeyEncoder output), which also
     keeps the float16 scatter factors in range.
 
-    Cost: per task, its means (8-bit, ``stats.quantize_means``: 436 B per mean at 384-d; or
+    Cost: per task, its means (8-bit, ``stats.quantize_means``: 580 B per mean at 384-d; or
     float16 with ``mean_bits=16``), a ``scatter_rank`` x dim
     float16 factor and a dim float32 residual (~8.4 KB at rank 8, 384-d); shared: the
     upper triangle of the dim x dim scatter in float32 (296 KB at 384-d). The scatter and

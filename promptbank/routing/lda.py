@@ -35,7 +35,7 @@ class LDARouter(GaussianRouter):
 
     Adding a task is closed form: accumulate its class means and scatter; the whitening is
     recomputed lazily (one dim x dim eigendecomposition, ~30 ms at 384-d on one core) at
-    the next route. Per task the state keeps its class means (8-bit, 1,012 B per class at
+    the next route. Per task the state keeps its class means (8-bit, 1,156 B per class at
     960-d; ``mean_bits=16``: float16, 1.9 KB) and counts. The shared scatter is saved as the float32 upper triangle of the
     dim x dim matrix (1.8 MB at 960-d) whatever the number of tasks.
 

@@ -11,6 +11,7 @@ from helpers import same_routing
 
 from promptbank.errors import InvalidDataError, TaskExistsError, UnknownTaskError
 from promptbank.routing import GaussianRouter, LDARouter, faiss_index, gaussian, make_router, router_from_state
+from promptbank.routing.stats import MEAN_OUTLIERS
 
 DIM = 64
 N_TASKS = 5
@@ -227,12 +228,14 @@ def test_lda_errors_and_cost_per_task(data):
         router.add_task(9, train[2][0], labels=np.zeros(3, dtype=np.int64))
     with pytest.raises(InvalidDataError):
         make_router("lda", dim=DIM, colour="blue")
-    # per task: 2 float16 class means and their counts; the scatter is shared
+    with pytest.raises(InvalidDataError, match="mean_bits"):
+        make_router("lda", dim=DIM, mean_bits=4)
+    # per task: 2 class means (8-bit + outliers) and their counts; the scatter is shared
     _, a = router.state()
     router.add_task(2, *train[2])
     _, b = router.state()
     per_task = sum(x.nbytes for x in b.values()) - sum(x.nbytes for x in a.values())
-    assert per_task <= 2 * DIM * 2 + 64
+    assert per_task <= 2 * (DIM + (1 + MEAN_OUTLIERS) * 4 + MEAN_OUTLIERS * 2) + 64
 
 
 def test_lda_state_is_compact(data):
@@ -241,10 +244,14 @@ def test_lda_state_is_compact(data):
     assert "scatter" not in arrays and "task_residual" not in arrays  # residual: unused by lda
     assert arrays["scatter_packed"].dtype == np.float32
     assert arrays["scatter_packed"].shape == (DIM * (DIM + 1) // 2,)  # 4x below float64 d x d
-    assert arrays["comp_mean"].dtype == np.int8  # 8-bit means, 8 outliers kept (float32 + int16)
-    assert arrays["comp_mean_scale"].shape == (2 * N_TASKS, 9) and arrays["comp_mean_outlier"].shape == (2 * N_TASKS, 8)
+    k = MEAN_OUTLIERS  # 8-bit means, k outlier components kept (float32 values, int16 positions)
+    assert arrays["comp_mean"].dtype == np.int8
+    assert arrays["comp_mean_scale"].shape == (2 * N_TASKS, 1 + k) and arrays["comp_mean_outlier"].shape == (
+        2 * N_TASKS,
+        k,
+    )
     shared = arrays["scatter_packed"].nbytes
-    assert sum(a.nbytes for a in arrays.values()) - shared <= N_TASKS * 2 * (DIM + 9 * 4 + 8 * 2 + 16)
+    assert sum(a.nbytes for a in arrays.values()) - shared <= N_TASKS * 2 * (DIM + (1 + k) * 4 + k * 2 + 16)
     _, arrays16 = build(train, mean_bits=16).state()
     assert arrays16["comp_mean"].dtype == np.float16 and "comp_mean_scale" not in arrays16
 

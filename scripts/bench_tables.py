@@ -287,7 +287,21 @@ def router_scale(r: dict[str, Any]) -> str:
     )
 
 
+def routing_mean_bits(r: dict[str, Any]) -> str:
+    rows = []
+    for stream, x in r["streams"].items():
+        by = {row["strategy"]: row for row in x["rows"]}
+        for name, label in (("lda", "8-bit (default)"), ("lda-16bit", "float16")):
+            row = by[name]
+            rows.append([f"`{stream}`", label, f"{100 * row['accuracy']:.2f}", f"{row['marginal_bytes_per_task']:,.0f}"])
+    return (
+        table(["stream", "class means", "routing %", "routing state B/task (marginal)"], rows)
+        + "\n\nThe same cached keys, tasks added in stream order with the runner's budgets, every test input routed."
+    )
+
+
 BENCH_TABLES: dict[str, Callable[[], str]] = {
+    "bench-routing-mean-bits": lambda: bench_table("bench-routing-mean-bits", routing_mean_bits),
     "bench-router-scale-100k": lambda: bench_table("bench-router-scale-100k", router_scale),
     "bench-distributed": lambda: bench_table("bench-distributed", distributed),
     "bench-serve-load": lambda: bench_table("bench-serve-load", serve_load),

@@ -293,7 +293,9 @@ def routing_mean_bits(r: dict[str, Any]) -> str:
         by = {row["strategy"]: row for row in x["rows"]}
         for name, label in (("lda", "8-bit (default)"), ("lda-16bit", "float16")):
             row = by[name]
-            rows.append([f"`{stream}`", label, f"{100 * row['accuracy']:.2f}", f"{row['marginal_bytes_per_task']:,.0f}"])
+            rows.append(
+                [f"`{stream}`", label, f"{100 * row['accuracy']:.2f}", f"{row['marginal_bytes_per_task']:,.0f}"]
+            )
     return (
         table(["stream", "class means", "routing %", "routing state B/task (marginal)"], rows)
         + "\n\nThe same cached keys, tasks added in stream order with the runner's budgets, every test input routed."

@@ -184,11 +184,15 @@ class GaussianRouter(Router):
     @property
     def _scatter(self) -> np.ndarray:
         """The shared within-class scatter (float32, exactly symmetric), pending rows included."""
+        self._fold_pending()
+        return self._scatter_sum
+
+    def _fold_pending(self) -> None:
+        """Add the buffered centred rows to the shared scatter, in one product."""
         if self._pending:
             rows = np.concatenate(self._pending)
             self._pending, self._pending_rows = [], 0
             self._scatter_sum = symmetric_float32(self._scatter_sum + rows.T @ rows)
-        return self._scatter_sum
 
     @_scatter.setter
     def _scatter(self, value: np.ndarray) -> None:
@@ -204,7 +208,7 @@ class GaussianRouter(Router):
         self._pending.append(cs.centred)
         self._pending_rows += len(cs.centred)
         if self._pending_rows >= PENDING_SCATTER_ROWS:
-            self._scatter  # noqa: B018 -- the getter folds the buffer in
+            self._fold_pending()
 
     def _task_stats(self, cs: ClassStats, factor: np.ndarray, residual: np.ndarray) -> TaskStats:
         means, scale, outliers = quantize_means(cs.means, self.config.mean_bits)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save
 
 from promptbank.assets import cache_dir
 from promptbank.bank import PromptBank
+from promptbank.distributed import TaskSpec, train_many
 from promptbank.errors import InvalidDataError
 from promptbank.storage import atomic_write
 from promptbank.trainer import TrainConfig
@@ -128,6 +129,18 @@ class BankStrategy(StreamStrategy):
             "metadata": {"budgets": task.budgets},
         }
 
+    def task_spec(self, task: TaskData) -> TaskSpec:
+        """``task`` as one job of ``promptbank.distributed.train_many``: what ``train`` would add.
+
+        Args:
+            task: a stream task; its texts train in the task's own order (that of its experience).
+
+        Returns:
+            The name, training texts, labels (None for text-to-text) and the other ``add_task`` keywords.
+        """
+        options = self._add_options(task, list(task.train_texts), list(task.train_labels))
+        return TaskSpec(task.name, list(task.train_texts), options.pop("labels", None), options=options)
+
     def pretrain(self, tasks: list[TaskData], workers: int) -> None:
         """Train the prompts of ``tasks`` that the prompt cache lacks in parallel on a local Ray
         instance (``promptbank.distributed``), into the cache; the stream then runs in order on them.
@@ -135,18 +148,13 @@ class BankStrategy(StreamStrategy):
         Each task trains on 1 CPU (1 torch thread), so its prompt equals a sequential run's at 1
         thread bit for bit. A task that fails here is reported and trained again in the stream.
         """
-        from promptbank.distributed import TaskSpec, train_many
-
         if self.prompt_cache is None:
             raise InvalidDataError("--workers fills the prompt cache, and this strategy has none")
         keys = {t.name: PromptCache.key(self.bank, t, self.train_config) for t in tasks}
         todo = [t for t in tasks if self.prompt_cache.get(keys[t.name]) is None]
         if not todo:
             return
-        specs = []
-        for t in todo:  # the training order of the stream's experiences is the task's own order
-            options = self._add_options(t, list(t.train_texts), list(t.train_labels))
-            specs.append(TaskSpec(t.name, list(t.train_texts), options.pop("labels", None), options=options))
+        specs = [self.task_spec(t) for t in todo]
         scratch = PromptBank(self.bank.backbone, self.bank.config, key_encoder=self.bank.key_encoder)
         with tempfile.TemporaryDirectory(prefix="promptbank-pretrain-") as folder:
             result = train_many(scratch, specs, Path(folder) / "bank", workers=workers, progress=self.progress)

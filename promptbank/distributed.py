@@ -120,7 +120,8 @@ def train_many(
     Tasks already in ``bank`` are skipped, and parts that an interrupted run left finished are
     merged without training again. The merged bank equals one built by adding the tasks one by
     one in ``specs`` order on one machine with the same thread count: modules bit for bit,
-    routing statistics summed.
+    routing statistics summed. Ray gets the tasks largest first (``_size``), so that a long task
+    does not start last and leave the other workers idle.
 
     Args:
         bank: the bank to add to (its backbone must be loadable by name in the workers).
@@ -224,7 +225,7 @@ def _run_on_ray(ray, bank, todo, parts, merger, workers, num_cpus, num_gpus, ret
     # a few tasks per slot in flight, not all of them: the driver holds the texts of those only
     slots = ray.cluster_resources().get("GPU" if num_gpus else "CPU", 1) / (num_gpus or num_cpus)
     window = max(4, 4 * int(slots))
-    waiting = iter(todo)
+    waiting = iter(sorted(todo, key=_size, reverse=True))  # largest first; merged in order regardless
     pending: dict[Any, str] = {}
     with tqdm(total=len(todo), desc="train-many", unit="task", disable=not progress) as bar:
         while True:
@@ -241,6 +242,15 @@ def _run_on_ray(ray, bank, todo, parts, merger, workers, num_cpus, num_gpus, ret
             else:
                 merger.finished(name, store_part(files, parts, name))
             bar.update(1)
+
+
+def _size(spec: TaskSpec) -> int:
+    """How many inputs a task reads (training, validation and key inputs): the order Ray gets
+    the tasks in, largest first, so that the last task to start is a short one. In submission
+    order, offline-9's 20newsgroups (20 classes, ~20k key inputs) started last and ran alone
+    on one of two workers for minutes (BENCHMARKS.md section 5)."""
+    options = spec.options
+    return len(spec.texts) + len(options.get("val_texts") or ()) + len(options.get("key_texts") or ())
 
 
 def _reason(exc: Exception) -> str:

@@ -1,20 +1,23 @@
 """A named stream's prompts trained in order and on Ray workers: wall time and identical prompts.
 
-Three arms on the same tasks, seeds and budgets (the stream's own data draw; ``--steps`` may
-shorten training so the three arms fit one sitting on a 2-core machine):
+Arms on the same tasks, seeds and budgets (the stream's own data draw; ``--steps`` may shorten
+training so the arms fit one sitting on a 2-core machine), chosen with ``--arms``:
 
-- ``in_order_1t``: ``add_task`` one task after another, 1 torch thread (what one Ray worker does);
-- ``in_order_Nt``: the same with ``--threads`` torch threads (a sequential run using every core);
-- ``ray_Nw``: ``promptbank.distributed.train_many`` on a local Ray instance of ``--workers`` CPUs,
-  1 CPU and 1 thread per task; its wall time includes Ray's start, each worker loading the LLM and
-  key encoder, and merging the parts into the bank.
+- ``one`` (``in_order_1t``): ``add_task`` one task after another, 1 torch thread (what one Ray
+  worker does);
+- ``threads`` (``in_order_Nt``): the same with ``--threads`` torch threads (a sequential run
+  using every core);
+- ``ray`` (``ray_Nw``): ``promptbank.distributed.train_many`` on a local Ray instance of
+  ``--workers`` CPUs, 1 CPU and 1 thread per task; its wall time includes Ray's start, each
+  worker loading the LLM and key encoder, and merging the parts into the bank.
 
 Each arm's time covers the whole of each task's ``add_task``: prompt training (with its validation
-checks) and the routing keys. Prompts are compared tensor by tensor with the 1-thread arm
-(``torch.equal``), and the routers' answers on every task's test inputs with each other.
+checks) and the routing keys. Prompts are compared tensor by tensor (``torch.equal``) with the
+in-order arm of the fewest threads, and so are the routers' answers on every task's test inputs.
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/bench/stream_workers.py --stream offline-9 --order 1 \
-        --threads 2 --workers 2 --steps 16 --out runs/bench/stream_workers.json
+        --threads 2 --workers 2 --steps 8 --eval-every 8 --arms ray,threads \
+        --out runs/bench/stream_workers.json
 """
 
 from __future__ import annotations
@@ -88,6 +91,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=None, help="training steps per task (default: the stream's)")
     parser.add_argument("--eval-every", type=int, default=None)
+    parser.add_argument(
+        "--arms",
+        default="ray,threads,one",
+        type=lambda v: v.split(","),
+        help="ray: train_many on --workers; threads: in order at --threads; one: in order at 1 thread",
+    )
     parser.add_argument("--first", type=int, default=None, help="only the stream's first N tasks (a quick check)")
     args = parser.parse_args()
     _bench.quiet_truncation()
@@ -105,41 +114,44 @@ def main() -> None:
     result = {
         "machine": _bench.machine_info(),
         "command": "scripts/bench/stream_workers.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out" and v is not None),
+        + " ".join(
+            f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+            if k != "out" and v is not None
+        ),
         "stream": args.stream,
         "order": args.order,
         "tasks": names,
         "train": dataclasses.asdict(cfg.train),
     }
+    arms: dict[str, dict] = {}
+    banks: dict[str | int, object] = {}  # "ray", or the in-order arm's threads
     with tempfile.TemporaryDirectory() as folder:
-        print(f"Ray, {args.workers} workers", flush=True)
-        ray_bank, ray_s, failed = on_ray(strategy, tasks, args.workers, Path(folder))
-        print(f"in order, 1 thread ({ray_s:.0f} s on Ray)", flush=True)
-        one, one_s = in_order(strategy, tasks, 1)
-        print(f"in order, {args.threads} threads", flush=True)
-        many, many_s = in_order(strategy, tasks, args.threads)
+        if "ray" in args.arms:
+            print(f"Ray, {args.workers} workers", flush=True)
+            banks["ray"], seconds, failed = on_ray(strategy, tasks, args.workers, Path(folder))
+            arms[f"ray_{args.workers}w"] = {
+                "workers": args.workers,
+                "threads_per_task": 1,
+                "seconds": round(seconds, 1),
+                "failed": failed,
+            }
+        for threads in sorted({args.threads if a == "threads" else 1 for a in args.arms if a in ("threads", "one")}):
+            print(f"in order, {threads} threads", flush=True)
+            banks[threads], seconds = in_order(strategy, tasks, threads)
+            arms[f"in_order_{threads}t"] = {"threads": threads, "seconds": round(seconds, 1)}
     _bench.set_threads(args.threads)
-    reference = routes(one, tasks)
-    result["arms"] = {
-        "in_order_1t": {"threads": 1, "seconds": round(one_s, 1)},
-        f"in_order_{args.threads}t": {
-            "threads": args.threads,
-            "seconds": round(many_s, 1),
-            "prompts_identical_to_in_order_1t": same_prompts(many, one, names),
-            "max_prompt_diff_vs_in_order_1t": max_prompt_diff(many, one, names),
-            "routes_identical_to_in_order_1t": routes(many, tasks) == reference,
-        },
-        f"ray_{args.workers}w": {
-            "workers": args.workers,
-            "threads_per_task": 1,
-            "seconds": round(ray_s, 1),
-            "failed": failed,
-            "prompts_identical_to_in_order_1t": same_prompts(ray_bank, one, names),
-            "routes_identical_to_in_order_1t": routes(ray_bank, tasks) == reference,
-        },
-    }
-    result["speedup_ray_vs_in_order_1t"] = round(one_s / ray_s, 3)
-    result[f"speedup_ray_vs_in_order_{args.threads}t"] = round(many_s / ray_s, 3)
+    reference = min(k for k in banks if k != "ray")  # the fewest threads: what a Ray worker uses
+    ref_routes = routes(banks[reference], tasks)
+    for key, bank in banks.items():
+        if key == reference:
+            continue
+        arm = arms[f"ray_{args.workers}w" if key == "ray" else f"in_order_{key}t"]
+        arm["prompts_identical_to_reference"] = same_prompts(bank, banks[reference], names)
+        arm["max_prompt_diff_vs_reference"] = max_prompt_diff(bank, banks[reference], names)
+        arm["routes_identical_to_reference"] = routes(bank, tasks) == ref_routes
+    result["reference"] = f"in_order_{reference}t"
+    result["arms"] = arms
     print(result["arms"])
     print(_bench.write_json(args.out, result))
 

@@ -37,6 +37,9 @@ class DiesOnce:
     def __init__(self, texts: list[str], marker: str) -> None:
         self.texts, self.marker = texts, marker
 
+    def __len__(self) -> int:
+        return len(self.texts)
+
     def __reduce__(self):
         return _revive, (self.texts, self.marker)
 

@@ -310,7 +310,9 @@ def stream_workers(r: dict[str, Any]) -> str:
         label = f"in order, {arm['threads']} thread{'s' if arm['threads'] > 1 else ''}" if "threads" in arm else (
             f"Ray, {arm['workers']} workers × 1 thread"
         )  # fmt: skip
-        same = "(reference)" if name == reference else ("yes" if arm["prompts_identical_to_reference"] else "NO")
+        same = "(reference)" if name == reference else (
+            "yes" if arm["prompts_identical_to_reference"] else f"no: max abs diff {arm['max_prompt_diff_vs_reference']:.4f}"
+        )  # fmt: skip
         routed = "(reference)" if name == reference else ("yes" if arm["routes_identical_to_reference"] else "NO")
         rows.append([label, f"{arm['seconds'] / 60:.1f}", f"{base / arm['seconds']:.2f}×", same, routed,
                      str(len(arm.get("failed", [])))])  # fmt: skip
@@ -325,8 +327,30 @@ def stream_workers(r: dict[str, Any]) -> str:
     )
 
 
+def key_classes(r: dict[str, Any]) -> str:
+    columns = [c for c in ("prompt", "lda", "fused", "probe", "probe_keys") if c in r["average"]]
+    names = {"prompt": "prompt alone", "lda": "router classes alone", "fused": "fused (`--key-classes`)",
+             "probe": "probe, 64/class", "probe_keys": "probe, all key inputs"}  # fmt: skip
+    rows = [
+        [f"`{task}`", *(f"{100 * x[c]:.1f}" for c in columns), f"{x['fused_weight']:g}"]
+        for task, x in r["tasks"].items()
+    ]
+    rows.append(["**average**", *(f"**{100 * r['average'][c]:.1f}**" for c in columns), ""])
+    return (
+        table(["task", *(names[c] for c in columns), "weight"], rows)
+        + f"\n\n`{r['stream']}` seed {r['seed']}, the task given (oracle), test inputs, in %. *router classes*: the "
+        "`lda` router's class posterior within the task (its means and shared covariance, fitted on the "
+        "train + validation + key inputs, up to 1,024 per class); *fused*: the prompt's label score + weight × that "
+        "log posterior, the weight chosen per task on the validation inputs (measured leave-one-out); *probe*: "
+        "logistic regression on the same keys (the `linear-probe` baseline on the 64 training inputs per class, "
+        "and on every key input)."
+    )
+
+
 BENCH_TABLES: dict[str, Callable[[], str]] = {
+    "study-key-classes": lambda: bench_table("study-key-classes", key_classes),
     "bench-stream-workers": lambda: bench_table("bench-stream-workers", stream_workers),
+    "bench-stream-workers-identity": lambda: bench_table("bench-stream-workers-identity", stream_workers),
     "bench-routing-mean-bits": lambda: bench_table("bench-routing-mean-bits", routing_mean_bits),
     "bench-router-scale-100k": lambda: bench_table("bench-router-scale-100k", router_scale),
     "bench-distributed": lambda: bench_table("bench-distributed", distributed),

@@ -15,6 +15,7 @@ from .backbone import FrozenLM
 from .errors import InvalidDataError
 from .generation import generate
 from .inputs import check_texts, label_indices
+from .key_classes import fused, key_class_scores
 from .module_batch import Applied
 from .records import Prediction, TaskInfo
 from .text_metrics import text_scores
@@ -32,6 +33,7 @@ def answer(
     batch_size: int,
     progress: bool,
     generation: GenerationConfig | None = None,
+    keys: np.ndarray | None = None,
 ) -> list[Prediction]:
     """Each input answered by its assigned task (None: an empty, unknown answer).
 
@@ -43,6 +45,8 @@ def answer(
         batch_size: inputs per forward pass.
         progress: show progress bars.
         generation: decoding settings for text-to-text tasks (``promptbank.generation``).
+        keys: the inputs' routing keys if already computed; else encoded here for tasks whose
+            answers weigh the router's class posterior (``promptbank.key_classes``).
 
     Returns:
         One :class:`Prediction` per input.
@@ -67,6 +71,7 @@ def answer(
         scores = predict_scores(
             bank.backbone, modules, index, ids, [labels[assigned[i]] for i in rows], batch_size, progress
         )
+        scores = _with_key_classes(bank, texts, assigned, rows, infos, list(scores), keys)
         for i, s in zip(rows, scores):
             label_names = infos[assigned[i]].label_names
             out[i] = Prediction(
@@ -76,6 +81,36 @@ def answer(
                 float(route_scores[i]),
             )
     return out
+
+
+def _with_key_classes(
+    bank: PromptBank,
+    texts: list[str],
+    assigned: list[str | None],
+    rows: list[int],
+    infos: dict[str, TaskInfo],
+    scores: list[np.ndarray],
+    keys: np.ndarray | None,
+) -> list[np.ndarray]:
+    """``scores`` (one label-score row per entry of ``rows``) with each task's router class
+    posterior added at the task's validated weight (``promptbank.key_classes``)."""
+    weight = {n: float(info.metadata.get("key_class_weight", 0.0)) for n, info in infos.items()}
+    fused_at = [k for k, i in enumerate(rows) if weight[assigned[i]] > 0]
+    if not fused_at:
+        return scores
+    if keys is None:
+        own = bank.key_encoder.encode([texts[rows[k]] for k in fused_at])
+    else:
+        own = keys[[rows[k] for k in fused_at]]
+    for name in sorted({assigned[rows[k]] for k in fused_at}):
+        members = [j for j, k in enumerate(fused_at) if assigned[rows[k]] == name]
+        extra = key_class_scores(bank, name, own[members])
+        if extra is None:
+            continue
+        for j, row in zip(members, extra):
+            k = fused_at[j]
+            scores[k] = fused(np.asarray(scores[k], dtype=np.float64), row, weight[name])
+    return scores
 
 
 def _encoded(

@@ -22,6 +22,7 @@ from .backbone import DEFAULT_BACKBONE, FrozenLM, load_backbone
 from .errors import InvalidDataError, TaskExistsError, UnknownTaskError
 from .generation import generation_config
 from .inputs import check_texts, labelled_blocks
+from .key_classes import validated_weight
 from .keys import KeyEncoder, make_key_encoder
 from .module_batch import Applied
 from .module_store import ModuleStore
@@ -259,6 +260,8 @@ class PromptBank:
         info = TaskInfo(name, task_id, task.label_names, template, meta, prompt.config_state(), task.task_type)
         self._tasks[name] = info
         self.modules.put(name, prompt_state)  # predictions use exactly what a save writes
+        if self.config.key_classes and task.task_type == "classification" and val_texts:
+            meta["key_class_weight"] = validated_weight(self, name, val_texts, task.val_targets)
         return info
 
     def prompt_state(self, name: str) -> dict[str, torch.Tensor]:
@@ -394,7 +397,10 @@ class PromptBank:
         self, texts: list[str], batch_size: int, progress: bool, decoding: GenerationConfig
     ) -> list[Prediction]:
         rescorer = self.config.rescorer()
-        _, routing = self.route(texts, top=max(rescorer.top, 1))
+        if not self._tasks:
+            raise InvalidDataError("the bank has no tasks yet: add_task(...) first")
+        keys = self.key_encoder.encode(texts)
+        routing = self.router.route(keys, top=max(rescorer.top, 1))
         candidates = rescorer.candidates(routing)
         pairs = [(i, t) for i, cands in enumerate(candidates) for t in cands]
         by_id = self._names_by_id()
@@ -406,6 +412,7 @@ class PromptBank:
             batch_size,
             progress,
             decoding,
+            keys=keys[[i for i, _ in pairs]] if pairs else None,
         )
         by_pair = dict(zip(pairs, answers))
         chosen = rescorer.choose(routing, candidates, lambda i, t: candidate_scores(by_pair[(i, t)]))

@@ -157,6 +157,7 @@ def _open_bank(args: argparse.Namespace, folder: Path):
         n_tokens=args.n_tokens,
         placement=args.placement,
         key_encoder=args.key_encoder,
+        key_classes=args.key_classes,
     )
 
 
@@ -415,6 +416,12 @@ def _task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-tokens", type=int, default=BankConfig.n_tokens, help="a new bank's prompt length")
     parser.add_argument("--key-encoder", default=BankConfig.key_encoder, help="a new bank's key encoder")
     parser.add_argument("--placement", default=BankConfig.placement, choices=PLACEMENTS, help="a new bank's placement")
+    parser.add_argument(
+        "--key-classes",
+        action=argparse.BooleanOptionalAction,
+        default=BankConfig.key_classes,
+        help="a new bank's answers also weigh the router's class posterior (BankConfig.key_classes)",
+    )
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:

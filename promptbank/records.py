@@ -40,6 +40,11 @@ class BankConfig:
         prompt_init: ``random`` (the method's seeded initialisation) or ``labels`` (its tokens
             start around the mean embedding of the task's label words; ULPT and PT).
         seed: seed of each new prompt's initialisation.
+        key_classes: a classification task's answers also weigh the router's own class posterior
+            (LDA over the task's labelled keys, ``GaussianRouter.class_log_posterior``): label score
+            + w x class log-posterior, w chosen per task on its validation inputs (0, the prompt
+            alone, where nothing helps; also without validation inputs or an ``lda``/``gaussian``
+            router).
 
     Example:
         >>> BankConfig(method="lopt1", n_tokens=10, prompt_options={"rank": 4}, router={"strategy": "lda", "nprobe": 4})
@@ -56,6 +61,7 @@ class BankConfig:
     placement: str = "prefix"
     prompt_init: str = "random"
     seed: int = 0
+    key_classes: bool = False
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:

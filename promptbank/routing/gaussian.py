@@ -421,6 +421,44 @@ class GaussianRouter(Router):
         familiar = near if self.config.novelty == "nearest" else task_posterior(self.config.novelty_temperature)[1]
         return cand, pick_rows(prob, chosen, 0.0), pick_rows(familiar, chosen[:, :1], -np.inf)[:, 0]
 
+    def class_log_posterior(
+        self, queries: np.ndarray, task_id: int, held_in: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """LDA's answer *within* one task: each query's log posterior over the task's classes.
+
+        The router already holds what a linear discriminant classifier of the task's labels
+        needs (class means, class counts, the shared covariance), so this answer costs no
+        storage; the bank weighs it against its module's label scores.
+
+        Args:
+            queries: (n, dim) keys.
+            task_id: a task added with labelled keys (``per_class``).
+            held_in: for queries whose keys the router learnt from, their labels: each is then
+                measured against its own class's mean *without* itself (leave-one-out), or a
+                class of few keys looks closer than it is to an input it never saw.
+
+        Returns:
+            The task's class labels (C,) and the (n, C) float64 log posteriors (rows sum to 1
+            after ``exp``), at temperature 1.
+        """
+        tid = self._check_known(task_id)
+        stats = self._tasks[tid]
+        c = self._prepared()
+        whiten = torch.from_numpy(c["whiten"])
+        z = (torch.from_numpy(l2_normalize(check_keys(queries, self.dim))) @ whiten).double()
+        means = (torch.from_numpy(stats.float_means()) @ whiten).double()
+        dist = torch.cdist(z, means).square()
+        if held_in is not None:
+            position = {int(label): i for i, label in enumerate(stats.labels)}
+            own = torch.tensor([position[int(y)] for y in held_in])
+            n = torch.from_numpy(stats.counts.astype(np.float64))[own]
+            # the mean without the query: (n m - z) / (n - 1), so z - mean = n / (n - 1) (z - m)
+            factor = torch.where(n > 1, n / (n - 1).clamp_min(1), torch.ones_like(n)).square()
+            rows = torch.arange(len(dist))
+            dist[rows, own] *= factor
+        logit = -0.5 * dist + torch.from_numpy(np.log(stats.counts / stats.counts.sum()))
+        return stats.labels.copy(), torch.log_softmax(logit, dim=1).numpy()
+
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         config = {
             **self.config_state(),

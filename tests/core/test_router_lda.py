@@ -403,3 +403,21 @@ def test_lda_large_auto_index_trains_two_level_lists_and_scores_in_bounded_chunk
     assert (r.task_ids == flat.route(queries, top=1).task_ids).mean() >= 0.98
     monkeypatch.setattr(faiss_index, "COARSE_SCORES_MAX", 3 * ivf.nlist)  # 3 queries per coarse step
     assert same_routing(router.route(queries, top=1), r)
+
+
+def test_class_log_posterior_answers_within_a_task_and_survives_a_reload():
+    """The router's class means and shared covariance classify a task's own labels: a
+    distribution over that task's classes, right on held-out keys, the same after a reload."""
+    tasks, _, _ = shared_covariance_tasks(n=160)
+    router = make_router("lda", dim=DIM)
+    for t, (keys, labels) in enumerate(tasks):
+        router.add_task(t, keys[:80], labels[:80])
+    held_out, labels = tasks[3][0][80:], tasks[3][1][80:]
+    classes, logp = router.class_log_posterior(held_out, 3)
+    assert sorted(classes.tolist()) == [0, 1] and logp.shape == (80, 2)
+    assert np.allclose(np.exp(logp).sum(axis=1), 1.0)
+    assert (classes[logp.argmax(axis=1)] == labels).mean() >= 0.9
+    loaded = router_from_state(*router.state())
+    assert np.allclose(loaded.class_log_posterior(held_out, 3)[1], logp, atol=1e-6)
+    with pytest.raises(UnknownTaskError):
+        router.class_log_posterior(held_out, 99)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
-from results_table import bench_table, table
+from results_table import RESULTS, bench_table, table, where
 
 
 def _med(stat: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
@@ -347,7 +348,33 @@ def key_classes(r: dict[str, Any]) -> str:
     )
 
 
+def key_classes_seeds() -> str:
+    """Seed spread of the key-classes study: every ``study-key-classes*.json`` (one seed each)."""
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("study-key-classes*.json"))]
+    if len(runs) < 2:
+        return "(one seed recorded so far)\n"
+    runs.sort(key=lambda d: d["result"]["seed"])
+    tasks = list(runs[0]["result"]["tasks"])
+
+    def spread(values: list[float]) -> str:
+        return " / ".join(f"{100 * x:.1f}" for x in values)
+
+    rows = []
+    for task in [*tasks, "average"]:
+        of = [d["result"]["average"] if task == "average" else d["result"]["tasks"][task] for d in runs]
+        rows.append([f"`{task}`" if task != "average" else "**average**",
+                     *(spread([x[c] for x in of]) for c in ("prompt", "lda", "fused", "probe"))])  # fmt: skip
+    seeds = ", ".join(str(d["result"]["seed"]) for d in runs)
+    sources = "; ".join(f"seed {d['result']['seed']}: `{d['name']}.json` ({where(d)})" for d in runs)
+    return (
+        table(["task", "prompt alone", "router classes alone", "fused", "probe, 64/class"], rows)
+        + f"\n\nSeeds {seeds}, in that order (each seed its own data draw, prompts and weights), in %. "
+        f"Sources: {sources}.\n"
+    )
+
+
 BENCH_TABLES: dict[str, Callable[[], str]] = {
+    "study-key-classes-seeds": key_classes_seeds,
     "study-key-classes": lambda: bench_table("study-key-classes", key_classes),
     "bench-stream-workers": lambda: bench_table("bench-stream-workers", stream_workers),
     "bench-stream-workers-identity": lambda: bench_table("bench-stream-workers-identity", stream_workers),

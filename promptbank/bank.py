@@ -319,12 +319,16 @@ class PromptBank:
     # ------------------------------------------------------------------ inference
     def route(self, texts: Sequence[str], top: int = 3) -> tuple[list[str | None], Routing]:
         """Task chosen for each input by its key alone (None = unknown) and the router's full answer."""
-        if not self._tasks:
-            raise InvalidDataError("the bank has no tasks yet: add_task(...) first")
-        texts = check_texts(texts)
-        routing = self.router.route(self.key_encoder.encode(texts), top=top)
+        _, routing = self._keys_and_routing(check_texts(texts), top)
         by_id = self._names_by_id()
         return [by_id.get(int(t)) for t in routing.task_ids], routing
+
+    def _keys_and_routing(self, texts: list[str], top: int) -> tuple[np.ndarray, Routing]:
+        """The inputs' keys (answers with ``key_classes`` reuse them) and the router's answer."""
+        if not self._tasks:
+            raise InvalidDataError("the bank has no tasks yet: add_task(...) first")
+        keys = self.key_encoder.encode(texts)
+        return keys, self.router.route(keys, top=top)
 
     def calibrate_unknown(self, texts: Sequence[str], reject_rate: float = 0.05) -> float:
         """Flag inputs unlike every task as unknown (``Prediction.task is None``).
@@ -397,10 +401,7 @@ class PromptBank:
         self, texts: list[str], batch_size: int, progress: bool, decoding: GenerationConfig
     ) -> list[Prediction]:
         rescorer = self.config.rescorer()
-        if not self._tasks:
-            raise InvalidDataError("the bank has no tasks yet: add_task(...) first")
-        keys = self.key_encoder.encode(texts)
-        routing = self.router.route(keys, top=max(rescorer.top, 1))
+        keys, routing = self._keys_and_routing(texts, max(rescorer.top, 1))
         candidates = rescorer.candidates(routing)
         pairs = [(i, t) for i, cands in enumerate(candidates) for t in cands]
         by_id = self._names_by_id()

@@ -246,9 +246,9 @@ def _run_on_ray(ray, bank, todo, parts, merger, workers, num_cpus, num_gpus, ret
 
 def _size(spec: TaskSpec) -> int:
     """How many inputs a task reads (training, validation and key inputs): the order Ray gets
-    the tasks in, largest first, so that the last task to start is a short one. In submission
-    order, offline-9's 20newsgroups (20 classes, ~20k key inputs) started last and ran alone
-    on one of two workers for minutes (BENCHMARKS.md section 5)."""
+    the tasks in, largest first, so that the last task to start is a short one: offline-9's
+    20newsgroups (20 classes, ~20k key inputs) takes about as long on one thread as its eight
+    other tasks together (BENCHMARKS.md section 5)."""
     options = spec.options
     return len(spec.texts) + len(options.get("val_texts") or ()) + len(options.get("key_texts") or ())
 

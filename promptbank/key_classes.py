@@ -6,6 +6,10 @@ labelled input the router saw (training, validation and key inputs: up to ``key_
 class, far more than the prompt trains on). ``BankConfig.key_classes`` adds its class
 log-posterior to the prompt's label scores, ``score + w x log p(class | key)``, with ``w`` chosen
 per task on the validation inputs among ``KEY_CLASS_WEIGHTS`` (0 keeps the prompt alone).
+
+Validation sets are small (16 per class by default), so several weights often tie; the largest of
+them is kept, because the router's classifier has seen many more labelled inputs than the prompt
+trained on, and a tie means validation found no evidence against trusting it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .bank import PromptBank
 
-#: Weights tried on a task's validation inputs; the smallest of the best is kept.
+#: Weights tried on a task's validation inputs; the largest of the best is kept.
 KEY_CLASS_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -57,7 +61,7 @@ def fused(scores: np.ndarray, key_scores: np.ndarray, weight: float) -> np.ndarr
 
 def validated_weight(bank: PromptBank, name: str, val_texts: Sequence[str], val_labels: Sequence[int]) -> float:
     """The ``KEY_CLASS_WEIGHTS`` entry whose fused answers are right most often on the validation
-    inputs (the smallest on ties; 0 when the router has no class posterior for the task).
+    inputs (``chosen_weight``; 0 when the router has no class posterior for the task).
 
     Args:
         bank: a bank holding the task, its weight not yet set (its answers are the prompt's).
@@ -73,5 +77,18 @@ def validated_weight(bank: PromptBank, name: str, val_texts: Sequence[str], val_
         return 0.0
     scores = np.array([list(p.scores.values()) for p in bank.predict(list(val_texts), task=name)])
     truth = np.asarray(val_labels)
-    right = [float(np.mean(fused(scores, key_scores, w).argmax(1) == truth)) for w in KEY_CLASS_WEIGHTS]
-    return KEY_CLASS_WEIGHTS[int(np.argmax(right))]  # argmax: the first, i.e. smallest, of the best
+    return chosen_weight([float(np.mean(fused(scores, key_scores, w).argmax(1) == truth)) for w in KEY_CLASS_WEIGHTS])
+
+
+def chosen_weight(accuracies: Sequence[float]) -> float:
+    """The largest of the ``KEY_CLASS_WEIGHTS`` with the best validation accuracy.
+
+    Args:
+        accuracies: validation accuracy of the fused answers at each of ``KEY_CLASS_WEIGHTS``.
+
+    Returns:
+        The weight.
+    """
+    right = np.asarray(accuracies, dtype=np.float64)
+    best = np.flatnonzero(right >= right.max() - 1e-12)
+    return KEY_CLASS_WEIGHTS[int(best[-1])]

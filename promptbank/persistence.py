@@ -66,7 +66,8 @@ def load_bank(
     fields = {f.name for f in dataclasses.fields(BankConfig)}
     manifest, tensors, router_arrays = storage.read_bank(path, config_fields=fields)
     try:
-        config = BankConfig(**manifest["config"])
+        # a bank saved before key_classes existed answers with its prompts alone, as it did then
+        config = BankConfig(**{"key_classes": False, **manifest["config"]})
     except (TypeError, InvalidDataError) as exc:
         raise BankFormatError(f"{path}: the saved bank config is not valid ({exc}). Fix: rebuild the bank") from None
     recorded = manifest["backbone"]

@@ -61,7 +61,7 @@ class BankConfig:
     placement: str = "prefix"
     prompt_init: str = "random"
     seed: int = 0
-    key_classes: bool = False
+    key_classes: bool = True
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:

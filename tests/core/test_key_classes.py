@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from helpers import ANIMALS, FAST, WEATHER
 
 from promptbank.backbone import FrozenLM
 from promptbank.bank import BankConfig, PromptBank
-from promptbank.key_classes import KEY_CLASS_WEIGHTS, key_class_scores
+from promptbank.key_classes import KEY_CLASS_WEIGHTS, chosen_weight, key_class_scores
 
 CATS = ["a cat sleeps", "the cat meows", "cat on a sofa", "my old cat", "cat and yarn", "black cat"]
 DOGS = ["a dog barks", "the dog fetches", "dog in the park", "my old dog", "dog and bone", "brown dog"]
@@ -62,3 +64,36 @@ def test_a_router_without_class_statistics_leaves_the_prompt_alone(tiny_llama):
     bank = bank_with_keys(tiny_llama, strategy="knn")
     assert bank.task_info("animals").metadata["key_class_weight"] == 0.0
     assert key_class_scores(bank, "animals", bank.key_encoder.encode(["a cat"])) is None
+
+
+def test_ties_on_validation_keep_the_largest_weight():
+    """16 validation inputs per class often leave several weights equally right: the largest is kept."""
+    assert chosen_weight([1.0] * len(KEY_CLASS_WEIGHTS)) == KEY_CLASS_WEIGHTS[-1]
+    assert chosen_weight([0.9, 0.8] + [0.7] * (len(KEY_CLASS_WEIGHTS) - 2)) == 0.0
+    peak = [0.5, 0.6, 0.8, 0.8, 0.7, 0.6, 0.6, 0.6]
+    assert chosen_weight(peak) == KEY_CLASS_WEIGHTS[3]
+
+
+def test_a_bank_saved_before_key_classes_existed_keeps_answering_with_its_prompts(tiny_llama, tmp_path):
+    bank = bank_with_keys(tiny_llama)
+    bank.save(tmp_path / "bank")
+    path = tmp_path / "bank" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["config"]["key_classes"]
+    for task in manifest["tasks"]:
+        task["metadata"].pop("key_class_weight", None)
+    path.write_text(json.dumps(manifest))
+    loaded = PromptBank.load(tmp_path / "bank", backbone=tiny_llama)
+    assert not loaded.config.key_classes
+    texts = ["a cat purrs here", "one dog barks there"]
+    bank.task_info("animals").metadata["key_class_weight"] = 0.0
+    assert [p.scores for p in loaded.predict(texts)] == [p.scores for p in bank.predict(texts)]
+    loaded.add_task(
+        "birds",
+        ["a robin sings", "a crow caws"],
+        ["robin", "crow"],
+        train_config=FAST,
+        val_texts=["the robin", "the crow"],
+        val_labels=["robin", "crow"],
+    )
+    assert "key_class_weight" not in loaded.task_info("birds").metadata

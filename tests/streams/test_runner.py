@@ -309,11 +309,13 @@ def test_a_stream_run_with_workers_answers_like_the_run_in_order(tiny_folder: st
 def test_a_run_with_key_classes_reuses_the_prompts_and_answers_with_the_validated_weights(
     tiny_folder, tmp_path, tmp_cache
 ):
-    """--key-classes changes answers, not prompts: they come from the cache. Each task keeps its
-    validated weight, and where a weight is 0 the oracle answers are the prompt's own."""
-    cfg = tiny_run_config(tiny_folder)
+    """Key classes (on by default) change answers, not prompts: after a --no-key-classes run they
+    come from the cache. Each task keeps its validated weight, and where a weight is 0 the oracle
+    answers are the prompt's own."""
+    fused_cfg = tiny_run_config(tiny_folder)
+    assert fused_cfg.bank.key_classes
+    cfg = dataclasses.replace(fused_cfg, bank=dataclasses.replace(fused_cfg.bank, key_classes=False))
     plain = run_stream(cfg, out=tmp_path / "plain", progress=False)
-    fused_cfg = dataclasses.replace(cfg, bank=dataclasses.replace(cfg.bank, key_classes=True))
     fused = run_stream(fused_cfg, out=tmp_path / "fused", progress=False)
     assert all(r["prompt_from_cache"] for r in fused["reports"])
     bank = PromptBank.load(tmp_path / "fused" / "bank", backbone=tiny_folder)

@@ -6,7 +6,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from results_table import RESULTS, bench_table, table, where
+
+from promptbank.key_classes import chosen_weight
 
 
 def _med(stat: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
@@ -330,7 +333,7 @@ def stream_workers(r: dict[str, Any]) -> str:
 
 def key_classes(r: dict[str, Any]) -> str:
     columns = [c for c in ("prompt", "lda", "fused", "probe", "probe_keys") if c in r["average"]]
-    names = {"prompt": "prompt alone", "lda": "router classes alone", "fused": "fused (`--key-classes`)",
+    names = {"prompt": "prompt alone", "lda": "router classes alone", "fused": "fused, ties → smallest weight",
              "probe": "probe, 64/class", "probe_keys": "probe, all key inputs"}  # fmt: skip
     rows = [
         [f"`{task}`", *(f"{100 * x[c]:.1f}" for c in columns), f"{x['fused_weight']:g}"]
@@ -359,16 +362,34 @@ def key_classes_seeds() -> str:
     def spread(values: list[float]) -> str:
         return " / ".join(f"{100 * x:.1f}" for x in values)
 
+    for d in runs:  # the weight today's rule picks from the recorded validation accuracies
+        for x in d["result"]["tasks"].values():
+            by_weight = {float(w): acc for w, acc in x["fused_by_weight"].items()}
+            x["fused_now"] = by_weight[chosen_weight([x["val_by_weight"][w] for w in x["val_by_weight"]])]
+        d["result"]["average"]["fused_now"] = float(np.mean([x["fused_now"] for x in d["result"]["tasks"].values()]))
     rows = []
     for task in [*tasks, "average"]:
         of = [d["result"]["average"] if task == "average" else d["result"]["tasks"][task] for d in runs]
         rows.append([f"`{task}`" if task != "average" else "**average**",
-                     *(spread([x[c] for x in of]) for c in ("prompt", "lda", "fused", "probe"))])  # fmt: skip
+                     *(spread([x[c] for x in of]) for c in ("prompt", "lda", "fused", "fused_now", "probe"))])  # fmt: skip
     seeds = ", ".join(str(d["result"]["seed"]) for d in runs)
     sources = "; ".join(f"seed {d['result']['seed']}: `{d['name']}.json` ({where(d)})" for d in runs)
     return (
-        table(["task", "prompt alone", "router classes alone", "fused", "probe, 64/class"], rows)
+        table(
+            [
+                "task",
+                "prompt alone",
+                "router classes alone",
+                "fused, ties → smallest weight",
+                "fused, ties → largest (default)",
+                "probe, 64/class",
+            ],
+            rows,
+        )  # fmt: skip
         + f"\n\nSeeds {seeds}, in that order (each seed its own data draw, prompts and weights), in %. "
+        "The two *fused* columns differ only in how a tie between weights on the validation inputs is broken: "
+        "the study ran with the smallest; the default column applies `promptbank.key_classes.chosen_weight` "
+        "to the same runs' recorded validation and test accuracies at every weight. "
         f"Sources: {sources}.\n"
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import faiss
@@ -30,6 +31,17 @@ AUTO_LARGE_SPEC = "IVF{nlist},SQ8"
 #: not 78, and take ~5 minutes on two cores, once, at ~3M vectors.
 AUTO_LISTS_PER_SQRT = 8
 AUTO_MAX_NLIST = 16384
+#: The LDA router's index of whitened means: lists of ~24 means at the next refresh, at most
+#: this many. At 1M tasks (384-d) a cap of 4,096 left ~244 means per list, which agreed with
+#: exact LDA on 39.8% of queries; 65,536 lists of ~15 means agree on 96.0% (true task 0.910
+#: vs 0.944 exact; BENCHMARKS.md section 2).
+LDA_MAX_NLIST = 65536
+#: Whitened means the auto IVF's k-means trains on, at most (1 GB of float32 at 960-d); the
+#: SQ8 codec then trains on ``LDA_CODEC_SAMPLE`` of them. Sampling every mean needed a 3.8 GB
+#: float32 copy at 1M tasks x 960-d, twice the router's own memory.
+LDA_TRAIN_SAMPLE_MAX = 262_144
+LDA_CODEC_SAMPLE = 65_536
+
 #: Past this many lists the LDA index trains *two-level* spherical k-means (faiss.contrib:
 #: sqrt(nlist) clusters, each split in proportion to its size), ~sqrt(nlist)/2 times
 #: cheaper than flat k-means: 65,536 lists over 1M means took 20 s, where flat k-means for
@@ -271,3 +283,51 @@ def chunks(index: Any, size: int = 65_536):
             codes = np.ascontiguousarray(np.concatenate(got_codes))
             yield np.concatenate(got_ids), np.asarray(ivf.sa_decode(codes), np.float32)
             got_ids, got_codes, held = [], [], 0
+
+
+def mean_index(dim: int, spec: str, n: int, whitened: Callable[[np.ndarray], np.ndarray]) -> Any:
+    """An empty L2 index with int64 ids for the LDA router's ``n`` whitened means, trained on a
+    sample of them (``whitened(rows)``) if IVF.
+
+    Args:
+        dim: the means' dimension.
+        spec: a FAISS ``index_factory`` string, or "auto".
+        n: how many means it will hold.
+        whitened: the whitened means of the given row numbers.
+
+    Returns:
+        The index (an ``IndexIDMap2`` around a flat one).
+
+    "auto" past ``AUTO_FLAT_MAX_VECTORS`` means: IVF-SQ8 with lists for ~24 means each
+    at twice the current size (the size at the next refresh), trained with *spherical*
+    k-means. Plain k-means on whitened means left hub lists near the origin that most
+    queries probed: at 100k synthetic tasks (960-d, 4,096 lists) a query scanned 1,902
+    means at nprobe 16 instead of ~390. Spherical lists at nprobe 8 (``LDA_NPROBE``) took
+    the batched route from 336 to 181 us per query, agreement with exact LDA 0.998 ->
+    1.000 (BENCHMARKS.md section 2). Past ``LDA_FLAT_KMEANS_MAX_NLIST`` lists (a refresh at
+    ~70k+ means) the k-means is two-level, so it stays a matter of seconds.
+    """
+    need = None
+    if spec == "auto":
+        nlist = min(LDA_MAX_NLIST, 1 << max(round(math.log2(max(2 * n / 24, 1))), 0))
+        spec = "Flat" if n <= AUTO_FLAT_MAX_VECTORS else AUTO_LARGE_SPEC.format(nlist=nlist, m=1)
+        need = nlist  # k-means with fewer than 39 points per list: fine for this use
+    index = faiss.index_factory(dim, spec, faiss.METRIC_L2)
+    ivf, auto = faiss.try_extract_index_ivf(index), need is not None
+    if auto and ivf is not None:
+        ivf.cp.min_points_per_centroid, ivf.cp.spherical = 1, True  # no warning; no hub lists
+    if not index.is_trained:
+        need = train_size(index) if need is None else need
+        if n < need:
+            index, ivf = faiss.IndexFlatL2(dim), None  # too few means to train on yet
+        else:
+            rng = np.random.default_rng(0)
+            cap = min(n, 2 * train_size(index))
+            if auto:
+                cap = min(cap, max(need, LDA_TRAIN_SAMPLE_MAX))
+            sample = np.ascontiguousarray(whitened(np.sort(rng.choice(n, cap, replace=False))))
+            if auto and ivf.nlist > LDA_FLAT_KMEANS_MAX_NLIST:
+                two_level_lists(ivf, sample)
+                sample = sample[:LDA_CODEC_SAMPLE]  # the lists are there: the SQ8 codec needs few
+            index.train(sample)  # the lists, unless already there; then the SQ8 codec
+    return index if ivf is not None else faiss.IndexIDMap2(index)

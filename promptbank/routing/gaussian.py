@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -20,11 +19,6 @@ from .base import (
     pick_rows,
     rank_candidates,
 )
-from .faiss_index import (
-    AUTO_FLAT_MAX_VECTORS,
-    AUTO_LARGE_SPEC,
-    LDA_FLAT_KMEANS_MAX_NLIST,
-)
 from .gaussian_config import LDA_NPROBE, NOVELTY_SCORES, GaussianConfig  # noqa: F401 (re-exported)
 from .stats import (
     MEAN_OUTLIERS,
@@ -32,6 +26,7 @@ from .stats import (
     ClassStatsSum,
     TaskStats,
     eigh,
+    lda_log_posterior,
     pack_upper,
     principal_factor,
     quantize_means,
@@ -40,16 +35,6 @@ from .stats import (
     unpack_upper,
 )
 
-#: The LDA router's index of whitened means: lists of ~24 means at the next refresh, at most
-#: this many. At 1M tasks (384-d) a cap of 4,096 left ~244 means per list, which agreed with
-#: exact LDA on 39.8% of queries; 65,536 lists of ~15 means agree on 96.0% (true task 0.910
-#: vs 0.944 exact; BENCHMARKS.md section 2).
-LDA_MAX_NLIST = 65536
-#: Whitened means the auto IVF's k-means trains on, at most (1 GB of float32 at 960-d); the
-#: SQ8 codec then trains on ``LDA_CODEC_SAMPLE`` of them. Sampling every mean needed a 3.8 GB
-#: float32 copy at 1M tasks x 960-d, twice the router's own memory.
-LDA_TRAIN_SAMPLE_MAX = 262_144
-LDA_CODEC_SAMPLE = 65_536
 #: Gaussian/LDA routers: with at most this many class means the whitening (one dim x dim
 #: eigendecomposition) and the index of whitened means are rebuilt after every change, so
 #: routing is exact LDA. Past it a change is applied incrementally (new means whitened
@@ -322,42 +307,8 @@ class GaussianRouter(Router):
         return c
 
     def _new_index(self, n: int, whitened: Callable[[np.ndarray], np.ndarray]) -> Any:
-        """Empty L2 index with int64 ids for ``n`` whitened means (trained on a sample of
-        them, ``whitened(rows)``, if IVF).
-
-        "auto" past ``AUTO_FLAT_MAX_VECTORS`` means: IVF-SQ8 with lists for ~24 means each
-        at twice the current size (the size at the next refresh), trained with *spherical*
-        k-means. Plain k-means on whitened means left hub lists near the origin that most
-        queries probed: at 100k synthetic tasks (960-d, 4,096 lists) a query scanned 1,902
-        means at nprobe 16 instead of ~390. Spherical lists at nprobe 8 (``LDA_NPROBE``) took
-        the batched route from 336 to 181 us per query, agreement with exact LDA 0.998 ->
-        1.000 (BENCHMARKS.md section 2). Past ``LDA_FLAT_KMEANS_MAX_NLIST`` lists (a refresh at
-        ~70k+ means) the k-means is two-level, so it stays a matter of seconds.
-        """
-        spec, need = self.config.index, None
-        if spec == "auto":
-            nlist = min(LDA_MAX_NLIST, 1 << max(round(math.log2(max(2 * n / 24, 1))), 0))
-            spec = "Flat" if n <= AUTO_FLAT_MAX_VECTORS else AUTO_LARGE_SPEC.format(nlist=nlist, m=1)
-            need = nlist  # k-means with fewer than 39 points per list: fine for this use
-        index = faiss.index_factory(self.dim, spec, faiss.METRIC_L2)
-        ivf, auto = faiss.try_extract_index_ivf(index), need is not None
-        if auto and ivf is not None:
-            ivf.cp.min_points_per_centroid, ivf.cp.spherical = 1, True  # no warning; no hub lists
-        if not index.is_trained:
-            need = fx.train_size(index) if need is None else need
-            if n < need:
-                index, ivf = faiss.IndexFlatL2(self.dim), None  # too few means to train on yet
-            else:
-                rng = np.random.default_rng(0)
-                cap = min(n, 2 * fx.train_size(index))
-                if auto:
-                    cap = min(cap, max(need, LDA_TRAIN_SAMPLE_MAX))
-                sample = np.ascontiguousarray(whitened(np.sort(rng.choice(n, cap, replace=False))))
-                if auto and ivf.nlist > LDA_FLAT_KMEANS_MAX_NLIST:
-                    fx.two_level_lists(ivf, sample)
-                    sample = sample[:LDA_CODEC_SAMPLE]  # the lists are there: the SQ8 codec needs few
-                index.train(sample)  # the lists, unless already there; then the SQ8 codec
-        return index if ivf is not None else faiss.IndexIDMap2(index)
+        """Empty L2 index with int64 ids for ``n`` whitened means (``faiss_index.mean_index``)."""
+        return fx.mean_index(self.dim, self.config.index, n, whitened)
 
     def _index_tasks(
         self, c: dict[str, Any], block: list[tuple[int, TaskStats]], white: np.ndarray | None = None
@@ -441,23 +392,12 @@ class GaussianRouter(Router):
             The task's class labels (C,) and the (n, C) float64 log posteriors (rows sum to 1
             after ``exp``), at temperature 1.
         """
-        tid = self._check_known(task_id)
-        stats = self._tasks[tid]
-        c = self._prepared()
-        whiten = torch.from_numpy(c["whiten"])
+        stats = self._tasks[self._check_known(task_id)]
+        whiten = torch.from_numpy(self._prepared()["whiten"])
         z = (torch.from_numpy(l2_normalize(check_keys(queries, self.dim))) @ whiten).double()
         means = (torch.from_numpy(stats.float_means()) @ whiten).double()
-        dist = torch.cdist(z, means).square()
-        if held_in is not None:
-            position = {int(label): i for i, label in enumerate(stats.labels)}
-            own = torch.tensor([position[int(y)] for y in held_in])
-            n = torch.from_numpy(stats.counts.astype(np.float64))[own]
-            # the mean without the query: (n m - z) / (n - 1), so z - mean = n / (n - 1) (z - m)
-            factor = torch.where(n > 1, n / (n - 1).clamp_min(1), torch.ones_like(n)).square()
-            rows = torch.arange(len(dist))
-            dist[rows, own] *= factor
-        logit = -0.5 * dist + torch.from_numpy(np.log(stats.counts / stats.counts.sum()))
-        return stats.labels.copy(), torch.log_softmax(logit, dim=1).numpy()
+        own = None if held_in is None else np.array([list(stats.labels).index(int(y)) for y in held_in])
+        return stats.labels.copy(), lda_log_posterior(z, means, stats.counts, own)
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         config = {

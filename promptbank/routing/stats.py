@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import BankFormatError
 from ..keys import l2_normalize
@@ -268,3 +269,30 @@ def unpack_upper(packed: np.ndarray, dim: int) -> np.ndarray:
     lower = np.tril_indices(dim, -1)
     out[lower] = out.T[lower]
     return out
+
+
+def lda_log_posterior(
+    z: torch.Tensor, means: torch.Tensor, counts: np.ndarray, own: np.ndarray | None = None
+) -> np.ndarray:
+    """Linear discriminant log posteriors of whitened queries over one task's classes.
+
+    Args:
+        z: (n, dim) whitened queries (float64).
+        means: (C, dim) the classes' whitened means (float64).
+        counts: (C,) keys behind each mean; their shares are the class priors.
+        own: for queries whose keys went into the means, each one's class position: it is then
+            measured against its class mean *without* itself, (n m - z) / (n - 1), so that
+            z - mean = n / (n - 1) (z - m); a class of few keys otherwise looks closer than it
+            is to inputs it never saw.
+
+    Returns:
+        (n, C) float64 log posteriors (rows sum to 1 after ``exp``), at temperature 1.
+    """
+    dist = torch.cdist(z, means).square()
+    if own is not None:
+        position = torch.from_numpy(np.asarray(own, dtype=np.int64))
+        n = torch.from_numpy(counts.astype(np.float64))[position]
+        factor = torch.where(n > 1, n / (n - 1).clamp_min(1), torch.ones_like(n)).square()
+        dist[torch.arange(len(dist)), position] *= factor
+    logit = -0.5 * dist + torch.from_numpy(np.log(counts / counts.sum()))
+    return torch.log_softmax(logit, dim=1).numpy()

@@ -356,7 +356,7 @@ def test_lda_large_banks_update_incrementally_and_refresh_when_doubled(monkeypat
 def test_lda_auto_index_turns_approximate_past_the_flat_limit(monkeypatch):
     import faiss
 
-    monkeypatch.setattr(gaussian, "AUTO_FLAT_MAX_VECTORS", 60)
+    monkeypatch.setattr(faiss_index, "AUTO_FLAT_MAX_VECTORS", 60)
     train, queries, truth = shared_covariance_tasks(n_tasks=40, n=40, seed=5)
     router = build(train)  # 80 class means > 60: IVF over the whitened means
     r = router.route(queries, top=1)
@@ -387,8 +387,8 @@ def test_lda_auto_index_turns_approximate_past_the_flat_limit(monkeypatch):
 def test_lda_large_auto_index_trains_two_level_lists_and_scores_in_bounded_chunks(monkeypatch):
     import faiss
 
-    monkeypatch.setattr(gaussian, "AUTO_FLAT_MAX_VECTORS", 60)
-    monkeypatch.setattr(gaussian, "LDA_FLAT_KMEANS_MAX_NLIST", 2)  # 8 lists for 80 means
+    monkeypatch.setattr(faiss_index, "AUTO_FLAT_MAX_VECTORS", 60)
+    monkeypatch.setattr(faiss_index, "LDA_FLAT_KMEANS_MAX_NLIST", 2)  # 8 lists for 80 means
     calls = []
     real = faiss_index.two_level_lists
     monkeypatch.setattr(faiss_index, "two_level_lists", lambda ivf, x: calls.append(len(x)) or real(ivf, x))

@@ -178,6 +178,7 @@ def streams_table() -> str:
                 pct(r["avg_acc"]),
                 pct(r["oracle_avg_acc"]),
                 pct(r["routing_acc"]),
+                "yes" if r["config"].get("bank", {}).get("key_classes") else "no",
                 pct(r["bwt"], True),
                 pct(r["forgetting"]),
                 f"{r['trainable_params_per_task']:,}",
@@ -188,7 +189,8 @@ def streams_table() -> str:
         )
     note = (
         "Accuracy in %, after the last task. *routed*: every test input routed to a task by its key alone; "
-        "*oracle*: the task given; BWT and forgetting in points. Time: the whole command, "
+        "*oracle*: the task given; *router classes*: answers add the router's class posterior (the default), "
+        "*no*: the prompts alone (its command gives these numbers with `--no-key-classes` added); BWT and forgetting in points. Time: the whole command, "
         "or (*) the sum of per-task train + eval time."
     )
     sources = ", ".join(
@@ -202,6 +204,7 @@ def streams_table() -> str:
                 "routed",
                 "oracle",
                 "routing",
+                "router classes",
                 "BWT",
                 "forgetting",
                 "params/task",

@@ -7,7 +7,9 @@ with the task given (oracle), on the stream's test inputs:
 
 - ``prompt``: the trained prompt's label scores (the bank's answer today);
 - ``lda``: the router's class posterior alone (``GaussianRouter.class_log_posterior``);
-- ``fused``: prompt log-score + w x LDA log-posterior, w per task from the validation inputs;
+- ``fused``: prompt log-score + w x LDA log-posterior, w the one ``add_task`` kept (chosen on the
+  validation inputs with the router as it was then); the validation accuracy and log-likelihood
+  at every weight, at that moment, are recorded so other choice rules can be compared;
 - ``probe``: logistic regression on the same keys of the 64 training inputs per class (the
   ``linear-probe`` baseline), and ``probe_keys`` on every key input (the LDA's own data).
 
@@ -44,6 +46,12 @@ def lda_scores(bank, name: str, texts: list[str], held_in=None) -> np.ndarray:
     return key_class_scores(bank, name, bank.key_encoder.encode(texts), held_in=held_in)
 
 
+def log_likelihood(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Mean log-probability of the true label under the softmax of the label scores."""
+    logp = torch.log_softmax(torch.as_tensor(scores), dim=1).numpy()
+    return float(np.mean(logp[np.arange(len(truth)), truth]))
+
+
 def probe(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, xt: np.ndarray, k: int) -> np.ndarray:
     """The linear-probe baseline's head (penalty picked on validation); its test predictions."""
     from streams.probe import PENALTIES, fit_logistic
@@ -70,7 +78,7 @@ def main() -> None:
     _bench.quiet_truncation()
 
     from promptbank.backbone import load_backbone
-    from promptbank.key_classes import KEY_CLASS_WEIGHTS, fused, validated_weight
+    from promptbank.key_classes import KEY_CLASS_WEIGHTS, fused
     from streams.bank_strategy import PromptCache
     from streams.config import RunConfig
     from streams.runner import load_tasks, make_strategy
@@ -79,6 +87,7 @@ def main() -> None:
     tasks = load_tasks(cfg)
     strategy = make_strategy(cfg, load_backbone(cfg.backbone, bf16=cfg.bf16), progress=True)
     bank = strategy.bank
+    at_add = {}  # the validation inputs as the bank sees them when it picks a task's weight
     for t in tasks:
         key = PromptCache.key(bank, t, strategy.train_config)
         cached = strategy.prompt_cache.get(key)
@@ -86,16 +95,20 @@ def main() -> None:
         bank.add_task(spec.name, spec.texts, spec.labels, **spec.options, prompt_state=cached[0] if cached else None)
         if cached is None:
             strategy.prompt_cache.put(key, bank.prompt_state(t.name), bank.task_info(t.name).metadata)
+        yv = np.asarray(t.val_labels)
+        pv = prompt_scores(bank, t.name, t.val_texts, t.label_names)
+        at_add[t.name] = (pv, lda_scores(bank, t.name, t.val_texts, held_in=yv), bank.task_info(t.name).metadata)
         print(f"{t.name}: added ({'cached prompt' if cached else 'trained'})", flush=True)
 
     rows = {}
     for t in tasks:
         k = len(t.label_names)
         yv, yt = np.asarray(t.val_labels), np.asarray(t.test_labels)
-        pv, pt = (prompt_scores(bank, t.name, x, t.label_names) for x in (t.val_texts, t.test_texts))
-        lv, lt = lda_scores(bank, t.name, t.val_texts, held_in=yv), lda_scores(bank, t.name, t.test_texts)
+        pv, lv, meta = at_add[t.name]
+        pt, lt = prompt_scores(bank, t.name, t.test_texts, t.label_names), lda_scores(bank, t.name, t.test_texts)
         val_acc = {w: float(np.mean(fused(pv, lv, w).argmax(1) == yv)) for w in KEY_CLASS_WEIGHTS}
-        best_w = validated_weight(bank, t.name, t.val_texts, t.val_labels)  # what add_task would keep
+        val_loglik = {w: log_likelihood(fused(pv, lv, w), yv) for w in KEY_CLASS_WEIGHTS}
+        best_w = float(meta.get("key_class_weight", 0.0))  # what add_task kept
         row = {
             "prompt": float(np.mean(pt.argmax(1) == yt)),
             "lda": float(np.mean(lt.argmax(1) == yt)),
@@ -103,6 +116,8 @@ def main() -> None:
             "fused_weight": best_w,
             "fused_by_weight": {str(w): float(np.mean(fused(pt, lt, w).argmax(1) == yt)) for w in KEY_CLASS_WEIGHTS},
             "val_by_weight": {str(w): a for w, a in val_acc.items()},
+            "val_loglik_by_weight": {str(w): a for w, a in val_loglik.items()},
+            "weights_chosen_at": "add_task",
             "test_inputs": len(yt),
         }
         if not args.no_probe:

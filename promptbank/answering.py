@@ -5,6 +5,7 @@ task types go through their own batches (one scores label words, the other decod
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -174,3 +175,48 @@ def evaluate_task(
         "accuracy": float(np.mean(correct(routed))),
         "oracle_accuracy": float(np.mean(correct(oracle))),
     }
+
+
+def answer_routed(
+    bank: PromptBank, texts: list[str], batch_size: int, progress: bool, decoding: GenerationConfig
+) -> list[Prediction]:
+    """``bank.predict`` without a task: each input goes to the task its key routes it to, or to
+    the best of the router's candidates re-scored by their modules (``BankConfig.rescore``); the
+    keys are computed once and reused by ``key_classes`` answers.
+
+    Args:
+        bank: the bank.
+        texts: the inputs (checked).
+        batch_size: inputs per forward pass.
+        progress: show a progress bar.
+        decoding: how text-to-text answers are decoded.
+
+    Returns:
+        One :class:`Prediction` per input, ``task`` None where the router finds none.
+    """
+    rescorer = bank.config.rescorer()
+    keys, routing = bank._keys_and_routing(texts, max(rescorer.top, 1))
+    candidates = rescorer.candidates(routing)
+    pairs = [(i, t) for i, cands in enumerate(candidates) for t in cands]
+    by_id = bank._names_by_id()
+    answers = answer(
+        bank,
+        [texts[i] for i, _ in pairs],
+        [by_id[t] for _, t in pairs],
+        np.full(len(pairs), np.nan),
+        batch_size,
+        progress,
+        decoding,
+        keys=keys[[i for i, _ in pairs]] if pairs else None,
+    )
+    by_pair = dict(zip(pairs, answers))
+    chosen = rescorer.choose(routing, candidates, lambda i, t: candidate_scores(by_pair[(i, t)]))
+    out = []
+    for i, t in enumerate(chosen):
+        if t < 0:
+            out.append(Prediction(None, None, {}, float(routing.scores[i])))
+            continue
+        p = by_pair[(i, int(t))]
+        posterior = routing.candidate_scores[i][routing.candidates[i] == t]
+        out.append(dataclasses.replace(p, route_score=float(posterior[0]) if len(posterior) else float("nan")))
+    return out

@@ -17,7 +17,7 @@ import torch
 from transformers import GenerationConfig
 
 from . import merge, peft_export, persistence
-from .answering import answer, candidate_scores, evaluate_task
+from .answering import answer, answer_routed, evaluate_task
 from .backbone import DEFAULT_BACKBONE, FrozenLM, load_backbone
 from .errors import InvalidDataError, TaskExistsError, UnknownTaskError
 from .generation import generation_config
@@ -384,7 +384,7 @@ class PromptBank:
         texts = check_texts(texts)
         decoding = generation_config(self.backbone, generation)
         if task is None:
-            return self._predict_routed(texts, batch_size, progress, decoding)
+            return answer_routed(self, texts, batch_size, progress, decoding)
         if isinstance(task, str):
             self.task_info(task)
             assigned = [task] * len(texts)
@@ -396,36 +396,6 @@ class PromptBank:
                 self.task_info(t)
         unrouted = np.full(len(texts), np.nan, dtype=np.float32)
         return answer(self, texts, assigned, unrouted, batch_size, progress, decoding)
-
-    def _predict_routed(
-        self, texts: list[str], batch_size: int, progress: bool, decoding: GenerationConfig
-    ) -> list[Prediction]:
-        rescorer = self.config.rescorer()
-        keys, routing = self._keys_and_routing(texts, max(rescorer.top, 1))
-        candidates = rescorer.candidates(routing)
-        pairs = [(i, t) for i, cands in enumerate(candidates) for t in cands]
-        by_id = self._names_by_id()
-        answers = answer(
-            self,
-            [texts[i] for i, _ in pairs],
-            [by_id[t] for _, t in pairs],
-            np.full(len(pairs), np.nan),
-            batch_size,
-            progress,
-            decoding,
-            keys=keys[[i for i, _ in pairs]] if pairs else None,
-        )
-        by_pair = dict(zip(pairs, answers))
-        chosen = rescorer.choose(routing, candidates, lambda i, t: candidate_scores(by_pair[(i, t)]))
-        out = []
-        for i, t in enumerate(chosen):
-            if t < 0:
-                out.append(Prediction(None, None, {}, float(routing.scores[i])))
-                continue
-            p = by_pair[(i, int(t))]
-            posterior = routing.candidate_scores[i][routing.candidates[i] == t]
-            out.append(dataclasses.replace(p, route_score=float(posterior[0]) if len(posterior) else float("nan")))
-        return out
 
     def evaluate(
         self,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from results_table import RESULTS, bench_table, table, where
 
-from promptbank.key_classes import chosen_weight
+from promptbank.key_classes import KEY_CLASS_WEIGHTS, chosen_weight
 
 
 def _med(stat: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
@@ -332,71 +332,85 @@ def stream_workers(r: dict[str, Any]) -> str:
 
 
 def key_classes(r: dict[str, Any]) -> str:
-    columns = [c for c in ("prompt", "lda", "fused", "probe", "probe_keys") if c in r["average"]]
-    names = {"prompt": "prompt alone", "lda": "router classes alone", "fused": "fused, ties → smallest weight",
-             "probe": "probe, 64/class", "probe_keys": "probe, all key inputs"}  # fmt: skip
-    rows = [
-        [f"`{task}`", *(f"{100 * x[c]:.1f}" for c in columns), f"{x['fused_weight']:g}"]
-        for task, x in r["tasks"].items()
-    ]
-    rows.append(["**average**", *(f"**{100 * r['average'][c]:.1f}**" for c in columns), ""])
+    """One seed of the key-classes study: the prompt, the router's classes and the probes."""
+    columns = [c for c in ("prompt", "lda", "probe", "probe_keys") if c in r["average"]]
+    names = {"prompt": "prompt alone", "lda": "router classes alone", "probe": "probe, 64/class",
+             "probe_keys": "probe, all key inputs"}  # fmt: skip
+    rows = [[f"`{task}`", *(f"{100 * x[c]:.1f}" for c in columns)] for task, x in r["tasks"].items()]
+    rows.append(["**average**", *(f"**{100 * r['average'][c]:.1f}**" for c in columns)])
     return (
-        table(["task", *(names[c] for c in columns), "weight"], rows)
+        table(["task", *(names[c] for c in columns)], rows)
         + f"\n\n`{r['stream']}` seed {r['seed']}, the task given (oracle), test inputs, in %. *router classes*: the "
         "`lda` router's class posterior within the task (its means and shared covariance, fitted on the "
-        "train + validation + key inputs, up to 1,024 per class); *fused*: the prompt's label score + weight × that "
-        "log posterior, the weight chosen per task on the validation inputs (measured leave-one-out); *probe*: "
-        "logistic regression on the same keys (the `linear-probe` baseline on the 64 training inputs per class, "
-        "and on every key input)."
+        "train + validation + key inputs, up to 1,024 per class); *probe*: logistic regression on the same keys "
+        "(the `linear-probe` baseline on the 64 training inputs per class, and on every key input)."
     )
 
 
+#: How a task's weight could be picked from its validation inputs (``add_task`` uses the first).
+WEIGHT_RULES: dict[str, Callable[[list[float], list[float]], int]] = {
+    "ties → largest (default)": lambda acc, ll: KEY_CLASS_WEIGHTS.index(chosen_weight(acc)),
+    "ties → smallest": lambda acc, ll: int(np.argmax(acc)),
+    "ties → best log-likelihood": lambda acc, ll: max(
+        (i for i, a in enumerate(acc) if a >= max(acc) - 1e-12), key=lambda i: ll[i]
+    ),
+    "best log-likelihood": lambda acc, ll: int(np.argmax(ll)),
+}
+
+
 def key_classes_seeds() -> str:
-    """Seed spread of the key-classes study: every ``study-key-classes*.json`` (one seed each)."""
-    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("study-key-classes*.json"))]
-    if len(runs) < 2:
-        return "(one seed recorded so far)\n"
+    """Seed spread of the key-classes study (``study-key-classes-s*.json``, one seed each): the
+    prompt, the router's classes, and the fused answers under each weight rule, the weights
+    picked on the validation inputs as ``add_task`` sees them."""
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("study-key-classes-s*.json"))]
+    if not runs:
+        return "(no seed recorded yet)\n"
     runs.sort(key=lambda d: d["result"]["seed"])
     tasks = list(runs[0]["result"]["tasks"])
+    for d in runs:
+        for x in d["result"]["tasks"].values():
+            acc, ll = (list(x[f].values()) for f in ("val_by_weight", "val_loglik_by_weight"))
+            test = list(x["fused_by_weight"].values())
+            x.update({rule: test[pick(acc, ll)] for rule, pick in WEIGHT_RULES.items()})
+        xs = d["result"]["tasks"].values()
+        d["result"]["average"].update({rule: float(np.mean([x[rule] for x in xs])) for rule in WEIGHT_RULES})
 
     def spread(values: list[float]) -> str:
         return " / ".join(f"{100 * x:.1f}" for x in values)
 
-    for d in runs:  # the weight today's rule picks from the recorded validation accuracies
-        for x in d["result"]["tasks"].values():
-            by_weight = {float(w): acc for w, acc in x["fused_by_weight"].items()}
-            x["fused_now"] = by_weight[chosen_weight([x["val_by_weight"][w] for w in x["val_by_weight"]])]
-        d["result"]["average"]["fused_now"] = float(np.mean([x["fused_now"] for x in d["result"]["tasks"].values()]))
+    probes = {}  # the probe on the same data draws, from the study's runs that fitted it
+    for p in RESULTS.glob("study-key-probes-s*.json"):
+        r = json.loads(p.read_text())["result"]
+        probes[r["seed"]] = {**{t: x["probe"] for t, x in r["tasks"].items()}, "average": r["average"]["probe"]}
+    columns = ["prompt", "lda", *WEIGHT_RULES]
     rows = []
     for task in [*tasks, "average"]:
         of = [d["result"]["average"] if task == "average" else d["result"]["tasks"][task] for d in runs]
-        rows.append([f"`{task}`" if task != "average" else "**average**",
-                     *(spread([x[c] for x in of]) for c in ("prompt", "lda", "fused", "fused_now", "probe"))])  # fmt: skip
+        name = f"`{task}`" if task != "average" else "**average**"
+        probe = [probes.get(d["result"]["seed"], {}).get(task) for d in runs]
+        probe_cell = spread(probe) if None not in probe else "–"
+        rows.append([name, *(spread([x[c] for x in of]) for c in columns), probe_cell])
     seeds = ", ".join(str(d["result"]["seed"]) for d in runs)
     sources = "; ".join(f"seed {d['result']['seed']}: `{d['name']}.json` ({where(d)})" for d in runs)
+    head = ["task", "prompt alone", "router classes alone", *(f"fused, {rule}" for rule in WEIGHT_RULES), "probe"]
     return (
-        table(
-            [
-                "task",
-                "prompt alone",
-                "router classes alone",
-                "fused, ties → smallest weight",
-                "fused, ties → largest (default)",
-                "probe, 64/class",
-            ],
-            rows,
-        )  # fmt: skip
-        + f"\n\nSeeds {seeds}, in that order (each seed its own data draw, prompts and weights), in %. "
-        "The two *fused* columns differ only in how a tie between weights on the validation inputs is broken: "
-        "the study ran with the smallest; the default column applies `promptbank.key_classes.chosen_weight` "
-        "to the same runs' recorded validation and test accuracies at every weight. "
-        f"Sources: {sources}.\n"
+        table(head, rows)
+        + f"\n\nSeeds {seeds}, in that order (each seed its own data draw, prompts and weights), the task "
+        "given, test inputs, in %. *fused*: the prompt's label scores + weight × the router's class "
+        "log-posterior; the weight is picked per task among "
+        f"{', '.join(f'{w:g}' for w in KEY_CLASS_WEIGHTS)} on its validation inputs (16 per class), "
+        "scored with the router as it is when `add_task` picks it (later tasks still change the shared "
+        "covariance): the best accuracy with ties to the largest weight (what the bank does), or to the "
+        "smallest, or to the best mean log-likelihood of the true label; or the best log-likelihood alone. "
+        "*probe*: the `linear-probe` baseline (64 training inputs per class) on the same draws "
+        "(`study-key-probes-sN.json`). "
+        f"Command: `{runs[0]['command']}` with `--seed S`. Sources: {sources}.\n"
     )
 
 
 BENCH_TABLES: dict[str, Callable[[], str]] = {
     "study-key-classes-seeds": key_classes_seeds,
-    "study-key-classes": lambda: bench_table("study-key-classes", key_classes),
+    "study-key-probes": lambda: bench_table("study-key-probes-s0", key_classes),
     "bench-stream-workers": lambda: bench_table("bench-stream-workers", stream_workers),
     "bench-stream-workers-identity": lambda: bench_table("bench-stream-workers-identity", stream_workers),
     "bench-routing-mean-bits": lambda: bench_table("bench-routing-mean-bits", routing_mean_bits),

@@ -67,6 +67,12 @@ def main() -> None:
     parser.add_argument("--method", default="ulpt")
     parser.add_argument("--kinds", default=None, help="comma-separated module kinds cycled over the tasks")
     parser.add_argument("--router", default=None, help="router strategy (default: the bank's, BankConfig().router)")
+    parser.add_argument(
+        "--key-class-weight",
+        type=float,
+        default=1.0,
+        help="each task's weight on the router's class posterior (what add_task validates; 0: prompts alone)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
@@ -120,6 +126,7 @@ def main() -> None:
                 method=kind,
             )
             names.append(f"t{j}")
+            bank.task_info(f"t{j}").metadata["key_class_weight"] = args.key_class_weight
         # the batch: input i belongs to task i % m, its text from that task's source test split
         texts, assigned = [], []
         for i in range(n_inputs):

@@ -34,8 +34,14 @@ import _bench  # noqa: E402
 
 
 def prompt_scores(bank, name: str, texts: list[str], labels: tuple[str, ...]) -> np.ndarray:
-    """(n, C) label scores of the task's own prompt, in label order."""
-    preds = bank.predict(texts, task=name, batch_size=16)
+    """(n, C) label scores of the task's own prompt, in label order (without the key classes)."""
+    meta = bank.task_info(name).metadata
+    weight = meta.pop("key_class_weight", None)
+    try:
+        preds = bank.predict(texts, task=name, batch_size=16)
+    finally:
+        if weight is not None:
+            meta["key_class_weight"] = weight
     return np.array([[p.scores[label] for label in labels] for p in preds], dtype=np.float64)
 
 

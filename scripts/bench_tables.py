@@ -404,7 +404,7 @@ def key_classes_seeds() -> str:
         "smallest, or to the best mean log-likelihood of the true label; or the best log-likelihood alone. "
         "*probe*: the `linear-probe` baseline (64 training inputs per class) on the same draws "
         "(`study-key-probes-sN.json`). "
-        f"Command: `{runs[0]['command']}` with `--seed S`. Sources: {sources}.\n"
+        f"Command: `{runs[0]['command']} --seed S`. Sources: {sources}.\n"
     )
 
 

@@ -17,7 +17,7 @@ from .backbone import FrozenLM, load_backbone
 from .errors import BackboneMismatchError, BankFormatError, InvalidDataError
 from .keys import KeyEncoder, make_key_encoder
 from .prompts import prompt_from_config
-from .records import BankConfig, TaskInfo
+from .records import FIELDS_OF_OLDER_BANKS, BankConfig, TaskInfo
 from .routing import router_from_state
 
 if TYPE_CHECKING:
@@ -66,8 +66,7 @@ def load_bank(
     fields = {f.name for f in dataclasses.fields(BankConfig)}
     manifest, tensors, router_arrays = storage.read_bank(path, config_fields=fields)
     try:
-        # a bank saved before key_classes existed answers with its prompts alone, as it did then
-        config = BankConfig(**{"key_classes": False, **manifest["config"]})
+        config = BankConfig(**{**FIELDS_OF_OLDER_BANKS, **manifest["config"]})
     except (TypeError, InvalidDataError) as exc:
         raise BankFormatError(f"{path}: the saved bank config is not valid ({exc}). Fix: rebuild the bank") from None
     recorded = manifest["backbone"]

@@ -19,6 +19,11 @@ PROMPT_INITS = ("random", "labels")
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
+#: The value a bank saved before a ``BankConfig`` field existed gets for it, where that differs
+#: from a new bank's default: such a bank keeps answering as it did.
+FIELDS_OF_OLDER_BANKS = {"key_classes": False}
+
+
 @dataclass
 class BankConfig:
     """Bank-wide choices, fixed at creation.

@@ -296,7 +296,8 @@ def mean_index(dim: int, spec: str, n: int, whitened: Callable[[np.ndarray], np.
         whitened: the whitened means of the given row numbers.
 
     Returns:
-        The index (an ``IndexIDMap2`` around a flat one).
+        The IVF index (it takes ids itself), or an ``IndexIDMap2`` around a flat one (also while
+        there are too few means to train the lists on).
 
     "auto" past ``AUTO_FLAT_MAX_VECTORS`` means: IVF-SQ8 with lists for ~24 means each
     at twice the current size (the size at the next refresh), trained with *spherical*

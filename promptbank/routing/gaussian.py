@@ -396,7 +396,8 @@ class GaussianRouter(Router):
         whiten = torch.from_numpy(self._prepared()["whiten"])
         z = (torch.from_numpy(l2_normalize(check_keys(queries, self.dim))) @ whiten).double()
         means = (torch.from_numpy(stats.float_means()) @ whiten).double()
-        own = None if held_in is None else np.array([list(stats.labels).index(int(y)) for y in held_in])
+        position = {int(label): i for i, label in enumerate(stats.labels)}
+        own = None if held_in is None else np.array([position[int(y)] for y in held_in])
         return stats.labels.copy(), lda_log_posterior(z, means, stats.counts, own)
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -24,15 +24,13 @@ def test_importing_the_library_loads_no_experiment_layer():
 
 def test_no_library_module_imports_the_experiment_layer():
     """``streams`` and Avalanche not even inside a function (the library must work where they are not
-    installed); MLflow only inside the functions that log or load a bank as an MLflow model, and in
-    the model code file MLflow itself executes (``serving/bank_pyfunc.py``); Ray (an optional extra)
-    only inside the functions that use it."""
+    installed); MLflow only inside the functions that log, load or define a bank as an MLflow model;
+    Ray (an optional extra) only inside the functions that use it."""
     offenders = []
     root = Path(promptbank.__file__).parent
     for path in root.rglob("*.py"):
         tree = ast.parse(path.read_text())
         top_level = {id(node) for node in tree.body}
-        mlflow_code = path == root / "serving" / "bank_pyfunc.py"
         for node in ast.walk(tree):
             names = []
             if isinstance(node, ast.Import):
@@ -41,7 +39,7 @@ def test_no_library_module_imports_the_experiment_layer():
                 names = [node.module]
             for name in names:
                 top = name.split(".")[0]
-                only_in_functions = (top == "mlflow" and not mlflow_code) or top in {"ray", "starlette"}
+                only_in_functions = top in {"mlflow", "ray", "starlette"}
                 if top in {"streams", "avalanche"} or (only_in_functions and id(node) in top_level):
                     offenders.append(f"{path.relative_to(root)}: {name}")
     assert offenders == []

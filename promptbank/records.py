@@ -21,7 +21,7 @@ STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32
 
 #: The value a bank saved before a ``BankConfig`` field existed gets for it, where that differs
 #: from a new bank's default: such a bank keeps answering as it did.
-FIELDS_OF_OLDER_BANKS = {"key_classes": False}
+FIELDS_OF_OLDER_BANKS = {"key_classes": False, "placement": "prefix"}
 
 
 @dataclass
@@ -39,9 +39,10 @@ class BankConfig:
         rescore: candidate re-scoring (``promptbank.rescore.Rescorer`` fields); top 1 routes on keys alone.
         storage_dtype: dtype prompts are stored in.
         max_input_tokens: inputs are truncated to this many tokens (the template never is).
-        placement: where each prompt goes: ``prefix`` (before the input, as in prompt tuning) or
-            ``suffix`` (after the input text, before the template's remainder; training then
-            computes the input's keys and values once, ``promptbank.input_cache``).
+        placement: where each prompt goes: ``suffix`` (after the input text, before the template's
+            remainder; training computes the input's keys and values once, ``promptbank.input_cache``,
+            so a step runs the LLM over the prompt, the template's remainder and the label only) or
+            ``prefix`` (before the input, as in prompt tuning and PEFT: what ``export_peft`` needs).
         prompt_init: ``random`` (the method's seeded initialisation) or ``labels`` (its tokens
             start around the mean embedding of the task's label words; ULPT and PT).
         seed: seed of each new prompt's initialisation.
@@ -63,7 +64,7 @@ class BankConfig:
     rescore: dict[str, Any] = field(default_factory=lambda: Rescorer().to_dict())
     storage_dtype: str = "float16"
     max_input_tokens: int = 64
-    placement: str = "prefix"
+    placement: str = "suffix"
     prompt_init: str = "random"
     seed: int = 0
     key_classes: bool = True

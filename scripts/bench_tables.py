@@ -340,7 +340,8 @@ def key_classes(r: dict[str, Any]) -> str:
     rows.append(["**average**", *(f"**{100 * r['average'][c]:.1f}**" for c in columns)])
     return (
         table(["task", *(names[c] for c in columns)], rows)
-        + f"\n\n`{r['stream']}` seed {r['seed']}, the task given (oracle), test inputs, in %. *router classes*: the "
+        + f"\n\n`{r['stream']}` seed {r['seed']}, the task given (oracle), test inputs, in %; prompts before the "
+        "input (`--placement prefix`). *router classes*: the "
         "`lda` router's class posterior within the task (its means and shared covariance, fitted on the "
         "train + validation + key inputs, up to 1,024 per class); *probe*: logistic regression on the same keys "
         "(the `linear-probe` baseline on the 64 training inputs per class, and on every key input)."
@@ -396,7 +397,7 @@ def key_classes_seeds() -> str:
     return (
         table(head, rows)
         + f"\n\nSeeds {seeds}, in that order (each seed its own data draw, prompts and weights), the task "
-        "given, test inputs, in %. *fused*: the prompt's label scores + weight × the router's class "
+        "given, test inputs, in %; prompts before the input (`--placement prefix`). *fused*: the prompt's label scores + weight × the router's class "
         "log-posterior; the weight is picked per task among "
         f"{', '.join(f'{w:g}' for w in KEY_CLASS_WEIGHTS)} on its validation inputs (16 per class), "
         "scored with the router as it is when `add_task` picks it (later tasks still change the shared "
@@ -408,7 +409,67 @@ def key_classes_seeds() -> str:
     )
 
 
+def _study_seeds(pattern: str) -> list[dict[str, Any]]:
+    runs = [json.loads(p.read_text()) for p in RESULTS.glob(pattern)]
+    return sorted(runs, key=lambda d: d["result"]["seed"])
+
+
+def placement_seeds() -> str:
+    """Prompt alone and fused answers per task, prompts before the input (``study-key-classes-s*``)
+    against after it (``study-suffix-s*``, the default), each seed its own data draw; the default's
+    spread as min / median / max."""
+    prefix, suffix = _study_seeds("study-key-classes-s*.json"), _study_seeds("study-suffix-s*.json")
+    if not suffix:
+        return "(no `docs/results/study-suffix-s*.json` recorded yet)\n"
+    tasks = list(suffix[0]["result"]["tasks"])
+
+    def values(runs: list[dict[str, Any]], task: str, column: str) -> list[float]:
+        pick = (lambda r: r["average"]) if task == "average" else (lambda r: r["tasks"][task])
+        return [pick(d["result"])[column] for d in runs]
+
+    def mean(xs: list[float]) -> str:
+        return f"{100 * float(np.mean(xs)):.1f}" if xs else "–"
+
+    def spread(xs: list[float]) -> str:
+        return f"{100 * min(xs):.1f} / {100 * float(np.median(xs)):.1f} / {100 * max(xs):.1f}"
+
+    rows = []
+    for task in [*tasks, "average"]:
+        name = f"`{task}`" if task != "average" else "**average**"
+        rows.append(
+            [
+                name,
+                mean(values(prefix, task, "prompt")),
+                mean(values(suffix[: len(prefix)], task, "prompt")),
+                mean(values(prefix, task, "fused")),
+                mean(values(suffix[: len(prefix)], task, "fused")),
+                spread(values(suffix, task, "prompt")),
+                spread(values(suffix, task, "fused")),
+            ]
+        )
+    head = [
+        "task",
+        f"prompt alone, before (mean of {len(prefix)})",
+        f"prompt alone, after (mean of {len(prefix)})",
+        "fused, before",
+        "fused, after",
+        f"prompt alone, after: min / median / max of {len(suffix)}",
+        f"**fused, after (default)**: min / median / max of {len(suffix)}",
+    ]
+    seeds = ", ".join(str(d["result"]["seed"]) for d in suffix)
+    sources = "; ".join(f"`{d['name']}.json` ({where(d)})" for d in [*prefix, *suffix])
+    return (
+        table(head, rows) + f"\n\n`offline-5`, the task given, test inputs, in %. *before*: prompts before the input "
+        f"(`--placement prefix`, seeds {', '.join(str(d['result']['seed']) for d in prefix)}); *after*: "
+        f"after it (the default, seeds {seeds}); the means compare the same seeds, so the same data "
+        "draws. *fused*: the bank's answer, the prompt's label scores + its weight × the router's class "
+        f"log-posterior. Command: `{suffix[0]['command']} --seed S`, and without `--placement suffix` "
+        f"for *before*. Sources: {sources}.\n"
+    )
+
+
 BENCH_TABLES: dict[str, Callable[[], str]] = {
+    "placement-seeds": placement_seeds,
     "study-key-classes-seeds": key_classes_seeds,
     "study-key-probes": lambda: bench_table("study-key-probes-s0", key_classes),
     "bench-stream-workers": lambda: bench_table("bench-stream-workers", stream_workers),

@@ -164,6 +164,20 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 STREAM_RUNS = ["main-job", "offline-9-o1", "vader-4", "split-20ng"]
 
 
+def settings_off_default(config: dict[str, Any]) -> str:
+    """The flags that reproduce a recorded run on today's defaults (a run recorded before a
+    setting existed had that setting's earlier value)."""
+    from promptbank import BankConfig  # noqa: PLC0415
+
+    bank = config.get("bank", {})
+    flags = []
+    if bank.get("placement", "prefix") != BankConfig.placement:
+        flags.append(f"`--placement {bank.get('placement', 'prefix')}`")
+    if not bank.get("key_classes", False):
+        flags.append("`--no-key-classes`")
+    return ", ".join(flags) or "defaults"
+
+
 def streams_table() -> str:
     rows = []
     for name in STREAM_RUNS:
@@ -178,7 +192,7 @@ def streams_table() -> str:
                 pct(r["avg_acc"]),
                 pct(r["oracle_avg_acc"]),
                 pct(r["routing_acc"]),
-                "yes" if r["config"].get("bank", {}).get("key_classes") else "no",
+                settings_off_default(r["config"]),
                 pct(r["bwt"], True),
                 pct(r["forgetting"]),
                 f"{r['trainable_params_per_task']:,}",
@@ -189,8 +203,9 @@ def streams_table() -> str:
         )
     note = (
         "Accuracy in %, after the last task. *routed*: every test input routed to a task by its key alone; "
-        "*oracle*: the task given; *router classes*: answers add the router's class posterior (the default), "
-        "*no*: the prompts alone (its command gives these numbers with `--no-key-classes` added); BWT and forgetting in points. Time: the whole command, "
+        "*oracle*: the task given; *run with*: the settings that differ from today's defaults (its command gives "
+        "these numbers with them added): `--placement prefix` puts the prompt before the input, "
+        "`--no-key-classes` answers with the prompts alone; BWT and forgetting in points. Time: the whole command, "
         "or (*) the sum of per-task train + eval time."
     )
     sources = ", ".join(
@@ -204,7 +219,7 @@ def streams_table() -> str:
                 "routed",
                 "oracle",
                 "routing",
-                "router classes",
+                "run with",
                 "BWT",
                 "forgetting",
                 "params/task",

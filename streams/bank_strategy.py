@@ -63,7 +63,8 @@ class PromptCache:
             payload["targets"] = hashlib.sha256("\x1f".join(task.train_targets + task.val_targets).encode()).hexdigest()
         if bank.backbone.bf16:  # absent in float32, so the keys of existing caches stay valid
             payload["bf16"] = True
-        for name, default in (("placement", "prefix"), ("prompt_init", "random")):  # likewise absent at defaults
+        # likewise absent at the values caches were first written with, so their keys stay valid
+        for name, default in (("placement", "prefix"), ("prompt_init", "random")):
             if getattr(bank.config, name) != default:
                 payload[name] = getattr(bank.config, name)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]

@@ -78,18 +78,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-probe", action="store_true")
+    parser.add_argument("--placement", default="prefix", choices=("prefix", "suffix"))
     parser.add_argument("--out", default="runs/studies/key_answers.json")
     args = parser.parse_args()
     _bench.set_threads(args.threads)
     _bench.quiet_truncation()
 
+    from promptbank import BankConfig
     from promptbank.backbone import load_backbone
     from promptbank.key_classes import KEY_CLASS_WEIGHTS, fused
     from streams.bank_strategy import PromptCache
     from streams.config import RunConfig
     from streams.runner import load_tasks, make_strategy
 
-    cfg = RunConfig(stream=args.stream, order=args.order, seed=args.seed)
+    cfg = RunConfig(stream=args.stream, order=args.order, seed=args.seed, bank=BankConfig(placement=args.placement))
     tasks = load_tasks(cfg)
     strategy = make_strategy(cfg, load_backbone(cfg.backbone, bf16=cfg.bf16), progress=True)
     bank = strategy.bank

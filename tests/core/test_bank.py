@@ -131,7 +131,7 @@ def test_prompts_are_stored_in_the_storage_dtype_and_predictions_use_them(tiny_l
         assert not torch.equal(matrix, banks["float32"].prompt_matrix("animals"))
 
     texts = ANIMALS[0][:4]
-    ids = tiny_llama.encode(texts, template, bank.config.max_input_tokens).input_ids
+    ids = tiny_llama.encode(texts, template, bank.config.max_input_tokens, bank.config.placement).input_ids
     label_ids = tiny_llama.label_token_ids(["cat", "dog"])
     with torch.no_grad():
         expected = tiny_llama.label_scores(matrix.expand(len(texts), -1, -1), ids, [label_ids] * len(texts))
@@ -453,7 +453,11 @@ def test_a_suffix_bank_answers_like_its_prompts_after_the_input_and_round_trips(
     assert [p.scores for p in loaded.predict(texts, task="animals")] == [p.scores for p in preds]
 
 
-def test_a_bank_saved_before_placements_existed_loads_as_prefix(bank: PromptBank, tmp_path: Path):
+def test_a_bank_saved_before_placements_existed_loads_as_prefix(tiny_llama, tmp_path: Path):
+    assert BankConfig().placement == "suffix"  # what a new bank gets
+    bank = PromptBank(tiny_llama, BankConfig(n_tokens=4, key_encoder="embedding-mean", placement="prefix"))
+    bank.add_task("animals", *ANIMALS, train_config=FAST)
+    bank.add_task("weather", *WEATHER, train_config=FAST)
     texts = ["my cat purrs", "rain again tonight"]
     before = bank.predict(texts)
     bank.save(tmp_path / "bank")

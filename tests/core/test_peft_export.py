@@ -20,6 +20,8 @@ TEXTS = ["my cat purrs", "the dog runs fast", "a cat and a dog"]
 
 
 def _bank(lm: FrozenLM, **options) -> PromptBank:
+    """A one-task bank; prompts before the input (as PEFT's prompt tuning) unless ``placement`` says otherwise."""
+    options = {"placement": "prefix", **options}
     bank = PromptBank(lm, BankConfig(n_tokens=4, key_encoder="embedding-mean", **options))
     bank.add_task("animals", *ANIMALS, template=TEMPLATE, train_config=FAST)
     return bank
@@ -53,7 +55,7 @@ def test_an_exported_prompt_answers_in_peft_like_in_the_bank(tiny_llama: FrozenL
 def test_a_peft_adapter_imports_as_a_routed_task(tiny_llama: FrozenLM, tmp_path: Path):
     source = _bank(tiny_llama, method="pt")
     out = source.export_peft("animals", tmp_path / "adapter")
-    bank = PromptBank(tiny_llama, BankConfig(method="pt", n_tokens=4, key_encoder="embedding-mean"))
+    bank = PromptBank(tiny_llama, BankConfig(method="pt", n_tokens=4, key_encoder="embedding-mean", placement="prefix"))
     info = bank.add_task("imported", *ANIMALS, template=TEMPLATE, from_peft=out)
     assert "train_seconds" not in info.metadata  # nothing was trained
     assert torch.equal(bank.prompt_matrix("imported"), source.prompt_matrix("animals"))

@@ -146,7 +146,13 @@ def test_info_reports_the_bank_on_disk(finished_run, capsys):
 def test_export_writes_the_task_prompt_as_a_peft_adapter(finished_run, tiny_folder, tmp_path, capsys):
     from safetensors.torch import load_file
 
-    bank_dir, out = str(finished_run / "bank"), tmp_path / "adapter"
+    default_bank, out = str(finished_run / "bank"), tmp_path / "adapter"
+    # the default bank puts prompts after the input, which PEFT's prompt tuning cannot
+    assert cli_main(["export", "--bank", default_bank, "--backbone", tiny_folder, "--task", TASKS[0], str(out)]) == 2
+    assert "placement='prefix'" in capsys.readouterr().err and not out.exists()
+    code, _ = run_cli(tiny_folder, tmp_path / "prefix", "--tasks", ",".join(TASKS), "--placement", "prefix")
+    assert code == 0
+    bank_dir = str(tmp_path / "prefix" / "bank")
     assert cli_main(["export", "--bank", bank_dir, "--backbone", tiny_folder, "--task", TASKS[0], str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     bank = PromptBank.load(bank_dir, backbone=tiny_folder)

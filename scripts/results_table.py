@@ -262,8 +262,14 @@ def per_task_table(name: str) -> str:
     )
     return (
         table(["task", "routed", "oracle", "routing", "test inputs"], rows)
-        + f"\n\n`docs/results/{name}.json` ({where(d)}).\n"
+        + f"\n\n`docs/results/{name}.json` ({where(d)}){recorded_with(r['config'])}.\n"
     )
+
+
+def recorded_with(config: dict[str, Any]) -> str:
+    """`` (run with FLAGS)`` where a recorded run's settings differ from today's defaults."""
+    flags = settings_off_default(config)
+    return "" if flags == "defaults" else f" (its numbers need {flags} on today's defaults)"
 
 
 def main_job_line() -> str:
@@ -316,7 +322,8 @@ def mixed_table() -> str:
     return (
         table(["task", "metric", "routed", "oracle", "zero-shot", "routing", "test inputs"], rows)
         + f"\n\nAfter the last task, in %. The whole stream took {minutes(d)}; BWT {pct(r['bwt'], True)} pt, "
-        + f"routing {pct(r['routing_acc'])}%. Command: `{d['command']}`. Sources: {sources}.\n"
+        + f"routing {pct(r['routing_acc'])}%. Command: `{d['command']}`{recorded_with(r['config'])}. "
+        + f"Sources: {sources}.\n"
     )
 
 

@@ -261,10 +261,7 @@ class PromptBank:
         self._tasks[name] = info
         self.modules.put(name, prompt_state)  # predictions use exactly what a save writes
         if self.config.key_classes and task.task_type == "classification" and val_texts:
-            key_labels = task.route_labels[len(texts) + len(val_texts) :]  # texts, val_texts, key_texts
-            meta["key_class_weight"] = validated_weight(
-                self, name, val_texts, task.val_targets, key_texts, key_labels, seed=self.config.seed
-            )
+            meta["key_class_weight"] = validated_weight(self, name, val_texts, task.val_targets)
         return info
 
     def prompt_state(self, name: str) -> dict[str, torch.Tensor]:

@@ -7,11 +7,9 @@ class, far more than the prompt trains on). ``BankConfig.key_classes`` adds its 
 log-posterior to the prompt's label scores, ``score + w x log p(class | key)``, with ``w`` chosen
 per task on the validation inputs among ``KEY_CLASS_WEIGHTS`` (0 keeps the prompt alone).
 
-Validation sets are small (16 per class by default), so the weight is also judged on up to
-``KEY_CHECK_PER_CLASS`` of the task's key inputs per class (labelled inputs the router learnt from
-and the prompt never trained on; the router scores every judged input leave-one-out). Weights that
-still tie keep the largest, because the router's classifier has seen many more labelled inputs than
-the prompt trained on, and a tie means the judged inputs found no evidence against trusting it.
+Validation sets are small (16 per class by default), so several weights often tie; the largest of
+them is kept, because the router's classifier has seen many more labelled inputs than the prompt
+trained on, and a tie means validation found no evidence against trusting it.
 """
 
 from __future__ import annotations
@@ -26,11 +24,6 @@ if TYPE_CHECKING:
 
 #: Weights tried on a task's validation inputs; the largest of the best is kept.
 KEY_CLASS_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-
-#: Key inputs per class that also judge the weight, and at most this many in all (each costs one
-#: prompt answer when the task is added).
-KEY_CHECK_PER_CLASS = 48
-KEY_CHECK_TOTAL = 256
 
 
 def key_class_scores(
@@ -66,60 +59,25 @@ def fused(scores: np.ndarray, key_scores: np.ndarray, weight: float) -> np.ndarr
     return scores if weight == 0 else scores + weight * key_scores
 
 
-def validated_weight(
-    bank: PromptBank,
-    name: str,
-    val_texts: Sequence[str],
-    val_labels: Sequence[int],
-    key_texts: Sequence[str] | None = None,
-    key_labels: Sequence[int] | None = None,
-    seed: int = 0,
-) -> float:
+def validated_weight(bank: PromptBank, name: str, val_texts: Sequence[str], val_labels: Sequence[int]) -> float:
     """The ``KEY_CLASS_WEIGHTS`` entry whose fused answers are right most often on the validation
-    inputs and a sample of the key inputs (``chosen_weight``; 0 when the router has no class
-    posterior for the task).
+    inputs (``chosen_weight``; 0 when the router has no class posterior for the task).
 
     Args:
         bank: a bank holding the task, its weight not yet set (its answers are the prompt's).
         name: the task.
         val_texts: its validation inputs (their keys are in the router: measured leave-one-out).
         val_labels: their label indices.
-        key_texts: the router's extra labelled inputs of the task, if any (also in the router).
-        key_labels: their label indices.
-        seed: seed of the key-input sample (``key_check_sample``).
 
     Returns:
         The weight.
     """
-    picked = key_check_sample(key_labels, seed) if key_texts else []
-    texts = list(val_texts) + [key_texts[i] for i in picked]
-    truth = np.concatenate([np.asarray(val_labels, dtype=np.int64), np.asarray(key_labels, dtype=np.int64)[picked]])
-    key_scores = key_class_scores(bank, name, bank.key_encoder.encode(texts), held_in=truth)
+    key_scores = key_class_scores(bank, name, bank.key_encoder.encode(list(val_texts)), held_in=val_labels)
     if key_scores is None:
         return 0.0
-    scores = np.array([list(p.scores.values()) for p in bank.predict(texts, task=name)])
+    scores = np.array([list(p.scores.values()) for p in bank.predict(list(val_texts), task=name)])
+    truth = np.asarray(val_labels)
     return chosen_weight([float(np.mean(fused(scores, key_scores, w).argmax(1) == truth)) for w in KEY_CLASS_WEIGHTS])
-
-
-def key_check_sample(labels: Sequence[int] | None, seed: int = 0) -> list[int]:
-    """Positions of up to ``KEY_CHECK_PER_CLASS`` key inputs per class (fewer per class when the
-    classes together would pass ``KEY_CHECK_TOTAL``), drawn without replacement, in order.
-
-    Args:
-        labels: the key inputs' label indices.
-        seed: seed of the draw.
-
-    Returns:
-        Sorted positions into ``labels``.
-    """
-    if labels is None or len(labels) == 0:
-        return []
-    y = np.asarray(labels)
-    classes = np.unique(y)
-    per_class = max(1, min(KEY_CHECK_PER_CLASS, KEY_CHECK_TOTAL // len(classes)))
-    rng = np.random.default_rng(seed)
-    picked = [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in classes]
-    return sorted(int(i) for i in np.concatenate(picked))
 
 
 def chosen_weight(accuracies: Sequence[float]) -> float:

@@ -416,30 +416,12 @@ def _study_seeds(pattern: str) -> list[dict[str, Any]]:
 
 def placement_seeds() -> str:
     """Prompt alone and fused answers per task, prompts before the input (``study-key-classes-s*``)
-    against after it (``study-suffix-s*``, the default), each seed its own data draw; the default's
-    spread as min / median / max. *val only*: the weight the validation inputs alone pick (recomputed
-    from the recorded validation accuracies); *default*: the weight ``add_task`` kept (validation +
-    a sample of key inputs, ``promptbank.key_classes``)."""
+    against after it (``study-suffix-s*``), each seed its own data draw; the spread after the input
+    as min / median / max. Every file picked its weights on the validation inputs alone."""
     prefix, suffix = _study_seeds("study-key-classes-s*.json"), _study_seeds("study-suffix-s*.json")
     if not suffix:
         return "(no `docs/results/study-suffix-s*.json` recorded yet)\n"
     tasks = list(suffix[0]["result"]["tasks"])
-    for d in [*prefix, *suffix]:
-        for x in d["result"]["tasks"].values():
-            acc = list(x["val_by_weight"].values())
-            x["val_only"] = list(x["fused_by_weight"].values())[KEY_CLASS_WEIGHTS.index(chosen_weight(acc))]
-        d["result"]["average"]["val_only"] = float(np.mean([x["val_only"] for x in d["result"]["tasks"].values()]))
-
-    def values(runs: list[dict[str, Any]], task: str, column: str) -> list[float]:
-        pick = (lambda r: r["average"]) if task == "average" else (lambda r: r["tasks"][task])
-        return [pick(d["result"])[column] for d in runs]
-
-    def mean(xs: list[float]) -> str:
-        return f"{100 * float(np.mean(xs)):.1f}" if xs else "–"
-
-    def spread(xs: list[float]) -> str:
-        return f"{100 * min(xs):.1f} / {100 * float(np.median(xs)):.1f} / {100 * max(xs):.1f}"
-
     same = suffix[: len(prefix)]
     rows = []
     for task in [*tasks, "average"]:
@@ -447,35 +429,46 @@ def placement_seeds() -> str:
         rows.append(
             [
                 name,
-                f"{mean(values(prefix, task, 'prompt'))} → {mean(values(same, task, 'prompt'))}",
-                f"{mean(values(prefix, task, 'val_only'))} → {mean(values(same, task, 'val_only'))}",
-                spread(values(suffix, task, "prompt")),
-                spread(values(suffix, task, "val_only")),
-                spread(values(suffix, task, "fused")),
+                f"{_mean(_values(prefix, task, 'prompt'))} → {_mean(_values(same, task, 'prompt'))}",
+                f"{_mean(_values(prefix, task, 'fused'))} → {_mean(_values(same, task, 'fused'))}",
+                _spread(_values(suffix, task, "prompt")),
+                _spread(_values(suffix, task, "fused")),
             ]
         )
     n = len(suffix)
     head = [
         "task",
         f"prompt alone, before → after (means of {len(prefix)})",
-        f"fused, val only, before → after (means of {len(prefix)})",
-        f"prompt alone, after ({n} seeds)",
-        f"fused, val only, after ({n} seeds)",
-        f"**fused, the default** ({n} seeds)",
+        f"fused, before → after (means of {len(prefix)})",
+        f"prompt alone, after: min / median / max of {n}",
+        f"fused, after: min / median / max of {n}",
     ]
     seeds = ", ".join(str(d["result"]["seed"]) for d in suffix)
     sources = "; ".join(f"`{d['name']}.json` ({where(d)})" for d in [*prefix, *suffix])
     return (
         table(head, rows)
-        + f"\n\n`offline-5`, the task given, test inputs, in %; the last three columns min / median / max "
-        f"over seeds {seeds}, each its own data draw. *before*: prompts before the input "
-        f"(`--placement prefix`, seeds {', '.join(str(d['result']['seed']) for d in prefix)}); *after*: "
-        "after it (the default); the means compare the same seeds. *fused*: the bank's answer, the "
-        "prompt's label scores + its weight × the router's class log-posterior, the weight picked on the "
-        "validation inputs alone (*val only*) or, as the bank does, on them and a sample of up to 48 key "
-        f"inputs per class (*the default*). Command: `{suffix[0]['command']} --seed S`, and without "
-        f"`--placement suffix` for *before*. Sources: {sources}.\n"
+        + f"\n\n`offline-5`, the task given, test inputs, in %; seeds {seeds}, each its own data draw. "
+        f"*before*: prompts before the input (`--placement prefix`, seeds "
+        f"{', '.join(str(d['result']['seed']) for d in prefix)}); *after*: after it (the default); the "
+        "means compare the same seeds. *fused*: the prompt's label scores + its weight × the router's class "
+        "log-posterior, the weight picked on the validation inputs. "
+        f"Command: `{suffix[0]['command']} --seed S`, and without `--placement suffix` for *before*. "
+        f"Sources: {sources}.\n"
     )
+
+
+def _values(runs: list[dict[str, Any]], task: str, column: str) -> list[float]:
+    pick = (lambda r: r["average"]) if task == "average" else (lambda r: r["tasks"][task])
+    return [pick(d["result"])[column] for d in runs]
+
+
+def _mean(xs: list[float]) -> str:
+    return f"{100 * float(np.mean(xs)):.1f}" if xs else "–"
+
+
+def _spread(xs: list[float]) -> str:
+    return f"{100 * min(xs):.1f} / {100 * float(np.median(xs)):.1f} / {100 * max(xs):.1f}"
+
 
 BENCH_TABLES: dict[str, Callable[[], str]] = {
     "placement-seeds": placement_seeds,

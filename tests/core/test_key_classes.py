@@ -9,15 +9,7 @@ from helpers import ANIMALS, FAST, WEATHER
 
 from promptbank.backbone import FrozenLM
 from promptbank.bank import BankConfig, PromptBank
-from promptbank.key_classes import (
-    KEY_CHECK_PER_CLASS,
-    KEY_CHECK_TOTAL,
-    KEY_CLASS_WEIGHTS,
-    chosen_weight,
-    fused,
-    key_check_sample,
-    key_class_scores,
-)
+from promptbank.key_classes import KEY_CLASS_WEIGHTS, chosen_weight, key_class_scores
 
 CATS = ["a cat sleeps", "the cat meows", "cat on a sofa", "my old cat", "cat and yarn", "black cat"]
 DOGS = ["a dog barks", "the dog fetches", "dog in the park", "my old dog", "dog and bone", "brown dog"]
@@ -72,33 +64,6 @@ def test_a_router_without_class_statistics_leaves_the_prompt_alone(tiny_llama):
     bank = bank_with_keys(tiny_llama, strategy="knn")
     assert bank.task_info("animals").metadata["key_class_weight"] == 0.0
     assert key_class_scores(bank, "animals", bank.key_encoder.encode(["a cat"])) is None
-
-
-def test_the_weight_is_also_judged_on_a_sample_of_the_key_inputs(tiny_llama):
-    """16 validation inputs per class decide little; the key inputs the prompt never trained on join them."""
-    bank = PromptBank(tiny_llama, BankConfig(n_tokens=4, key_encoder="embedding-mean", key_classes=True))
-    key_y = ["cat"] * 6 + ["dog"] * 6
-    bank.add_task("animals", *ANIMALS, val_texts=VAL[0], val_labels=VAL[1], key_texts=CATS + DOGS, key_labels=key_y)
-    assert key_check_sample([0] * 6 + [1] * 6, seed=bank.config.seed) == list(range(12))  # all: under both caps
-    texts, truth = VAL[0] + CATS + DOGS, np.array([0, 1, 0, 1] + [0] * 6 + [1] * 6)
-    info = bank.task_info("animals")
-    kept = info.metadata.pop("key_class_weight")
-    prompt = np.array([list(p.scores.values()) for p in bank.predict(texts, task="animals")])
-    keys = key_class_scores(bank, "animals", bank.key_encoder.encode(texts), held_in=truth)
-    right = [float(np.mean(fused(prompt, keys, w).argmax(1) == truth)) for w in KEY_CLASS_WEIGHTS]
-    assert kept == chosen_weight(right)
-
-
-def test_the_key_input_sample_is_capped_per_class_and_in_all_and_seeded():
-    three = np.repeat([0, 1, 2], 200)
-    picked = key_check_sample(three, seed=1)
-    assert np.bincount(three[picked]).tolist() == [KEY_CHECK_PER_CLASS] * 3
-    assert picked == sorted(set(picked)) and picked == key_check_sample(three, seed=1) != key_check_sample(
-        three, seed=2
-    )
-    many = np.repeat(np.arange(20), 100)
-    assert np.bincount(many[key_check_sample(many)]).tolist() == [KEY_CHECK_TOTAL // 20] * 20
-    assert key_check_sample(None) == [] and key_check_sample([]) == []
 
 
 def test_ties_on_validation_keep_the_largest_weight():

@@ -94,10 +94,11 @@ def test_a_real_text_to_text_task_answers_better_than_zero_shot():
     t = get_task("sms_spam", train_per_class=16, val_per_class=4, test_per_class=12, seed=0)
     answers = lambda ys: [t.label_names[y] for y in ys]  # noqa: E731
     template = "SMS: {text}\nReply with the message type, spam or normal:"
-    # the prompt before the input: at this budget a prompt after it reached only EM 0.17
-    bank = PromptBank(max_input_tokens=48, key_encoder="embedding-mean", placement="prefix")
-    untrained = PromptBank(bank.backbone, key_encoder="embedding-mean", max_input_tokens=48, placement="prefix")
-    train = TrainConfig(steps=24, batch_size=8, lr=1.0, eval_every=8, progress=False)  # measured: EM 0.62 (zero-shot 0)
+    bank = PromptBank(max_input_tokens=48, key_encoder="embedding-mean")
+    untrained = PromptBank(bank.backbone, key_encoder="embedding-mean", max_input_tokens=48)
+    # measured with the prompt after the input (the default): EM 0.92, zero-shot 0; at 24 steps it
+    # had not yet learnt to stop after its answer (EM 0.17)
+    train = TrainConfig(steps=48, batch_size=8, lr=0.3, eval_every=8, progress=False)
     bank.add_task("sms_type", t.train_texts, targets=answers(t.train_labels), template=template, train_config=train,
                   val_texts=t.val_texts, val_targets=answers(t.val_labels))  # fmt: skip
     untrained.add_task("sms_type", t.train_texts, targets=answers(t.train_labels), template=template,

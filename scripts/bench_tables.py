@@ -359,14 +359,18 @@ WEIGHT_RULES: dict[str, Callable[[list[float], list[float]], int]] = {
 }
 
 
+def _study_seeds(pattern: str) -> list[dict[str, Any]]:
+    runs = [json.loads(p.read_text()) for p in RESULTS.glob(pattern)]
+    return sorted(runs, key=lambda d: d["result"]["seed"])
+
+
 def key_classes_seeds() -> str:
     """Seed spread of the key-classes study (``study-key-classes-s*.json``, one seed each): the
     prompt, the router's classes, and the fused answers under each weight rule, the weights
     picked on the validation inputs as ``add_task`` sees them."""
-    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("study-key-classes-s*.json"))]
+    runs = _study_seeds("study-key-classes-s*.json")
     if not runs:
         return "(no seed recorded yet)\n"
-    runs.sort(key=lambda d: d["result"]["seed"])
     tasks = list(runs[0]["result"]["tasks"])
     for d in runs:
         for x in d["result"]["tasks"].values():
@@ -407,11 +411,6 @@ def key_classes_seeds() -> str:
         "(`study-key-probes-sN.json`). "
         f"Command: `{runs[0]['command']} --seed S`. Sources: {sources}.\n"
     )
-
-
-def _study_seeds(pattern: str) -> list[dict[str, Any]]:
-    runs = [json.loads(p.read_text()) for p in RESULTS.glob(pattern)]
-    return sorted(runs, key=lambda d: d["result"]["seed"])
 
 
 def placement_seeds() -> str:

@@ -165,16 +165,20 @@ STREAM_RUNS = ["main-job", "offline-9-o1", "vader-4", "split-20ng"]
 
 
 def settings_off_default(config: dict[str, Any]) -> str:
-    """The flags that reproduce a recorded run on today's defaults (a run recorded before a
-    setting existed had that setting's earlier value)."""
+    """The flags that reproduce a recorded run on today's defaults; a run recorded before a setting
+    existed had the value ``FIELDS_OF_OLDER_BANKS`` gives a bank saved then."""
     from promptbank import BankConfig  # noqa: PLC0415
+    from promptbank.records import FIELDS_OF_OLDER_BANKS  # noqa: PLC0415
 
-    bank = config.get("bank", {})
+    recorded = {**FIELDS_OF_OLDER_BANKS, **config.get("bank", {})}
     flags = []
-    if bank.get("placement", "prefix") != BankConfig.placement:
-        flags.append(f"`--placement {bank.get('placement', 'prefix')}`")
-    if not bank.get("key_classes", False):
-        flags.append("`--no-key-classes`")
+    for name in FIELDS_OF_OLDER_BANKS:
+        value, today = recorded[name], getattr(BankConfig, name)
+        if value != today:
+            option = name.replace("_", "-")
+            flags.append(
+                f"`--{option if value else 'no-' + option}`" if isinstance(value, bool) else f"`--{option} {value}`"
+            )
     return ", ".join(flags) or "defaults"
 
 
@@ -267,7 +271,7 @@ def per_task_table(name: str) -> str:
 
 
 def recorded_with(config: dict[str, Any]) -> str:
-    """`` (run with FLAGS)`` where a recorded run's settings differ from today's defaults."""
+    """`` (its numbers need FLAGS ...)`` where a recorded run's settings differ from today's defaults."""
     flags = settings_off_default(config)
     return "" if flags == "defaults" else f" (its numbers need {flags} on today's defaults)"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
 from promptbank.serving import log_bank_model
@@ -25,6 +26,13 @@ def default_tracking_uri(root: str | Path = "runs") -> str:
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _store_lock(tracking_uri: str) -> contextlib.AbstractContextManager:
+    """A lock beside an SQLite store's file (no lock for a server: it serialises writes itself)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    return FileLock(tracking_uri.removeprefix("sqlite:///") + ".lock")
 
 
 def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -47,15 +55,18 @@ class Tracker:
         self.tracking_uri = tracking_uri or default_tracking_uri(root)
         mlflow.set_tracking_uri(self.tracking_uri)
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        client = MlflowClient(self.tracking_uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            location = None
-            if self.tracking_uri.startswith("sqlite:///"):
-                location = (Path(root).resolve() / "mlartifacts").as_uri()
-            exp_id = client.create_experiment(experiment, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
+        # Two runs opening one new SQLite store at once both run its schema migrations (one fails
+        # with an alembic CommandError) and may both create the experiment: one at a time.
+        with _store_lock(self.tracking_uri):
+            client = MlflowClient(self.tracking_uri)
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                location = None
+                if self.tracking_uri.startswith("sqlite:///"):
+                    location = (Path(root).resolve() / "mlartifacts").as_uri()
+                exp_id = client.create_experiment(experiment, artifact_location=location)
+            else:
+                exp_id = exp.experiment_id
         self.experiment_id = exp_id
         self.client = client
 

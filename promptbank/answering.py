@@ -35,6 +35,7 @@ def answer(
     progress: bool,
     generation: GenerationConfig | None = None,
     keys: np.ndarray | None = None,
+    key_classes: bool = True,
 ) -> list[Prediction]:
     """Each input answered by its assigned task (None: an empty, unknown answer).
 
@@ -48,6 +49,8 @@ def answer(
         generation: decoding settings for text-to-text tasks (``promptbank.generation``).
         keys: the inputs' routing keys if already computed; else encoded here for tasks whose
             answers weigh the router's class posterior (``promptbank.key_classes``).
+        key_classes: False gives each module's own label scores, without the router's class
+            posterior even where the task has a weight for it.
 
     Returns:
         One :class:`Prediction` per input.
@@ -72,7 +75,8 @@ def answer(
         scores = predict_scores(
             bank.backbone, modules, index, ids, [labels[assigned[i]] for i in rows], batch_size, progress
         )
-        scores = _with_key_classes(bank, texts, assigned, rows, infos, list(scores), keys)
+        if key_classes:
+            scores = with_key_classes(bank, texts, assigned, rows, list(scores), keys)
         for i, s in zip(rows, scores):
             label_names = infos[assigned[i]].label_names
             out[i] = Prediction(
@@ -84,18 +88,29 @@ def answer(
     return out
 
 
-def _with_key_classes(
+def with_key_classes(
     bank: PromptBank,
-    texts: list[str],
-    assigned: list[str | None],
+    texts: Sequence[str],
+    assigned: Sequence[str | None],
     rows: list[int],
-    infos: dict[str, TaskInfo],
     scores: list[np.ndarray],
     keys: np.ndarray | None,
 ) -> list[np.ndarray]:
-    """``scores`` (one label-score row per entry of ``rows``) with each task's router class
-    posterior added at the task's validated weight (``promptbank.key_classes``)."""
-    weight = {n: float(info.metadata.get("key_class_weight", 0.0)) for n, info in infos.items()}
+    """Modules' label scores as the bank answers with them: each task's router class posterior
+    added at the task's validated weight (``promptbank.key_classes``).
+
+    Args:
+        bank: the bank.
+        texts: the inputs.
+        assigned: per input, its task's name (classification tasks at the ``rows``).
+        rows: the inputs that ``scores`` answer, in order.
+        scores: one row of module label scores per entry of ``rows``.
+        keys: every input's routing key if already computed (else the ``rows`` are encoded).
+
+    Returns:
+        The scores, fused where the task has a weight; the others unchanged.
+    """
+    weight = {n: float(bank.task_info(n).metadata.get("key_class_weight", 0.0)) for n in {assigned[i] for i in rows}}
     fused_at = [k for k, i in enumerate(rows) if weight[assigned[i]] > 0]
     if not fused_at:
         return scores
@@ -178,7 +193,12 @@ def evaluate_task(
 
 
 def answer_routed(
-    bank: PromptBank, texts: list[str], batch_size: int, progress: bool, decoding: GenerationConfig
+    bank: PromptBank,
+    texts: list[str],
+    batch_size: int,
+    progress: bool,
+    decoding: GenerationConfig,
+    key_classes: bool = True,
 ) -> list[Prediction]:
     """``bank.predict`` without a task: each input goes to the task its key routes it to, or to
     the best of the router's candidates re-scored by their modules (``BankConfig.rescore``); the
@@ -190,6 +210,7 @@ def answer_routed(
         batch_size: inputs per forward pass.
         progress: show a progress bar.
         decoding: how text-to-text answers are decoded.
+        key_classes: False answers with the modules' own label scores (``answer``).
 
     Returns:
         One :class:`Prediction` per input, ``task`` None where the router finds none.
@@ -208,6 +229,7 @@ def answer_routed(
         progress,
         decoding,
         keys=keys[[i for i, _ in pairs]] if pairs else None,
+        key_classes=key_classes,
     )
     by_pair = dict(zip(pairs, answers))
     chosen = rescorer.choose(routing, candidates, lambda i, t: candidate_scores(by_pair[(i, t)]))

@@ -358,6 +358,7 @@ class PromptBank:
         batch_size: int = 16,
         progress: bool = False,
         generation: GenerationConfig | dict[str, Any] | None = None,
+        key_classes: bool = True,
     ) -> list[Prediction]:
         """Answer each input with its task's module; inputs of different tasks share each batch.
 
@@ -371,6 +372,9 @@ class PromptBank:
             generation: how text-to-text answers are decoded: a transformers ``GenerationConfig``
                 or its fields, e.g. ``{"max_new_tokens": 64, "num_beams": 4}`` (default greedy,
                 ``promptbank.generation.DEFAULT_MAX_NEW_TOKENS``).
+            key_classes: False answers with each module's own label scores, leaving out the
+                router's class posterior that a task with ``key_classes`` weighs in (to see what
+                the module alone answers).
 
         Returns:
             One :class:`Prediction` per input: its task (None if unknown) and, for a
@@ -384,7 +388,7 @@ class PromptBank:
         texts = check_texts(texts)
         decoding = generation_config(self.backbone, generation)
         if task is None:
-            return answer_routed(self, texts, batch_size, progress, decoding)
+            return answer_routed(self, texts, batch_size, progress, decoding, key_classes)
         if isinstance(task, str):
             self.task_info(task)
             assigned = [task] * len(texts)
@@ -395,7 +399,7 @@ class PromptBank:
             for t in set(assigned) - {None}:
                 self.task_info(t)
         unrouted = np.full(len(texts), np.nan, dtype=np.float32)
-        return answer(self, texts, assigned, unrouted, batch_size, progress, decoding)
+        return answer(self, texts, assigned, unrouted, batch_size, progress, decoding, key_classes=key_classes)
 
     def evaluate(
         self,

@@ -1,9 +1,10 @@
 """The prompt bank as a stream strategy: train a prompt per experience, route at test time.
 
-Evaluation cost stays linear in the number of tasks: a test input's answer under a given
-prompt never changes once that prompt is trained, so answers are cached per (prompt task,
-test input); after each new task only routing is recomputed, and only inputs routed to a
-prompt they were never answered with cost a forward pass.
+Evaluation cost stays linear in the number of tasks: a module's own label scores for a test
+input never change once the module is trained, so they are cached per (module task, test
+input); after each new task only routing and the router's class posterior (``key_classes``:
+it moves as each task joins the shared covariance) are recomputed, from the cached keys, and
+only inputs routed to a module they were never answered with cost a forward pass.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from avalanche.benchmarks.scenarios import CLExperience
 from safetensors.torch import load_file, save
 
+from promptbank.answering import with_key_classes
 from promptbank.assets import cache_dir
 from promptbank.bank import PromptBank
 from promptbank.distributed import TaskSpec, train_many
@@ -33,7 +35,7 @@ from .benchmark import TextTable, experience_rows
 from .splits import TaskData
 from .strategy import StreamStrategy, TaskEvaluation, TrainReport
 
-ANSWERS = "answers.json"
+ANSWERS = "module_answers.json"  # each module's own scores (older runs cached fused ones, elsewhere)
 CHECKPOINTS = "checkpoints"
 
 
@@ -104,9 +106,8 @@ class BankStrategy(StreamStrategy):
         self.prompt_cache = prompt_cache
         self.batch_size = batch_size
         self.progress = progress
-        self._answers: dict[
-            tuple[str, str], dict[int, list[float]]
-        ] = {}  # (prompt task, test task) -> row -> label scores
+        # (module task, test task) -> row -> the module's own label scores (or a generated answer)
+        self._answers: dict[tuple[str, str], dict[int, list[float] | dict[str, Any]]] = {}
         self._test_keys: dict[str, np.ndarray] = {}
 
     def _add_options(self, task: TaskData, texts: list[str], labels: list[int]) -> dict[str, Any]:
@@ -217,6 +218,7 @@ class BankStrategy(StreamStrategy):
             task=[assigned[i] for i in todo],
             batch_size=self.batch_size,
             progress=self.progress,
+            key_classes=False,  # added in ``evaluate``, with the router as it is then
         )
         for i, p in zip(todo, preds):  # label scores, or a generated answer and its log-probability
             answer = list(p.scores.values()) if p.text is None else {"text": p.text, "logprob": p.confidence}
@@ -233,24 +235,43 @@ class BankStrategy(StreamStrategy):
             max((len(c) for c in candidates), default=0)
         ):  # only new (prompt, input) pairs cost a forward
             self._ensure_answers(task, [names[c[rank]] if rank < len(c) else None for c in candidates])
-        scores = lambda i, t: _scores(self._answers[(names[t], task.name)][i])
-        chosen = rescorer.choose(routing, candidates, scores)
+        now: dict[str, dict[int, Any]] = {}
+
+        def bank_answers(name: str) -> dict[int, Any]:
+            """``name``'s answers to this task's inputs as the bank gives them now."""
+            if name not in now:
+                rows = self._answers[(name, task.name)]
+                at = [i for i, v in rows.items() if isinstance(v, list)]
+                scores = [np.asarray(rows[i], dtype=np.float64) for i in at]
+                names_of = [name] * len(task.test_texts)
+                fused = with_key_classes(self.bank, task.test_texts, names_of, at, scores, self._keys(task))
+                now[name] = {**rows, **dict(zip(at, fused))}
+            return now[name]
+
+        chosen = rescorer.choose(routing, candidates, lambda i, t: _scores(bank_answers(names[t])[i]))
         by_id = {self.bank.task_info(t.name).task_id: k for k, t in enumerate(seen)}
         routed_index = np.array([by_id.get(int(t), -1) for t in chosen])
 
-        def answer(name: str, i: int) -> str | None:
+        def answer(name: str, i: int, entries: dict[int, Any]) -> str | None:
             if task.generates and name != task.name:
                 return None  # another task's answer is none to a text-to-text input (it would share words by chance)
-            entry = self._answers[(name, task.name)][i]
+            entry = entries[i]
             if isinstance(entry, dict):
                 return entry["text"]
             return self.bank.task_info(name).label_names[int(np.argmax(entry))]
 
-        predicted = [answer(names[int(t)], i) if t >= 0 else None for i, t in enumerate(chosen)]
-        oracle = [answer(task.name, i) for i in range(len(task.test_texts))]
+        predicted = [
+            answer(names[int(t)], i, bank_answers(names[int(t)])) if t >= 0 else None for i, t in enumerate(chosen)
+        ]
+        oracle = [answer(task.name, i, bank_answers(task.name)) for i in range(len(task.test_texts))]
+        alone = [answer(task.name, i, self._answers[(task.name, task.name)]) for i in range(len(task.test_texts))]
         key_index = np.array([by_id.get(int(t), -1) for t in routing.task_ids])
         return TaskEvaluation(
-            predicted=predicted, routed_task=routed_index, oracle_predicted=oracle, key_routed_task=key_index
+            predicted=predicted,
+            routed_task=routed_index,
+            oracle_predicted=oracle,
+            key_routed_task=key_index,
+            module_predicted=alone,
         )
 
     def save(self, folder: Path) -> None:

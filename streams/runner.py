@@ -141,11 +141,12 @@ def run_stream(
                 report = strategy.train(experience, tasks[i], table)
                 train_seconds = time.perf_counter() - started
                 started = time.perf_counter()
-                row, oracle_row, routing_row, routed, key_routed = [], [], [], {}, {}
+                row, oracle_row, module_row, routing_row, routed, key_routed = [], [], [], [], {}, {}
                 for j in range(i + 1):
                     ev = strategy.evaluate(j, tasks[j], tasks[: i + 1])
                     row.append(ev.accuracy(tasks[j]))
                     oracle_row.append(ev.oracle_accuracy(tasks[j]))
+                    module_row.append(ev.module_accuracy(tasks[j]))
                     if ev.routed_task is not None:
                         routing_row.append(float(np.mean(ev.routed_task == j)))
                         routed[names[j]] = ev.routed_task.tolist()
@@ -161,6 +162,7 @@ def run_stream(
                 )
             state["acc_matrix"].append(row)
             state["oracle_matrix"].append(oracle_row)
+            state["module_alone"] = module_row
             state["routing_matrix"].append(routing_row)
             state["final_routing"] = routed
             state["final_key_routing"] = key_routed
@@ -209,6 +211,7 @@ def summarize(cfg: RunConfig, tasks: list[TaskData], state: dict[str, Any]) -> d
     acc = state["acc_matrix"]
     summary = continual_metrics(acc)
     oracle_final = state["oracle_matrix"][-1]
+    module_alone = state.get("module_alone")
     routed = state.get("final_routing") or {}
     key_routed = state.get("final_key_routing") or {}
     routing_per_task = {n: float(np.mean(np.asarray(routed[n]) == j)) for j, n in enumerate(names) if n in routed}
@@ -234,6 +237,9 @@ def summarize(cfg: RunConfig, tasks: list[TaskData], state: dict[str, Any]) -> d
         "oracle_matrix": state["oracle_matrix"],
         "avg_acc": summary["avg_acc"],
         "oracle_avg_acc": float(np.mean(oracle_final)) if None not in oracle_final else None,
+        # the task given, each module's own answers (no router classes; = oracle without key_classes)
+        "module_alone_acc": module_alone,
+        "module_alone_avg_acc": float(np.mean(module_alone)) if module_alone and None not in module_alone else None,
         "routing_acc": float(np.mean([k == j for j, n in enumerate(names) for k in routed.get(n, [])]))
         if routed
         else None,

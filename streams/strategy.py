@@ -42,6 +42,7 @@ class TaskEvaluation:
     routed_task: np.ndarray | None = None  # task index per input, -1 = unknown; None = task id given
     oracle_predicted: list[str | None] | None = None  # predictions with the true task id, when different
     key_routed_task: np.ndarray | None = None  # the router's pick from keys alone, before re-scoring
+    module_predicted: list[str | None] | None = None  # the true task's module alone (no router classes)
 
     def accuracy(self, task: TaskData) -> float:
         """The task's score (``task_metric``: accuracy, or ROUGE-L for text-to-text)."""
@@ -51,6 +52,10 @@ class TaskEvaluation:
         if self.oracle_predicted is None:
             return None if self.routed_task is not None else self.accuracy(task)
         return task_score(task, self.oracle_predicted)
+
+    def module_accuracy(self, task: TaskData) -> float | None:
+        """The true task's module on its own: without the router's class posterior (``key_classes``)."""
+        return None if self.module_predicted is None else task_score(task, self.module_predicted)
 
 
 @dataclass

@@ -34,14 +34,8 @@ import _bench  # noqa: E402
 
 
 def prompt_scores(bank, name: str, texts: list[str], labels: tuple[str, ...]) -> np.ndarray:
-    """(n, C) label scores of the task's own prompt, in label order (without the key classes)."""
-    meta = bank.task_info(name).metadata
-    weight = meta.pop("key_class_weight", None)
-    try:
-        preds = bank.predict(texts, task=name, batch_size=16)
-    finally:
-        if weight is not None:
-            meta["key_class_weight"] = weight
+    """(n, C) label scores of the task's own module, in label order (without the key classes)."""
+    preds = bank.predict(texts, task=name, batch_size=16, key_classes=False)
     return np.array([[p.scores[label] for label in labels] for p in preds], dtype=np.float64)
 
 
@@ -79,6 +73,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-probe", action="store_true")
     parser.add_argument("--placement", default="prefix", choices=("prefix", "suffix"))
+    parser.add_argument("--method", default="ulpt", help="the module kind (promptbank.prompts.PROMPTS)")
+    parser.add_argument("--options", default=None, help="the kind's options as JSON, as `promptbank run --options`")
     parser.add_argument("--out", default="runs/studies/key_answers.json")
     args = parser.parse_args()
     _bench.set_threads(args.threads)
@@ -91,7 +87,9 @@ def main() -> None:
     from streams.config import RunConfig
     from streams.runner import load_tasks, make_strategy
 
-    cfg = RunConfig(stream=args.stream, order=args.order, seed=args.seed, bank=BankConfig(placement=args.placement))
+    options = json.loads(args.options) if args.options else {}
+    bank_config = BankConfig(placement=args.placement, method=args.method, prompt_options=options)
+    cfg = RunConfig(stream=args.stream, order=args.order, seed=args.seed, bank=bank_config)
     tasks = load_tasks(cfg)
     strategy = make_strategy(cfg, load_backbone(cfg.backbone, bf16=cfg.bf16), progress=True)
     bank = strategy.bank
@@ -144,6 +142,8 @@ def main() -> None:
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "stream": args.stream,
         "seed": args.seed,
+        "method": args.method,
+        "options": options,
         "tasks": rows,
         "average": {c: float(np.mean([r[c] for r in rows.values()])) for c in columns},
     }

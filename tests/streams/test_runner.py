@@ -263,7 +263,7 @@ def test_a_stream_mixing_text_to_text_and_classification_runs_resumes_and_scores
     monkeypatch.setattr(BankStrategy, "train", crash_on_trec)
     with pytest.raises(KeyboardInterrupt):
         run_stream(cfg, out=out, progress=False)
-    answers = json.loads((out / "answers.json").read_text())
+    answers = json.loads((out / "module_answers.json").read_text())
     assert all(set(a) == {"text", "logprob"} for a in answers["movie_reply\x1fmovie_reply"].values())
     monkeypatch.setattr(BankStrategy, "train", real_train)
     results = run_stream(cfg, out=out, progress=False)
@@ -324,3 +324,41 @@ def test_a_run_with_key_classes_reuses_the_prompts_and_answers_with_the_validate
     for i, w in enumerate(weights):
         if w == 0:
             assert fused["oracle_matrix"][-1][i] == plain["oracle_matrix"][-1][i]
+
+
+def _accuracy(bank: PromptBank, task, **options) -> float:
+    """The bank's accuracy on a stream task's test inputs, the task given."""
+    preds = bank.predict(task.test_texts, task=task.name, **options)
+    return float(np.mean([p.label == task.label_names[y] for p, y in zip(preds, task.test_labels)]))
+
+
+def test_a_run_reports_the_final_banks_own_answers_and_each_modules_alone(tiny_folder, tmp_path, tmp_cache):
+    """The router's class posterior moves as later tasks join its shared covariance, so an earlier
+    task's answers after the last task are the final bank's, not those it gave when it was added;
+    ``module_alone_acc`` is each module's own answers (``predict(..., key_classes=False)``)."""
+    cfg = tiny_run_config(tiny_folder)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test_per_class=20))
+    results = run_stream(cfg, out=tmp_path / "run", progress=False)
+    bank = PromptBank.load(tmp_path / "run" / "bank", backbone=tiny_folder)
+    assert any(bank.task_info(t).metadata["key_class_weight"] > 0 for t in TASKS)
+    for j, task in enumerate(load_tasks(cfg)):
+        assert results["oracle_matrix"][-1][j] == pytest.approx(_accuracy(bank, task))
+        assert results["module_alone_acc"][j] == pytest.approx(_accuracy(bank, task, key_classes=False))
+    assert results["module_alone_avg_acc"] == pytest.approx(np.mean(results["module_alone_acc"]))
+
+
+def test_predict_without_key_classes_gives_the_modules_own_scores(tiny_folder, tmp_path, tmp_cache):
+    cfg = tiny_run_config(tiny_folder)
+    run_stream(cfg, out=tmp_path / "run", progress=False)
+    bank = PromptBank.load(tmp_path / "run" / "bank", backbone=tiny_folder)
+    task = load_tasks(cfg)[0]
+    meta = bank.task_info(task.name).metadata
+    meta["key_class_weight"] = 1.0
+    fused = bank.predict(task.test_texts, task=task.name)
+    alone = bank.predict(task.test_texts, task=task.name, key_classes=False)
+    meta["key_class_weight"] = 0.0
+    plain = bank.predict(task.test_texts, task=task.name)
+    assert [p.scores for p in alone] == [p.scores for p in plain]
+    assert [p.scores for p in fused] != [p.scores for p in alone]
+    routed = bank.predict(task.test_texts, key_classes=False)
+    assert all(r.scores == a.scores for r, a in zip(routed, alone) if r.task == task.name)

@@ -40,7 +40,7 @@ def test_a_kill_at_every_write_point_resumes_to_the_same_results(tiny_folder, tm
     monkeypatch.setenv("PROMPTBANK_CACHE", str(tmp_path / "cache-ref"))
     points = writes_of_a_run(cfg, tmp_path / "ref", monkeypatch)
     reference = run_stream(cfg, out=tmp_path / "ref", progress=False)  # finished: a rerun only reports
-    assert {"progress.json", "answers.json", "manifest.json", "results.json"} <= set(points)
+    assert {"progress.json", "module_answers.json", "manifest.json", "results.json"} <= set(points)
     assert any(p.endswith(".safetensors") for p in points)
 
     real = os.replace

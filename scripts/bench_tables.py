@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from results_table import RESULTS, bench_table, table, where
+from results_table import RESULTS, bench_table, load, pct, table, where
 
 from promptbank.key_classes import KEY_CLASS_WEIGHTS, chosen_weight
 
@@ -456,6 +456,72 @@ def placement_seeds() -> str:
     )
 
 
+def _footprint_row(method: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The footprint benchmark's row for a module kind and its options (``lda`` router), if measured."""
+    if not (RESULTS / "bench-footprint.json").exists():
+        return None
+    for row in load("bench-footprint")["result"]["rows"]:
+        if row["method"] != method or not row["variant"].endswith("/lda"):
+            continue
+        if (row["prompt_options"] == options) if options else (row["variant"] == f"{method}/lda"):
+            return row
+    return None
+
+
+KIND_ORDER = ("ulpt", "pt", "lopt1", "lopt2", "dept", "ssb", "ssl", "ia3", "lora", "vera")
+
+
+def module_kinds() -> str:
+    """Every module kind on offline-5 at the same budgets, data draw and seed (``kind-*.json``):
+    the bank's answers (routed, and oracle: fused with the router's classes) next to the module's
+    own answers (the task given, no router classes), its size and PEFT's file for the same module."""
+    runs = [load(p.stem) for p in RESULTS.glob("kind-*.json")]
+    if not runs:
+        return "(no `docs/results/kind-*.json` recorded yet)\n"
+    runs.sort(key=lambda d: (KIND_ORDER.index(d["result"]["method"]), d["result"]["trainable_params_per_task"]))
+    tasks = runs[0]["result"]["tasks"]
+    rows, per_task = [], []
+    for run in runs:
+        r = run["result"]
+        bank = r["config"]["bank"]
+        options = bank.get("prompt_options") or {}
+        shown = ", ".join(f"{k}={v}" for k, v in options.items())
+        label = f"`{bank['method']}`" + (f" ({shown})" if shown else "")
+        foot = _footprint_row(bank["method"], options)
+        train_s = sum(rep.get("prompt_train_seconds") or 0.0 for rep in r["reports"])
+        rows.append(
+            [
+                label,
+                f"{r['trainable_params_per_task']:,}",
+                f"{foot['disk_marginal_per_task']['prompts'] / 1024:.1f} KB" if foot else "–",
+                f"{foot['peft']['total'] / 1024:.0f} KB" if foot and foot.get("peft") else "–",
+                pct(r["avg_acc"]),
+                pct(r["oracle_avg_acc"]),
+                f"**{pct(r.get('module_alone_avg_acc'))}**",
+                pct(r["bwt"], True),
+                f"{train_s / 60:.1f}",
+                f"`{run['command']}`",
+            ]
+        )
+        per_task.append([label, *(pct(a) for a in r.get("module_alone_acc") or [None] * len(tasks))])
+    head = ["kind", "params/task", "module/task", "PEFT's file", "routed", "oracle", "module alone", "BWT",
+            "train min", "command"]  # fmt: skip
+    sources = "; ".join(f"`{run['name']}.json` ({where(run)})" for run in runs)
+    return (
+        table(head, rows)
+        + "\n\n*Module alone*, task by task:\n\n"
+        + table(["kind", *tasks], per_task)
+        + "\n\n`offline-5`, seed 0 (one data draw: one seed is an anecdote), test inputs, after the last task, "
+        "in %. *routed* and *oracle*: the bank's answers (the module's label scores fused with the router's "
+        "class posterior, `key_classes`); *module alone*: the module's own label scores, the task given; "
+        "*module/task*: its stored tensors (`bench-footprint.json`); *PEFT's file*: PEFT's own checkpoint of "
+        "the same module, where PEFT has the kind; *train min*: the modules' training summed over the tasks "
+        "(1 torch thread beside one other run on the 2-core machine; BENCHMARKS.md's training-step table "
+        "compares step times side by side). "
+        f"Sources: {sources}.\n"
+    )
+
+
 def _values(runs: list[dict[str, Any]], task: str, column: str) -> list[float]:
     pick = (lambda r: r["average"]) if task == "average" else (lambda r: r["tasks"][task])
     return [pick(d["result"])[column] for d in runs]
@@ -471,6 +537,7 @@ def _spread(xs: list[float]) -> str:
 
 BENCH_TABLES: dict[str, Callable[[], str]] = {
     "placement-seeds": placement_seeds,
+    "module-kinds": module_kinds,
     "study-key-classes-seeds": key_classes_seeds,
     "study-key-probes": lambda: bench_table("study-key-probes-s0", key_classes),
     "bench-stream-workers": lambda: bench_table("bench-stream-workers", stream_workers),

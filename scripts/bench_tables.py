@@ -552,6 +552,7 @@ BENCH_TABLES: dict[str, Callable[[], str]] = {
     "bench-footprint": lambda: bench_table("bench-footprint", footprint),
     "bench-training-step": lambda: bench_table("bench-training-step", training_step),
     "bench-mixed-inference": lambda: bench_table("bench-mixed-inference", mixed_inference),
+    "bench-mixed-inference-kinds": lambda: bench_table("bench-mixed-inference-kinds", mixed_inference),
     "bench-routing": lambda: bench_table("bench-routing", routing),
     "bench-routing-1m": lambda: bench_table("bench-routing-1m", routing),
 }

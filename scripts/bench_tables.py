@@ -515,9 +515,9 @@ def module_kinds() -> str:
         "in %. *routed* and *oracle*: the bank's answers (the module's label scores fused with the router's "
         "class posterior, `key_classes`); *module alone*: the module's own label scores, the task given; "
         "*module/task*: its stored tensors (`bench-footprint.json`); *PEFT's file*: PEFT's own checkpoint of "
-        "the same module, where PEFT has the kind; *train min*: the modules' training summed over the tasks "
-        "(1 torch thread beside one other run on the 2-core machine; BENCHMARKS.md's training-step table "
-        "compares step times side by side). "
+        "the same module, where PEFT has the kind; *train min*: the modules' training summed over the tasks, "
+        "in the conditions each source names (BENCHMARKS.md's training-step table compares step times side "
+        "by side). "
         f"Sources: {sources}.\n"
     )
 

@@ -9,8 +9,6 @@ from typing import Any
 import numpy as np
 from results_table import RESULTS, bench_table, load, pct, table, where
 
-from promptbank.key_classes import KEY_CLASS_WEIGHTS, chosen_weight
-
 
 def _med(stat: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
     return "–" if not stat else f"{stat['median'] * scale:.{digits}f}"
@@ -348,69 +346,9 @@ def key_classes(r: dict[str, Any]) -> str:
     )
 
 
-#: How a task's weight could be picked from its validation inputs (``add_task`` uses the first).
-WEIGHT_RULES: dict[str, Callable[[list[float], list[float]], int]] = {
-    "ties → largest (default)": lambda acc, ll: KEY_CLASS_WEIGHTS.index(chosen_weight(acc)),
-    "ties → smallest": lambda acc, ll: int(np.argmax(acc)),
-    "ties → best log-likelihood": lambda acc, ll: max(
-        (i for i, a in enumerate(acc) if a >= max(acc) - 1e-12), key=lambda i: ll[i]
-    ),
-    "best log-likelihood": lambda acc, ll: int(np.argmax(ll)),
-}
-
-
 def _study_seeds(pattern: str) -> list[dict[str, Any]]:
     runs = [json.loads(p.read_text()) for p in RESULTS.glob(pattern)]
     return sorted(runs, key=lambda d: d["result"]["seed"])
-
-
-def key_classes_seeds() -> str:
-    """Seed spread of the key-classes study (``study-key-classes-s*.json``, one seed each): the
-    prompt, the router's classes, and the fused answers under each weight rule, the weights
-    picked on the validation inputs as ``add_task`` sees them."""
-    runs = _study_seeds("study-key-classes-s*.json")
-    if not runs:
-        return "(no seed recorded yet)\n"
-    tasks = list(runs[0]["result"]["tasks"])
-    for d in runs:
-        for x in d["result"]["tasks"].values():
-            acc, ll = (list(x[f].values()) for f in ("val_by_weight", "val_loglik_by_weight"))
-            test = list(x["fused_by_weight"].values())
-            x.update({rule: test[pick(acc, ll)] for rule, pick in WEIGHT_RULES.items()})
-        xs = d["result"]["tasks"].values()
-        d["result"]["average"].update({rule: float(np.mean([x[rule] for x in xs])) for rule in WEIGHT_RULES})
-
-    def spread(values: list[float]) -> str:
-        return " / ".join(f"{100 * x:.1f}" for x in values)
-
-    probes = {}  # the probe on the same data draws, from the study's runs that fitted it
-    for p in RESULTS.glob("study-key-probes-s*.json"):
-        r = json.loads(p.read_text())["result"]
-        probes[r["seed"]] = {**{t: x["probe"] for t, x in r["tasks"].items()}, "average": r["average"]["probe"]}
-    columns = ["prompt", "lda", *WEIGHT_RULES]
-    rows = []
-    for task in [*tasks, "average"]:
-        of = [d["result"]["average"] if task == "average" else d["result"]["tasks"][task] for d in runs]
-        name = f"`{task}`" if task != "average" else "**average**"
-        probe = [probes.get(d["result"]["seed"], {}).get(task) for d in runs]
-        probe_cell = spread(probe) if None not in probe else "–"
-        rows.append([name, *(spread([x[c] for x in of]) for c in columns), probe_cell])
-    seeds = ", ".join(str(d["result"]["seed"]) for d in runs)
-    sources = "; ".join(f"seed {d['result']['seed']}: `{d['name']}.json` ({where(d)})" for d in runs)
-    head = ["task", "prompt alone", "router classes alone", *(f"fused, {rule}" for rule in WEIGHT_RULES), "probe"]
-    return (
-        table(head, rows)
-        + f"\n\nSeeds {seeds}, in that order (each seed its own data draw, prompts and weights), the task "
-        "given, test inputs, in %; prompts before the input (`--placement prefix`). *fused*: the prompt's label scores + weight × the router's class "
-        "log-posterior; the weight is picked per task among "
-        f"{', '.join(f'{w:g}' for w in KEY_CLASS_WEIGHTS)} on its validation inputs (16 per class), "
-        "scored with the router as it is when `add_task` picks it (later tasks still change the shared "
-        "covariance): the best accuracy with ties to the largest weight (what the bank does), or to the "
-        "smallest, or to the best mean log-likelihood of the true label; or the best log-likelihood alone. "
-        "*probe*: the `linear-probe` baseline (64 training inputs per class) on the same draws "
-        "(`study-key-probes-sN.json`). "
-        f"Command: `{runs[0]['command']} --seed S`. Sources: {sources}.\n"
-    )
 
 
 def placement_seeds() -> str:
@@ -538,7 +476,6 @@ def _spread(xs: list[float]) -> str:
 BENCH_TABLES: dict[str, Callable[[], str]] = {
     "placement-seeds": placement_seeds,
     "module-kinds": module_kinds,
-    "study-key-classes-seeds": key_classes_seeds,
     "study-key-probes": lambda: bench_table("study-key-probes-s0", key_classes),
     "bench-stream-workers": lambda: bench_table("bench-stream-workers", stream_workers),
     "bench-stream-workers-identity": lambda: bench_table("bench-stream-workers-identity", stream_workers),

@@ -35,7 +35,7 @@ from .benchmark import TextTable, experience_rows
 from .splits import TaskData
 from .strategy import StreamStrategy, TaskEvaluation, TrainReport
 
-ANSWERS = "module_answers.json"  # each module's own scores (older runs cached fused ones, elsewhere)
+ANSWERS = "module_answers.json"  # each module's own label scores; the router's part is added per evaluation
 CHECKPOINTS = "checkpoints"
 
 

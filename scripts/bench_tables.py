@@ -203,6 +203,38 @@ def heldout_routing(r: dict[str, Any]) -> str:
     )
 
 
+UNKNOWN_SCORE_LABELS = {
+    "posterior": "task posterior at T=30",
+    "nearest": "nearest class mean",
+    "relative": "relative Mahalanobis",
+    "mixture": "class-mixture likelihood",
+    "posterior-or-nearest": "posterior or nearest",
+}
+
+
+def unknown_inputs(r: dict[str, Any]) -> str:
+    """Far out-of-distribution and leave-one-task-out detection per score (``study-unknown-inputs``)."""
+    far, loo = r["far_ood"], r["leave_one_out"]["mean"]
+    sets = list(far["sets"])
+    rows = []
+    for score, label in UNKNOWN_SCORE_LABELS.items():
+        if score not in far["mean_detected"]:
+            continue
+        rows.append(
+            [label, pct(far["false_reject_test"][score])]
+            + [pct(far["sets"][s]["detected"][score]) for s in sets]
+            + [pct(far["mean_detected"][score]), pct(loo["detected"][score]), pct(loo["false_reject_test"][score])]
+        )
+    head = ["score", "false rejects (known test)"] + [f"`{s}` ({far['sets'][s]['n']})" for s in sets]
+    head += ["far mean", "held-out task (mean of 9)", "its false rejects"]
+    return (
+        table(head, rows)
+        + f"\n\nPercent of inputs flagged unknown; each threshold rejects {r['reject_known_val']:.0%} of the known "
+        "tasks' validation inputs (never seen by the router). Router `lda` on "
+        f"`{r['key_encoder']}` keys holding offline-9 (far sets), or offline-9 less the held-out task."
+    )
+
+
 def mixed_generation(r: dict[str, Any]) -> str:
     rows = []
     for row in r["results"]:
@@ -492,4 +524,5 @@ BENCH_TABLES: dict[str, Callable[[], str]] = {
     "bench-mixed-inference-kinds": lambda: bench_table("bench-mixed-inference-kinds", mixed_inference),
     "bench-routing": lambda: bench_table("bench-routing", routing),
     "bench-routing-1m": lambda: bench_table("bench-routing-1m", routing),
+    "study-unknown-inputs": lambda: bench_table("study-unknown-inputs", unknown_inputs),
 }

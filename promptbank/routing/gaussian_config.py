@@ -14,7 +14,7 @@ from .stats import MEAN_BITS
 #: suffice: 99.4-99.7% / 100% agreement with exact LDA at 384 / 960 dims (BENCHMARKS.md section 2).
 LDA_NPROBE = 8
 #: what a Gaussian/LDA router's ``closeness`` measures (see GaussianRouter)
-NOVELTY_SCORES = ("posterior", "nearest")
+NOVELTY_SCORES = ("relative", "posterior", "nearest")
 
 
 @dataclass
@@ -29,7 +29,7 @@ class GaussianConfig(RouterConfig):
         temperature: softmax temperature of the routing posterior.
         search_k: nearest whitened means searched per query.
         index: "auto" or a FAISS factory spec (L2 over whitened means).
-        novelty: what ``closeness`` measures: "posterior" or "nearest" (class docstring).
+        novelty: what ``closeness`` measures: "relative", "posterior" or "nearest" (GaussianRouter).
         novelty_temperature: the softer temperature of the "posterior" closeness.
         nprobe: IVF lists scanned per query (``LDA_NPROBE``).
         mean_bits: bits each class mean is stored in, 8 or 16 (``stats.quantize_means``).
@@ -41,7 +41,7 @@ class GaussianConfig(RouterConfig):
     temperature: float = 1.0
     search_k: int = 32
     index: str = "auto"
-    novelty: str = "posterior"
+    novelty: str = "relative"
     novelty_temperature: float = 30.0
     nprobe: int = LDA_NPROBE
     mean_bits: int = 8

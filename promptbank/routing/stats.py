@@ -118,6 +118,75 @@ def eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.linalg.eigh(matrix)
 
 
+class BackgroundMoments:
+    """Count-weighted moments of whitened class means, gathered a block at a time.
+
+    While there are no more means than dimensions the means themselves are kept, and the
+    spread of the means is decomposed through their small Gram matrix (k x k) instead of a
+    dim x dim one: after every add to a small bank that halves the rebuild."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.n = 0.0
+        self.first = np.zeros(dim)
+        self.second: np.ndarray | None = None  # dim x dim, once the means outnumber dim
+        self.kept: list[tuple[np.ndarray, np.ndarray]] = []
+        self.rows = 0
+
+    def add(self, white_means: np.ndarray, counts: np.ndarray) -> None:
+        """Fold in whitened means (rows) that summarise ``counts`` keys each."""
+        w = counts.astype(np.float64)
+        m = white_means.astype(np.float64)
+        self.n += float(w.sum())
+        self.first += w @ m
+        self.rows += len(m)
+        if self.second is None and self.rows <= self.dim:
+            self.kept.append((m, w))
+            return
+        if self.second is None:
+            self.second = np.zeros((self.dim, self.dim))
+            for km, kw in self.kept:
+                self.second += (km.T * kw) @ km
+            self.kept = []
+        self.second += (m.T * w) @ m
+
+    def background(self, rank: int) -> Background:
+        """The Gaussian of every key in whitened space: its centre, and its covariance
+        ``I + B`` (within-class spread, whitened to I, plus the spread B of the class means)
+        kept as B's top ``rank`` eigenpairs."""
+        if self.n == 0:
+            return Background(np.zeros(self.dim, np.float32), np.zeros((self.dim, 0), np.float32), np.zeros(0))
+        centre = self.first / self.n
+        if self.second is None:  # B = A^T A with A's k rows: decompose A A^T instead
+            m = np.concatenate([km for km, _ in self.kept])
+            w = np.concatenate([kw for _, kw in self.kept])
+            a = np.sqrt(w / self.n)[:, None] * (m - centre)
+            vals, small = eigh(a @ a.T)
+            keep = vals > vals.max(initial=0.0) * 1e-9
+            vals, vecs = vals[keep], (a.T @ small[:, keep]) / np.sqrt(vals[keep])
+        else:
+            vals, vecs = eigh(self.second / self.n - np.outer(centre, centre))
+        top = np.argsort(vals)[::-1][:rank]
+        vals = np.maximum(vals[top], 0.0)
+        return Background(centre.astype(np.float32), vecs[:, top].astype(np.float32), vals / (1.0 + vals))
+
+
+@dataclass
+class Background:
+    """A Gaussian over whitened keys, ``N(centre, I + U diag(l) U^T)``, stored as ``U`` and
+    ``shrink = l / (1 + l)`` (Woodbury: the inverse is ``I - U diag(shrink) U^T``)."""
+
+    centre: np.ndarray  # (dim,) float32
+    directions: np.ndarray  # (dim, rank) float32, orthonormal columns
+    shrink: np.ndarray  # (rank,) float64, in [0, 1)
+
+    def squared_distance(self, white: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of whitened rows to the centre, float64 (n,)."""
+        diff = torch.from_numpy(np.ascontiguousarray(white - self.centre, dtype=np.float32))
+        along = (diff @ torch.from_numpy(self.directions)).double().numpy()
+        return (diff.double() ** 2).sum(1).numpy() - (along**2) @ self.shrink
+
+
 @dataclass
 class ClassStats:
     """A new task's classes, their key counts and means, and its within-class scatter (the

@@ -11,7 +11,7 @@ from helpers import same_routing
 
 from promptbank.errors import InvalidDataError, TaskExistsError, UnknownTaskError
 from promptbank.routing import GaussianRouter, LDARouter, faiss_index, gaussian, make_router, router_from_state
-from promptbank.routing.stats import MEAN_OUTLIERS
+from promptbank.routing.stats import MEAN_OUTLIERS, BackgroundMoments
 
 DIM = 64
 N_TASKS = 5
@@ -203,18 +203,62 @@ def test_lda_state_round_trip_routes_identically_and_stays_editable(options, dat
     assert same_routing(router.route(queries), loaded.route(queries))
 
 
-def test_lda_unknown_threshold_flags_far_queries(data):
+@pytest.mark.parametrize("novelty", ["relative", "nearest"])
+def test_lda_unknown_threshold_flags_far_queries(data, novelty):
     """Random directions are far from every task: the distance-based closeness flags them."""
     train, queries, _ = data
-    router = build(train, novelty="nearest")
+    router = build(train, novelty=novelty)
     near = router.route(queries).closeness
     far_keys = np.random.default_rng(7).normal(size=(50, DIM)).astype(np.float32)
     far_keys /= np.linalg.norm(far_keys, axis=1, keepdims=True)
     far = router.route(far_keys).closeness
     threshold = float(np.quantile(near, 0.01))
     assert far.max() < threshold
-    flagged = build(train, unknown_threshold=threshold, novelty="nearest").route(far_keys)
+    flagged = build(train, unknown_threshold=threshold, novelty=novelty).route(far_keys)
     assert (flagged.task_ids == -1).all() and (flagged.candidates[:, 0] >= 0).all()
+
+
+def test_relative_closeness_is_relative_mahalanobis(data):
+    """The default closeness equals its definition, computed here from the router's covariance and
+    means: -(d2 to the chosen task's nearest mean - d2 to the Gaussian of every key) / dim."""
+    train, queries, _ = data
+    router = build(train)
+    assert router.config.novelty == "relative"
+    routing = router.route(queries)
+    stats = [router._tasks[t] for t in router.task_ids()]
+    means = np.concatenate([s.float_means() for s in stats]).astype(np.float64)
+    counts = np.concatenate([s.counts for s in stats]).astype(np.float64)
+    owner = np.concatenate([np.full(len(s.counts), t) for t, s in zip(router.task_ids(), stats)])
+    within = router.covariance()
+    centre = counts @ means / counts.sum()
+    total = within + ((means - centre).T * counts) @ (means - centre) / counts.sum()
+    x = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+
+    def d2(rows: np.ndarray, cov: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", rows, np.linalg.solve(cov, rows.T).T)
+
+    own = np.array([d2(x[i] - means[owner == t], within).min() for i, t in enumerate(routing.task_ids)])
+    expected = -(own - d2(x - centre, total)) / DIM
+    assert np.allclose(routing.closeness, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_background_moments_small_and_large_banks_agree():
+    """Few means: decomposed through their Gram matrix; more means than dims: a dim x dim one."""
+    rng = np.random.default_rng(3)
+    dim = 24
+    means, counts = rng.normal(size=(40, dim)), rng.integers(1, 30, size=40)
+    queries = rng.normal(size=(6, dim)).astype(np.float32)
+    for k in (10, 40):
+        moments = BackgroundMoments(dim)
+        moments.add(means[: k // 2], counts[: k // 2])
+        moments.add(means[k // 2 : k], counts[k // 2 : k])
+        assert (moments.second is None) == (k <= dim)
+        centre = counts[:k] @ means[:k] / counts[:k].sum()
+        cov = np.eye(dim) + ((means[:k] - centre).T * counts[:k]) @ (means[:k] - centre) / counts[:k].sum()
+        diff = queries - centre
+        expected = np.einsum("ij,ij->i", diff, np.linalg.solve(cov, diff.T).T)
+        assert np.allclose(moments.background(dim).squared_distance(queries), expected, rtol=1e-4)
+    assert BackgroundMoments(dim).background(8).squared_distance(queries).shape == (6,)
 
 
 def test_lda_errors_and_cost_per_task(data):

@@ -1,7 +1,7 @@
 """promptbank: continual learning with a frozen LLM and a bank of tiny per-task prompts."""
 
 from .backbone import FrozenLM, load_backbone
-from .bank import BankConfig, Prediction, PromptBank, TaskInfo
+from .bank import BankConfig, Prediction, PromptBank, TaskInfo, UnknownAnswer
 from .dept import DePT
 from .errors import (
     AssetMissingError,
@@ -44,6 +44,7 @@ __all__ = [
     "TaskInfo",
     "TrainConfig",
     "ULPT",
+    "UnknownAnswer",
     "UnknownTaskError",
     "VeRA",
     "build_prompt",

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from transformers import GenerationConfig
 
 from .backbone import FrozenLM
@@ -18,7 +19,7 @@ from .generation import generate
 from .inputs import check_texts, label_indices
 from .key_classes import fused, key_class_scores
 from .module_batch import Applied
-from .records import Prediction, TaskInfo
+from .records import Prediction, TaskInfo, UnknownAnswer
 from .text_metrics import text_scores
 from .trainer import predict_scores
 
@@ -199,10 +200,12 @@ def answer_routed(
     progress: bool,
     decoding: GenerationConfig,
     key_classes: bool = True,
+    unknown_answer: UnknownAnswer | None = None,
 ) -> list[Prediction]:
     """``bank.predict`` without a task: each input goes to the task its key routes it to, or to
     the best of the router's candidates re-scored by their modules (``BankConfig.rescore``); the
-    keys are computed once and reused by ``key_classes`` answers.
+    keys are computed once and reused by ``key_classes`` answers. Inputs the router finds no
+    task for (``unknown_threshold``) get the bare LLM's answer (``answer_unknown``).
 
     Args:
         bank: the bank.
@@ -211,6 +214,7 @@ def answer_routed(
         progress: show a progress bar.
         decoding: how text-to-text answers are decoded.
         key_classes: False answers with the modules' own label scores (``answer``).
+        unknown_answer: how inputs of no known task are answered (``answer_unknown``).
 
     Returns:
         One :class:`Prediction` per input, ``task`` None where the router finds none.
@@ -233,12 +237,59 @@ def answer_routed(
     )
     by_pair = dict(zip(pairs, answers))
     chosen = rescorer.choose(routing, candidates, lambda i, t: candidate_scores(by_pair[(i, t)]))
+    unknown = [i for i, t in enumerate(chosen) if t < 0]
+    bare = iter(answer_unknown(bank, [texts[i] for i in unknown], batch_size, progress, decoding, unknown_answer))
     out = []
     for i, t in enumerate(chosen):
         if t < 0:
-            out.append(Prediction(None, None, {}, float(routing.scores[i])))
+            out.append(dataclasses.replace(next(bare), route_score=float(routing.scores[i])))
             continue
         p = by_pair[(i, int(t))]
         posterior = routing.candidate_scores[i][routing.candidates[i] == t]
         out.append(dataclasses.replace(p, route_score=float(posterior[0]) if len(posterior) else float("nan")))
     return out
+
+
+def answer_unknown(
+    bank: PromptBank,
+    texts: list[str],
+    batch_size: int,
+    progress: bool,
+    decoding: GenerationConfig,
+    how: UnknownAnswer | None = None,
+) -> list[Prediction]:
+    """What inputs of no known task get: the bare LLM's answer, ``task`` None.
+
+    No module of the bank was trained for them, so none is applied: with ``how.labels`` the
+    LLM scores those label words (a zero-shot classification), else it generates a
+    continuation of ``how.template`` (decoded as ``decoding`` says).
+
+    Args:
+        bank: the bank (its LLM and input length limit).
+        texts: the unknown inputs.
+        batch_size: inputs per forward pass.
+        progress: show a progress bar.
+        decoding: how a generated answer is decoded.
+        how: the template and, optionally, label words (default: generate after the bare text).
+
+    Returns:
+        One :class:`Prediction` per input, ``task`` None.
+    """
+    if not texts:
+        return []
+    how = how or UnknownAnswer()
+    backbone = bank.backbone
+    bare = [Applied(torch.zeros(0, backbone.hidden_size, device=backbone.device))]
+    ids = backbone.encode(texts, how.template, bank.config.max_input_tokens, bank.config.placement).input_ids
+    index = [0] * len(texts)
+    if not how.labels:
+        return [
+            Prediction(None, None, {}, float("nan"), text=g.text, confidence=g.logprob)
+            for g in generate(backbone, bare, index, ids, decoding, batch_size, progress)
+        ]
+    label_ids = backbone.label_token_ids(how.labels)
+    scores = predict_scores(backbone, bare, index, ids, [label_ids] * len(texts), batch_size, progress)
+    return [
+        Prediction(None, how.labels[int(np.argmax(s))], dict(zip(how.labels, map(float, s))), float("nan"))
+        for s in scores
+    ]

@@ -27,7 +27,7 @@ from .keys import KeyEncoder, make_key_encoder
 from .module_batch import Applied
 from .module_store import ModuleStore
 from .prompts import TaskModule, build_prompt
-from .records import DEFAULT_TEMPLATE, STORAGE_DTYPES, BankConfig, Prediction, TaskInfo
+from .records import DEFAULT_TEMPLATE, STORAGE_DTYPES, BankConfig, Prediction, TaskInfo, UnknownAnswer
 from .routing import Router, Routing, make_router
 from .task_data import prepare_task
 from .trainer import TrainConfig, TrainResult, train_prompt
@@ -359,6 +359,7 @@ class PromptBank:
         progress: bool = False,
         generation: GenerationConfig | dict[str, Any] | None = None,
         key_classes: bool = True,
+        unknown_answer: UnknownAnswer | dict[str, Any] | None = None,
     ) -> list[Prediction]:
         """Answer each input with its task's module; inputs of different tasks share each batch.
 
@@ -375,6 +376,10 @@ class PromptBank:
             key_classes: False answers with each module's own label scores, leaving out the
                 router's class posterior that a task with ``key_classes`` weighs in (to see what
                 the module alone answers).
+            unknown_answer: how inputs of no known task (flagged once ``calibrate_unknown`` set a
+                threshold) are answered by the bare LLM: an :class:`UnknownAnswer` or its fields,
+                e.g. ``{"labels": ["positive", "negative"]}`` for a zero-shot label; default: a
+                generated continuation of the text.
 
         Returns:
             One :class:`Prediction` per input: its task (None if unknown) and, for a
@@ -388,7 +393,8 @@ class PromptBank:
         texts = check_texts(texts)
         decoding = generation_config(self.backbone, generation)
         if task is None:
-            return answer_routed(self, texts, batch_size, progress, decoding, key_classes)
+            how = UnknownAnswer(**unknown_answer) if isinstance(unknown_answer, dict) else unknown_answer
+            return answer_routed(self, texts, batch_size, progress, decoding, key_classes, how)
         if isinstance(task, str):
             self.task_info(task)
             assigned = [task] * len(texts)

@@ -106,6 +106,28 @@ class TaskInfo:
 
 
 @dataclass
+class UnknownAnswer:
+    """How the bank answers an input the router finds no task for (``Prediction.task`` None):
+    with the bare LLM, no module applied.
+
+    Args:
+        template: how the input is shown to the LLM; ``{text}`` marks it.
+        labels: label words for a zero-shot classification; None (default) generates a continuation.
+    """
+
+    template: str = "{text}"
+    labels: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if "{text}" not in self.template:
+            raise InvalidDataError(f"unknown_answer template {self.template!r} must contain '{{text}}'")
+        if self.labels is not None:
+            self.labels = [str(w) for w in self.labels]
+            if not self.labels or len(set(self.labels)) != len(self.labels) or not all(w.strip() for w in self.labels):
+                raise InvalidDataError(f"unknown_answer labels must be distinct non-empty words, got {self.labels!r}")
+
+
+@dataclass
 class Prediction:
     """One input's answer: the routed task (None = unknown) and either a label with every label's
     score (classification) or generated ``text`` with its ``confidence``, the mean log-probability

@@ -209,6 +209,7 @@ UNKNOWN_SCORE_LABELS = {
     "relative": "relative Mahalanobis",
     "mixture": "class-mixture likelihood",
     "posterior-or-nearest": "posterior or nearest",
+    "relative-or-posterior": "relative or posterior",
 }
 
 
@@ -231,7 +232,8 @@ def unknown_inputs(r: dict[str, Any]) -> str:
         table(head, rows)
         + f"\n\nPercent of inputs flagged unknown; each threshold rejects {r['reject_known_val']:.0%} of the known "
         "tasks' validation inputs (never seen by the router). Router `lda` on "
-        f"`{r['key_encoder']}` keys holding offline-9 (far sets), or offline-9 less the held-out task."
+        f"`{r['key_encoder']}` keys holding offline-9 (far sets), or offline-9 less the held-out task. "
+        "\"A or B\": unknown when either score is below its own 2.5% threshold."
     )
 
 

@@ -23,6 +23,9 @@ counts, the pooled within-class scatter), on whitened keys:
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/studies/unknown_inputs.py --out runs/studies/unknown-inputs.json
 
+Also measured: whether a threshold needs held-out texts at all, or can be the 5% quantile of the
+router's own training keys' scores.
+
 Keys and budgets are the routing study's (``routing_study.py``; keys cached under runs/keys_cache/).
 """
 
@@ -203,6 +206,17 @@ def far_ood(tasks: list[TaskKeys], ood_keys: dict[str, np.ndarray]) -> dict[str,
             "detected": {s: float(flags[s].mean()) for s in SCORES},
             "auroc": {s: _auroc(test[s], sc[s]) for s in SINGLE},
         }
+    # without held-out texts: the threshold at the router's own training keys' 5% quantile
+    own = scorer.scores(np.concatenate([t.train for t in tasks]))
+    result["threshold_from_training_keys"] = {
+        s: {
+            "false_reject_test": float((test[s] < np.quantile(own[s], REJECT_KNOWN)).mean()),
+            "mean_detected": float(
+                np.mean([(scorer.scores(k)[s] < np.quantile(own[s], REJECT_KNOWN)).mean() for k in ood_keys.values()])
+            ),
+        }
+        for s in SINGLE
+    }
     result["mean_detected"] = {s: float(np.mean([v["detected"][s] for v in result["sets"].values()])) for s in SCORES}
     result["min_detected"] = {s: float(np.min([v["detected"][s] for v in result["sets"].values()])) for s in SCORES}
     return result

@@ -24,7 +24,7 @@ from promptbank.errors import (
     UnknownTaskError,
 )
 from promptbank.prompts import ULPT, PromptTuning
-from promptbank.records import Prediction
+from promptbank.records import Prediction, UnknownAnswer
 from promptbank.routing import make_router
 
 
@@ -324,7 +324,20 @@ def test_calibrate_unknown_rejects_the_requested_share_and_persists(bank: Prompt
     assert bank.router.unknown_threshold == threshold
     preds = bank.predict(known)
     assert sum(p.task is None for p in preds) == 2  # the two least close of eight (quantile 0.25)
-    assert all(p.label is None and p.scores == {} for p in preds if p.task is None)
+    unknown = [i for i, p in enumerate(preds) if p.task is None]
+    # by default the bare LLM continues the text (no module: it is no task's)
+    assert all(preds[i].label is None and isinstance(preds[i].text, str) for i in unknown)
+    assert all(np.isfinite(preds[i].route_score) for i in unknown)
+    zero_shot = bank.predict(known, unknown_answer={"labels": ["sun", "cat"], "template": "Text: {text}\nTopic:"})
+    for i, p in enumerate(zero_shot):
+        if i in unknown:
+            assert p.task is None and p.label in ("sun", "cat") and list(p.scores) == ["sun", "cat"]
+        else:
+            assert p == preds[i]  # known inputs are answered as before
+    with pytest.raises(InvalidDataError, match="template"):
+        bank.predict(known, unknown_answer={"template": "no slot"})
+    with pytest.raises(InvalidDataError, match="labels"):
+        bank.predict(known, unknown_answer=UnknownAnswer(labels=[]))
     bank.save(tmp_path / "bank")
     assert PromptBank.load(tmp_path / "bank", backbone=bank.backbone).router.unknown_threshold == threshold
     bank.calibrate_unknown(known, reject_rate=0)

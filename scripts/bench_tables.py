@@ -435,14 +435,14 @@ def placement_seeds() -> str:
     )
 
 
-def _footprint_row(method: str, options: dict[str, Any]) -> dict[str, Any] | None:
-    """The footprint benchmark's row for a module kind and its options (``lda`` router), if measured."""
+def _footprint_row(method: str, trainable_params: int) -> dict[str, Any] | None:
+    """The footprint benchmark's row for a module kind of this size (``lda`` router), if measured.
+    Matched on the trainable parameter count, which the options decide (LoRA with MPC stores what
+    LoRA of its rank does)."""
     if not (RESULTS / "bench-footprint.json").exists():
         return None
     for row in load("bench-footprint")["result"]["rows"]:
-        if row["method"] != method or not row["variant"].endswith("/lda"):
-            continue
-        if (row["prompt_options"] == options) if options else (row["variant"] == f"{method}/lda"):
+        if row["method"] == method and row["variant"].endswith("/lda") and row["trainable_params"] == trainable_params:
             return row
     return None
 
@@ -466,7 +466,7 @@ def module_kinds() -> str:
         options = bank.get("prompt_options") or {}
         shown = ", ".join(f"{k}={v}" for k, v in options.items())
         label = f"`{bank['method']}`" + (f" ({shown})" if shown else "")
-        foot = _footprint_row(bank["method"], options)
+        foot = _footprint_row(bank["method"], r["trainable_params_per_task"])
         train_s = sum(rep.get("prompt_train_seconds") or 0.0 for rep in r["reports"])
         rows.append(
             [

@@ -233,13 +233,19 @@ def unknown_inputs(r: dict[str, Any]) -> str:
         + f"\n\nPercent of inputs flagged unknown; each threshold rejects {r['reject_known_val']:.0%} of the known "
         "tasks' validation inputs (never seen by the router). Router `lda` on "
         f"`{r['key_encoder']}` keys holding offline-9 (far sets), or offline-9 less the held-out task. "
-        "\"A or B\": unknown when either score is below its own 2.5% threshold."
+        '"A or B": unknown when either score is below its own 2.5% threshold.'
         + "".join(
             f" Without held-out texts, the threshold at the 5% quantile of the router's own training keys' "
             f"{UNKNOWN_SCORE_LABELS[k]} rejects {pct(v['false_reject_test'])}% of known test inputs and flags "
             f"{pct(v['mean_detected'])}% of far inputs on average."
             for k, v in far.get("threshold_from_training_keys", {}).items()
             if k == "relative"
+        )
+        + "".join(
+            f" From the router's statistics alone (the 5% quantile of inputs drawn from its Gaussian model) it "
+            f"rejects {pct(v['false_reject_test'])}%: the model's scores spread less than real inputs' "
+            f"(sd {v['model_sd']:.3f} against {v['test_sd']:.3f})."
+            for v in far.get("threshold_from_gaussian_model", {}).values()
         )
     )
 

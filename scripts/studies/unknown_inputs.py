@@ -24,7 +24,7 @@ counts, the pooled within-class scatter), on whitened keys:
     OMP_NUM_THREADS=1 .venv/bin/python scripts/studies/unknown_inputs.py --out runs/studies/unknown-inputs.json
 
 Also measured: whether a threshold needs held-out texts at all, or can be the 5% quantile of the
-router's own training keys' scores.
+router's own training keys' scores, or of inputs drawn from the router's Gaussian model.
 
 Keys and budgets are the routing study's (``routing_study.py``; keys cached under runs/keys_cache/).
 """
@@ -150,6 +150,17 @@ class Scorer:
         self.mu0 = mu0
         self.whiten0 = vecs / np.sqrt(np.maximum(vals, vals.max() * 1e-9))
 
+    def gaussian_relative(self, n: int, seed: int = 0) -> np.ndarray:
+        """``relative`` scores of inputs drawn from the router's own model: a class picked as the
+        router weighs them (tasks alike), then the class mean plus N(0, I) in whitened space."""
+        rng = np.random.default_rng(seed)
+        p = np.exp(self.log_w)
+        comp = rng.choice(len(p), size=n, p=p / p.sum())
+        z = self.white_means[comp] + rng.normal(size=(n, self.whiten.shape[1]))
+        d2 = (z * z).sum(1)[:, None] - 2 * z @ self.white_means.T + (self.white_means**2).sum(1)[None]
+        z0 = (z @ np.linalg.pinv(self.whiten) - self.mu0) @ self.whiten0
+        return (-np.maximum(d2, 0.0).min(1) + (z0 * z0).sum(1)) / z.shape[1]
+
     def scores(self, keys: np.ndarray) -> dict[str, np.ndarray]:
         x = l2_normalize(keys).astype(np.float64)
         z = x @ self.whiten
@@ -216,6 +227,15 @@ def far_ood(tasks: list[TaskKeys], ood_keys: dict[str, np.ndarray]) -> dict[str,
             ),
         }
         for s in SINGLE
+    }
+    # ... or from the router's statistics alone: the 5% quantile of its Gaussian model's scores
+    model = np.quantile(scorer.gaussian_relative(20000), REJECT_KNOWN)
+    result["threshold_from_gaussian_model"] = {
+        "relative": {
+            "false_reject_test": float((test["relative"] < model).mean()),
+            "model_sd": float(scorer.gaussian_relative(20000).std()),
+            "test_sd": float(test["relative"].std()),
+        }
     }
     result["mean_detected"] = {s: float(np.mean([v["detected"][s] for v in result["sets"].values()])) for s in SCORES}
     result["min_detected"] = {s: float(np.min([v["detected"][s] for v in result["sets"].values()])) for s in SCORES}

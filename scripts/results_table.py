@@ -289,6 +289,42 @@ def main_job_line() -> str:
     )
 
 
+#: what each stream strategy is, in the baselines table (``--baseline NAME``; the bank has none)
+BASELINE_ORDER = ("zero-shot", "linear-probe", "naive", "ewc", "lwf", "replay", "joint")
+
+
+def baselines_table() -> str:
+    """The main job next to the baselines run with the same command and budgets (``baseline-*.json``)."""
+    runs = [load(p.stem) for p in RESULTS.glob("baseline-*.json")]
+    runs.sort(key=lambda d: BASELINE_ORDER.index(d["result"]["baseline"]))
+    if (RESULTS / "main-job.json").exists():
+        runs.insert(0, load("main-job"))
+    rows = []
+    for d in runs:
+        r = d["result"]
+        name = r.get("baseline") or f"the bank ({r['method']})"
+        given = r.get("routing_acc") is None  # the baselines are told each input's task
+        rows.append(
+            [
+                name,
+                "–" if given else pct(r["avg_acc"]),
+                pct(r["oracle_avg_acc"]),
+                pct(r["bwt"], True),
+                f"{r['trainable_params_per_task']:,}",
+                minutes(d),
+                f"`{d['command']}`",
+            ]
+        )
+    sources = "; ".join(f"`{p.stem}.json` ({where(load(p.stem))})" for p in sorted(RESULTS.glob("baseline-*.json")))
+    return (
+        table(["strategy", "routed", "task given", "BWT", "params/task", "time", "command"], rows)
+        + "\n\n`offline-5`, seed 0, test inputs after the last task, in %. The baselines are told each "
+        "input's task (no routing). *zero-shot*: the bare LLM with the task's template; *linear-probe*: "
+        "logistic regression per task on the bank's routing keys, the 64 training inputs per class. "
+        f"Sources: {sources}.\n"
+    )
+
+
 def routing_confusion(name: str) -> str:
     d = load(name)
     r = d["result"]
@@ -382,6 +418,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "split-20ng-confusion": _missing_ok("split-20ng", lambda: routing_confusion("split-20ng")),
     "vader-4-confusion": _missing_ok("vader-4", lambda: routing_confusion("vader-4")),
     "levers": levers_table,
+    "baselines": baselines_table,
     "offline-mixed": _missing_ok("offline-mixed", mixed_table),
 }
 

@@ -181,10 +181,16 @@ class Background:
     shrink: np.ndarray  # (rank,) float64, in [0, 1)
 
     def squared_distance(self, white: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance of whitened rows to the centre, float64 (n,)."""
-        diff = torch.from_numpy(np.ascontiguousarray(white - self.centre, dtype=np.float32))
-        along = (diff @ torch.from_numpy(self.directions)).double().numpy()
-        return (diff.double() ** 2).sum(1).numpy() - (along**2) @ self.shrink
+        """Squared Mahalanobis distance of whitened rows to the centre, float64 (n,).
+
+        In float32 products (torch's thread pool, like the route's whitening): ||z - c||^2 is
+        expanded so no (n, dim) difference is formed."""
+        z = torch.from_numpy(np.ascontiguousarray(white, dtype=np.float32))
+        centre = torch.from_numpy(self.centre)
+        directions = torch.from_numpy(self.directions)
+        square = torch.linalg.vector_norm(z, dim=1).double() ** 2 - 2.0 * (z @ centre).double() + float(centre @ centre)
+        along = (z @ directions - centre @ directions).double()
+        return (square - (along**2) @ torch.from_numpy(self.shrink)).numpy()
 
 
 @dataclass

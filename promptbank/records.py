@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .backbone import PLACEMENTS
+from .backbone import PLACEMENTS, TEXT_FIELD
 from .errors import InvalidDataError
 from .keys import DEFAULT_KEY_ENCODER
 from .manifest import TASK_TYPES  # noqa: F401  (what a task answers with)
@@ -115,12 +115,12 @@ class UnknownAnswer:
         labels: label words for a zero-shot classification; None (default) generates a continuation.
     """
 
-    template: str = "{text}"
+    template: str = TEXT_FIELD
     labels: list[str] | None = None
 
     def __post_init__(self) -> None:
-        if "{text}" not in self.template:
-            raise InvalidDataError(f"unknown_answer template {self.template!r} must contain '{{text}}'")
+        if TEXT_FIELD not in self.template:
+            raise InvalidDataError(f"unknown_answer template {self.template!r} must contain '{TEXT_FIELD}'")
         if self.labels is not None:
             self.labels = [str(w) for w in self.labels]
             if not self.labels or len(set(self.labels)) != len(self.labels) or not all(w.strip() for w in self.labels):

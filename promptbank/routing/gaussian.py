@@ -305,17 +305,17 @@ class GaussianRouter(Router):
         }
         block: list[tuple[int, TaskStats]] = []
         held = 0
-        moments = BackgroundMoments(self.dim)
+        moments = BackgroundMoments(self.dim) if self.config.novelty == "relative" else None
         for i, item in enumerate(items):
             block.append(item)
             held += len(item[1].counts)
             if held >= REBUILD_BLOCK_MEANS or i + 1 == len(items):
                 white = white_of([s.float_means() for _, s in block])
-                if self.config.novelty == "relative":
+                if moments is not None:
                     moments.add(white, np.concatenate([s.counts for _, s in block]))
                 self._index_tasks(c, block, white)
                 block, held = [], 0
-        if self.config.novelty == "relative":
+        if moments is not None:
             c["background"] = moments.background(BACKGROUND_RANK)
         self._cache = c
         return c

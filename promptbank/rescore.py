@@ -12,7 +12,7 @@ trained on a task drives the LLM to put its mass on that task's label words for 
 like its own. Only inputs whose runner-up candidate reaches ``min_posterior`` pay extra
 forward passes, so confident routing stays as cheap as plain routing.
 
-Measured on offline-5 (RESULTS.md, ``scripts/rescore_study.py``) it does not pay: the LDA
+Measured on offline-5 (docs/routing.md, "Why these defaults") it does not pay: the LDA
 router's wrong picks are mostly confident (median posterior 0.999), and even where both
 prompts were run, the true task's prompt was the more confident one on only 35-56% of
 misrouted inputs while a runner-up beat the true prompt on 22-43% of correctly routed
@@ -35,7 +35,7 @@ from .routing import Routing
 class Rescorer:
     """How many router candidates to re-score, and how much the prompts' answers count.
 
-    Off by default (``top=1``): measured on offline-5 (RESULTS.md), a prompt's confidence
+    Off by default (``top=1``): measured on offline-5 (docs/routing.md), a prompt's confidence
     does not tell its own task's inputs from a neighbour's well enough to fix routing.
     """
 

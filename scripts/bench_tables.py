@@ -203,6 +203,42 @@ def heldout_routing(r: dict[str, Any]) -> str:
     )
 
 
+HELDOUT_ROUTER_LABELS = {
+    "lda": "`lda` (default)",
+    "lda-shrinkage-0.2": "`lda`, shrinkage 0.2 (default: OAS)",
+    "lda-2-per-class": "`lda`, 2 k-means components per class",
+    "lda-4-per-class": "`lda`, 4 k-means components per class",
+    "logreg-all-keys": "reference: logistic regression on every key",
+}
+
+
+def heldout_keys(r: dict[str, Any]) -> str:
+    """Held-out routing per router (default key) and per key (``study-heldout-keys``)."""
+    names = list(next(iter(r["routers"].values()))["per_heldout"])
+
+    def row(label: str, v: dict[str, Any]) -> list[str]:
+        spread = f" ± {100 * v['heldout_mean_std']:.1f}" if v["draws"] > 1 else ""
+        return [label, f"{100 * v['heldout_mean']:.1f}{spread}", pct(v["heldout_min"]), pct(v["tuning_after"])] + [
+            pct(v["per_heldout"][n]) for n in names
+        ]
+
+    head = ["", "held-out mean", "worst task", "tuning tasks after"] + [f"`{n}`" for n in names]
+    routers = [row(HELDOUT_ROUTER_LABELS.get(k, k), v) for k, v in r["routers"].items()]
+    keys = [row(f"`{k}`", v) for k, v in r["keys"].items()]
+    draws = next(iter(r["routers"].values()))["draws"]
+    return (
+        f"Routers, on the default key `{r['default_key']}` (up to {r['budgets']['key_per_class']:,} key inputs "
+        f"per class; mean over {draws} data draws):\n\n"
+        + table(head, routers)
+        + "\n\nKeys, under `lda` (draw 0; train and validation keys only, "
+        f"{r['budgets']['train_per_class']} + {r['budgets']['val_per_class']} per class, since the LLM-layer keys "
+        "cost about ten times MiniLM's to encode on a CPU; `llm-layerL`: the masked mean of the frozen LLM's "
+        "layer-L hidden state over the input):\n\n"
+        + table(head, keys)
+        + "\n\nRouting accuracy in %; *tuning tasks after*: offline-9's tasks once the held-out tasks joined."
+    )
+
+
 UNKNOWN_SCORE_LABELS = {
     "posterior": "task posterior at T=30",
     "nearest": "nearest class mean",
@@ -540,4 +576,5 @@ BENCH_TABLES: dict[str, Callable[[], str]] = {
     "bench-routing": lambda: bench_table("bench-routing", routing),
     "bench-routing-1m": lambda: bench_table("bench-routing-1m", routing),
     "study-unknown-inputs": lambda: bench_table("study-unknown-inputs", unknown_inputs),
+    "study-heldout-keys": lambda: bench_table("study-heldout-keys", heldout_keys),
 }

@@ -254,6 +254,10 @@ class CachedKeys:
         self.inner, self.dim, self.name = inner, inner.dim, inner.name
         self._memo: dict[str, Any] = {}
 
+    def remember(self, texts: list[str], keys: Any) -> None:
+        """Take ``keys`` (computed elsewhere, e.g. ``KeyParts.keys``) as the keys of ``texts``."""
+        self._memo.update(zip(texts, keys))
+
     def identity(self) -> dict[str, Any]:
         return self.inner.identity()
 
@@ -269,6 +273,62 @@ class CachedKeys:
         from promptbank.keys import KeyEncoder
 
         return KeyEncoder.encode_blocks(self, texts, block, batch_size, progress)
+
+
+KEYS_CACHE = REPO / "runs" / "keys_cache"
+
+
+class KeyParts:
+    """Keys of a ``"+"``-joined key encoder, each part's keys of a (task, split) cached on disk.
+
+    One file per part, task, split and digest of the texts under ``runs/keys_cache/``, so a study
+    or a benchmark that routes the same texts again (another router, another run) encodes
+    nothing; the joined key is what ``ConcatKeys.encode`` returns. The encoders (and the LLM, for
+    the parts that read it) load only when a file is missing.
+    """
+
+    def __init__(self, backbone: Any = None) -> None:
+        self._parts: dict[str, Any] = {}
+        self._backbone = backbone
+
+    def encode(self, part: str, texts: list[str]) -> Any:
+        """One part's keys of ``texts``, computed (no cache)."""
+        if part not in self._parts:
+            from promptbank.keys import make_key_encoder
+
+            if part != "minilm" and self._backbone is None:
+                from promptbank.backbone import load_backbone
+
+                self._backbone = load_backbone(device="cpu")
+            self._parts[part] = make_key_encoder(part, backbone=self._backbone, device="cpu")
+        return self._parts[part].encode(texts, progress=False)
+
+    def keys(self, key_encoder: str, task: str, split: str, texts: list[str]) -> Any:
+        """The joined key of ``texts``, each part read from the cache or encoded and cached."""
+        import hashlib
+
+        import numpy as np
+        import torch
+
+        from promptbank.keys import PooledKeyEncoder, l2_normalize, native_bf16
+
+        digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
+        # MiniLM keys computed in bf16 (native_bf16) are cached apart from float32 ones, and by
+        # the token budget per key batch: bf16 rounding depends on the batch's padded shape
+        bf16 = f"-bf16-t{PooledKeyEncoder.batch_tokens}" if native_bf16(torch.device("cpu")) else ""
+        blocks = []
+        for part in key_encoder.split("+"):
+            path = KEYS_CACHE / f"{part}{bf16 if part == 'minilm' else ''}-{task}-{split}-{digest}.npy"
+            if path.exists():
+                blocks.append(np.load(path))
+                continue
+            started = time.perf_counter()
+            keys = self.encode(part, texts)
+            KEYS_CACHE.mkdir(parents=True, exist_ok=True)
+            np.save(path, keys)
+            log(f"encoded {part} {task}/{split}: {len(texts)} texts in {time.perf_counter() - started:.0f} s")
+            blocks.append(keys)
+        return l2_normalize(np.concatenate(blocks, axis=1))
 
 
 def log(msg: str) -> None:

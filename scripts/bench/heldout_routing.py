@@ -7,7 +7,8 @@ budgets (train, validation and key inputs per class), nothing re-tuned. Reported
 over ``--draws`` data draws: its routing accuracy on its test inputs, and where its misrouted
 inputs go; per tuning task: its routing accuracy before and after the held-out tasks arrived
 (what they steal). Routing only: the modules are untrained (``prompt_state``), since routing
-reads keys alone.
+reads keys alone. Keys are read from (or encoded once into) runs/keys_cache/, which the routing
+studies share (``_bench.KeyParts``).
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/bench/heldout_routing.py --threads 2 \
         --out runs/bench/heldout-routing.json
@@ -57,6 +58,7 @@ def main() -> None:
     if args.router:
         config = dataclasses.replace(config, router=json.loads(args.router))
     keys = _bench.CachedKeys(make_key_encoder(config.key_encoder, backbone=backbone))
+    parts = _bench.KeyParts(backbone)
     tuning = stream_tasks(args.tuning, 1)
     heldout = args.heldout.split(",") if args.heldout else list(HELDOUT)
     budgets = DataConfig()
@@ -90,6 +92,18 @@ def main() -> None:
                     seed=draw,
                     key_per_class=key_per_class,
                 )
+                if phase == "heldout":  # a stock phrase that is also a bank task's text routes either way
+                    keep = [i for i, t in enumerate(task.test_texts) if t not in bank_texts]
+                    task.test_texts = [task.test_texts[i] for i in keep]
+                    task.test_labels = [task.test_labels[i] for i in keep]
+                for split, texts in (
+                    ("train", task.train_texts),
+                    ("val", task.val_texts),
+                    ("key", task.key_texts),
+                    ("test", task.test_texts),
+                ):
+                    if texts:  # from runs/keys_cache/ (shared with the routing studies), or encoded once there
+                        keys.remember(texts, parts.keys(config.key_encoder, name, f"{split}-s{draw}", texts))
                 bank.add_task(
                     name,
                     task.train_texts,
@@ -102,10 +116,6 @@ def main() -> None:
                     key_labels=task.key_labels or None,
                     prompt_state=untrained,
                 )
-                if phase == "heldout":  # a stock phrase that is also a bank task's text routes either way
-                    keep = [i for i, t in enumerate(task.test_texts) if t not in bank_texts]
-                    task.test_texts = [task.test_texts[i] for i in keep]
-                    task.test_labels = [task.test_labels[i] for i in keep]
                 loaded[name] = task
                 _bench.log(f"draw {draw}: {phase} task {name} ({len(task.train_texts) + len(task.key_texts)} keys)")
             if phase == "tuning":

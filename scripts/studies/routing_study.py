@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -54,13 +53,15 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from promptbank.keys import DEFAULT_KEY_ENCODER, PooledKeyEncoder, l2_normalize, native_bf16  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import _bench  # noqa: E402
+
+from promptbank.keys import DEFAULT_KEY_ENCODER, l2_normalize  # noqa: E402
 from promptbank.routing import LDARouter, Router, make_router, router_from_state  # noqa: E402
 from streams.named import STREAMS, stream_tasks  # noqa: E402
 from streams.splits import KEY_PER_CLASS, get_task  # noqa: E402
 
 BUDGETS = {"train_per_class": 64, "val_per_class": 16, "test_per_class": 100, "seed": 0, "key_per_class": KEY_PER_CLASS}
-CACHE = Path("runs/keys_cache")
 KEY_ENCODER = DEFAULT_KEY_ENCODER  # --keys overrides
 REJECT_KNOWN = 0.05  # share of known-task validation inputs the unknown threshold rejects
 SINGLE_QUERIES = 200  # queries routed one at a time for the single-query latency
@@ -74,46 +75,12 @@ def _set_threads() -> None:
 # -- keys ------------------------------------------------------------------------------------
 
 
-class _LazyEncoder:
-    """Loads a key encoder part (and the LLM for the embedding parts) only when a key file is missing."""
-
-    def __init__(self) -> None:
-        self._parts: dict[str, Any] = {}
-        self._backbone = None
-
-    def encode(self, part: str, texts: list[str]) -> np.ndarray:
-        if part not in self._parts:
-            from promptbank.keys import make_key_encoder
-
-            if part != "minilm" and self._backbone is None:
-                from promptbank.backbone import load_backbone
-
-                self._backbone = load_backbone(device="cpu")
-            self._parts[part] = make_key_encoder(part, backbone=self._backbone, device="cpu")
-        return self._parts[part].encode(texts, progress=False)
+_LazyEncoder = _bench.KeyParts  # keys cached per part under runs/keys_cache/
 
 
-def _cached_keys(encoder: _LazyEncoder, task: str, split: str, texts: list[str]) -> np.ndarray:
-    """Keys of ``texts`` (each part of a "+" key from runs/keys_cache/ when encoded before)."""
-    digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
-    blocks = []
-    # MiniLM keys computed in bf16 (promptbank.keys.native_bf16) are cached apart from float32 ones,
-    # and by the token budget per key batch: bf16 rounding depends on the batch's padded shape
-    bf16 = f"-bf16-t{PooledKeyEncoder.batch_tokens}" if native_bf16(torch.device("cpu")) else ""
-    for part in KEY_ENCODER.split("+"):
-        path = CACHE / f"{part}{bf16 if part == 'minilm' else ''}-{task}-{split}-{digest}.npy"
-        if path.exists():
-            blocks.append(np.load(path))
-            continue
-        started = time.perf_counter()
-        keys = encoder.encode(part, texts)
-        CACHE.mkdir(parents=True, exist_ok=True)
-        np.save(path, keys)
-        print(
-            f"  encoded {part} {task}/{split}: {len(texts)} texts in {time.perf_counter() - started:.0f} s", flush=True
-        )
-        blocks.append(keys)
-    return l2_normalize(np.concatenate(blocks, axis=1))  # what ConcatKeys.encode returns
+def _cached_keys(encoder: _bench.KeyParts, task: str, split: str, texts: list[str]) -> np.ndarray:
+    """Keys of ``texts`` under ``KEY_ENCODER`` (each part from runs/keys_cache/ when encoded before)."""
+    return encoder.keys(KEY_ENCODER, task, split, texts)
 
 
 @dataclass

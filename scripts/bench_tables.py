@@ -224,17 +224,22 @@ def heldout_keys(r: dict[str, Any]) -> str:
 
     head = ["", "held-out mean", "worst task", "tuning tasks after"] + [f"`{n}`" for n in names]
     routers = [row(HELDOUT_ROUTER_LABELS.get(k, k), v) for k, v in r["routers"].items()]
-    keys = [row(f"`{k}`", v) for k, v in r["keys"].items()]
+    speed = r["key_texts_per_s"]
+    keys = [
+        row(f"`{k}`", v)[:1] + [f"{1 / sum(1 / speed[p] for p in k.split('+')):.0f}"] + row(f"`{k}`", v)[1:]
+        for k, v in r["keys"].items()
+    ]
     draws = next(iter(r["routers"].values()))["draws"]
+    over = "data draw 0" if draws == 1 else f"mean over {draws} data draws"
     return (
         f"Routers, on the default key `{r['default_key']}` (up to {r['budgets']['key_per_class']:,} key inputs "
-        f"per class; mean over {draws} data draws):\n\n"
+        f"per class; {over}):\n\n"
         + table(head, routers)
-        + "\n\nKeys, under `lda` (draw 0; train and validation keys only, "
-        f"{r['budgets']['train_per_class']} + {r['budgets']['val_per_class']} per class, since the LLM-layer keys "
-        "cost about ten times MiniLM's to encode on a CPU; `llm-layerL`: the masked mean of the frozen LLM's "
-        "layer-L hidden state over the input):\n\n"
-        + table(head, keys)
+        + "\n\nKeys, under `lda` (data draw 0; train and validation keys only, "
+        f"{r['budgets']['train_per_class']} + {r['budgets']['val_per_class']} per class; `llm-layerL`: the masked "
+        "mean of the frozen LLM's layer-L hidden state over the input; *texts/s*: the key's encoding speed on one "
+        "CPU thread, its parts measured side by side on the same 256 training inputs):\n\n"
+        + table(head[:1] + ["texts/s"] + head[1:], keys)
         + "\n\nRouting accuracy in %; *tuning tasks after*: offline-9's tasks once the held-out tasks joined."
     )
 

@@ -11,9 +11,10 @@ Two parts:
   the default ``lda`` router, other shrinkage, several k-means components per class, and a
   reference that is not a bank router: a logistic regression over tasks trained on every key
   (what a discriminative classifier with all the keys gets on the same key).
-* **keys** (draw 0, train + validation keys only, since the LLM-layer keys cost ~10x MiniLM's to
-  encode on a CPU): the default key next to keys from the frozen LLM's own hidden states, the
-  masked mean of layer 4 or 8 (of 30) over the input's tokens, joined to the default key.
+* **keys** (draw 0, train + validation keys only, to keep the study short on a CPU): the default
+  key next to keys from the frozen LLM's own hidden states, the masked mean of layer 4 or 8 (of
+  30) over the input's tokens, joined to the default key; and each key part's encoding speed,
+  measured side by side on the same 256 training inputs (best of two, interleaved).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/studies/heldout_keys.py --draws 1 \
         --out runs/studies/heldout-keys.json
@@ -153,6 +154,21 @@ def route_all(tasks: list[dict[str, Any]], options: dict[str, Any]) -> dict[str,
     return {"before": before, "after": after}
 
 
+def key_speed(encoder: StudyEncoder, parts: list[str], repeats: int = 2) -> dict[str, float]:
+    """Texts per second of each key part on the same 256 training inputs (bbc and trec), best of
+    ``repeats`` interleaved passes, after a warm-up."""
+    texts = [t for name in ("bbc", "trec") for t in get_task(name, **rs.BUDGETS).train_texts[:128]]
+    for part in parts:
+        encoder.encode(part, texts[:8])
+    best = dict.fromkeys(parts, float("inf"))
+    for _ in range(repeats):
+        for part in parts:
+            started = time.perf_counter()
+            encoder.encode(part, texts)
+            best[part] = min(best[part], time.perf_counter() - started)
+    return {part: len(texts) / seconds for part, seconds in best.items()}
+
+
 def summarize(runs: list[dict[str, Any]], tasks: list[dict[str, Any]]) -> dict[str, Any]:
     held = [t["name"] for t in tasks if t["heldout"]]
     tuning = [t["name"] for t in tasks if not t["heldout"]]
@@ -192,6 +208,9 @@ def main() -> None:
         keys[key_set] = summarize([route_all(tasks, ROUTERS["lda"])], tasks)
         _bench.log(f"keys {key_set}: held-out {100 * keys[key_set]['heldout_mean']:.1f}")
 
+    speed = key_speed(encoder, sorted({p for k in KEY_SETS for p in k.split("+")}))
+    _bench.log("key texts/s: " + ", ".join(f"{p} {v:.0f}" for p, v in speed.items()))
+
     _bench.write_json(
         args.out,
         {
@@ -202,6 +221,7 @@ def main() -> None:
             "budgets": {k: v for k, v in rs.BUDGETS.items() if k != "seed"},
             "routers": routers,
             "keys": keys,
+            "key_texts_per_s": speed,
             "seconds": time.perf_counter() - started,
         },
     )

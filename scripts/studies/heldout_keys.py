@@ -16,7 +16,7 @@ Two parts:
   30) over the input's tokens, joined to the default key; and each key part's encoding speed,
   measured side by side on the same 256 training inputs (best of two, interleaved).
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/studies/heldout_keys.py --draws 1 \
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/studies/heldout_keys.py --draws 3 \
         --out runs/studies/heldout-keys.json
 """
 
@@ -189,7 +189,7 @@ def summarize(runs: list[dict[str, Any]], tasks: list[dict[str, Any]]) -> dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--draws", type=int, default=1, help="data draws of the routers part")
+    parser.add_argument("--draws", type=int, default=3, help="data draws of the routers part")
     parser.add_argument("--out", default="runs/studies/heldout-keys.json")
     args = parser.parse_args()
     rs._set_threads()

@@ -251,6 +251,8 @@ UNKNOWN_SCORE_LABELS = {
     "mixture": "class-mixture likelihood",
     "posterior-or-nearest": "posterior or nearest",
     "relative-or-posterior": "relative or posterior",
+    "perplexity": "LLM perplexity of the input",
+    "relative-or-perplexity": "relative or LLM perplexity",
 }
 
 

@@ -1,4 +1,4 @@
-"""Which score flags inputs of no task in the bank, from the router's keys alone?
+"""Which score flags inputs of no task in the bank: the router's keys, or the LLM itself?
 
 Two evaluations on offline-9 (issue 31), every score thresholded so that 5% of the known
 tasks' validation inputs are rejected (the routers never learn from those inputs):
@@ -18,8 +18,15 @@ counts, the pooled within-class scatter), on whitened keys:
 * ``relative``: ``nearest`` minus that of a background Gaussian fitted to every key (relative
   Mahalanobis, Ren et al. 2021);
 * ``mixture``: the log-likelihood under the mixture of all classes (an energy score);
-* ``posterior-or-nearest``, ``relative-or-posterior``: unknown when either score is below its own
-  2.5% threshold.
+* ``perplexity``: minus the input's mean token negative log-likelihood under the bare frozen LLM
+  (the input alone, cut to the bank's 64 tokens): a score from the LLM rather than the key;
+* ``posterior-or-nearest``, ``relative-or-posterior``, ``relative-or-perplexity``: unknown when
+  either score is below its own 2.5% threshold.
+
+Answer (docs/routing.md): ``relative``, the router's default. The LLM's perplexity points the wrong
+way: the bank's own tweets and SMS are the least fluent texts in the study, far inputs (prose, code,
+fiction) the most, so it flags 1% of far inputs and 5% of held-out tasks, and adding it to
+``relative`` only dilutes it.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/studies/unknown_inputs.py --out runs/studies/unknown-inputs.json
 
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import html
 import importlib.metadata
 import json
@@ -43,7 +51,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from routing_study import (
+    _bench,  # scripts/bench/_bench.py, put on the path by routing_study
     BUDGETS,
     KEY_ENCODER,
     REJECT_KNOWN,
@@ -58,6 +68,8 @@ from routing_study import (
 
 from promptbank.keys import l2_normalize
 from promptbank.routing import make_router
+from streams.named import stream_tasks
+from streams.splits import get_task
 
 PER_SET = 400  # texts drawn from each far out-of-distribution source
 MIN_CHARS = 25  # shorter lines ("hi.") carry no kind at all
@@ -121,6 +133,45 @@ def far_ood_sets() -> dict[str, list[str]]:
     return out
 
 
+# -- the LLM's score -------------------------------------------------------------------------
+
+MAX_INPUT_TOKENS = 64  # the bank's default cut
+_LLM: list[Any] = []
+
+
+def input_nll(tag: str, texts: list[str], batch_size: int = 16) -> np.ndarray:
+    """Mean next-token negative log-likelihood of each text (its first ``MAX_INPUT_TOKENS``
+    tokens) under the bare frozen LLM; cached under runs/keys_cache/ like the keys."""
+    digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
+    path = _bench.KEYS_CACHE / f"llm-nll-{tag}-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    if not _LLM:
+        from promptbank.backbone import load_backbone
+
+        _LLM.append(load_backbone(device="cpu"))
+    tok, model = _LLM[0].tokenizer, _LLM[0].model
+    ids = [t[:MAX_INPUT_TOKENS] for t in tok(list(texts), add_special_tokens=False)["input_ids"]]
+    order = np.argsort([len(i) for i in ids])  # similar lengths per batch: little padding
+    out = np.zeros(len(ids))
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(ids), batch_size):
+            rows = order[start : start + batch_size]
+            width = max(len(ids[i]) for i in rows)
+            x = torch.full((len(rows), width), tok.pad_token_id)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, i in enumerate(rows):
+                x[j, : len(ids[i])], mask[j, : len(ids[i])] = torch.tensor(ids[i]), 1
+            logp = torch.log_softmax(model(input_ids=x, attention_mask=mask).logits[:, :-1].float(), -1)
+            token = logp.gather(-1, x[:, 1:, None])[..., 0] * mask[:, 1:]
+            out[rows] = (-token.sum(1) / mask[:, 1:].sum(1).clamp(min=1)).numpy()
+    _bench.KEYS_CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    _bench.log(f"LLM perplexity {tag}: {len(texts)} texts in {time.perf_counter() - started:.0f} s")
+    return out
+
+
 # -- scores ----------------------------------------------------------------------------------
 
 
@@ -161,7 +212,8 @@ class Scorer:
         z0 = (z @ np.linalg.pinv(self.whiten) - self.mu0) @ self.whiten0
         return (-np.maximum(d2, 0.0).min(1) + (z0 * z0).sum(1)) / z.shape[1]
 
-    def scores(self, keys: np.ndarray) -> dict[str, np.ndarray]:
+    def scores(self, keys: np.ndarray, nll: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every key score of ``keys``, and ``perplexity`` when their LLM ``nll`` is given."""
         x = l2_normalize(keys).astype(np.float64)
         z = x @ self.whiten
         d2 = (z * z).sum(1)[:, None] - 2 * z @ self.white_means.T + (self.white_means**2).sum(1)[None]
@@ -178,17 +230,25 @@ class Scorer:
         task_ll30 -= task_ll30.max(1, keepdims=True)
         post30 = np.exp(task_ll30) / np.exp(task_ll30).sum(1, keepdims=True)
         chosen = np.argmax(np.stack([np.logaddexp.reduce(ll[:, self.owner == t], axis=1) for t in tasks], 1), 1)
-        return {
+        out = {
             "posterior": post30[np.arange(len(x)), chosen],
             "nearest": nearest / dim,
             "relative": (nearest + (z0 * z0).sum(1)) / dim,
             "mixture": mixture / dim,
         }
+        if nll is not None:
+            out["perplexity"] = -np.asarray(nll, np.float64)
+        return out
 
 
-SCORES = ("posterior", "nearest", "relative", "mixture", "posterior-or-nearest", "relative-or-posterior")
-SINGLE = ("posterior", "nearest", "relative", "mixture")
-EITHER = {"posterior-or-nearest": ("posterior", "nearest"), "relative-or-posterior": ("relative", "posterior")}
+SINGLE = ("posterior", "nearest", "relative", "mixture", "perplexity")
+EITHER = {
+    "posterior-or-nearest": ("posterior", "nearest"),
+    "relative-or-posterior": ("relative", "posterior"),
+    "relative-or-perplexity": ("relative", "perplexity"),
+}
+SCORES = (*SINGLE, *EITHER)
+KEY_SCORES = SINGLE[:-1]  # from the router alone
 
 
 def _flags(known_val: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -203,14 +263,15 @@ def _flags(known_val: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> di
     return out
 
 
-def far_ood(tasks: list[TaskKeys], ood_keys: dict[str, np.ndarray]) -> dict[str, Any]:
+def far_ood(tasks: list[TaskKeys], nll: list[dict[str, np.ndarray]], ood: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Detection of each far set (``ood``: name -> (keys, LLM nll)) by a router holding every task."""
     scorer = Scorer(tasks)
-    val = scorer.scores(np.concatenate([t.val for t in tasks]))
-    test = scorer.scores(np.concatenate([t.test for t in tasks]))
+    val = scorer.scores(np.concatenate([t.val for t in tasks]), np.concatenate([n["val"] for n in nll]))
+    test = scorer.scores(np.concatenate([t.test for t in tasks]), np.concatenate([n["test"] for n in nll]))
     known_flags = _flags(val, test)
     result: dict[str, Any] = {"false_reject_test": {s: float(known_flags[s].mean()) for s in SCORES}, "sets": {}}
-    for name, keys in ood_keys.items():
-        sc = scorer.scores(keys)
+    for name, (keys, ood_nll) in ood.items():
+        sc = scorer.scores(keys, ood_nll)
         flags = _flags(val, sc)
         result["sets"][name] = {
             "n": len(keys),
@@ -223,10 +284,10 @@ def far_ood(tasks: list[TaskKeys], ood_keys: dict[str, np.ndarray]) -> dict[str,
         s: {
             "false_reject_test": float((test[s] < np.quantile(own[s], REJECT_KNOWN)).mean()),
             "mean_detected": float(
-                np.mean([(scorer.scores(k)[s] < np.quantile(own[s], REJECT_KNOWN)).mean() for k in ood_keys.values()])
+                np.mean([(scorer.scores(k)[s] < np.quantile(own[s], REJECT_KNOWN)).mean() for k, _ in ood.values()])
             ),
         }
-        for s in SINGLE
+        for s in KEY_SCORES
     }
     # ... or from the router's statistics alone: the 5% quantile of its Gaussian model's scores
     model = np.quantile(scorer.gaussian_relative(20000), REJECT_KNOWN)
@@ -242,14 +303,16 @@ def far_ood(tasks: list[TaskKeys], ood_keys: dict[str, np.ndarray]) -> dict[str,
     return result
 
 
-def leave_one_out(tasks: list[TaskKeys]) -> dict[str, Any]:
+def leave_one_out(tasks: list[TaskKeys], nll: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     per: dict[str, Any] = {}
     for held in range(len(tasks)):
         scorer = Scorer(tasks, skip=held)
-        known = [t for i, t in enumerate(tasks) if i != held]
-        val = scorer.scores(np.concatenate([t.val for t in known]))
-        test = scorer.scores(np.concatenate([t.test for t in known]))
-        new = scorer.scores(tasks[held].test)
+        known = [i for i in range(len(tasks)) if i != held]
+        val = scorer.scores(np.concatenate([tasks[i].val for i in known]), np.concatenate([nll[i]["val"] for i in known]))
+        test = scorer.scores(
+            np.concatenate([tasks[i].test for i in known]), np.concatenate([nll[i]["test"] for i in known])
+        )
+        new = scorer.scores(tasks[held].test, nll[held]["test"])
         per[tasks[held].name] = {
             "false_reject_test": {s: float(v.mean()) for s, v in _flags(val, test).items()},
             "detected": {s: float(v.mean()) for s, v in _flags(val, new).items()},
@@ -270,10 +333,17 @@ def main() -> None:
     started = time.perf_counter()
     encoder = _LazyEncoder()
     tasks = load_stream("offline-9", 1, encoder, router_val=False)
+    nll = []
+    for task in stream_tasks("offline-9", 1):
+        data = get_task(task, **BUDGETS)
+        nll.append({split: input_nll(f"{task}-{split}", getattr(data, f"{split}_texts")) for split in ("val", "test")})
     texts = far_ood_sets()
-    ood_keys = {name: _cached_keys(encoder, f"ood-{name}", "test", t) for name, t in texts.items()}
-    far = far_ood(tasks, ood_keys)
-    loo = leave_one_out(tasks)
+    ood = {
+        name: (_cached_keys(encoder, f"ood-{name}", "test", t), input_nll(f"ood-{name}", t))
+        for name, t in texts.items()
+    }
+    far = far_ood(tasks, nll, ood)
+    loo = leave_one_out(tasks, nll)
     print(f"\nthreshold: {REJECT_KNOWN:.0%} of known validation inputs rejected")
     print(
         f"{'score':<22} {'FR test':>8} " + " ".join(f"{n[:12]:>12}" for n in texts) + f" {'LOO det':>8} {'LOO FR':>7}"

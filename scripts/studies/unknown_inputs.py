@@ -53,12 +53,12 @@ from typing import Any
 import numpy as np
 import torch
 from routing_study import (
-    _bench,  # scripts/bench/_bench.py, put on the path by routing_study
     BUDGETS,
     KEY_ENCODER,
     REJECT_KNOWN,
     TaskKeys,
     _auroc,
+    _bench,  # scripts/bench/_bench.py, put on the path by routing_study
     _cached_keys,
     _environment,
     _LazyEncoder,
@@ -263,7 +263,9 @@ def _flags(known_val: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> di
     return out
 
 
-def far_ood(tasks: list[TaskKeys], nll: list[dict[str, np.ndarray]], ood: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+def far_ood(
+    tasks: list[TaskKeys], nll: list[dict[str, np.ndarray]], ood: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, Any]:
     """Detection of each far set (``ood``: name -> (keys, LLM nll)) by a router holding every task."""
     scorer = Scorer(tasks)
     val = scorer.scores(np.concatenate([t.val for t in tasks]), np.concatenate([n["val"] for n in nll]))
@@ -308,7 +310,9 @@ def leave_one_out(tasks: list[TaskKeys], nll: list[dict[str, np.ndarray]]) -> di
     for held in range(len(tasks)):
         scorer = Scorer(tasks, skip=held)
         known = [i for i in range(len(tasks)) if i != held]
-        val = scorer.scores(np.concatenate([tasks[i].val for i in known]), np.concatenate([nll[i]["val"] for i in known]))
+        val = scorer.scores(
+            np.concatenate([tasks[i].val for i in known]), np.concatenate([nll[i]["val"] for i in known])
+        )
         test = scorer.scores(
             np.concatenate([tasks[i].test for i in known]), np.concatenate([nll[i]["test"] for i in known])
         )

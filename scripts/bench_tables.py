@@ -405,9 +405,7 @@ def mean_bits_study(r: dict[str, Any]) -> str:
     classes = ", ".join(f"`{s}` {c:.1f}" for s, c in r["classes_per_task"].items())
     return (
         table(["class mean", f"B/mean ({r['dim']}-d)", *(f"`{s}` routing % (vs float16)" for s in streams)], rows)
-        + f"
-
-Classes per task: {classes}. Tasks added in stream order with the runner's budgets, every test "
+        + f"\n\nClasses per task: {classes}. Tasks added in stream order with the runner's budgets, every test "
         "input routed; each scheme encodes and decodes the means before they enter the router."
     )
 

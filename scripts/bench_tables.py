@@ -515,11 +515,69 @@ def _footprint_row(method: str, trainable_params: int) -> dict[str, Any] | None:
 KIND_ORDER = ("ulpt", "pt", "lopt1", "lopt2", "dept", "ssb", "ssl", "ia3", "lora", "vera")
 
 
+def _kind_runs() -> list[dict[str, Any]]:
+    return [load(p.stem) for p in RESULTS.glob("kind-*.json")]
+
+
+def _kind_label(r: dict[str, Any]) -> str:
+    """A kind run's name: its method, and its options where it has any."""
+    bank = r["config"]["bank"]
+    shown = ", ".join(f"{k}={v}" for k, v in (bank.get("prompt_options") or {}).items())
+    return f"`{bank['method']}`" + (f" ({shown})" if shown else "")
+
+
+def _min_median_max(xs: list[float]) -> str:
+    return " / ".join(f"{100 * v:.1f}" for v in (min(xs), float(np.median(xs)), max(xs)))
+
+
+def module_kind_seeds() -> str:
+    """Kinds run on several seeds (``kind-*.json`` with ``--seed``): the spread of their answers,
+    next to ULPT's on the same seeds (``study-suffix-s*``: the main job's settings)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in _kind_runs():
+        groups.setdefault(_kind_label(run["result"]), []).append(run)
+    groups = {k: sorted(v, key=lambda d: d["result"]["seed"]) for k, v in groups.items() if len(v) > 1}
+    if not groups:
+        return "(no module kind recorded on more than one seed yet)\n"
+    rows = []
+    seeds_used = sorted({run["result"]["seed"] for runs in groups.values() for run in runs})
+    ulpt = [d for d in _study_seeds("study-suffix-s*.json") if d["result"]["seed"] in seeds_used]
+    if ulpt:
+        rows.append(
+            [
+                "`ulpt` (the default)",
+                ", ".join(str(d["result"]["seed"]) for d in ulpt),
+                _min_median_max([d["result"]["average"]["prompt"] for d in ulpt]),
+                _min_median_max([d["result"]["average"]["fused"] for d in ulpt]),
+                "–",
+            ]
+        )
+    for label, runs in sorted(groups.items(), key=lambda kv: KIND_ORDER.index(kv[1][0]["result"]["method"])):
+        rs = [run["result"] for run in runs]
+        rows.append(
+            [
+                label,
+                ", ".join(str(r["seed"]) for r in rs),
+                _min_median_max([r["module_alone_avg_acc"] for r in rs]),
+                _min_median_max([r["oracle_avg_acc"] for r in rs]),
+                _min_median_max([r["avg_acc"] for r in rs]),
+            ]
+        )
+    sources = "; ".join(f"`{run['name']}.json` ({where(run)})" for runs in groups.values() for run in runs)
+    return (
+        table(["kind", "seeds", "module alone", "oracle", "routed"], rows)
+        + "\n\n`offline-5` average over its tasks, in %, min / median / max over the seeds, each seed its own "
+        "data draw, initialisation and training; commands as in the table above with `--seed S`. ULPT's row "
+        "comes from the placement study on the same seeds (`study-suffix-s*.json`: *module alone* is its prompt "
+        f"alone, *oracle* its fused answers). Sources: {sources}.\n"
+    )
+
+
 def module_kinds() -> str:
     """Every module kind on offline-5 at the same budgets, data draw and seed (``kind-*.json``):
     the bank's answers (routed, and oracle: fused with the router's classes) next to the module's
     own answers (the task given, no router classes), its size and PEFT's file for the same module."""
-    runs = [load(p.stem) for p in RESULTS.glob("kind-*.json")]
+    runs = [run for run in _kind_runs() if run["result"]["seed"] == 0]
     if not runs:
         return "(no `docs/results/kind-*.json` recorded yet)\n"
     runs.sort(key=lambda d: (KIND_ORDER.index(d["result"]["method"]), d["result"]["trainable_params_per_task"]))
@@ -528,9 +586,7 @@ def module_kinds() -> str:
     for run in runs:
         r = run["result"]
         bank = r["config"]["bank"]
-        options = bank.get("prompt_options") or {}
-        shown = ", ".join(f"{k}={v}" for k, v in options.items())
-        label = f"`{bank['method']}`" + (f" ({shown})" if shown else "")
+        label = _kind_label(r)
         foot = _footprint_row(bank["method"], r["trainable_params_per_task"])
         train_s = sum(rep.get("prompt_train_seconds") or 0.0 for rep in r["reports"])
         rows.append(
@@ -582,6 +638,7 @@ def _spread(xs: list[float]) -> str:
 BENCH_TABLES: dict[str, Callable[[], str]] = {
     "placement-seeds": placement_seeds,
     "module-kinds": module_kinds,
+    "module-kind-seeds": module_kind_seeds,
     "study-key-probes": lambda: bench_table("study-key-probes-s0", key_classes),
     "bench-stream-workers": lambda: bench_table("bench-stream-workers", stream_workers),
     "bench-stream-workers-identity": lambda: bench_table("bench-stream-workers-identity", stream_workers),

@@ -11,7 +11,9 @@ exactly the precision it would store:
 * ``white intB``: B-bit codes of the mean *whitened* by a reference covariance frozen when the
   router first sees enough keys (the first task's, or its first N keys): quantisation error is
   then spread evenly in the metric the router routes by, instead of landing on the low-variance
-  directions that whitening magnifies. The reference costs a dim x dim matrix shared by the bank.
+  directions that whitening magnifies. The reference costs a dim x dim matrix shared by the bank;
+* ``key -> D-d``: a smaller key instead, the 960-d key times a fixed random orthogonal
+  960 x D matrix (means stored as the default does, 8 bits + 32 exact).
 
 Keys, budgets and streams are the routing study's (``routing_study.py``; cached under
 runs/keys_cache/).
@@ -30,9 +32,11 @@ from pathlib import Path
 import numpy as np
 from routing_study import BUDGETS, KEY_ENCODER, TaskKeys, _environment, _LazyEncoder, _set_threads, load_stream
 
+from promptbank.keys import l2_normalize
 from promptbank.routing import gaussian, make_router
 
 STREAMS = ("offline-9", "vader-4", "split-20ng")
+SMALLER_KEYS = (768, 640, 512)
 SHRINK = 0.1  # the reference covariance is shrunk this far toward its mean variance
 
 
@@ -91,6 +95,12 @@ def schemes(tasks: list[TaskKeys]) -> dict[str, tuple[Callable[[np.ndarray], np.
     return out
 
 
+def projected(tasks: list[TaskKeys], dim: int) -> list[TaskKeys]:
+    """``tasks`` with every key times a fixed random orthogonal ``key dim x dim`` matrix."""
+    basis, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(tasks[0].train.shape[1], dim)))
+    return [TaskKeys(t.name, l2_normalize(t.train @ basis), t.labels, l2_normalize(t.test @ basis)) for t in tasks]
+
+
 def route(tasks: list[TaskKeys], encode: Callable[[np.ndarray], np.ndarray] | None) -> float:
     """Routing accuracy of an ``lda`` router whose class means went through ``encode``."""
     dim = tasks[0].train.shape[1]
@@ -134,6 +144,11 @@ def main() -> None:
             result.setdefault(name, {})[stream] = route(tasks, encode)
             bytes_per_mean[name] = size
             print(f"{stream:<11} {name:<28} {100 * result[name][stream]:6.2f}  {size:6.0f} B/mean", flush=True)
+        for dim in SMALLER_KEYS:
+            name = f"key -> {dim}-d, int8+32"
+            result.setdefault(name, {})[stream] = route(projected(tasks, dim), None)
+            bytes_per_mean[name] = dim + 32 * 6 + 4
+            print(f"{stream:<11} {name:<28} {100 * result[name][stream]:6.2f}", flush=True)
     out = {
         "budgets": BUDGETS,
         "key_encoder": KEY_ENCODER,

@@ -410,6 +410,36 @@ def mean_bits_study(r: dict[str, Any]) -> str:
     )
 
 
+def rescore_cost(r: dict[str, Any]) -> str:
+    """Routed predictions against top-3 re-scored ones on a trained bank (``bench-rescore-cost``)."""
+    labels = {
+        "routed": "routed (default, `top=1`)",
+        "rescored_top3": "re-scored, `top=3` (unsure inputs only)",
+        "rescored_top3_all": "re-scored, `top=3`, `min_posterior=0` (every input)",
+    }
+    rows = []
+    for name, row in r["rows"].items():
+        rows.append(
+            [
+                labels.get(name, name),
+                f"{100 * row['share_rescored']:.1f}",
+                f"{row['module_passes_per_input']:.2f}",
+                f"{row['seconds']['median']:.1f}",
+                f"{row['cost_vs_routed']['paired_median']:.2f}×",
+                f"{100 * row['accuracy']:.1f}",
+                f"{100 * row['routing_accuracy']:.1f}",
+            ]
+        )
+    head = ["prediction", "inputs re-scored %", "module passes / input", "seconds", "cost vs routed", "accuracy %",
+            "routing %"]  # fmt: skip
+    return (
+        table(head, rows)
+        + f"\n\n{r['inputs']} test inputs of the bank's tasks ({', '.join(f'`{t}`' for t in r['tasks'])}), evenly "
+        f"spaced over each task's test split, one `bank.predict` call per case (keys and routing included), "
+        f"batches of {r['args']['batch_size']}, medians of {r['args']['repeats']}; the bank: `{r['args']['bank']}`."
+    )
+
+
 def stream_workers(r: dict[str, Any]) -> str:
     arms, reference = r["arms"], r["reference"]
     base = arms[reference]["seconds"]
@@ -644,6 +674,7 @@ BENCH_TABLES: dict[str, Callable[[], str]] = {
     "bench-stream-workers-identity": lambda: bench_table("bench-stream-workers-identity", stream_workers),
     "bench-routing-mean-bits": lambda: bench_table("bench-routing-mean-bits", routing_mean_bits),
     "study-mean-bits": lambda: bench_table("study-mean-bits", mean_bits_study),
+    "bench-rescore-cost": lambda: bench_table("bench-rescore-cost", rescore_cost),
     "bench-router-scale-100k": lambda: bench_table("bench-router-scale-100k", router_scale),
     "bench-distributed": lambda: bench_table("bench-distributed", distributed),
     "bench-serve-load": lambda: bench_table("bench-serve-load", serve_load),

@@ -545,6 +545,9 @@ def _footprint_row(method: str, trainable_params: int) -> dict[str, Any] | None:
 KIND_ORDER = ("ulpt", "pt", "lopt1", "lopt2", "dept", "ssb", "ssl", "ia3", "lora", "vera")
 
 
+DEFAULT_N_TOKENS = 20  # BankConfig.n_tokens: rows at another length name it
+
+
 def _kind_runs() -> list[dict[str, Any]]:
     return [load(p.stem) for p in RESULTS.glob("kind-*.json")]
 
@@ -552,7 +555,10 @@ def _kind_runs() -> list[dict[str, Any]]:
 def _kind_label(r: dict[str, Any]) -> str:
     """A kind run's name: its method, and its options where it has any."""
     bank = r["config"]["bank"]
-    shown = ", ".join(f"{k}={v}" for k, v in (bank.get("prompt_options") or {}).items())
+    options = dict(bank.get("prompt_options") or {})
+    if bank.get("n_tokens", DEFAULT_N_TOKENS) != DEFAULT_N_TOKENS:
+        options = {"n_tokens": bank["n_tokens"], **options}
+    shown = ", ".join(f"{k}={v}" for k, v in options.items())
     return f"`{bank['method']}`" + (f" ({shown})" if shown else "")
 
 

@@ -16,9 +16,10 @@ from typing import Any
 from .errors import BankFormatError
 
 FORMAT = "promptbank"
+#: 4: a Gaussian/LDA router may store its class means in 6 bits (``mean_bits``, the default);
 #: 3: each task records its ``task_type`` (text-to-text tasks have no label names); 2: each task
 #: records its own module (``module``: kind and options); 1: every task had ``prompt_config``.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MANIFEST = "manifest.json"
 TOP_KEYS = {"format", "schema_version", "backbone", "key_encoder", "config", "prompt_config", "router",
             "next_task_id", "tasks", "files"}  # fmt: skip

@@ -383,7 +383,14 @@ def routing_mean_bits(r: dict[str, Any]) -> str:
     rows = []
     for stream, x in r["streams"].items():
         by = {row["strategy"]: row for row in x["rows"]}
-        for name, label in (("lda", "8-bit (default)"), ("lda-16bit", "float16")):
+        labels = (
+            ("lda", f"{r.get('default_mean_bits', 8)}-bit (default)"),
+            ("lda-8bit", "8-bit"),
+            ("lda-16bit", "float16"),
+        )
+        for name, label in labels:
+            if name not in by:
+                continue
             row = by[name]
             rows.append(
                 [f"`{stream}`", label, f"{100 * row['accuracy']:.2f}", f"{row['marginal_bytes_per_task']:,.0f}"]

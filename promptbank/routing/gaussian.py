@@ -28,11 +28,13 @@ from .stats import (
     TaskStats,
     eigh,
     lda_log_posterior,
+    pack_codes,
     pack_upper,
     principal_factor,
     quantize_means,
     row_blocks,
     symmetric_float32,
+    unpack_codes,
     unpack_upper,
 )
 
@@ -87,8 +89,8 @@ class GaussianRouter(Router):
     Keys and queries are L2-normalised first (a no-op for KeyEncoder output), which also
     keeps the float16 scatter factors in range.
 
-    Cost: per task, its means (8-bit, ``stats.quantize_means``: 580 B per mean at 384-d; or
-    float16 with ``mean_bits=16``), a ``scatter_rank`` x dim
+    Cost: per task, its means (6-bit, ``stats.quantize_means``: 484 B per mean at 384-d;
+    8-bit or float16 with ``mean_bits=8`` or ``16``), a ``scatter_rank`` x dim
     float16 factor and a dim float32 residual (~8.4 KB at rank 8, 384-d); shared: the
     upper triangle of the dim x dim scatter in float32 (296 KB at 384-d). The scatter and
     the means are kept in memory at exactly the precision they are saved in, so a loaded
@@ -437,18 +439,23 @@ class GaussianRouter(Router):
         arrays = {
             "comp_label": join("labels", (0,), np.int64, stack=False),
             "comp_count": join("counts", (0,), np.int64, stack=False),
-            "comp_mean": join("means", (0, d), np.float16, stack=False).astype(
-                np.int8 if self.config.mean_bits == 8 else np.float16
-            ),
+            "comp_mean": self._saved_means(join("means", (0, d), np.float16, stack=False)),
             "task_factor": join("factor", (0, r, d), np.float16, stack=True),
             "scatter_packed": pack_upper(self._scatter),
         }
-        if self.config.mean_bits == 8:
+        if self.config.mean_bits != 16:
             arrays["comp_mean_scale"] = join("scale", (0, 1 + MEAN_OUTLIERS), np.float32, stack=False)
             arrays["comp_mean_outlier"] = join("outliers", (0, MEAN_OUTLIERS), np.int16, stack=False)
         if self._uses_residual:
             arrays["task_residual"] = join("residual", (0, d), np.float32, stack=True)
         return config, arrays
+
+    def _saved_means(self, means: np.ndarray) -> np.ndarray:
+        """The class means as saved: float16, int8 codes, or 6-bit codes packed (``pack_codes``)."""
+        bits = self.config.mean_bits
+        if bits == 6:
+            return pack_codes(means.astype(np.int8))
+        return means.astype(np.int8 if bits == 8 else np.float16)
 
     @classmethod
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> GaussianRouter:
@@ -458,14 +465,18 @@ class GaussianRouter(Router):
         try:
             start = 0
             residuals = arrays.get("task_residual")
-            scales = arrays["comp_mean_scale"] if router.config.mean_bits == 8 else None
-            outliers = arrays["comp_mean_outlier"] if router.config.mean_bits == 8 else None
+            coded = router.config.mean_bits != 16
+            scales = arrays["comp_mean_scale"] if coded else None
+            outliers = arrays["comp_mean_outlier"] if coded else None
+            means = arrays["comp_mean"]
+            if router.config.mean_bits == 6:
+                means = unpack_codes(means, router.dim)
             for i, (tid, n_comp) in enumerate(config["tasks"]):
                 sl = slice(start, start + int(n_comp))
                 router._tasks[int(tid)] = TaskStats(
                     labels=np.asarray(arrays["comp_label"][sl], np.int64),
                     counts=np.asarray(arrays["comp_count"][sl], np.int64),
-                    means=np.asarray(arrays["comp_mean"][sl]),  # int8, float16 (float32 if saved so)
+                    means=np.asarray(means[sl]),  # int8, float16 (float32 if saved so)
                     factor=np.asarray(arrays["task_factor"][i], np.float16),
                     residual=(np.zeros(0, np.float32) if residuals is None else np.asarray(residuals[i], np.float32)),
                     scale=None if scales is None else np.asarray(scales[sl], np.float32),

@@ -32,7 +32,7 @@ class GaussianConfig(RouterConfig):
         novelty: what ``closeness`` measures: "relative", "posterior" or "nearest" (GaussianRouter).
         novelty_temperature: the softer temperature of the "posterior" closeness.
         nprobe: IVF lists scanned per query (``LDA_NPROBE``).
-        mean_bits: bits each class mean is stored in, 8 or 16 (``stats.quantize_means``).
+        mean_bits: bits each class mean is stored in: 6, 8 or 16 (``stats.quantize_means``).
     """
 
     per_class: bool = False
@@ -44,7 +44,7 @@ class GaussianConfig(RouterConfig):
     novelty: str = "relative"
     novelty_temperature: float = 30.0
     nprobe: int = LDA_NPROBE
-    mean_bits: int = 8
+    mean_bits: int = 6
 
     def __post_init__(self) -> None:
         super().__post_init__()

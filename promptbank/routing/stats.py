@@ -22,15 +22,15 @@ STATS_BLOCK_ROWS = 1024
 
 
 #: Bits a Gaussian/LDA router stores each class mean in (``GaussianConfig.mean_bits``).
-MEAN_BITS = (8, 16)
+MEAN_BITS = (6, 8, 16)
 
 
 @dataclass
 class TaskStats:
     """What a task contributes: component (class) counts and means, and its scatter.
 
-    The means are stored as ``quantize_means`` left them: float16, or int8 codes with one
-    float32 scale per mean (``scale``). The scatter is kept as
+    The means are stored as ``quantize_means`` left them: float16, or integer codes (int8,
+    within +-31 for 6-bit means) with one float32 scale per mean (``scale``). The scatter is kept as
     ``count * (F^T F + diag(residual))``: F (rank x dim, float16) holds the top principal
     directions of the within-class spread (scaled per key), and the residual the rest of each
     dimension's variance. Exactly this matrix is added to the shared scatter, so removing the
@@ -43,7 +43,7 @@ class TaskStats:
     means: np.ndarray  # (C, dim) float16, or int8 codes when ``scale`` is set (float32 in old states)
     factor: np.ndarray  # (rank, dim) float16
     residual: np.ndarray  # (dim,) float32, per-key variance left outside the factor; (0,) for LDA
-    scale: np.ndarray | None = None  # (C, 1 + k) float32 for 8-bit means: scale, outlier values
+    scale: np.ndarray | None = None  # (C, 1 + k) float32 for 6/8-bit means: scale, outlier values
     outliers: np.ndarray | None = None  # (C, k) int16: where the outlier values go
 
     def scatter(self) -> np.ndarray:
@@ -62,8 +62,8 @@ class TaskStats:
         return out
 
 
-#: 8-bit class means keep this many largest-magnitude components of each mean exactly
-#: (``quantize_means``: 8 cost vader-4 1.1 routing points, 32 none).
+#: 6- and 8-bit class means keep this many largest-magnitude components of each mean exactly
+#: (``quantize_means``: 8 cost vader-4 1.1 routing points at 8 bits, 2.0 at 6; 32 none).
 MEAN_OUTLIERS = 32
 
 
@@ -71,30 +71,62 @@ def quantize_means(means: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray
     """Class means at the precision they are saved in and held in memory, so a loaded router
     routes exactly like the one that saved it.
 
-    16: float16 (1.9 KB per mean at 960-d). 8: the ``MEAN_OUTLIERS`` largest components of
-    each mean kept as float32 with their positions, the rest as int8 codes with one scale per
-    mean, ``max |rest| / 127`` (1,156 B per mean at 960-d). Keys share a few dominant
-    directions; one scale set by them left the other components too coarse, and whitening
-    magnifies exactly those: on synthetic tasks that differ along low-variance directions,
-    plain per-mean int8 routed 88.0% against 94.8% for float16. On the routing study's keys
-    (``scripts/studies/routing_study.py``) 8 outliers still cost vader-4, whose domain means
-    lie close together, 1.1 points (93.1 vs 94.2); 32 routed as float16 did (94.4 vs 94.2;
-    offline-9 99.05 vs 99.03).
+    16: float16 (1.9 KB per mean at 960-d). 6 and 8: the ``MEAN_OUTLIERS`` largest components
+    of each mean kept as float32 with their positions, the rest as integer codes with one
+    scale per mean, ``max |rest| / (2^(bits-1) - 1)`` (6 bits: 916 B per mean at 960-d, saved
+    packed by ``pack_codes``; 8 bits: 1,156 B). Keys share a few dominant directions; one
+    scale set by them left the other components too coarse, and whitening magnifies exactly
+    those: on synthetic tasks that differ along low-variance directions, plain per-mean int8
+    routed 88.0% against 94.8% for float16. On the routing study's keys 8 outliers still cost
+    vader-4, whose domain means lie close together, 1.1 points at 8 bits and 2.0 at 6; with 32,
+    6 and 8 bits route as float16 does on offline-9, vader-4 and split-20ng
+    (``scripts/studies/mean_bits.py``; 5 bits cost vader-4 a point, 4 bits five).
 
     Returns:
-        ``(stored means, scale and outlier values or None, outlier positions or None)``.
+        ``(stored means, scale and outlier values or None, outlier positions or None)``; the
+        codes are int8 (within +-31 at 6 bits).
     """
     if bits == 16:
         return means.astype(np.float16), None, None
+    if bits not in MEAN_BITS:
+        raise ValueError(f"mean_bits must be one of {MEAN_BITS}, got {bits!r}")
+    levels = 2 ** (bits - 1) - 1
     rest = np.array(means, dtype=np.float32)
     k = min(MEAN_OUTLIERS, rest.shape[1])
     where = np.argpartition(np.abs(rest), -k, axis=1)[:, -k:]
     values = np.take_along_axis(rest, where, axis=1)
     np.put_along_axis(rest, where, 0.0, axis=1)
-    step = np.abs(rest).max(axis=1) / 127.0
+    step = np.abs(rest).max(axis=1) / levels
     step[step == 0] = 1.0
-    codes = np.clip(np.rint(rest / step[:, None]), -127, 127).astype(np.int8)
+    codes = np.clip(np.rint(rest / step[:, None]), -levels, levels).astype(np.int8)
     return codes, np.concatenate([step[:, None], values], axis=1).astype(np.float32), where.astype(np.int16)
+
+
+def pack_codes(codes: np.ndarray) -> np.ndarray:
+    """6-bit class-mean codes (int8 within +-31, shape (C, dim)) packed four to three bytes:
+    (C, ceil(dim / 4) * 3) uint8. ``unpack_codes`` inverts it."""
+    c, d = codes.shape
+    padded = np.zeros((c, -(-d // 4) * 4), np.uint8)
+    padded[:, :d] = (codes.astype(np.int16) + 32).astype(np.uint8)
+    q = padded.reshape(c, -1, 4).astype(np.uint32)
+    word = q[..., 0] | (q[..., 1] << 6) | (q[..., 2] << 12) | (q[..., 3] << 18)
+    out = np.stack([word & 0xFF, (word >> 8) & 0xFF, (word >> 16) & 0xFF], axis=-1)
+    return out.astype(np.uint8).reshape(c, -1)
+
+
+def unpack_codes(packed: np.ndarray, dim: int) -> np.ndarray:
+    """The int8 codes ``pack_codes`` packed, (C, dim).
+
+    Raises:
+        BankFormatError: the packed rows do not hold ``dim`` codes.
+    """
+    packed = np.asarray(packed, np.uint8)
+    if packed.ndim != 2 or packed.shape[1] != -(-dim // 4) * 3:
+        raise BankFormatError(f"packed 6-bit means of shape {packed.shape} do not hold {dim} codes per mean")
+    b = packed.reshape(len(packed), -1, 3).astype(np.uint32)
+    word = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
+    q = np.stack([(word >> s) & 0x3F for s in (0, 6, 12, 18)], axis=-1).reshape(len(packed), -1)
+    return (q[:, :dim].astype(np.int16) - 32).astype(np.int8)
 
 
 @functools.lru_cache(maxsize=1)

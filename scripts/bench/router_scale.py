@@ -53,10 +53,13 @@ def bulk_state(
     """An LDA router's saved state for ``args.tasks`` synthetic tasks, built a chunk at a time,
     and the centres of the tasks in ``truth`` (where the queries are drawn)."""
     from promptbank.routing import make_router
-    from promptbank.routing.stats import pack_upper, quantize_means
+    from promptbank.routing.stats import pack_codes, pack_upper, quantize_means
 
     n, kpt, d = args.tasks, args.keys_per_task, args.dim
     config, _ = make_router("lda", dim=d).state()
+    bits = config["mean_bits"]
+    if bits not in (6, 8):
+        raise SystemExit(f"bulk_state builds 6- or 8-bit means, the router's default is {bits}")
     codes = np.empty((n, d), np.int8)
     scales, outliers = None, None
     scatter = np.zeros((d, d))
@@ -70,7 +73,7 @@ def bulk_state(
         means = keys.mean(axis=1)
         centred = (keys - means[:, None]).reshape(-1, d)
         scatter += centred.T @ centred
-        q, s, o = quantize_means(means, 8)
+        q, s, o = quantize_means(means, bits)
         if scales is None:
             scales = np.empty((n, s.shape[1]), np.float32)
             outliers = np.empty((n, o.shape[1]), np.int16)
@@ -79,7 +82,7 @@ def bulk_state(
     arrays = {
         "comp_label": np.full(n, -1, np.int64),
         "comp_count": np.full(n, kpt, np.int64),
-        "comp_mean": codes,
+        "comp_mean": pack_codes(codes) if bits == 6 else codes,
         "comp_mean_scale": scales,
         "comp_mean_outlier": outliers,
         "task_factor": np.zeros((n, 0, d), np.float16),

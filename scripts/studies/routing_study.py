@@ -371,6 +371,7 @@ STRATEGIES: list[Strategy] = [
         per_class=False,
     ),
     _bank("lda", "LDARouter defaults: class means, exact pooled scatter", strategy="lda"),
+    _bank("lda-8bit", "lda with 8-bit class means (mean_bits=8)", strategy="lda", mean_bits=8),
     _bank("lda-16bit", "lda with float16 class means (mean_bits=16)", strategy="lda", mean_bits=16),
     _bank(
         "lda-nearest",
@@ -683,6 +684,7 @@ def main() -> None:
         "budgets": BUDGETS,
         "key_encoder": KEY_ENCODER,
         "router_val": not args.train_keys_only,
+        "default_mean_bits": make_router("lda", dim=8).config.mean_bits,
         "environment": _environment(),
         "strategies": {s.name: {"note": s.note, "reference": s.reference, "config": s.config} for s in chosen},
         "streams": {},

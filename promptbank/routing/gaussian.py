@@ -444,11 +444,15 @@ class GaussianRouter(Router):
             "scatter_packed": pack_upper(self._scatter),
         }
         if self.config.mean_bits != 16:
-            arrays["comp_mean_scale"] = join("scale", (0, 1 + MEAN_OUTLIERS), np.float32, stack=False)
+            arrays["comp_mean_scale"] = join("scale", (0, 1 + MEAN_OUTLIERS), self._scale_dtype(), stack=False)
             arrays["comp_mean_outlier"] = join("outliers", (0, MEAN_OUTLIERS), np.int16, stack=False)
         if self._uses_residual:
             arrays["task_residual"] = join("residual", (0, d), np.float32, stack=True)
         return config, arrays
+
+    def _scale_dtype(self) -> type:
+        """What a coded mean's scale and exact components are kept in (``quantize_means``)."""
+        return np.float16 if self.config.mean_bits == 6 else np.float32
 
     def _saved_means(self, means: np.ndarray) -> np.ndarray:
         """The class means as saved: float16, int8 codes, or 6-bit codes packed (``pack_codes``)."""
@@ -479,7 +483,7 @@ class GaussianRouter(Router):
                     means=np.asarray(means[sl]),  # int8, float16 (float32 if saved so)
                     factor=np.asarray(arrays["task_factor"][i], np.float16),
                     residual=(np.zeros(0, np.float32) if residuals is None else np.asarray(residuals[i], np.float32)),
-                    scale=None if scales is None else np.asarray(scales[sl], np.float32),
+                    scale=None if scales is None else np.asarray(scales[sl], router._scale_dtype()),
                     outliers=None if outliers is None else np.asarray(outliers[sl], np.int16),
                 )
                 start += int(n_comp)

@@ -35,8 +35,8 @@ class LDARouter(GaussianRouter):
 
     Adding a task is closed form: accumulate its class means and scatter; the whitening is
     recomputed lazily (one dim x dim eigendecomposition, ~30 ms at 384-d on one core) at
-    the next route. Per task the state keeps its class means (8-bit, 1,156 B per class at
-    960-d; ``mean_bits=16``: float16, 1.9 KB) and counts. The shared scatter is saved as the float32 upper triangle of the
+    the next route. Per task the state keeps its class means (6-bit, 850 B per class at
+    960-d; ``mean_bits=8``: 1,156 B; ``16``: float16, 1.9 KB) and counts. The shared scatter is saved as the float32 upper triangle of the
     dim x dim matrix (1.8 MB at 960-d) whatever the number of tasks.
 
     Removal drops the task's means (it can no longer be chosen); its within-class scatter --

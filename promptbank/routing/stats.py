@@ -30,7 +30,7 @@ class TaskStats:
     """What a task contributes: component (class) counts and means, and its scatter.
 
     The means are stored as ``quantize_means`` left them: float16, or integer codes (int8,
-    within +-31 for 6-bit means) with one float32 scale per mean (``scale``). The scatter is kept as
+    within +-31 for 6-bit means) with one scale per mean (``scale``). The scatter is kept as
     ``count * (F^T F + diag(residual))``: F (rank x dim, float16) holds the top principal
     directions of the within-class spread (scaled per key), and the residual the rest of each
     dimension's variance. Exactly this matrix is added to the shared scatter, so removing the
@@ -43,7 +43,7 @@ class TaskStats:
     means: np.ndarray  # (C, dim) float16, or int8 codes when ``scale`` is set (float32 in old states)
     factor: np.ndarray  # (rank, dim) float16
     residual: np.ndarray  # (dim,) float32, per-key variance left outside the factor; (0,) for LDA
-    scale: np.ndarray | None = None  # (C, 1 + k) float32 for 6/8-bit means: scale, outlier values
+    scale: np.ndarray | None = None  # (C, 1 + k) for 6/8-bit means (float16/32): scale, outlier values
     outliers: np.ndarray | None = None  # (C, k) int16: where the outlier values go
 
     def scatter(self) -> np.ndarray:
@@ -72,11 +72,11 @@ def quantize_means(means: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray
     routes exactly like the one that saved it.
 
     16: float16 (1.9 KB per mean at 960-d). 6 and 8: the ``MEAN_OUTLIERS`` largest components
-    of each mean kept as float32 with their positions, the rest as integer codes with one
-    scale per mean, ``max |rest| / (2^(bits-1) - 1)`` (6 bits: 916 B per mean at 960-d, saved
-    packed by ``pack_codes``; 8 bits: 1,156 B). Keys share a few dominant directions; one
-    scale set by them left the other components too coarse, and whitening magnifies exactly
-    those: on synthetic tasks that differ along low-variance directions, plain per-mean int8
+    of each mean kept exactly with their positions, the rest as integer codes with one scale
+    per mean, ``max |rest| / (2^(bits-1) - 1)``. 6 bits: codes packed by ``pack_codes``, scale
+    and exact values in float16, 850 B per mean at 960-d; 8 bits: float32, 1,156 B. Keys share
+    a few dominant directions; one scale set by them left the other components too coarse, and
+    whitening magnifies exactly those: on synthetic tasks that differ along low-variance directions, plain per-mean int8
     routed 88.0% against 94.8% for float16. On the routing study's keys 8 outliers still cost
     vader-4, whose domain means lie close together, 1.1 points at 8 bits and 2.0 at 6; with 32,
     6 and 8 bits route as float16 does on offline-9, vader-4 and split-20ng
@@ -99,7 +99,8 @@ def quantize_means(means: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray
     step = np.abs(rest).max(axis=1) / levels
     step[step == 0] = 1.0
     codes = np.clip(np.rint(rest / step[:, None]), -levels, levels).astype(np.int8)
-    return codes, np.concatenate([step[:, None], values], axis=1).astype(np.float32), where.astype(np.int16)
+    exact = np.concatenate([step[:, None], values], axis=1).astype(np.float16 if bits == 6 else np.float32)
+    return codes, exact, where.astype(np.int16)
 
 
 def pack_codes(codes: np.ndarray) -> np.ndarray:

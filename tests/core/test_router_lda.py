@@ -290,6 +290,7 @@ def test_lda_state_is_compact(data):
     assert arrays["scatter_packed"].shape == (DIM * (DIM + 1) // 2,)  # 4x below float64 d x d
     k = MEAN_OUTLIERS  # 6-bit means, k outlier components kept (float32 values, int16 positions)
     assert arrays["comp_mean"].dtype == np.uint8 and arrays["comp_mean"].shape == (2 * N_TASKS, -(-DIM // 4) * 3)
+    assert arrays["comp_mean_scale"].dtype == np.float16  # 6 bits: scale and exact values in float16
     assert arrays["comp_mean_scale"].shape == (2 * N_TASKS, 1 + k) and arrays["comp_mean_outlier"].shape == (
         2 * N_TASKS,
         k,
@@ -367,7 +368,7 @@ def test_lda_loads_state_saved_in_the_float64_layout(data):
 @pytest.mark.parametrize("mean_bits", [6, 8, 16])
 def test_lda_compact_statistics_route_like_float64_ones(mean_bits):
     """float32 scatter and 6-bit, 8-bit or float16 means, kept in memory as saved, against float64
-    statistics of the same keys: the same decisions on >= 99.9% of inputs (6, 8-bit: 99.5%, the
+    statistics of the same keys: the same decisions on >= 99.9% of inputs (8-bit: 99.5%, 6-bit: 99%, the
     rest near-ties, accuracy within half a point). These tasks differ along low-variance
     directions, which whitening magnifies: 8-bit means without their outlier components kept
     exactly route 7 points worse here."""
@@ -388,7 +389,7 @@ def test_lda_compact_statistics_route_like_float64_ones(mean_bits):
         stats.means, stats.scale, stats.outliers = means[t], None, None
     exact._cache = None
     got, ref = router.route(queries, top=1).task_ids, exact.route(queries, top=1).task_ids
-    assert (got == ref).mean() >= (0.999 if mean_bits == 16 else 0.995), (got == ref).mean()
+    assert (got == ref).mean() >= {16: 0.999, 8: 0.995, 6: 0.99}[mean_bits], (got == ref).mean()
     assert abs((got == truth).mean() - (ref == truth).mean()) <= 0.005
     assert (ref == truth).mean() > 0.5  # a routing problem with errors to disagree on
     loaded = router_from_state(*router.state())

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from results_table import RESULTS, bench_table, load, pct, table, where
+from results_table import RESULTS, bench_table, load, pct, sources, table
 
 
 def _med(stat: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
@@ -524,7 +524,7 @@ def placement_seeds() -> str:
         f"fused, after: min / median / max of {n}",
     ]
     seeds = ", ".join(str(d["result"]["seed"]) for d in suffix)
-    sources = "; ".join(f"`{d['name']}.json` ({where(d)})" for d in [*prefix, *suffix])
+    sources_ = sources([(f"{d['name']}.json", d) for d in [*prefix, *suffix]])
     return (
         table(head, rows)
         + f"\n\n`offline-5`, the task given, test inputs, in %; seeds {seeds}, each its own data draw. "
@@ -533,7 +533,7 @@ def placement_seeds() -> str:
         "means compare the same seeds. *fused*: the prompt's label scores + its weight × the router's class "
         "log-posterior, the weight picked on the validation inputs. "
         f"Command: `{suffix[0]['command']} --seed S`, and without `--placement suffix` for *before*. "
-        f"Sources: {sources}.\n"
+        f"Sources: {sources_}.\n"
     )
 
 
@@ -606,13 +606,13 @@ def module_kind_seeds() -> str:
                 _min_median_max([r["avg_acc"] for r in rs]),
             ]
         )
-    sources = "; ".join(f"`{run['name']}.json` ({where(run)})" for runs in groups.values() for run in runs)
+    sources_ = sources([(f"{run['name']}.json", run) for runs in groups.values() for run in runs])
     return (
         table(["kind", "seeds", "module alone", "oracle", "routed"], rows)
         + "\n\n`offline-5` average over its tasks, in %, min / median / max over the seeds, each seed its own "
         "data draw, initialisation and training; commands as in the table above with `--seed S`. ULPT's row "
         "comes from the placement study on the same seeds (`study-suffix-s*.json`: *module alone* is its prompt "
-        f"alone, *oracle* its fused answers). Sources: {sources}.\n"
+        f"alone, *oracle* its fused answers). Sources: {sources_}.\n"
     )
 
 
@@ -649,7 +649,7 @@ def module_kinds() -> str:
         per_task.append([label, *(pct(a) for a in r.get("module_alone_acc") or [None] * len(tasks))])
     head = ["kind", "params/task", "module/task", "PEFT's file", "routed", "oracle", "module alone", "BWT",
             "train min", "command"]  # fmt: skip
-    sources = "; ".join(f"`{run['name']}.json` ({where(run)})" for run in runs)
+    sources_ = sources([(f"{run['name']}.json", run) for run in runs])
     return (
         table(head, rows)
         + "\n\n*Module alone*, task by task:\n\n"
@@ -661,7 +661,7 @@ def module_kinds() -> str:
         "the same module, where PEFT has the kind; *train min*: the modules' training summed over the tasks, "
         "in the conditions each source names (BENCHMARKS.md's training-step table compares step times side "
         "by side). "
-        f"Sources: {sources}.\n"
+        f"Sources: {sources_}.\n"
     )
 
 

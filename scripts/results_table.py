@@ -149,6 +149,21 @@ def where(d: dict[str, Any]) -> str:
     )
 
 
+def sources(named: list[tuple[str, dict[str, Any]]]) -> str:
+    """A table's result files, grouped by machine, each with its commit; what ran beside each
+    run (its ``note``) stays in the file."""
+    groups: dict[str, list[str]] = {}
+    for name, d in named:
+        m = d["machine"]
+        threads = m.get("torch_threads") or m.get("threads")
+        machine = f"{m['cpu']}, {m['logical_cpus']} CPUs" + (f", {threads} threads" if threads else "")
+        groups.setdefault(machine, []).append(f"`{name}` (`{d['commit']}`)")
+    notes = any(d.get("note") for _, d in named)
+    return "; ".join(f"{', '.join(files)} on {machine}" for machine, files in groups.items()) + (
+        " (each file notes what ran beside it)" if notes else ""
+    )
+
+
 def minutes(d: dict[str, Any]) -> str:
     if "wall_s" in d:
         return f"{d['wall_s'] / 60:.1f} min"
@@ -212,9 +227,7 @@ def streams_table() -> str:
         "`--no-key-classes` answers with the prompts alone; BWT and forgetting in points. Time: the whole command, "
         "or (*) the sum of per-task train + eval time."
     )
-    sources = ", ".join(
-        f"`docs/results/{n}.json` ({where(load(n))})" for n in STREAM_RUNS if (RESULTS / f"{n}.json").exists()
-    )
+    sources_ = sources([(f"docs/results/{n}.json", load(n)) for n in STREAM_RUNS if (RESULTS / f"{n}.json").exists()])
     return (
         table(
             [
@@ -233,7 +246,7 @@ def streams_table() -> str:
             ],
             rows,
         )
-        + f"\n\n{note} Sources: {sources}.\n"
+        + f"\n\n{note} Sources: {sources_}.\n"
     )
 
 
@@ -315,13 +328,13 @@ def baselines_table() -> str:
                 f"`{d['command']}`",
             ]
         )
-    sources = "; ".join(f"`{p.stem}.json` ({where(load(p.stem))})" for p in sorted(RESULTS.glob("baseline-*.json")))
+    sources_ = sources([(f"{p.stem}.json", load(p.stem)) for p in sorted(RESULTS.glob("baseline-*.json"))])
     return (
         table(["strategy", "routed", "task given", "BWT", "params/task", "time", "command"], rows)
         + "\n\n`offline-5`, seed 0, test inputs after the last task, in %. The baselines are told each "
         "input's task (no routing). *zero-shot*: the bare LLM with the task's template; *linear-probe*: "
         "logistic regression per task on the bank's routing keys, the 64 training inputs per class. "
-        f"Sources: {sources}.\n"
+        f"Sources: {sources_}.\n"
     )
 
 
@@ -354,7 +367,7 @@ def mixed_table() -> str:
                 str(sum(r["budgets"]["per_task"][task]["test_counts"])),
             ]
         )
-    sources = f"`docs/results/offline-mixed.json` ({where(d)})" + (
+    source = f"`docs/results/offline-mixed.json` ({where(d)})" + (
         f", zero-shot `docs/results/offline-mixed-zero-shot.json` (`{floor['command']}`; {where(floor)})"
         if floor
         else ""
@@ -363,7 +376,7 @@ def mixed_table() -> str:
         table(["task", "metric", "routed", "oracle", "zero-shot", "routing", "test inputs"], rows)
         + f"\n\nAfter the last task, in %. The whole stream took {minutes(d)}; BWT {pct(r['bwt'], True)} pt, "
         + f"routing {pct(r['routing_acc'])}%. Command: `{d['command']}`{recorded_with(r['config'])}. "
-        + f"Sources: {sources}.\n"
+        + f"Sources: {source}.\n"
     )
 
 
@@ -386,11 +399,11 @@ def levers_table() -> str:
             + [pct(oracle.get(t)) for t in tasks]
             + [f"**{pct(r['oracle_avg_acc'])}**", pct(r["avg_acc"]), f"{train_s / 60:.1f}", f"`{d['command']}`"]
         )
-    sources = "; ".join(f"`{p.name}` ({where(d)})" for p, d in zip(runs, data))
+    sources_ = sources([(p.name, d) for p, d in zip(runs, data)])
     return (
         table(["lever", *tasks, "oracle", "routed", "train min", "command"], rows)
         + "\n\nOracle accuracy per task and on average, routed average, in %; *train min*: the prompts' training "
-        + f"time summed over the tasks. One seed each. Sources: {sources}.\n"
+        + f"time summed over the tasks. One seed each. Sources: {sources_}.\n"
     )
 
 

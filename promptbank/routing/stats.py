@@ -109,10 +109,10 @@ def pack_codes(codes: np.ndarray) -> np.ndarray:
     c, d = codes.shape
     padded = np.zeros((c, -(-d // 4) * 4), np.uint8)
     padded[:, :d] = (codes.astype(np.int16) + 32).astype(np.uint8)
-    q = padded.reshape(c, -1, 4).astype(np.uint32)
+    q = padded.reshape(c, padded.shape[1] // 4, 4).astype(np.uint32)
     word = q[..., 0] | (q[..., 1] << 6) | (q[..., 2] << 12) | (q[..., 3] << 18)
     out = np.stack([word & 0xFF, (word >> 8) & 0xFF, (word >> 16) & 0xFF], axis=-1)
-    return out.astype(np.uint8).reshape(c, -1)
+    return out.astype(np.uint8).reshape(c, padded.shape[1] // 4 * 3)
 
 
 def unpack_codes(packed: np.ndarray, dim: int) -> np.ndarray:
@@ -124,9 +124,9 @@ def unpack_codes(packed: np.ndarray, dim: int) -> np.ndarray:
     packed = np.asarray(packed, np.uint8)
     if packed.ndim != 2 or packed.shape[1] != -(-dim // 4) * 3:
         raise BankFormatError(f"packed 6-bit means of shape {packed.shape} do not hold {dim} codes per mean")
-    b = packed.reshape(len(packed), -1, 3).astype(np.uint32)
+    b = packed.reshape(len(packed), packed.shape[1] // 3, 3).astype(np.uint32)
     word = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
-    q = np.stack([(word >> s) & 0x3F for s in (0, 6, 12, 18)], axis=-1).reshape(len(packed), -1)
+    q = np.stack([(word >> s) & 0x3F for s in (0, 6, 12, 18)], axis=-1).reshape(len(packed), packed.shape[1] // 3 * 4)
     return (q[:, :dim].astype(np.int16) - 32).astype(np.int8)
 
 

@@ -63,6 +63,18 @@ def test_state_round_trips_its_config_and_routes_identically(strategy, options, 
 
 
 @pytest.mark.parametrize("strategy,options", CASES, ids=IDS)
+def test_an_empty_router_saves_loads_and_learns(strategy, options, data):
+    """A router with no task yet (a new bank, or every task removed) saves and loads."""
+    train, queries, truth = data
+    router = make_router(strategy, dim=DIM, **options)
+    loaded = router_from_state(*router.state())
+    assert len(loaded) == 0 and loaded.config == router.config
+    for t in range(N_TASKS):
+        loaded.add_task(t, *train[t])
+    assert (loaded.route(queries).task_ids == truth).mean() >= 0.99
+
+
+@pytest.mark.parametrize("strategy,options", CASES, ids=IDS)
 def test_merge_routes_like_adding_every_task_in_turn(strategy, options, data):
     """Two routers built apart (ids 0.. each) merge into one that routes as the sequential build."""
     train, queries, _ = data

@@ -324,6 +324,8 @@ def test_lda_coded_means_survive_a_save_and_load(data, mean_bits):
 
 def test_six_bit_codes_pack_four_to_three_bytes():
     """Every code in +-31 survives packing, at any width (a width not a multiple of 4 pads)."""
+    assert pack_codes(np.zeros((0, 960), np.int8)).shape == (0, 720)  # an empty router saves
+    assert unpack_codes(np.zeros((0, 720), np.uint8), 960).shape == (0, 960)
     rng = np.random.default_rng(0)
     for dim in (1, 3, 4, 383, 960):
         codes = rng.integers(-31, 32, size=(5, dim)).astype(np.int8)

@@ -665,6 +665,27 @@ def module_kinds() -> str:
     )
 
 
+def kind_lr(r: dict[str, Any]) -> str:
+    """Each module kind trained at multiples of its default learning rate (``study-kind-lr``)."""
+    tasks = r["rows"][0]["tasks"]
+    rows = []
+    for row in r["rows"]:
+        default = " (default)" if row["factor"] == 1 else ""
+        val, test = row["best_val_acc"], row["module_alone_acc"]
+        rows.append(
+            [f"`{row['kind']}`", f"{row['lr']:g}{default}", *(pct(v) for v in val), _mean(val),
+             *(pct(t) for t in test), _mean(test)]
+        )  # fmt: skip
+    head = ["kind", "lr", *(f"val {t}" for t in tasks), "**val mean**", *(f"test {t}" for t in tasks), "test mean"]
+    return (
+        table(head, rows)
+        + f"\n\n`offline-5` tasks {', '.join(tasks)}, seed {r['args']['seed']}, the runner's budgets (80 steps of batch 8, "
+        "64 training inputs per class); the module alone, the task given, in %. *val*: the best validation "
+        "accuracy of the training run (16 inputs per class, what picks the checkpoint and should pick a default); "
+        "*test*: the kept checkpoint on the test inputs."
+    )
+
+
 def _values(runs: list[dict[str, Any]], task: str, column: str) -> list[float]:
     pick = (lambda r: r["average"]) if task == "average" else (lambda r: r["tasks"][task])
     return [pick(d["result"])[column] for d in runs]
@@ -682,6 +703,7 @@ BENCH_TABLES: dict[str, Callable[[], str]] = {
     "placement-seeds": placement_seeds,
     "module-kinds": module_kinds,
     "module-kind-seeds": module_kind_seeds,
+    "study-kind-lr": lambda: bench_table("study-kind-lr", kind_lr),
     "study-key-probes": lambda: bench_table("study-key-probes-s0", key_classes),
     "bench-stream-workers": lambda: bench_table("bench-stream-workers", stream_workers),
     "bench-stream-workers-identity": lambda: bench_table("bench-stream-workers-identity", stream_workers),

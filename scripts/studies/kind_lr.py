@@ -29,7 +29,7 @@ from promptbank.trainer import DEFAULT_LR  # noqa: E402
 def train_once(kind: str, lr: float, tasks: str, seed: int, out: Path) -> dict[str, Any]:
     """One ``promptbank run`` of ``kind`` at ``lr`` on ``tasks``; its results.json."""
     cmd = [
-        str(ROOT / ".venv/bin/promptbank"), "run", "--tasks", tasks, "--method", kind, "--lr", repr(lr),
+        str(ROOT / ".venv/bin/promptbank"), "run", "--tasks", tasks, "--method", kind, "--lr", f"{lr:g}",
         "--seed", str(seed), "--out", str(out), "--quiet", "--fresh",
     ]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -48,7 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds.split(","):
             for factor in (float(f) for f in args.factors.split(",")):
-                lr = DEFAULT_LR[kind] * factor
+                lr = float(f"{DEFAULT_LR[kind] * factor:.6g}")
                 started = time.perf_counter()
                 r = train_once(kind, lr, args.tasks, args.seed, Path(tmp) / f"{kind}-{factor:g}")
                 row = {

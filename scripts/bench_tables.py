@@ -406,9 +406,13 @@ def mean_bits_study(r: dict[str, Any]) -> str:
     acc, size = r["routing_accuracy"], r["bytes_per_mean"]
     streams = list(acc["float16"])
     rows = []
+    from promptbank.routing import make_router  # noqa: PLC0415
+
+    default = f"int{make_router('lda', dim=8).config.mean_bits}+32"
     for name, per in acc.items():
         cells = [f"{100 * per[s]:.2f} ({100 * (per[s] - acc['float16'][s]):+.2f})" for s in streams]
-        rows.append([name, f"{size[name]:,.0f}", *cells])
+        label = name.replace(" (default)", "")  # the study names the default its run had
+        rows.append([label + (" (default)" if label == default else ""), f"{size[name]:,.0f}", *cells])
     classes = ", ".join(f"`{s}` {c:.1f}" for s, c in r["classes_per_task"].items())
     return (
         table(["class mean", f"B/mean ({r['dim']}-d)", *(f"`{s}` routing % (vs float16)" for s in streams)], rows)

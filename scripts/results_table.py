@@ -382,12 +382,14 @@ def mixed_table() -> str:
 
 def levers_table() -> str:
     """One row per recorded answer-quality lever run (``docs/results/lever-*.json``, offline-5)."""
-    runs = sorted(RESULTS.glob("lever-*.json"))
+    runs = sorted(p for p in RESULTS.glob("lever-*.json") if p.stem != "lever-default")
     if not runs:
         return "(no `docs/results/lever-*.json` recorded yet)\n"
-    runs = [RESULTS / "main-job.json", *runs]  # the default settings first
+    # the default settings first: recorded beside the levers if they were, else the main job
+    default = RESULTS / "lever-default.json"
+    runs = [default if default.exists() else RESULTS / "main-job.json", *runs]
     data = [json.loads(p.read_text()) for p in runs]
-    data[0]["lever"] = "default (the main job)"
+    data[0]["lever"] = "default (the main job's settings)"
     tasks = data[0]["result"]["tasks"]
     rows = []
     for d in data:

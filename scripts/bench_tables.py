@@ -563,12 +563,19 @@ def _kind_runs() -> list[dict[str, Any]]:
     return [load(p.stem) for p in RESULTS.glob("kind-*.json")]
 
 
-def _kind_label(r: dict[str, Any]) -> str:
+#: Kind runs recorded with ``lr=None`` whose kind's default learning rate has changed since
+#: (``study-kind-lr``): the rate they trained at. Their rows name it and their commands pass it.
+TRAINED_AT_AN_OLDER_DEFAULT_LR = {"kind-vera": 0.01}
+
+
+def _kind_label(run: dict[str, Any]) -> str:
     """A kind run's name: its method, and its options where it has any."""
-    bank = r["config"]["bank"]
+    bank = run["result"]["config"]["bank"]
     options = dict(bank.get("prompt_options") or {})
     if bank.get("n_tokens", DEFAULT_N_TOKENS) != DEFAULT_N_TOKENS:
         options = {"n_tokens": bank["n_tokens"], **options}
+    if run["name"] in TRAINED_AT_AN_OLDER_DEFAULT_LR:
+        options["lr"] = TRAINED_AT_AN_OLDER_DEFAULT_LR[run["name"]]
     shown = ", ".join(f"{k}={v}" for k, v in options.items())
     return f"`{bank['method']}`" + (f" ({shown})" if shown else "")
 
@@ -582,7 +589,7 @@ def module_kind_seeds() -> str:
     next to ULPT's on the same seeds (``study-suffix-s*``: the main job's settings)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for run in _kind_runs():
-        groups.setdefault(_kind_label(run["result"]), []).append(run)
+        groups.setdefault(_kind_label(run), []).append(run)
     groups = {k: sorted(v, key=lambda d: d["result"]["seed"]) for k, v in groups.items() if len(v) > 1}
     if not groups:
         return "(no module kind recorded on more than one seed yet)\n"
@@ -633,8 +640,10 @@ def module_kinds() -> str:
     for run in runs:
         r = run["result"]
         bank = r["config"]["bank"]
-        label = _kind_label(r)
+        label = _kind_label(run)
         foot = _footprint_row(bank["method"], r["trainable_params_per_task"])
+        old_lr = TRAINED_AT_AN_OLDER_DEFAULT_LR.get(run["name"])
+        command = run["command"] + (f" --lr {old_lr:g}" if old_lr else "")
         train_s = sum(rep.get("prompt_train_seconds") or 0.0 for rep in r["reports"])
         rows.append(
             [
@@ -647,7 +656,7 @@ def module_kinds() -> str:
                 f"**{pct(r.get('module_alone_avg_acc'))}**",
                 pct(r["bwt"], True),
                 f"{train_s / 60:.1f}",
-                f"`{run['command']}`",
+                f"`{command}`",
             ]
         )
         per_task.append([label, *(pct(a) for a in r.get("module_alone_acc") or [None] * len(tasks))])
@@ -673,14 +682,14 @@ def kind_lr(r: dict[str, Any]) -> str:
     """Each module kind trained at multiples of its default learning rate (``study-kind-lr``)."""
     tasks = r["rows"][0]["tasks"]
     rows = []
-    for row in r["rows"]:
+    for row in sorted(r["rows"], key=lambda row: (row["kind"], row["lr"])):
         default = " (default)" if row["factor"] == 1 else ""
         val, test = row["best_val_acc"], row["module_alone_acc"]
         rows.append(
             [f"`{row['kind']}`", f"{row['lr']:g}{default}", *(pct(v) for v in val), _mean(val),
              *(pct(t) for t in test), _mean(test)]
         )  # fmt: skip
-    head = ["kind", "lr", *(f"val {t}" for t in tasks), "**val mean**", *(f"test {t}" for t in tasks), "test mean"]
+    head = ["kind", "lr", *(f"val {t}" for t in tasks), "val mean", *(f"test {t}" for t in tasks), "test mean"]
     return (
         table(head, rows)
         + f"\n\n`offline-5` tasks {', '.join(tasks)}, seed {r['args']['seed']}, the runner's budgets (80 steps of batch 8, "

@@ -361,4 +361,5 @@ def test_predict_without_key_classes_gives_the_modules_own_scores(tiny_folder, t
     assert [p.scores for p in alone] == [p.scores for p in plain]
     assert [p.scores for p in fused] != [p.scores for p in alone]
     routed = bank.predict(task.test_texts, key_classes=False)
-    assert all(r.scores == a.scores for r, a in zip(routed, alone) if r.task == task.name)
+    # routed inputs share batches with other tasks' (other padding): equal within float tolerance
+    assert all(r.scores == pytest.approx(a.scores, abs=1e-4) for r, a in zip(routed, alone) if r.task == task.name)

@@ -682,8 +682,10 @@ def kind_lr(r: dict[str, Any]) -> str:
     """Each module kind trained at multiples of its default learning rate (``study-kind-lr``)."""
     tasks = r["rows"][0]["tasks"]
     rows = []
+    from promptbank.trainer import DEFAULT_LR  # noqa: PLC0415
+
     for row in sorted(r["rows"], key=lambda row: (row["kind"], row["lr"])):
-        default = " (default)" if row["factor"] == 1 else ""
+        default = " (default)" if row["lr"] == DEFAULT_LR[row["kind"]] else ""
         val, test = row["best_val_acc"], row["module_alone_acc"]
         rows.append(
             [f"`{row['kind']}`", f"{row['lr']:g}{default}", *(pct(v) for v in val), _mean(val),

@@ -22,19 +22,20 @@ from .base import (
 from .gaussian_config import LDA_NPROBE, NOVELTY_SCORES, GaussianConfig  # noqa: F401 (re-exported)
 from .stats import (
     MEAN_OUTLIERS,
+    SCALE_DTYPE,
     BackgroundMoments,
     ClassStats,
     ClassStatsSum,
     TaskStats,
     eigh,
     lda_log_posterior,
-    pack_codes,
+    loaded_means,
     pack_upper,
     principal_factor,
     quantize_means,
     row_blocks,
+    saved_means,
     symmetric_float32,
-    unpack_codes,
     unpack_upper,
 )
 
@@ -439,27 +440,18 @@ class GaussianRouter(Router):
         arrays = {
             "comp_label": join("labels", (0,), np.int64, stack=False),
             "comp_count": join("counts", (0,), np.int64, stack=False),
-            "comp_mean": self._saved_means(join("means", (0, d), np.float16, stack=False)),
+            "comp_mean": saved_means(join("means", (0, d), np.float16, stack=False), self.config.mean_bits),
             "task_factor": join("factor", (0, r, d), np.float16, stack=True),
             "scatter_packed": pack_upper(self._scatter),
         }
         if self.config.mean_bits != 16:
-            arrays["comp_mean_scale"] = join("scale", (0, 1 + MEAN_OUTLIERS), self._scale_dtype(), stack=False)
+            arrays["comp_mean_scale"] = join(
+                "scale", (0, 1 + MEAN_OUTLIERS), SCALE_DTYPE[self.config.mean_bits], stack=False
+            )
             arrays["comp_mean_outlier"] = join("outliers", (0, MEAN_OUTLIERS), np.int16, stack=False)
         if self._uses_residual:
             arrays["task_residual"] = join("residual", (0, d), np.float32, stack=True)
         return config, arrays
-
-    def _scale_dtype(self) -> type:
-        """What a coded mean's scale and exact components are kept in (``quantize_means``)."""
-        return np.float16 if self.config.mean_bits == 6 else np.float32
-
-    def _saved_means(self, means: np.ndarray) -> np.ndarray:
-        """The class means as saved: float16, int8 codes, or 6-bit codes packed (``pack_codes``)."""
-        bits = self.config.mean_bits
-        if bits == 6:
-            return pack_codes(means.astype(np.int8))
-        return means.astype(np.int8 if bits == 8 else np.float16)
 
     @classmethod
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> GaussianRouter:
@@ -472,9 +464,7 @@ class GaussianRouter(Router):
             coded = router.config.mean_bits != 16
             scales = arrays["comp_mean_scale"] if coded else None
             outliers = arrays["comp_mean_outlier"] if coded else None
-            means = arrays["comp_mean"]
-            if router.config.mean_bits == 6:
-                means = unpack_codes(means, router.dim)
+            means = loaded_means(arrays["comp_mean"], router.config.mean_bits, router.dim)
             for i, (tid, n_comp) in enumerate(config["tasks"]):
                 sl = slice(start, start + int(n_comp))
                 router._tasks[int(tid)] = TaskStats(
@@ -483,7 +473,7 @@ class GaussianRouter(Router):
                     means=np.asarray(means[sl]),  # int8, float16 (float32 if saved so)
                     factor=np.asarray(arrays["task_factor"][i], np.float16),
                     residual=(np.zeros(0, np.float32) if residuals is None else np.asarray(residuals[i], np.float32)),
-                    scale=None if scales is None else np.asarray(scales[sl], router._scale_dtype()),
+                    scale=None if scales is None else np.asarray(scales[sl], SCALE_DTYPE[router.config.mean_bits]),
                     outliers=None if outliers is None else np.asarray(outliers[sl], np.int16),
                 )
                 start += int(n_comp)

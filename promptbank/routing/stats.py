@@ -76,8 +76,8 @@ def quantize_means(means: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray
     per mean, ``max |rest| / (2^(bits-1) - 1)``. 6 bits: codes packed by ``pack_codes``, scale
     and exact values in float16, 850 B per mean at 960-d; 8 bits: float32, 1,156 B. Keys share
     a few dominant directions; one scale set by them left the other components too coarse, and
-    whitening magnifies exactly those: on synthetic tasks that differ along low-variance directions, plain per-mean int8
-    routed 88.0% against 94.8% for float16. On the routing study's keys 8 outliers still cost
+    whitening magnifies exactly those: on synthetic tasks that differ along low-variance
+    directions, plain per-mean int8 routed 88.0% against 94.8% for float16. On the routing study's keys 8 outliers still cost
     vader-4, whose domain means lie close together, 1.1 points at 8 bits and 2.0 at 6; with 32,
     6 and 8 bits route as float16 does on offline-9, vader-4 and split-20ng
     (``scripts/studies/mean_bits.py``; 5 bits cost vader-4 a point, 4 bits five).
@@ -99,8 +99,24 @@ def quantize_means(means: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray
     step = np.abs(rest).max(axis=1) / levels
     step[step == 0] = 1.0
     codes = np.clip(np.rint(rest / step[:, None]), -levels, levels).astype(np.int8)
-    exact = np.concatenate([step[:, None], values], axis=1).astype(np.float16 if bits == 6 else np.float32)
+    exact = np.concatenate([step[:, None], values], axis=1).astype(SCALE_DTYPE[bits])
     return codes, exact, where.astype(np.int16)
+
+
+#: What a coded mean's scale and exact components are kept in, by ``mean_bits``.
+SCALE_DTYPE = {6: np.float16, 8: np.float32}
+
+
+def saved_means(means: np.ndarray, bits: int) -> np.ndarray:
+    """Stored class means as a state array: float16, int8 codes, or 6-bit codes packed."""
+    if bits == 6:
+        return pack_codes(means.astype(np.int8))
+    return means.astype(np.int8 if bits == 8 else np.float16)
+
+
+def loaded_means(saved: np.ndarray, bits: int, dim: int) -> np.ndarray:
+    """``saved_means``' array back in the form the router holds (6-bit codes unpacked)."""
+    return unpack_codes(saved, dim) if bits == 6 else saved
 
 
 def pack_codes(codes: np.ndarray) -> np.ndarray:

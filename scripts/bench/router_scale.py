@@ -53,7 +53,7 @@ def bulk_state(
     """An LDA router's saved state for ``args.tasks`` synthetic tasks, built a chunk at a time,
     and the centres of the tasks in ``truth`` (where the queries are drawn)."""
     from promptbank.routing import make_router
-    from promptbank.routing.stats import pack_codes, pack_upper, quantize_means
+    from promptbank.routing.stats import pack_upper, quantize_means, saved_means
 
     n, kpt, d = args.tasks, args.keys_per_task, args.dim
     config, _ = make_router("lda", dim=d).state()
@@ -82,7 +82,7 @@ def bulk_state(
     arrays = {
         "comp_label": np.full(n, -1, np.int64),
         "comp_count": np.full(n, kpt, np.int64),
-        "comp_mean": pack_codes(codes) if bits == 6 else codes,
+        "comp_mean": saved_means(codes, bits),
         "comp_mean_scale": scales,
         "comp_mean_outlier": outliers,
         "task_factor": np.zeros((n, 0, d), np.float16),

@@ -48,6 +48,10 @@ LDA_CODEC_SAMPLE = 65_536
 #: 16,384 lists on 320k means took 164 s. Up to it, flat k-means, which agreed better with
 #: coarse lists (4,096 lists at 1M tasks: 41% vs 30%; at 100k tasks, 960-d: 100% vs 99.9%).
 LDA_FLAT_KMEANS_MAX_NLIST = 4096
+#: ``assign`` measures a row against every list up to this many lists; past it, against the
+#: lists of its ``ASSIGN_GROUP_PROBE`` nearest groups of lists (of ~sqrt(nlist) groups).
+EXACT_ASSIGN_MAX_NLIST = 4096
+ASSIGN_GROUP_PROBE = 4
 #: HNSW indexes search with at least this efSearch (FAISS' default, 16, found the exact
 #: task for 39% of queries at 400k clustered keys; 128 for 79%).
 HNSW_MIN_EF_SEARCH = 128
@@ -140,7 +144,9 @@ def int8_coarse() -> bool:
 
 def coarse_memo(index: Any, quantizer: Any) -> dict[str, Any]:
     """What the coarse step needs of ``index``'s centroids: float32 rows and norms for the
-    exact distances, 8-bit codes and scales for choosing the lists.
+    exact distances, 8-bit codes and scales for choosing the lists (``int8_coarse`` CPUs only).
+    The rows are a view of the flat quantizer's own storage, not a copy (250 MB at 65,536
+    lists of 960-d).
 
     Also sets the index's ``parallel_mode`` to 3. In FAISS's default mode 0, ``search()``
     splits the queries over threads itself and ``search_preassigned`` scans on one thread;
@@ -148,17 +154,14 @@ def coarse_memo(index: Any, quantizer: Any) -> dict[str, Any]:
     80 us per query with the scan on one thread and 54.5 with it on both (paired 1.56x, same
     run; BENCHMARKS.md section 2)."""
     index.parallel_mode = 3
-    cent = torch.from_numpy(np.ascontiguousarray(quantizer.reconstruct_n(0, index.nlist), dtype=np.float32))
-    codes, scales = int8_rows(cent)
+    rows = faiss.rev_swig_ptr(faiss.downcast_index(quantizer).get_xb(), index.nlist * index.d)
+    cent = torch.from_numpy(rows.reshape(index.nlist, index.d))
     norms = cent.double().square().sum(dim=1).float()
-    return {
-        "index": index,
-        "centroids": cent,
-        "norms": norms,
-        "half_norms": norms / 2,
-        "codes_t": codes.T,
-        "scales_t": scales.T,
-    }
+    memo = {"index": index, "centroids": cent, "norms": norms, "half_norms": norms / 2}
+    if int8_coarse():
+        codes, scales = int8_rows(cent)
+        memo.update(codes_t=codes.T, scales_t=scales.T)
+    return memo
 
 
 def blas_search(index: Any, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,8 +194,8 @@ def search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np.
     145 us per query at two threads, this 107 (both with the list scan on one thread), with
     the same agreement with exact LDA (BENCHMARKS.md section 2; no gain at 384-d). ``memo``
     keeps the centroids for the index it was taken from."""
-    quantizer = faiss.downcast_index(index.quantizer) if isinstance(index, faiss.IndexIVF) else None
-    if not isinstance(quantizer, faiss.IndexFlat) or quantizer.ntotal != index.nlist:
+    quantizer = _flat_ivf(index)
+    if quantizer is None:
         return blas_search(index, x, k)
     if memo.get("index") is not index:
         memo.clear()
@@ -224,6 +227,81 @@ def search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np.
         if l2:
             coarse = xt.double().square().sum(dim=1, keepdim=True).float() - 2 * coarse + memo["norms"][lists]
     return index.search_preassigned(x, k, lists.numpy(), np.ascontiguousarray(coarse.numpy()))
+
+
+def _flat_ivf(index: Any) -> Any | None:
+    """``index``'s flat coarse quantizer if ``index`` is an IVF with one filled, else None."""
+    quantizer = faiss.downcast_index(index.quantizer) if isinstance(index, faiss.IndexIVF) else None
+    if not isinstance(quantizer, faiss.IndexFlat) or quantizer.ntotal != index.nlist:
+        return None
+    return quantizer
+
+
+def list_groups(memo: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The lists' centroids clustered into ~sqrt(nlist) groups (``assign``), computed once per
+    index: group centres, half their squared norms, and each group's lists in one padded table
+    (-1 where a group has fewer lists than the largest)."""
+    if "groups" not in memo:
+        cent = memo["centroids"]
+        n_groups = max(1, round(math.sqrt(len(cent))))
+        km = faiss.Kmeans(cent.shape[1], n_groups, niter=10, seed=1, min_points_per_centroid=1)
+        km.train(cent.numpy())
+        _, owner = km.index.search(cent.numpy(), 1)
+        owner = torch.from_numpy(owner[:, 0].astype(np.int64))
+        sizes = torch.bincount(owner, minlength=n_groups)
+        table = torch.full((n_groups, int(sizes.max())), -1, dtype=torch.int64)
+        order = torch.argsort(owner, stable=True)
+        starts = torch.cumsum(sizes, 0) - sizes
+        table[owner[order], torch.arange(len(order)) - starts[owner[order]]] = order
+        centres = torch.from_numpy(np.ascontiguousarray(km.centroids, dtype=np.float32))
+        memo["groups"] = {"centres": centres, "half_norms": centres.square().sum(dim=1) / 2, "lists": table}
+    return memo["groups"]
+
+
+def assign(x: torch.Tensor, memo: dict[str, Any]) -> torch.Tensor:
+    """Each row's nearest list (L2) among ``memo``'s centroids (``coarse_memo``).
+
+    Up to ``EXACT_ASSIGN_MAX_NLIST`` lists: one float32 product with every centroid. Past it,
+    two levels: the lists are grouped (``list_groups``) and a row is measured against the lists
+    of its ``ASSIGN_GROUP_PROBE`` nearest groups only, one product per group. FAISS's own
+    assignment (``add_with_ids``) measures every row against every list without BLAS below
+    its 128,000-query threshold: filling 8,192 lists with 100k whitened 960-d means took ~60 s
+    on the 2-core EPYC, 65,536 lists with a million of them hours (BENCHMARKS.md section 2)."""
+    cent, half = memo["centroids"], memo["half_norms"]
+    if len(cent) <= EXACT_ASSIGN_MAX_NLIST:
+        return torch.argmax(x @ cent.T - half, dim=1)
+    groups = list_groups(memo)
+    probe = min(ASSIGN_GROUP_PROBE, len(groups["centres"]))
+    near = torch.topk(x @ groups["centres"].T - groups["half_norms"], probe, dim=1).indices
+    best = torch.full((len(x),), -torch.inf)
+    best_list = torch.zeros(len(x), dtype=torch.int64)
+    for g in torch.unique(near).tolist():
+        rows = torch.nonzero((near == g).any(dim=1))[:, 0]
+        lists = groups["lists"][g]
+        lists = lists[lists >= 0]
+        score = x[rows] @ cent[lists].T - half[lists]
+        top, at = score.max(dim=1)
+        better = top > best[rows]
+        best[rows[better]] = top[better]
+        best_list[rows[better]] = lists[at[better]]
+    return best_list
+
+
+def add(index: Any, x: np.ndarray, ids: np.ndarray, memo: dict[str, Any]) -> None:
+    """``index.add_with_ids(x, ids)``; for an IVF with a flat coarse quantizer the lists are
+    chosen here (``assign``) and the rows added to them with ``add_core``. ``memo`` as for
+    ``search``."""
+    quantizer = _flat_ivf(index)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if quantizer is None or not len(x):
+        index.add_with_ids(x, ids)
+        return
+    if memo.get("index") is not index:
+        memo.clear()
+        memo.update(coarse_memo(index, quantizer))
+    lists = np.ascontiguousarray(assign(torch.from_numpy(x), memo).numpy())
+    index.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
 
 
 def two_level_lists(ivf: Any, sample: np.ndarray) -> None:

@@ -1,5 +1,5 @@
 """The default router at a million tasks: RSS, route time and agreement with exact LDA,
-measured on one machine at the default settings (``lda``, 960-d keys, 8-bit class means).
+measured on one machine at the default settings (``lda``, 960-d keys, 6-bit class means).
 
 A bank that holds a million tasks was saved and is loaded: the router's state is built in
 bulk (each synthetic task's unit keys give its mean, and their centred rows the shared scatter,

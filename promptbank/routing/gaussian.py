@@ -22,6 +22,7 @@ from .base import (
 from .gaussian_config import LDA_NPROBE, NOVELTY_SCORES, GaussianConfig  # noqa: F401 (re-exported)
 from .stats import (
     MEAN_OUTLIERS,
+    NO_RESIDUAL,
     SCALE_DTYPE,
     BackgroundMoments,
     ClassStats,
@@ -35,6 +36,7 @@ from .stats import (
     quantize_means,
     row_blocks,
     saved_means,
+    shared_if_empty,
     symmetric_float32,
     unpack_upper,
 )
@@ -146,7 +148,7 @@ class GaussianRouter(Router):
 
     def _task_stats(self, cs: ClassStats, factor: np.ndarray, residual: np.ndarray) -> TaskStats:
         means, scale, outliers = quantize_means(cs.means, self.config.mean_bits)
-        return TaskStats(cs.classes, cs.counts, means, factor, residual, scale, outliers)
+        return TaskStats(cs.classes, cs.counts, means, *shared_if_empty(factor, residual), scale, outliers)
 
     def task_ids(self) -> list[int]:
         return list(self._tasks)
@@ -248,7 +250,7 @@ class GaussianRouter(Router):
         for tid in sorted(c["dirty"]):  # incremental: the whitening stays as it is
             old = c["serials"].pop(tid, None)
             if old is not None:
-                c["index"].remove_ids(faiss.IDSelectorRange(int(old[0]), int(old[-1]) + 1))
+                c["index"].remove_ids(faiss.IDSelectorRange(old.start, old.stop))
                 c["comp_task"][old] = -1
             if tid in self._tasks:
                 added.append((tid, self._tasks[tid]))
@@ -339,7 +341,7 @@ class GaussianRouter(Router):
         first = c["next"]
         for tid, stats in block:
             k = len(stats.counts)
-            serials = np.arange(c["next"], c["next"] + k, dtype=np.int64)
+            serials = slice(c["next"], c["next"] + k)  # its index ids (a slice: no array per task)
             c["next"] += k
             if c["next"] > len(c["comp_task"]):  # amortised growth
                 size = max(c["next"], 2 * len(c["comp_task"]))
@@ -467,12 +469,16 @@ class GaussianRouter(Router):
             means = loaded_means(arrays["comp_mean"], router.config.mean_bits, router.dim)
             for i, (tid, n_comp) in enumerate(config["tasks"]):
                 sl = slice(start, start + int(n_comp))
+                factor, residual = shared_if_empty(
+                    np.asarray(arrays["task_factor"][i], np.float16),
+                    NO_RESIDUAL if residuals is None else np.asarray(residuals[i], np.float32),
+                )
                 router._tasks[int(tid)] = TaskStats(
                     labels=np.asarray(arrays["comp_label"][sl], np.int64),
                     counts=np.asarray(arrays["comp_count"][sl], np.int64),
                     means=np.asarray(means[sl]),  # int8, float16 (float32 if saved so)
-                    factor=np.asarray(arrays["task_factor"][i], np.float16),
-                    residual=(np.zeros(0, np.float32) if residuals is None else np.asarray(residuals[i], np.float32)),
+                    factor=factor,
+                    residual=residual,
                     scale=None if scales is None else np.asarray(scales[sl], SCALE_DTYPE[router.config.mean_bits]),
                     outliers=None if outliers is None else np.asarray(outliers[sl], np.int16),
                 )

@@ -9,7 +9,7 @@ import numpy as np
 
 from .base import ROUTERS
 from .gaussian import GaussianConfig, GaussianRouter
-from .stats import principal_factor, symmetric_float32
+from .stats import NO_RESIDUAL, principal_factor, symmetric_float32
 
 
 @dataclass
@@ -59,8 +59,7 @@ class LDARouter(GaussianRouter):
     def add_task_blocks(self, task_id: int, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]]) -> None:
         tid, cs = self._new_task_classes(task_id, blocks)
         factor, _ = principal_factor(cs, self.config.scatter_rank)
-        no_residual = np.zeros(0, np.float32)  # removal does not use it: not kept
-        stats = self._task_stats(cs, factor, no_residual)
+        stats = self._task_stats(cs, factor, NO_RESIDUAL)  # removal does not use a residual: none kept
         self._tasks[tid] = stats
         self._fold_scatter(cs)
         self._changed(tid, stats, +1)

@@ -25,7 +25,31 @@ STATS_BLOCK_ROWS = 1024
 MEAN_BITS = (6, 8, 16)
 
 
-@dataclass
+@functools.lru_cache(maxsize=8)
+def no_factor(dim: int) -> np.ndarray:
+    """The empty (0, dim) scatter factor every task of an ``lda`` router at ``scatter_rank=0``
+    shares (read-only), instead of one small array object per task."""
+    out = np.zeros((0, dim), np.float16)
+    out.setflags(write=False)
+    return out
+
+
+#: The empty residual shared by every task of an ``lda`` router (it keeps none).
+NO_RESIDUAL = np.zeros(0, np.float32)
+NO_RESIDUAL.setflags(write=False)
+
+
+def shared_if_empty(factor: np.ndarray, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A task's scatter ``factor`` and ``residual``, or the shared empty ones where they hold
+    nothing (an ``lda`` router keeps neither by default): at a million tasks one small array
+    object per task and field would be ~0.25 GB of RSS."""
+    return (
+        no_factor(factor.shape[-1]) if not len(factor) else factor,
+        NO_RESIDUAL if not residual.size else residual,
+    )
+
+
+@dataclass(slots=True)
 class TaskStats:
     """What a task contributes: component (class) counts and means, and its scatter.
 

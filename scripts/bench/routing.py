@@ -164,14 +164,14 @@ def ivf_probe_stats(ivf: Any, whitened_queries: np.ndarray) -> dict[str, float]:
 def kmeans_twin(router: Any, nlist: int) -> Any:
     """The router's current whitened means in a fresh IVF-SQ8 with ``nlist`` lists, trained by
     flat spherical k-means on a sample of them as large as the router's (the auto index used
-    at most 4,096 such lists until 2026-11-30, evening). Twins see the same data, unlike the
+    at most 4,096 such lists once). Twins see the same data, unlike the
     index in use, which was trained at the last refresh."""
     import faiss
 
     from promptbank.routing.faiss_index import MIN_POINTS_PER_CENTROID
 
     c = router._cache
-    serials = np.concatenate([c["serials"][t] for t in router._tasks])
+    serials = np.concatenate([np.arange(c["serials"][t].start, c["serials"][t].stop) for t in router._tasks])
     white = np.ascontiguousarray(
         np.concatenate([s.means for s in router._tasks.values()]).astype(np.float32) @ c["whiten"]
     )
@@ -186,7 +186,7 @@ def kmeans_twin(router: Any, nlist: int) -> Any:
 
 
 def fp32_coarse_search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The router's IVF search as it was until 2026-11-30 (evening), for a side-by-side twin:
+    """The router's IVF search as it was before the torch coarse step, for a side-by-side twin:
     the coarse step as one float32 numpy product with ``argpartition``, then
     ``search_preassigned`` (in the index's current parallel mode, the library's since the
     router's first route). Only the flat-quantizer IVF path is kept (the router asks no more of it)."""
@@ -256,7 +256,7 @@ def lda_row(keys: np.ndarray, kpt: int, queries: np.ndarray, truth: np.ndarray, 
 
     def faiss_threshold(route: Callable[[], Any]) -> Callable[[], Any]:
         """``route`` with exhaustive searches left to FAISS's own BLAS threshold (the router
-        lowers it to BLAS_MIN_QUERIES): the Flat path before 2026-11-30, night."""
+        lowers it to BLAS_MIN_QUERIES), as the Flat path once ran."""
         return _bench.with_attribute(faiss_index, "blas_search", lambda index, x, k: index.search(x, k), route)
 
     variants["exact_faiss_threshold"] = faiss_threshold(variants["exact"])
@@ -449,7 +449,7 @@ def main() -> None:
     parser.add_argument(
         "--no-rewarm",
         action="store_true",
-        help="time each call right after a neighbour's, not after an untimed call of its own (the default before 2026-11-30, late)",
+        help="time each call right after a neighbour's, not after an untimed call of its own (a former default)",
     )
     parser.add_argument("--lda", action="store_true", help="also measure LDARouter (the bank default) at each size")
     parser.add_argument(

@@ -381,7 +381,7 @@ STRATEGIES: list[Strategy] = [
     ),
     _bank(
         "lda-rank8",
-        "lda storing a rank-8 factor of each task's scatter, subtracted on removal (default until 2026-11-30)",
+        "lda storing a rank-8 factor of each task's scatter, subtracted on removal (a former default)",
         strategy="lda",
         scatter_rank=8,
     ),
@@ -657,7 +657,7 @@ def main() -> None:
         type=int,
         default=BUDGETS["key_per_class"],
         help="labelled training inputs per class the routers learn from (default: the stream runner's, "
-        "%(default)s; 0: the prompt's 64 only, as in the studies before 2026-12-01)",
+        "%(default)s; 0: the prompt's 64 only, as in the earliest studies)",
     )
     parser.add_argument("--out", default="runs/routing_study.json")
     args = parser.parse_args()

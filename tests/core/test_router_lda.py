@@ -305,6 +305,21 @@ def test_lda_state_is_compact(data):
     assert arrays16["comp_mean"].dtype == np.float16 and "comp_mean_scale" not in arrays16
 
 
+def test_lda_tasks_in_memory_share_what_they_do_not_keep(data):
+    """Per-task memory at a million tasks: no per-task dict, and one shared empty factor and
+    residual (read-only) for every task, added or loaded."""
+    train, _, _ = data
+    router = build(train)
+    loaded = router_from_state(*router.state())
+    for r in (router, loaded):
+        first, *rest = r._tasks.values()
+        assert not hasattr(first, "__dict__")
+        assert all(t.factor is first.factor and t.residual is first.residual for t in rest)
+        assert first.factor.shape == (0, DIM) and first.residual.size == 0 and not first.factor.flags.writeable
+    with_factor = build(train, scatter_rank=2)
+    assert next(iter(with_factor._tasks.values())).factor.shape == (2, DIM)
+
+
 @pytest.mark.parametrize("mean_bits", [6, 8])
 def test_lda_coded_means_survive_a_save_and_load(data, mean_bits):
     """6- and 8-bit means load back to exactly the codes they were saved from, and the loaded

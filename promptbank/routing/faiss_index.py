@@ -48,10 +48,6 @@ LDA_CODEC_SAMPLE = 65_536
 #: 16,384 lists on 320k means took 164 s. Up to it, flat k-means, which agreed better with
 #: coarse lists (4,096 lists at 1M tasks: 41% vs 30%; at 100k tasks, 960-d: 100% vs 99.9%).
 LDA_FLAT_KMEANS_MAX_NLIST = 4096
-#: ``assign`` measures a row against every list up to this many lists; past it, against the
-#: lists of its ``ASSIGN_GROUP_PROBE`` nearest groups of lists (of ~sqrt(nlist) groups).
-EXACT_ASSIGN_MAX_NLIST = 4096
-ASSIGN_GROUP_PROBE = 4
 #: HNSW indexes search with at least this efSearch (FAISS' default, 16, found the exact
 #: task for 39% of queries at 400k clustered keys; 128 for 79%).
 HNSW_MIN_EF_SEARCH = 128
@@ -237,54 +233,19 @@ def _flat_ivf(index: Any) -> Any | None:
     return quantizer
 
 
-def list_groups(memo: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The lists' centroids clustered into ~sqrt(nlist) groups (``assign``), computed once per
-    index: group centres, half their squared norms, and each group's lists in one padded table
-    (-1 where a group has fewer lists than the largest)."""
-    if "groups" not in memo:
-        cent = memo["centroids"]
-        n_groups = max(1, round(math.sqrt(len(cent))))
-        km = faiss.Kmeans(cent.shape[1], n_groups, niter=10, seed=1, min_points_per_centroid=1)
-        km.train(cent.numpy())
-        _, owner = km.index.search(cent.numpy(), 1)
-        owner = torch.from_numpy(owner[:, 0].astype(np.int64))
-        sizes = torch.bincount(owner, minlength=n_groups)
-        table = torch.full((n_groups, int(sizes.max())), -1, dtype=torch.int64)
-        order = torch.argsort(owner, stable=True)
-        starts = torch.cumsum(sizes, 0) - sizes
-        table[owner[order], torch.arange(len(order)) - starts[owner[order]]] = order
-        centres = torch.from_numpy(np.ascontiguousarray(km.centroids, dtype=np.float32))
-        memo["groups"] = {"centres": centres, "half_norms": centres.square().sum(dim=1) / 2, "lists": table}
-    return memo["groups"]
-
-
 def assign(x: torch.Tensor, memo: dict[str, Any]) -> torch.Tensor:
-    """Each row's nearest list (L2) among ``memo``'s centroids (``coarse_memo``).
+    """Each row's nearest list (L2) among ``memo``'s centroids (``coarse_memo``): float32
+    products with every centroid, ``COARSE_SCORES_MAX`` scores at a time.
 
-    Up to ``EXACT_ASSIGN_MAX_NLIST`` lists: one float32 product with every centroid. Past it,
-    two levels: the lists are grouped (``list_groups``) and a row is measured against the lists
-    of its ``ASSIGN_GROUP_PROBE`` nearest groups only, one product per group. FAISS's own
-    assignment (``add_with_ids``) measures every row against every list without BLAS below
-    its 128,000-query threshold: filling 8,192 lists with 100k whitened 960-d means took ~60 s
-    on the 2-core EPYC, 65,536 lists with a million of them hours (BENCHMARKS.md section 2)."""
+    FAISS's own assignment (``add_with_ids``) measures each row against every list without
+    BLAS below its 128,000-query threshold, streaming all centroids once per row. Grouping the
+    lists and measuring a row against its nearest groups' lists only was tried and dropped:
+    on the router-scale bench's tasks (200k, 16,384 lists) it put 4.6% of the means in
+    another list than the nearest at 4 of 128 groups probed, 0.6% at 32, and routing agreed
+    with exact LDA on 95.2% of queries instead of 100%."""
     cent, half = memo["centroids"], memo["half_norms"]
-    if len(cent) <= EXACT_ASSIGN_MAX_NLIST:
-        return torch.argmax(x @ cent.T - half, dim=1)
-    groups = list_groups(memo)
-    probe = min(ASSIGN_GROUP_PROBE, len(groups["centres"]))
-    near = torch.topk(x @ groups["centres"].T - groups["half_norms"], probe, dim=1).indices
-    best = torch.full((len(x),), -torch.inf)
-    best_list = torch.zeros(len(x), dtype=torch.int64)
-    for g in torch.unique(near).tolist():
-        rows = torch.nonzero((near == g).any(dim=1))[:, 0]
-        lists = groups["lists"][g]
-        lists = lists[lists >= 0]
-        score = x[rows] @ cent[lists].T - half[lists]
-        top, at = score.max(dim=1)
-        better = top > best[rows]
-        best[rows[better]] = top[better]
-        best_list[rows[better]] = lists[at[better]]
-    return best_list
+    rows = max(1, COARSE_SCORES_MAX // len(cent))
+    return torch.cat([torch.argmax(x[i : i + rows] @ cent.T - half, dim=1) for i in range(0, len(x), rows)])
 
 
 def add(index: Any, x: np.ndarray, ids: np.ndarray, memo: dict[str, Any]) -> None:

@@ -28,9 +28,9 @@ from .stats import (
     ClassStats,
     ClassStatsSum,
     TaskStats,
+    checked_means,
     eigh,
     lda_log_posterior,
-    loaded_means,
     pack_upper,
     principal_factor,
     quantize_means,
@@ -148,6 +148,7 @@ class GaussianRouter(Router):
 
     def _task_stats(self, cs: ClassStats, factor: np.ndarray, residual: np.ndarray) -> TaskStats:
         means, scale, outliers = quantize_means(cs.means, self.config.mean_bits)
+        means = saved_means(means, self.config.mean_bits)  # held as saved: 6-bit codes packed
         return TaskStats(cs.classes, cs.counts, means, *shared_if_empty(factor, residual), scale, outliers)
 
     def task_ids(self) -> list[int]:
@@ -439,10 +440,13 @@ class GaussianRouter(Router):
             parts = [getattr(s, field) for s in stats]
             return np.stack(parts) if stack else np.concatenate(parts)
 
+        none = saved_means(
+            np.zeros((0, d), np.int8 if self.config.mean_bits != 16 else np.float16), self.config.mean_bits
+        )
         arrays = {
             "comp_label": join("labels", (0,), np.int64, stack=False),
             "comp_count": join("counts", (0,), np.int64, stack=False),
-            "comp_mean": saved_means(join("means", (0, d), np.float16, stack=False), self.config.mean_bits),
+            "comp_mean": join("means", none.shape, none.dtype, stack=False),  # held as saved
             "task_factor": join("factor", (0, r, d), np.float16, stack=True),
             "scatter_packed": pack_upper(self._scatter),
         }
@@ -466,7 +470,7 @@ class GaussianRouter(Router):
             coded = router.config.mean_bits != 16
             scales = arrays["comp_mean_scale"] if coded else None
             outliers = arrays["comp_mean_outlier"] if coded else None
-            means = loaded_means(arrays["comp_mean"], router.config.mean_bits, router.dim)
+            means = checked_means(arrays["comp_mean"], router.config.mean_bits, router.dim)
             for i, (tid, n_comp) in enumerate(config["tasks"]):
                 sl = slice(start, start + int(n_comp))
                 factor, residual = shared_if_empty(

@@ -64,7 +64,8 @@ class TaskStats:
 
     labels: np.ndarray  # (C,) int64, -1 when classes are not modelled
     counts: np.ndarray  # (C,) int64
-    means: np.ndarray  # (C, dim) float16, or int8 codes when ``scale`` is set (float32 in old states)
+    means: np.ndarray  # as saved (``saved_means``): (C, dim) float16 (float32 in old states), or codes
+    # when ``scale`` is set: int8 (8-bit) or 6-bit packed four to three bytes (uint8)
     factor: np.ndarray  # (rank, dim) float16
     residual: np.ndarray  # (dim,) float32, per-key variance left outside the factor; (0,) for LDA
     scale: np.ndarray | None = None  # (C, 1 + k) for 6/8-bit means (float16/32): scale, outlier values
@@ -81,7 +82,8 @@ class TaskStats:
         """The class means as float32 rows, decoded from their stored form."""
         if self.scale is None:
             return self.means.astype(np.float32)
-        out = self.means.astype(np.float32) * self.scale[:, :1]
+        codes = unpack_codes(self.means, self.factor.shape[-1]) if self.means.dtype == np.uint8 else self.means
+        out = codes.astype(np.float32) * self.scale[:, :1]
         np.put_along_axis(out, self.outliers.astype(np.int64), self.scale[:, 1:], axis=1)
         return out
 
@@ -138,9 +140,18 @@ def saved_means(means: np.ndarray, bits: int) -> np.ndarray:
     return means.astype(np.int8 if bits == 8 else np.float16)
 
 
-def loaded_means(saved: np.ndarray, bits: int, dim: int) -> np.ndarray:
-    """``saved_means``' array back in the form the router holds (6-bit codes unpacked)."""
-    return unpack_codes(saved, dim) if bits == 6 else saved
+def checked_means(saved: np.ndarray, bits: int, dim: int) -> np.ndarray:
+    """``saved_means``' array as loaded, which is how the router holds it (6-bit codes stay
+    packed: 240 B less per 960-d mean in memory than int8 codes).
+
+    Raises:
+        BankFormatError: the array's width does not hold ``dim`` components at ``bits``.
+    """
+    saved = np.asarray(saved)
+    width = -(-dim // 4) * 3 if bits == 6 else dim
+    if saved.ndim != 2 or saved.shape[1] != width:
+        raise BankFormatError(f"{bits}-bit class means of shape {saved.shape} do not hold {dim} components per mean")
+    return saved
 
 
 def pack_codes(codes: np.ndarray) -> np.ndarray:

@@ -172,9 +172,7 @@ def kmeans_twin(router: Any, nlist: int) -> Any:
 
     c = router._cache
     serials = np.concatenate([np.arange(c["serials"][t].start, c["serials"][t].stop) for t in router._tasks])
-    white = np.ascontiguousarray(
-        np.concatenate([s.means for s in router._tasks.values()]).astype(np.float32) @ c["whiten"]
-    )
+    white = np.ascontiguousarray(np.concatenate([s.float_means() for s in router._tasks.values()]) @ c["whiten"])
     index = faiss.index_factory(DIM, f"IVF{nlist},SQ8", faiss.METRIC_L2)
     twin = faiss.extract_index_ivf(index)
     twin.cp.min_points_per_centroid, twin.cp.spherical = 1, True

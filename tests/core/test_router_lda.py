@@ -306,8 +306,8 @@ def test_lda_state_is_compact(data):
 
 
 def test_lda_tasks_in_memory_share_what_they_do_not_keep(data):
-    """Per-task memory at a million tasks: no per-task dict, and one shared empty factor and
-    residual (read-only) for every task, added or loaded."""
+    """Per-task memory at a million tasks: no per-task dict, one shared empty factor and
+    residual (read-only) for every task, added or loaded, and 6-bit means held packed."""
     train, _, _ = data
     router = build(train)
     loaded = router_from_state(*router.state())
@@ -316,6 +316,7 @@ def test_lda_tasks_in_memory_share_what_they_do_not_keep(data):
         assert not hasattr(first, "__dict__")
         assert all(t.factor is first.factor and t.residual is first.residual for t in rest)
         assert first.factor.shape == (0, DIM) and first.residual.size == 0 and not first.factor.flags.writeable
+        assert first.means.dtype == np.uint8 and first.means.shape[1] == -(-DIM // 4) * 3  # 6-bit, packed
     with_factor = build(train, scatter_rank=2)
     assert next(iter(with_factor._tasks.values())).factor.shape == (2, DIM)
 

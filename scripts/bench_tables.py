@@ -563,19 +563,12 @@ def _kind_runs() -> list[dict[str, Any]]:
     return [load(p.stem) for p in RESULTS.glob("kind-*.json")]
 
 
-#: Kind runs recorded with ``lr=None`` whose kind's default learning rate has changed since
-#: (``study-kind-lr``): the rate they trained at. Their rows name it and their commands pass it.
-TRAINED_AT_AN_OLDER_DEFAULT_LR = {"kind-vera": 0.01}
-
-
 def _kind_label(run: dict[str, Any]) -> str:
     """A kind run's name: its method, and its options where it has any."""
     bank = run["result"]["config"]["bank"]
     options = dict(bank.get("prompt_options") or {})
     if bank.get("n_tokens", DEFAULT_N_TOKENS) != DEFAULT_N_TOKENS:
         options = {"n_tokens": bank["n_tokens"], **options}
-    if run["name"] in TRAINED_AT_AN_OLDER_DEFAULT_LR:
-        options["lr"] = TRAINED_AT_AN_OLDER_DEFAULT_LR[run["name"]]
     shown = ", ".join(f"{k}={v}" for k, v in options.items())
     return f"`{bank['method']}`" + (f" ({shown})" if shown else "")
 
@@ -642,8 +635,6 @@ def module_kinds() -> str:
         bank = r["config"]["bank"]
         label = _kind_label(run)
         foot = _footprint_row(bank["method"], r["trainable_params_per_task"])
-        old_lr = TRAINED_AT_AN_OLDER_DEFAULT_LR.get(run["name"])
-        command = run["command"] + (f" --lr {old_lr:g}" if old_lr else "")
         train_s = sum(rep.get("prompt_train_seconds") or 0.0 for rep in r["reports"])
         rows.append(
             [
@@ -656,7 +647,7 @@ def module_kinds() -> str:
                 f"**{pct(r.get('module_alone_avg_acc'))}**",
                 pct(r["bwt"], True),
                 f"{train_s / 60:.1f}",
-                f"`{command}`",
+                f"`{run['command']}`",
             ]
         )
         per_task.append([label, *(pct(a) for a in r.get("module_alone_acc") or [None] * len(tasks))])

@@ -233,38 +233,6 @@ def _flat_ivf(index: Any) -> Any | None:
     return quantizer
 
 
-def assign(x: torch.Tensor, memo: dict[str, Any]) -> torch.Tensor:
-    """Each row's nearest list (L2) among ``memo``'s centroids (``coarse_memo``): float32
-    products with every centroid, ``COARSE_SCORES_MAX`` scores at a time.
-
-    FAISS's own assignment (``add_with_ids``) measures each row against every list without
-    BLAS below its 128,000-query threshold, streaming all centroids once per row. Grouping the
-    lists and measuring a row against its nearest groups' lists only was tried and dropped:
-    on the router-scale bench's tasks (200k, 16,384 lists) it put 4.6% of the means in
-    another list than the nearest at 4 of 128 groups probed, 0.6% at 32, and routing agreed
-    with exact LDA on 95.2% of queries instead of 100%."""
-    cent, half = memo["centroids"], memo["half_norms"]
-    rows = max(1, COARSE_SCORES_MAX // len(cent))
-    return torch.cat([torch.argmax(x[i : i + rows] @ cent.T - half, dim=1) for i in range(0, len(x), rows)])
-
-
-def add(index: Any, x: np.ndarray, ids: np.ndarray, memo: dict[str, Any]) -> None:
-    """``index.add_with_ids(x, ids)``; for an IVF with a flat coarse quantizer the lists are
-    chosen here (``assign``) and the rows added to them with ``add_core``. ``memo`` as for
-    ``search``."""
-    quantizer = _flat_ivf(index)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    if quantizer is None or not len(x):
-        index.add_with_ids(x, ids)
-        return
-    if memo.get("index") is not index:
-        memo.clear()
-        memo.update(coarse_memo(index, quantizer))
-    lists = np.ascontiguousarray(assign(torch.from_numpy(x), memo).numpy())
-    index.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
-
-
 def two_level_lists(ivf: Any, sample: np.ndarray) -> None:
     """Fill ``ivf``'s flat quantizer with spherical two-level k-means centroids of ``sample``
     (``LDA_FLAT_KMEANS_MAX_NLIST``); ``ivf.train`` then skips its own k-means."""

@@ -353,7 +353,7 @@ class GaussianRouter(Router):
             c["serials"][tid] = serials
             c["max_classes"] = max(c["max_classes"], k)
         ids = np.arange(first, c["next"], dtype=np.int64)
-        fx.add(c["index"], white, ids, c.setdefault("memo", {}))
+        c["index"].add_with_ids(np.ascontiguousarray(white, dtype=np.float32), ids)
 
     def _candidates(self, queries: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
         c = self._prepared()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
-import torch
 from helpers import DIM, N_TASKS, clustered, same_routing
 
 import promptbank.routing as router_mod
@@ -327,37 +326,6 @@ def test_coarse_step_picks_the_float32_lists_at_key_size(coarse_int8):
     d, i = faiss_index.search(index, q, 5, memo)
     assert (i == i_ref).all(axis=1).mean() >= 0.995
     assert np.allclose(d[i == i_ref], d_ref[i == i_ref], rtol=1e-5, atol=1e-3)
-
-
-def _filled_ivf(x: np.ndarray, nlist: int):
-    index = faiss.index_factory(x.shape[1], f"IVF{nlist},SQ8", faiss.METRIC_L2)
-    index.train(x)
-    return index
-
-
-def test_lists_are_assigned_as_faiss_assigns_them(monkeypatch):
-    """``add`` puts every row in the list FAISS's own assignment picks, a bounded block of
-    scores at a time, so searching the index gives FAISS's answers, and removal still works."""
-    monkeypatch.setattr(faiss_index, "COARSE_SCORES_MAX", 256 * 1000)  # blocks of 1,000 rows
-    rng = np.random.default_rng(5)
-    centres = rng.normal(size=(256, 64)).astype(np.float32)
-    x = (centres[rng.integers(0, 256, 6000)] + 0.3 * rng.normal(size=(6000, 64))).astype(np.float32)
-    ref = _filled_ivf(x, 256)
-    ours = faiss.clone_index(ref)
-    ids = np.arange(6000, dtype=np.int64) * 7
-    ref.add_with_ids(x, ids)
-    memo: dict = {}
-    faiss_index.add(ours, x[:3500], ids[:3500], memo)
-    faiss_index.add(ours, x[3500:], ids[3500:], memo)
-    _, want = ref.quantizer.search(x, 1)
-    assert (faiss_index.assign(torch.from_numpy(x), memo).numpy() == want[:, 0]).all()
-    sizes = lambda index: [index.invlists.list_size(i) for i in range(index.nlist)]  # noqa: E731
-    assert sizes(ours) == sizes(ref) and ours.ntotal == 6000
-    ours.nprobe = ref.nprobe = 8
-    q = x[rng.choice(6000, 200)] + 0.1 * rng.normal(size=(200, 64)).astype(np.float32)
-    assert (ours.search(q, 3)[1] == ref.search(q, 3)[1]).all()
-    ours.remove_ids(faiss.IDSelectorRange(0, 7 * 3000))
-    assert ours.ntotal == 3000 and (ours.search(q, 1)[1] >= 7 * 3000).all()
 
 
 @pytest.mark.parametrize("novelty", ["relative", "posterior", "nearest"])

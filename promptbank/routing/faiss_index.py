@@ -190,8 +190,8 @@ def search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np.
     145 us per query at two threads, this 107 (both with the list scan on one thread), with
     the same agreement with exact LDA (BENCHMARKS.md section 2; no gain at 384-d). ``memo``
     keeps the centroids for the index it was taken from."""
-    quantizer = _flat_ivf(index)
-    if quantizer is None:
+    quantizer = faiss.downcast_index(index.quantizer) if isinstance(index, faiss.IndexIVF) else None
+    if not isinstance(quantizer, faiss.IndexFlat) or quantizer.ntotal != index.nlist:
         return blas_search(index, x, k)
     if memo.get("index") is not index:
         memo.clear()
@@ -223,14 +223,6 @@ def search(index: Any, x: np.ndarray, k: int, memo: dict[str, Any]) -> tuple[np.
         if l2:
             coarse = xt.double().square().sum(dim=1, keepdim=True).float() - 2 * coarse + memo["norms"][lists]
     return index.search_preassigned(x, k, lists.numpy(), np.ascontiguousarray(coarse.numpy()))
-
-
-def _flat_ivf(index: Any) -> Any | None:
-    """``index``'s flat coarse quantizer if ``index`` is an IVF with one filled, else None."""
-    quantizer = faiss.downcast_index(index.quantizer) if isinstance(index, faiss.IndexIVF) else None
-    if not isinstance(quantizer, faiss.IndexFlat) or quantizer.ntotal != index.nlist:
-        return None
-    return quantizer
 
 
 def two_level_lists(ivf: Any, sample: np.ndarray) -> None:

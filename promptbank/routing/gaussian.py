@@ -440,9 +440,8 @@ class GaussianRouter(Router):
             parts = [getattr(s, field) for s in stats]
             return np.stack(parts) if stack else np.concatenate(parts)
 
-        none = saved_means(
-            np.zeros((0, d), np.int8 if self.config.mean_bits != 16 else np.float16), self.config.mean_bits
-        )
+        bits = self.config.mean_bits
+        none = saved_means(np.zeros((0, d), np.float16 if bits == 16 else np.int8), bits)  # the empty form
         arrays = {
             "comp_label": join("labels", (0,), np.int64, stack=False),
             "comp_count": join("counts", (0,), np.int64, stack=False),
@@ -450,10 +449,8 @@ class GaussianRouter(Router):
             "task_factor": join("factor", (0, r, d), np.float16, stack=True),
             "scatter_packed": pack_upper(self._scatter),
         }
-        if self.config.mean_bits != 16:
-            arrays["comp_mean_scale"] = join(
-                "scale", (0, 1 + MEAN_OUTLIERS), SCALE_DTYPE[self.config.mean_bits], stack=False
-            )
+        if bits != 16:
+            arrays["comp_mean_scale"] = join("scale", (0, 1 + MEAN_OUTLIERS), SCALE_DTYPE[bits], stack=False)
             arrays["comp_mean_outlier"] = join("outliers", (0, MEAN_OUTLIERS), np.int16, stack=False)
         if self._uses_residual:
             arrays["task_residual"] = join("residual", (0, d), np.float32, stack=True)
@@ -480,7 +477,7 @@ class GaussianRouter(Router):
                 router._tasks[int(tid)] = TaskStats(
                     labels=np.asarray(arrays["comp_label"][sl], np.int64),
                     counts=np.asarray(arrays["comp_count"][sl], np.int64),
-                    means=np.asarray(means[sl]),  # int8, float16 (float32 if saved so)
+                    means=np.asarray(means[sl]),  # as saved: packed 6-bit, int8, float16 (float32 if saved so)
                     factor=factor,
                     residual=residual,
                     scale=None if scales is None else np.asarray(scales[sl], SCALE_DTYPE[router.config.mean_bits]),

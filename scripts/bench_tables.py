@@ -401,26 +401,6 @@ def routing_mean_bits(r: dict[str, Any]) -> str:
     )
 
 
-def mean_bits_study(r: dict[str, Any]) -> str:
-    """Routing accuracy per way of storing a class mean, against float16 (``study-mean-bits``)."""
-    acc, size = r["routing_accuracy"], r["bytes_per_mean"]
-    streams = list(acc["float16"])
-    rows = []
-    from promptbank.routing import make_router  # noqa: PLC0415
-
-    default = f"int{make_router('lda', dim=8).config.mean_bits}+32"
-    for name, per in acc.items():
-        cells = [f"{100 * per[s]:.2f} ({100 * (per[s] - acc['float16'][s]):+.2f})" for s in streams]
-        label = name.replace(" (default)", "")  # the study names the default its run had
-        rows.append([label + (" (default)" if label == default else ""), f"{size[name]:,.0f}", *cells])
-    classes = ", ".join(f"`{s}` {c:.1f}" for s, c in r["classes_per_task"].items())
-    return (
-        table(["class mean", f"B/mean ({r['dim']}-d)", *(f"`{s}` routing % (vs float16)" for s in streams)], rows)
-        + f"\n\nClasses per task: {classes}. Tasks added in stream order with the runner's budgets, every test "
-        "input routed; each scheme encodes and decodes the means before they enter the router."
-    )
-
-
 def rescore_cost(r: dict[str, Any]) -> str:
     """Routed predictions against top-3 re-scored ones on a trained bank (``bench-rescore-cost``)."""
     labels = {
@@ -715,7 +695,6 @@ BENCH_TABLES: dict[str, Callable[[], str]] = {
     "bench-stream-workers": lambda: bench_table("bench-stream-workers", stream_workers),
     "bench-stream-workers-identity": lambda: bench_table("bench-stream-workers-identity", stream_workers),
     "bench-routing-mean-bits": lambda: bench_table("bench-routing-mean-bits", routing_mean_bits),
-    "study-mean-bits": lambda: bench_table("study-mean-bits", mean_bits_study),
     "bench-rescore-cost": lambda: bench_table("bench-rescore-cost", rescore_cost),
     "bench-router-scale-100k": lambda: bench_table("bench-router-scale-100k", router_scale),
     "bench-distributed": lambda: bench_table("bench-distributed", distributed),

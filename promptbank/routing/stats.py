@@ -106,7 +106,7 @@ def quantize_means(means: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray
     directions, plain per-mean int8 routed 88.0% against 94.8% for float16. On the routing study's keys 8 outliers still cost
     vader-4, whose domain means lie close together, 1.1 points at 8 bits and 2.0 at 6; with 32,
     6 and 8 bits route as float16 does on offline-9, vader-4 and split-20ng
-    (``scripts/studies/mean_bits.py``; 5 bits cost vader-4 a point, 4 bits five).
+    (docs/routing.md, ``study-mean-bits.json``; 5 bits cost vader-4 a point, 4 bits five).
 
     Returns:
         ``(stored means, scale and outlier values or None, outlier positions or None)``; the

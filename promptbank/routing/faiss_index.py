@@ -331,3 +331,25 @@ def mean_index(dim: int, spec: str, n: int, whitened: Callable[[np.ndarray], np.
                 sample = sample[:LDA_CODEC_SAMPLE]  # the lists are there: the SQ8 codec needs few
             index.train(sample)  # the lists, unless already there; then the SQ8 codec
     return index if ivf is not None else faiss.IndexIDMap2(index)
+
+
+def compact_lists(index: Any) -> None:
+    """Re-allocate an IVF index's inverted lists at exactly their sizes.
+
+    Lists filled a block of vectors at a time grow by reallocation (capacity doubling), so they
+    end up to twice as large as their contents; copying each list once into a fresh
+    ``ArrayInvertedLists`` (one allocation per list) and dropping the old ones gives the slack
+    back. The copy is transient: one more index's worth of memory while it runs.
+    """
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return
+    ivf = faiss.downcast_index(ivf)
+    old = ivf.invlists
+    fresh = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    for li in range(ivf.nlist):
+        n = old.list_size(li)
+        if n:
+            fresh.add_entries(li, n, old.get_ids(li), old.get_codes(li))
+    ivf.replace_invlists(fresh, True)  # the index owns the fresh lists and deletes the old ones
+    fresh.this.disown()

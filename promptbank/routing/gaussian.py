@@ -20,11 +20,13 @@ from .base import (
     rank_candidates,
 )
 from .gaussian_config import LDA_NPROBE, NOVELTY_SCORES, GaussianConfig  # noqa: F401 (re-exported)
+from .heap import release_freed_memory
 from .stats import (
     MEAN_OUTLIERS,
     NO_RESIDUAL,
     SCALE_DTYPE,
     BackgroundMoments,
+    ClassRows,
     ClassStats,
     ClassStatsSum,
     TaskStats,
@@ -323,6 +325,9 @@ class GaussianRouter(Router):
                 block, held = [], 0
         if moments is not None:
             c["background"] = moments.background(BACKGROUND_RANK)
+        if n > EXACT_WHITENING_MAX_COMPONENTS:  # rare (the keys doubled or halved): worth a trim
+            fx.compact_lists(c["index"])
+            release_freed_memory()
         self._cache = c
         return c
 
@@ -468,32 +473,32 @@ class GaussianRouter(Router):
             scales = arrays["comp_mean_scale"] if coded else None
             outliers = arrays["comp_mean_outlier"] if coded else None
             means = checked_means(arrays["comp_mean"], router.config.mean_bits, router.dim)
+            rows = ClassRows(
+                labels=np.asarray(arrays["comp_label"], np.int64),
+                counts=np.asarray(arrays["comp_count"], np.int64),
+                means=np.asarray(means),  # as saved: packed 6-bit, int8, float16 (float32 if saved so)
+                scale=None if scales is None else np.asarray(scales, SCALE_DTYPE[router.config.mean_bits]),
+                outliers=None if outliers is None else np.asarray(outliers, np.int16),
+            )
             for i, (tid, n_comp) in enumerate(config["tasks"]):
-                sl = slice(start, start + int(n_comp))
                 factor, residual = shared_if_empty(
                     np.asarray(arrays["task_factor"][i], np.float16),
                     NO_RESIDUAL if residuals is None else np.asarray(residuals[i], np.float32),
                 )
-                router._tasks[int(tid)] = TaskStats(
-                    labels=np.asarray(arrays["comp_label"][sl], np.int64),
-                    counts=np.asarray(arrays["comp_count"][sl], np.int64),
-                    means=np.asarray(means[sl]),  # as saved: packed 6-bit, int8, float16 (float32 if saved so)
-                    factor=factor,
-                    residual=residual,
-                    scale=None if scales is None else np.asarray(scales[sl], SCALE_DTYPE[router.config.mean_bits]),
-                    outliers=None if outliers is None else np.asarray(outliers[sl], np.int16),
-                )
+                router._tasks[int(tid)] = TaskStats.of_rows(rows, start, start + int(n_comp), factor, residual)
                 start += int(n_comp)
             if residuals is None and router._uses_residual:
                 raise KeyError("task_residual")
-            router._n_keys = sum(int(t.counts.sum()) for t in router._tasks.values())
-            router._n_comp = sum(len(t.counts) for t in router._tasks.values())
+            router._n_keys, router._n_comp = int(rows.counts[:start].sum()), start
             if "scatter_packed" in arrays:
                 router._scatter = unpack_upper(np.asarray(arrays["scatter_packed"]), router.dim)
             else:  # saved before the packed float32 layout: a full float64 matrix
                 router._scatter = np.array(arrays["scatter"], dtype=np.float64)
         except (KeyError, IndexError) as exc:
             raise BankFormatError(f"Gaussian router state is incomplete: {exc}") from None
-        if router._scatter.shape != (router.dim, router.dim) or start != len(arrays["comp_count"]):
+        columns = (rows.labels, rows.means, rows.scale, rows.outliers)
+        if router._scatter.shape != (router.dim, router.dim) or any(
+            a is not None and len(a) != start for a in (rows.counts, *columns)
+        ):
             raise BankFormatError("Gaussian router arrays do not match its config")
         return router

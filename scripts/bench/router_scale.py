@@ -75,7 +75,7 @@ def bulk_state(
         scatter += centred.T @ centred
         q, s, o = quantize_means(means, bits)
         if scales is None:
-            scales = np.empty((n, s.shape[1]), np.float32)
+            scales = np.empty((n, s.shape[1]), s.dtype)  # as a saved bank holds them
             outliers = np.empty((n, o.shape[1]), np.int16)
         codes[start:stop], scales[start:stop], outliers[start:stop] = q, s, o
     config["tasks"] = [[t, 1] for t in range(n)]
@@ -205,6 +205,7 @@ def main() -> None:
         "index_in_use": type(c["index"]).__name__,
         "state_bytes": state_bytes,
         "state_bytes_per_task": state_bytes / args.tasks,
+        "rss_after_first_route_bytes": rss_loaded,
         "rss_bytes": rss_end,
         "rss_bytes_per_task": rss_end / args.tasks,
         "rss_peak_bytes": peak,

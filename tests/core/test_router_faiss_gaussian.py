@@ -375,3 +375,23 @@ def test_exhaustive_search_uses_blas_for_batches_and_restores_faiss_global(monke
     d_ref, i_ref = index.search(q, 5)
     np.testing.assert_array_equal(i, i_ref)
     np.testing.assert_allclose(d, d_ref, rtol=1e-4, atol=1e-3)
+
+
+def test_compacted_ivf_lists_hold_and_find_the_same_vectors():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4000, 16)).astype(np.float32)
+    index = faiss.index_factory(16, "IVF16,SQ8", faiss.METRIC_L2)
+    index.train(x)
+    for start in range(0, len(x), 500):  # lists grown a block at a time, as a router rebuild does
+        index.add_with_ids(x[start : start + 500], np.arange(start, start + 500))
+    index.nprobe = 4
+    before = index.search(x[:50], 5)
+    lists = [faiss.rev_swig_ptr(index.invlists.get_ids(li), index.invlists.list_size(li)).copy() for li in range(16)]
+    faiss_index.compact_lists(index)
+    assert [index.invlists.list_size(li) for li in range(16)] == [len(ids) for ids in lists]
+    for li, ids in enumerate(lists):
+        np.testing.assert_array_equal(faiss.rev_swig_ptr(index.invlists.get_ids(li), len(ids)), ids)
+    np.testing.assert_array_equal(index.search(x[:50], 5)[1], before[1])
+    index.remove_ids(faiss.IDSelectorRange(0, 100))  # the compacted lists still take edits
+    index.add_with_ids(x[:10], np.arange(10))
+    assert index.ntotal == len(x) - 90

@@ -10,8 +10,16 @@ import pytest
 from helpers import same_routing
 
 from promptbank.errors import BankFormatError, InvalidDataError, TaskExistsError, UnknownTaskError
-from promptbank.routing import GaussianRouter, LDARouter, faiss_index, gaussian, make_router, router_from_state
-from promptbank.routing.stats import MEAN_OUTLIERS, BackgroundMoments, pack_codes, unpack_codes
+from promptbank.routing import (
+    GaussianRouter,
+    LDARouter,
+    faiss_index,
+    gaussian,
+    heap,
+    make_router,
+    router_from_state,
+)
+from promptbank.routing.stats import MEAN_OUTLIERS, BackgroundMoments, TaskStats, pack_codes, unpack_codes
 
 DIM = 64
 N_TASKS = 5
@@ -307,7 +315,8 @@ def test_lda_state_is_compact(data):
 
 def test_lda_tasks_in_memory_share_what_they_do_not_keep(data):
     """Per-task memory at a million tasks: no per-task dict, one shared empty factor and
-    residual (read-only) for every task, added or loaded, and 6-bit means held packed."""
+    residual (read-only) for every task, added or loaded, 6-bit means held packed, and a loaded
+    router's tasks reading their class rows from the state's arrays (no arrays per task)."""
     train, _, _ = data
     router = build(train)
     loaded = router_from_state(*router.state())
@@ -317,6 +326,7 @@ def test_lda_tasks_in_memory_share_what_they_do_not_keep(data):
         assert all(t.factor is first.factor and t.residual is first.residual for t in rest)
         assert first.factor.shape == (0, DIM) and first.residual.size == 0 and not first.factor.flags.writeable
         assert first.means.dtype == np.uint8 and first.means.shape[1] == -(-DIM // 4) * 3  # 6-bit, packed
+    assert all(t.rows is next(iter(loaded._tasks.values())).rows for t in loaded._tasks.values())
     with_factor = build(train, scatter_rank=2)
     assert next(iter(with_factor._tasks.values())).factor.shape == (2, DIM)
 
@@ -336,6 +346,9 @@ def test_lda_coded_means_survive_a_save_and_load(data, mean_bits):
     if mean_bits == 6:
         with pytest.raises(BankFormatError, match="6-bit"):
             router_from_state(config, {**arrays, "comp_mean": arrays["comp_mean"][:, :-3]})
+    for name in ("comp_label", "comp_mean", "comp_mean_scale", "comp_mean_outlier"):  # a row short
+        with pytest.raises(BankFormatError, match="do not match"):
+            router_from_state(config, {**arrays, name: arrays[name][:-1]})
 
 
 def test_six_bit_codes_pack_four_to_three_bytes():
@@ -403,8 +416,8 @@ def test_lda_compact_statistics_route_like_float64_ones(mean_bits):
         scatter += d.T @ d
         means[t] = m.astype(np.float32)
     exact._scatter = scatter
-    for t, stats in exact._tasks.items():
-        stats.means, stats.scale, stats.outliers = means[t], None, None
+    for t, stats in exact._tasks.items():  # float32 means, no codes
+        exact._tasks[t] = TaskStats(stats.labels, stats.counts, means[t], stats.factor, stats.residual)
     exact._cache = None
     got, ref = router.route(queries, top=1).task_ids, exact.route(queries, top=1).task_ids
     assert (got == ref).mean() >= {16: 0.999, 8: 0.995, 6: 0.99}[mean_bits], (got == ref).mean()
@@ -412,9 +425,6 @@ def test_lda_compact_statistics_route_like_float64_ones(mean_bits):
     assert (ref == truth).mean() > 0.5  # a routing problem with errors to disagree on
     loaded = router_from_state(*router.state())
     assert same_routing(router.route(queries), loaded.route(queries))
-
-
-# -- the study script ------------------------------------------------------------------------
 
 
 # -- scale: incremental whitening and an approximate index of whitened means ----------------
@@ -447,6 +457,25 @@ def test_lda_large_banks_update_incrementally_and_refresh_when_doubled(monkeypat
     assert (got == ref).mean() >= 0.98 and (got == truth[keep]).mean() >= 0.95
     loaded = router_from_state(*router.state())  # a loaded router starts from a fresh whitening
     assert (loaded.route(queries[keep], top=1).task_ids == ref).mean() == 1.0
+
+
+def test_lda_rebuilds_past_the_exact_regime_hand_freed_heap_back(monkeypatch):
+    calls = []
+    monkeypatch.setattr(gaussian, "EXACT_WHITENING_MAX_COMPONENTS", 8)
+    monkeypatch.setattr(gaussian, "release_freed_memory", lambda: calls.append(1) or True)
+    train, queries, _ = shared_covariance_tasks(n_tasks=10, n=40, seed=4)
+    build(train[:4]).route(queries[:1])  # 8 class means: exact regime, rebuilt at every change
+    assert calls == []
+    build(train).route(queries[:1])  # 20 means: the rare rebuild of a large router trims
+    assert calls == [1]
+
+
+@pytest.mark.skipif(heap._malloc_trim() is None, reason="no glibc malloc_trim on this platform")
+def test_release_freed_memory_returns_free_heap_pages():
+    blocks = [bytearray(64 << 10) for _ in range(2000)]  # heap chunks (below the mmap threshold)
+    del blocks[::2]  # holes of whole pages between live chunks: only a trim returns them
+    assert heap.release_freed_memory()
+    del blocks
 
 
 def test_lda_auto_index_turns_approximate_past_the_flat_limit(monkeypatch):

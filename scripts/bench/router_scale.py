@@ -60,8 +60,7 @@ def bulk_state(
     bits = config["mean_bits"]
     if bits not in (6, 8):
         raise SystemExit(f"bulk_state builds 6- or 8-bit means, the router's default is {bits}")
-    codes = np.empty((n, d), np.int8)
-    scales, outliers = None, None
+    codes, scales, outliers = None, None, None
     scatter = np.zeros((d, d))
     query_centres = np.empty((len(truth), d), np.float32)
     for start in range(0, n, CHUNK):
@@ -74,15 +73,17 @@ def bulk_state(
         centred = (keys - means[:, None]).reshape(-1, d)
         scatter += centred.T @ centred
         q, s, o = quantize_means(means, bits)
-        if scales is None:
-            scales = np.empty((n, s.shape[1]), s.dtype)  # as a saved bank holds them
+        q = saved_means(q, bits)  # packed a chunk at a time: packing 1M x 960 at once took ~10 GB
+        if codes is None:  # the arrays as a saved bank holds them
+            codes = np.empty((n, q.shape[1]), q.dtype)
+            scales = np.empty((n, s.shape[1]), s.dtype)
             outliers = np.empty((n, o.shape[1]), np.int16)
         codes[start:stop], scales[start:stop], outliers[start:stop] = q, s, o
     config["tasks"] = [[t, 1] for t in range(n)]
     arrays = {
         "comp_label": np.full(n, -1, np.int64),
         "comp_count": np.full(n, kpt, np.int64),
-        "comp_mean": saved_means(codes, bits),
+        "comp_mean": codes,
         "comp_mean_scale": scales,
         "comp_mean_outlier": outliers,
         "task_factor": np.zeros((n, 0, d), np.float16),

@@ -21,23 +21,19 @@ from .base import (
 )
 from .gaussian_config import LDA_NPROBE, NOVELTY_SCORES, GaussianConfig  # noqa: F401 (re-exported)
 from .heap import release_freed_memory
+from .mean_codes import MEAN_OUTLIERS, SCALE_DTYPE, checked_means, quantize_means, saved_means
 from .stats import (
-    MEAN_OUTLIERS,
     NO_RESIDUAL,
-    SCALE_DTYPE,
     BackgroundMoments,
     ClassRows,
     ClassStats,
     ClassStatsSum,
     TaskStats,
-    checked_means,
     eigh,
     lda_log_posterior,
     pack_upper,
     principal_factor,
-    quantize_means,
     row_blocks,
-    saved_means,
     shared_if_empty,
     symmetric_float32,
     unpack_upper,
@@ -94,7 +90,7 @@ class GaussianRouter(Router):
     Keys and queries are L2-normalised first (a no-op for KeyEncoder output), which also
     keeps the float16 scatter factors in range.
 
-    Cost: per task, its means (6-bit, ``stats.quantize_means``: 484 B per mean at 384-d;
+    Cost: per task, its means (6-bit, ``mean_codes.quantize_means``: 484 B per mean at 384-d;
     8-bit or float16 with ``mean_bits=8`` or ``16``), a ``scatter_rank`` x dim
     float16 factor and a dim float32 residual (~8.4 KB at rank 8, 384-d); shared: the
     upper triangle of the dim x dim scatter in float32 (296 KB at 384-d). The scatter and

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..errors import InvalidDataError
 from .base import RouterConfig
-from .stats import MEAN_BITS
+from .mean_codes import MEAN_BITS
 
 #: Lists the LDA router scans per query. Its auto IVF trains spherical k-means, whose lists
 #: come out even (at 100k synthetic tasks the largest held 80 means, not 403), so 8 lists
@@ -32,7 +32,7 @@ class GaussianConfig(RouterConfig):
         novelty: what ``closeness`` measures: "relative", "posterior" or "nearest" (GaussianRouter).
         novelty_temperature: the softer temperature of the "posterior" closeness.
         nprobe: IVF lists scanned per query (``LDA_NPROBE``).
-        mean_bits: bits each class mean is stored in: 6, 8 or 16 (``stats.quantize_means``).
+        mean_bits: bits each class mean is stored in: 6, 8 or 16 (``mean_codes.quantize_means``).
     """
 
     per_class: bool = False

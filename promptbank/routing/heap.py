@@ -5,8 +5,8 @@ filling a FAISS index whose lists grow by reallocation) allocates and frees giga
 short-lived buffers. glibc keeps freed heap memory for reuse, and after the first large
 buffer is freed it raises its mmap threshold, so later large buffers also come from the heap:
 the process keeps the pages after the router no longer uses them. ``malloc_trim(0)`` returns
-every free page. Measured with ``scripts/bench/router_scale.py`` (synthetic tasks, 960-d):
-at 60k tasks the RSS after the first route fell from 5.4 to 3.9 KB per task.
+every free page. With ``faiss_index.compact_lists`` it keeps a million 960-d tasks at 2.5 GiB
+(BENCHMARKS.md, section 2).
 """
 
 from __future__ import annotations

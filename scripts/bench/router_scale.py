@@ -53,7 +53,8 @@ def bulk_state(
     """An LDA router's saved state for ``args.tasks`` synthetic tasks, built a chunk at a time,
     and the centres of the tasks in ``truth`` (where the queries are drawn)."""
     from promptbank.routing import make_router
-    from promptbank.routing.stats import pack_upper, quantize_means, saved_means
+    from promptbank.routing.mean_codes import quantize_means, saved_means
+    from promptbank.routing.stats import pack_upper
 
     n, kpt, d = args.tasks, args.keys_per_task, args.dim
     config, _ = make_router("lda", dim=d).state()

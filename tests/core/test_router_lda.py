@@ -19,7 +19,8 @@ from promptbank.routing import (
     make_router,
     router_from_state,
 )
-from promptbank.routing.stats import MEAN_OUTLIERS, BackgroundMoments, TaskStats, pack_codes, unpack_codes
+from promptbank.routing.mean_codes import MEAN_OUTLIERS, pack_codes, unpack_codes
+from promptbank.routing.stats import BackgroundMoments, TaskStats
 
 DIM = 64
 N_TASKS = 5

@@ -713,7 +713,6 @@ BENCH_TABLES: dict[str, Callable[[], str]] = {
     "bench-mixed-inference": lambda: bench_table("bench-mixed-inference", mixed_inference),
     "bench-mixed-inference-kinds": lambda: bench_table("bench-mixed-inference-kinds", mixed_inference),
     "bench-routing": lambda: bench_table("bench-routing", routing),
-    "bench-routing-1m": lambda: bench_table("bench-routing-1m", routing),
     "study-unknown-inputs": lambda: bench_table("study-unknown-inputs", unknown_inputs),
     "study-heldout-keys": lambda: bench_table("study-heldout-keys", heldout_keys),
 }

@@ -32,9 +32,9 @@ AUTO_LARGE_SPEC = "IVF{nlist},SQ8"
 AUTO_LISTS_PER_SQRT = 8
 AUTO_MAX_NLIST = 16384
 #: The LDA router's index of whitened means: lists of ~24 means at the next refresh, at most
-#: this many. At 1M tasks (384-d) a cap of 4,096 left ~244 means per list, which agreed with
-#: exact LDA on 39.8% of queries; 65,536 lists of ~15 means agree on 96.0% (true task 0.910
-#: vs 0.944 exact; BENCHMARKS.md section 2).
+#: this many. At 1M tasks a cap of 4,096 left ~244 means per list, which agreed with exact
+#: LDA on 40% of queries; 65,536 lists of ~15 means agree on 96.6% at the default 960-d key
+#: (true task 0.963 vs 0.997 exact; BENCHMARKS.md section 2).
 LDA_MAX_NLIST = 65536
 #: Whitened means the auto IVF's k-means trains on, at most (1 GB of float32 at 960-d); the
 #: SQ8 codec then trains on ``LDA_CODEC_SAMPLE`` of them. Sampling every mean needed a 3.8 GB

@@ -75,8 +75,8 @@ class GaussianRouter(Router):
     O(1); a router loaded from its state starts from a fresh whitening. ``index``: "auto"
     (exact Flat up to ``AUTO_FLAT_MAX_VECTORS`` means, then IVF-SQ8 with spherical k-means
     lists) or any FAISS factory spec (L2 over whitened means). ``nprobe``: lists an IVF index
-    scans per query (``LDA_NPROBE`` = 8; 4 routed 25-30% faster at 100k tasks but agreed with
-    exact LDA on 0.3 point fewer queries at 384-d, BENCHMARKS.md section 2).
+    scans per query (``LDA_NPROBE`` = 8; 4 routed 25% faster at 100k tasks but agreed with
+    exact LDA on 0.6 point fewer queries at 1M, BENCHMARKS.md section 2).
     ``closeness`` (what ``unknown_threshold`` cuts; higher = more familiar) depends on
     ``novelty``. "relative" (default) is relative Mahalanobis (Ren et al. 2021): -(squared
     distance to the chosen task's nearest mean - squared distance to a background Gaussian of

@@ -36,6 +36,8 @@ AUTO_MAX_NLIST = 16384
 #: LDA on 40% of queries; 65,536 lists of ~15 means agree on 96.6% at the default 960-d key
 #: (true task 0.963 vs 0.997 exact; BENCHMARKS.md section 2).
 LDA_MAX_NLIST = 65536
+#: The LDA router's auto IVF aims at lists of this many means at the next refresh.
+LDA_MEANS_PER_LIST = 24
 #: Whitened means the auto IVF's k-means trains on, at most (1 GB of float32 at 960-d); the
 #: SQ8 codec then trains on ``LDA_CODEC_SAMPLE`` of them. Sampling every mean needed a 3.8 GB
 #: float32 copy at 1M tasks x 960-d, twice the router's own memory.
@@ -298,7 +300,7 @@ def mean_index(dim: int, spec: str, n: int, whitened: Callable[[np.ndarray], np.
         The IVF index (it takes ids itself), or an ``IndexIDMap2`` around a flat one (also while
         there are too few means to train the lists on).
 
-    "auto" past ``AUTO_FLAT_MAX_VECTORS`` means: IVF-SQ8 with lists for ~24 means each
+    "auto" past ``AUTO_FLAT_MAX_VECTORS`` means: IVF-SQ8 with lists for ~``LDA_MEANS_PER_LIST`` means each
     at twice the current size (the size at the next refresh), trained with *spherical*
     k-means. Plain k-means on whitened means left hub lists near the origin that most
     queries probed: at 100k synthetic tasks (960-d, 4,096 lists) a query scanned 1,902
@@ -309,7 +311,7 @@ def mean_index(dim: int, spec: str, n: int, whitened: Callable[[np.ndarray], np.
     """
     need = None
     if spec == "auto":
-        nlist = min(LDA_MAX_NLIST, 1 << max(round(math.log2(max(2 * n / 24, 1))), 0))
+        nlist = min(LDA_MAX_NLIST, 1 << max(round(math.log2(max(2 * n / LDA_MEANS_PER_LIST, 1))), 0))
         spec = "Flat" if n <= AUTO_FLAT_MAX_VECTORS else AUTO_LARGE_SPEC.format(nlist=nlist, m=1)
         need = nlist  # k-means with fewer than 39 points per list: fine for this use
     index = faiss.index_factory(dim, spec, faiss.METRIC_L2)

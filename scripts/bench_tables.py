@@ -677,6 +677,29 @@ def kind_lr(r: dict[str, Any]) -> str:
     )
 
 
+def ivf_lists(r: dict[str, Any]) -> str:
+    """The LDA router's batched route by IVF list size at 100k tasks (``study-ivf-lists``)."""
+    cases = list(r["cases"].values())
+    base = next(k for k in cases[0] if k.startswith("paired_ratio_to_"))
+    rows = [
+        [f"{c['means_per_list']}{' (default)' if c['means_per_list'] == 24 else ''}", f"{c['nlist']:,}",
+         str(c["nprobe"]), f"{c['route_batch_us_per_query']['median']:.0f}", f"{c[base]:.2f}",
+         *(f"{c['parts_us_per_query'][p]:.0f}" for p in ("whiten", "choose lists", "scan lists")),
+         f"{c['agreement_with_exact']:.3f}", f"{c['accuracy_true_task']:.3f}"]
+        for c in cases
+    ]  # fmt: skip
+    head = ["means per list", "lists", "nprobe", "µs/query, batch", "× the default", "whiten", "choose lists",
+            "scan lists", "agreement with exact", "true task"]  # fmt: skip
+    return (
+        table(head, rows)
+        + f"\n\n{r['args']['tasks']:,} synthetic tasks (`router_scale.py`'s, {r['args']['dim']}-d keys, one mean per "
+        f"task), `lda` defaults but the list size (`faiss_index.LDA_MEANS_PER_LIST`); batches of {r['args']['batch']} "
+        "queries, medians of interleaved repeats; *× the default*: the paired ratio to 24 means per list at nprobe 8; "
+        "*whiten*, *choose lists*, *scan lists*: the route's three products timed apart (µs per query; the rest is "
+        f"the candidates' exact scores). Exact LDA finds the true task for {r['exact_accuracy_true_task']:.3f}."
+    )
+
+
 def _values(runs: list[dict[str, Any]], task: str, column: str) -> list[float]:
     pick = (lambda r: r["average"]) if task == "average" else (lambda r: r["tasks"][task])
     return [pick(d["result"])[column] for d in runs]
@@ -703,6 +726,7 @@ BENCH_TABLES: dict[str, Callable[[], str]] = {
     "bench-rescore-cost": lambda: bench_table("bench-rescore-cost", rescore_cost),
     "bench-router-scale-100k": lambda: bench_table("bench-router-scale-100k", router_scale),
     "bench-router-scale-1m": lambda: bench_table("bench-router-scale-1m", router_scale),
+    "study-ivf-lists": lambda: bench_table("study-ivf-lists", ivf_lists),
     "bench-distributed": lambda: bench_table("bench-distributed", distributed),
     "bench-serve-load": lambda: bench_table("bench-serve-load", serve_load),
     "bench-mixed-generation": lambda: bench_table("bench-mixed-generation", mixed_generation),

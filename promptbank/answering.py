@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from transformers import GenerationConfig
 
 from .backbone import FrozenLM
 from .errors import InvalidDataError
@@ -24,6 +23,8 @@ from .text_metrics import text_scores
 from .trainer import predict_scores
 
 if TYPE_CHECKING:
+    from transformers import GenerationConfig
+
     from .bank import PromptBank
 
 

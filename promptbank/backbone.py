@@ -17,11 +17,10 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
 from .assets import asset_path, cache_dir
 from .errors import HubUnavailableError, InvalidDataError, PromptBankError
@@ -29,6 +28,9 @@ from .hub import hub_reachable
 from .label_table import LabelTable
 from .module_batch import ModuleBatch
 from .weight_hooks import find_linears
+
+if TYPE_CHECKING:  # transformers is imported where a model is loaded: `import promptbank` stays light
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ def _convert_smollm2() -> Path:
     target = cache_dir("models") / "smollm2-135m-instruct"
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     gguf = asset_path(*SMOLLM2_GGUF)
     log.info("converting %s to %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -107,6 +111,8 @@ def resolve_model_source(name: str) -> tuple[str, dict[str, Any]]:
         return str(OFFLINE_BACKBONES[name]()), {}
     if Path(name).expanduser().exists():
         return str(Path(name).expanduser()), {}
+    from transformers import AutoConfig
+
     try:  # already in the local HF cache: no network needed
         AutoConfig.from_pretrained(name, local_files_only=True)
         return name, {"local_files_only": True}
@@ -470,6 +476,8 @@ def load_backbone(
     """Load a frozen LM by offline asset name, local folder, or hub id (fails fast offline).
 
     ``bf16``: run it under bf16 autocast; None picks :func:`default_bf16` for the device."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
     source, kwargs = resolve_model_source(name)
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)

@@ -10,11 +10,10 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from transformers import GenerationConfig
 
 from . import merge, peft_export, persistence
 from .answering import answer, answer_routed, evaluate_task
@@ -31,6 +30,9 @@ from .records import DEFAULT_TEMPLATE, STORAGE_DTYPES, BankConfig, Prediction, T
 from .routing import Router, Routing, make_router
 from .task_data import prepare_task
 from .trainer import TrainConfig, TrainResult, train_prompt
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig
 
 
 class PromptBank:

@@ -12,16 +12,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
 
 from .backbone import FrozenLM
 from .errors import InvalidDataError
 from .module_batch import Applied, ModuleBatch
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig
 
 #: Enough for a headline, a short reply or an extracted field; pass ``max_new_tokens`` for more.
 DEFAULT_MAX_NEW_TOKENS = 32
@@ -44,6 +46,8 @@ def generation_config(backbone: FrozenLM, options: GenerationConfig | dict[str, 
     Raises:
         InvalidDataError: an unknown field, a bad value, or more than one sequence per input.
     """
+    from transformers import GenerationConfig
+
     fields: dict[str, Any] = {
         "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
         "do_sample": False,

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from .backbone import FrozenLM, split_at_slot
 from .errors import InvalidDataError
@@ -155,5 +154,7 @@ class InputCache:
                 rows_embeds.append(torch.cat([body.new_zeros(width - lengths[b], body.shape[1]), body], dim=0))
             compute = lm.model.get_input_embeddings().weight.dtype if not lm.bf16 else torch.bfloat16
             kv = kv.to(compute)
+            from transformers import DynamicCache
+
             cache = DynamicCache(ddp_cache_data=[(layer[0], layer[1]) for layer in kv], config=lm.model.config)
             return lm.score_after(torch.stack(rows_embeds), mask, positions, table, cache=cache)

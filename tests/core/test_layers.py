@@ -43,3 +43,11 @@ def test_no_library_module_imports_the_experiment_layer():
                 if top in {"streams", "avalanche"} or (only_in_functions and id(node) in top_level):
                     offenders.append(f"{path.relative_to(root)}: {name}")
     assert offenders == []
+
+
+def test_the_library_and_its_command_line_import_without_transformers():
+    """transformers is imported where a model is loaded or text generated, not on ``import
+    promptbank``: it tripled the import, so ``promptbank --help`` and ``info`` waited on it."""
+    code = "import sys, promptbank, promptbank.cli; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"

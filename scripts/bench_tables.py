@@ -249,8 +249,11 @@ UNKNOWN_SCORE_LABELS = {
     "nearest": "nearest class mean",
     "relative": "relative Mahalanobis",
     "mixture": "class-mixture likelihood",
+    "class-confidence": "the chosen task's class confidence",
+    "margin": "margin over the runner-up task",
     "posterior-or-nearest": "posterior or nearest",
     "relative-or-posterior": "relative or posterior",
+    "relative-or-class-confidence": "relative or class confidence",
     "perplexity": "LLM perplexity of the input",
     "relative-or-perplexity": "relative or LLM perplexity",
 }

@@ -18,10 +18,13 @@ counts, the pooled within-class scatter), on whitened keys:
 * ``relative``: ``nearest`` minus that of a background Gaussian fitted to every key (relative
   Mahalanobis, Ren et al. 2021);
 * ``mixture``: the log-likelihood under the mixture of all classes (an energy score);
+* ``class-confidence``: the chosen task's largest class posterior (maximum softmax probability
+  of the router's classifier of that task's labels, which ``key_classes`` adds to its answer);
+* ``margin``: the log-likelihood of the chosen task less that of the runner-up;
 * ``perplexity``: minus the input's mean token negative log-likelihood under the bare frozen LLM
   (the input alone, cut to the bank's 64 tokens): a score from the LLM rather than the key;
-* ``posterior-or-nearest``, ``relative-or-posterior``, ``relative-or-perplexity``: unknown when
-  either score is below its own 2.5% threshold.
+* ``posterior-or-nearest``, ``relative-or-posterior``, ``relative-or-class-confidence``,
+  ``relative-or-perplexity``: unknown when either score is below its own 2.5% threshold.
 
 Answer (docs/routing.md): ``relative``, the router's default. The LLM's perplexity points the wrong
 way: the bank's own tweets and SMS are the least fluent texts in the study, far inputs (prose, code,
@@ -229,22 +232,30 @@ class Scorer:
         )
         task_ll30 -= task_ll30.max(1, keepdims=True)
         post30 = np.exp(task_ll30) / np.exp(task_ll30).sum(1, keepdims=True)
-        chosen = np.argmax(np.stack([np.logaddexp.reduce(ll[:, self.owner == t], axis=1) for t in tasks], 1), 1)
+        task_ll = np.stack([np.logaddexp.reduce(ll[:, self.owner == t], axis=1) for t in tasks], 1)
+        chosen = np.argmax(task_ll, 1)
+        top2 = np.sort(task_ll, axis=1)[:, -2:] if len(tasks) > 1 else np.concatenate([task_ll, task_ll], 1)
+        # the chosen task's class posterior (what ``key_classes`` adds to its labels' scores)
+        in_task = np.where(self.owner[None, :] == tasks[chosen][:, None], ll, -np.inf)
+        class_post = np.exp(in_task.max(1) - np.logaddexp.reduce(in_task, axis=1))
         out = {
             "posterior": post30[np.arange(len(x)), chosen],
             "nearest": nearest / dim,
             "relative": (nearest + (z0 * z0).sum(1)) / dim,
             "mixture": mixture / dim,
+            "class-confidence": class_post,
+            "margin": (top2[:, 1] - top2[:, 0]) / dim,
         }
         if nll is not None:
             out["perplexity"] = -np.asarray(nll, np.float64)
         return out
 
 
-SINGLE = ("posterior", "nearest", "relative", "mixture", "perplexity")
+SINGLE = ("posterior", "nearest", "relative", "mixture", "class-confidence", "margin", "perplexity")
 EITHER = {
     "posterior-or-nearest": ("posterior", "nearest"),
     "relative-or-posterior": ("relative", "posterior"),
+    "relative-or-class-confidence": ("relative", "class-confidence"),
     "relative-or-perplexity": ("relative", "perplexity"),
 }
 SCORES = (*SINGLE, *EITHER)

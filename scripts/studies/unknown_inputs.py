@@ -258,38 +258,44 @@ EITHER = {
     "relative-or-class-confidence": ("relative", "class-confidence"),
     "relative-or-perplexity": ("relative", "perplexity"),
 }
-SCORES = (*SINGLE, *EITHER)
 KEY_SCORES = SINGLE[:-1]  # from the router alone
 
 
 def _flags(known_val: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per score: which of ``other``'s inputs are flagged unknown, thresholds set on ``known_val``."""
     out = {}
-    for s in SINGLE:
+    for s in (s for s in SINGLE if s in other):  # perplexity only where the LLM's nll was computed
         out[s] = other[s] < np.quantile(known_val[s], REJECT_KNOWN)
-    for s, (a, b) in EITHER.items():
+    for s, (a, b) in ((s, ab) for s, ab in EITHER.items() if set(ab) <= set(other)):
         out[s] = (other[a] < np.quantile(known_val[a], REJECT_KNOWN / 2)) | (
             other[b] < np.quantile(known_val[b], REJECT_KNOWN / 2)
         )
     return out
 
 
+def _joined(nll: list[dict[str, np.ndarray]] | None, split: str, which: list[int]) -> np.ndarray | None:
+    return None if nll is None else np.concatenate([nll[i][split] for i in which])
+
+
 def far_ood(
-    tasks: list[TaskKeys], nll: list[dict[str, np.ndarray]], ood: dict[str, tuple[np.ndarray, np.ndarray]]
+    tasks: list[TaskKeys],
+    nll: list[dict[str, np.ndarray]] | None,
+    ood: dict[str, tuple[np.ndarray, np.ndarray | None]],
 ) -> dict[str, Any]:
     """Detection of each far set (``ood``: name -> (keys, LLM nll)) by a router holding every task."""
     scorer = Scorer(tasks)
-    val = scorer.scores(np.concatenate([t.val for t in tasks]), np.concatenate([n["val"] for n in nll]))
-    test = scorer.scores(np.concatenate([t.test for t in tasks]), np.concatenate([n["test"] for n in nll]))
+    every = list(range(len(tasks)))
+    val = scorer.scores(np.concatenate([t.val for t in tasks]), _joined(nll, "val", every))
+    test = scorer.scores(np.concatenate([t.test for t in tasks]), _joined(nll, "test", every))
     known_flags = _flags(val, test)
-    result: dict[str, Any] = {"false_reject_test": {s: float(known_flags[s].mean()) for s in SCORES}, "sets": {}}
+    result: dict[str, Any] = {"false_reject_test": {s: float(v.mean()) for s, v in known_flags.items()}, "sets": {}}
     for name, (keys, ood_nll) in ood.items():
         sc = scorer.scores(keys, ood_nll)
         flags = _flags(val, sc)
         result["sets"][name] = {
             "n": len(keys),
-            "detected": {s: float(flags[s].mean()) for s in SCORES},
-            "auroc": {s: _auroc(test[s], sc[s]) for s in SINGLE},
+            "detected": {s: float(v.mean()) for s, v in flags.items()},
+            "auroc": {s: _auroc(test[s], sc[s]) for s in SINGLE if s in sc},
         }
     # without held-out texts: the threshold at the router's own training keys' 5% quantile
     own = scorer.scores(np.concatenate([t.train for t in tasks]))
@@ -311,50 +317,53 @@ def far_ood(
             "test_sd": float(test["relative"].std()),
         }
     }
-    result["mean_detected"] = {s: float(np.mean([v["detected"][s] for v in result["sets"].values()])) for s in SCORES}
-    result["min_detected"] = {s: float(np.min([v["detected"][s] for v in result["sets"].values()])) for s in SCORES}
+    result["mean_detected"] = {
+        s: float(np.mean([v["detected"][s] for v in result["sets"].values()])) for s in known_flags
+    }
+    result["min_detected"] = {
+        s: float(np.min([v["detected"][s] for v in result["sets"].values()])) for s in known_flags
+    }
     return result
 
 
-def leave_one_out(tasks: list[TaskKeys], nll: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+def leave_one_out(tasks: list[TaskKeys], nll: list[dict[str, np.ndarray]] | None) -> dict[str, Any]:
     per: dict[str, Any] = {}
     for held in range(len(tasks)):
         scorer = Scorer(tasks, skip=held)
         known = [i for i in range(len(tasks)) if i != held]
-        val = scorer.scores(
-            np.concatenate([tasks[i].val for i in known]), np.concatenate([nll[i]["val"] for i in known])
-        )
-        test = scorer.scores(
-            np.concatenate([tasks[i].test for i in known]), np.concatenate([nll[i]["test"] for i in known])
-        )
-        new = scorer.scores(tasks[held].test, nll[held]["test"])
+        val = scorer.scores(np.concatenate([tasks[i].val for i in known]), _joined(nll, "val", known))
+        test = scorer.scores(np.concatenate([tasks[i].test for i in known]), _joined(nll, "test", known))
+        new = scorer.scores(tasks[held].test, _joined(nll, "test", [held]))
         per[tasks[held].name] = {
             "false_reject_test": {s: float(v.mean()) for s, v in _flags(val, test).items()},
             "detected": {s: float(v.mean()) for s, v in _flags(val, new).items()},
-            "auroc": {s: _auroc(test[s], new[s]) for s in SINGLE},
+            "auroc": {s: _auroc(test[s], new[s]) for s in SINGLE if s in new},
         }
-    mean = {
-        k: {s: float(np.mean([v[k][s] for v in per.values()])) for s in (SCORES if k != "auroc" else SINGLE)}
-        for k in ("false_reject_test", "detected", "auroc")
-    }
+    first = next(iter(per.values()))
+    mean = {k: {s: float(np.mean([v[k][s] for v in per.values()])) for s in first[k]} for k in first}
     return {"mean": mean, "per_held_out": per}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/studies/unknown-inputs.json")
+    parser.add_argument(
+        "--no-perplexity",
+        action="store_true",
+        help="key scores only (the LLM's perplexity of ~8k texts takes hours on 1 thread)",
+    )
     args = parser.parse_args()
     _set_threads()
     started = time.perf_counter()
     encoder = _LazyEncoder()
     tasks = load_stream("offline-9", 1, encoder, router_val=False)
-    nll = []
-    for task in stream_tasks("offline-9", 1):
+    nll = None if args.no_perplexity else []
+    for task in stream_tasks("offline-9", 1) if nll is not None else ():
         data = get_task(task, **BUDGETS)
         nll.append({split: input_nll(f"{task}-{split}", getattr(data, f"{split}_texts")) for split in ("val", "test")})
     texts = far_ood_sets()
     ood = {
-        name: (_cached_keys(encoder, f"ood-{name}", "test", t), input_nll(f"ood-{name}", t))
+        name: (_cached_keys(encoder, f"ood-{name}", "test", t), None if nll is None else input_nll(f"ood-{name}", t))
         for name, t in texts.items()
     }
     far = far_ood(tasks, nll, ood)
@@ -363,7 +372,7 @@ def main() -> None:
     print(
         f"{'score':<22} {'FR test':>8} " + " ".join(f"{n[:12]:>12}" for n in texts) + f" {'LOO det':>8} {'LOO FR':>7}"
     )
-    for s in SCORES:
+    for s in far["false_reject_test"]:
         print(
             f"{s:<22} {far['false_reject_test'][s]:>8.3f} "
             + " ".join(f"{far['sets'][n]['detected'][s]:>12.3f}" for n in texts)

@@ -259,13 +259,14 @@ UNKNOWN_SCORE_LABELS = {
 }
 
 
-def unknown_inputs(r: dict[str, Any]) -> str:
-    """Far out-of-distribution and leave-one-task-out detection per score (``study-unknown-inputs``)."""
+def unknown_inputs(r: dict[str, Any], only: tuple[str, ...] | None = None) -> str:
+    """Far out-of-distribution and leave-one-task-out detection per score (``study-unknown-inputs``),
+    the scores in ``only`` if given."""
     far, loo = r["far_ood"], r["leave_one_out"]["mean"]
     sets = list(far["sets"])
     rows = []
     for score, label in UNKNOWN_SCORE_LABELS.items():
-        if score not in far["mean_detected"]:
+        if score not in far["mean_detected"] or (only is not None and score not in only):
             continue
         rows.append(
             [label, pct(far["false_reject_test"][score])]
@@ -741,5 +742,9 @@ BENCH_TABLES: dict[str, Callable[[], str]] = {
     "bench-mixed-inference-kinds": lambda: bench_table("bench-mixed-inference-kinds", mixed_inference),
     "bench-routing": lambda: bench_table("bench-routing", routing),
     "study-unknown-inputs": lambda: bench_table("study-unknown-inputs", unknown_inputs),
+    "study-unknown-inputs-keys": lambda: bench_table(
+        "study-unknown-inputs-keys",
+        lambda r: unknown_inputs(r, only=("relative", "margin", "class-confidence", "relative-or-class-confidence")),
+    ),
     "study-heldout-keys": lambda: bench_table("study-heldout-keys", heldout_keys),
 }

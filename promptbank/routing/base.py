@@ -329,6 +329,20 @@ def rank_candidates(n: int, seg_row: np.ndarray, primary: np.ndarray, secondary:
     return np.take_along_axis(g, best, axis=1)
 
 
+def task_margin(seg_row: np.ndarray, task_logit: np.ndarray, near: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """Per row: its best group's ``task_logit`` less the runner-up group's (the "margin" novelty).
+
+    A row with one group only is compared with its weakest ``terms`` entry (N, K): the runner-up
+    lies beyond the row's K neighbours, so its log-likelihood is at most about that."""
+    n = len(terms)
+    two = rank_candidates(n, seg_row, task_logit, near, 2)
+    best = pick_rows(task_logit, two[:, :1], -np.inf)[:, 0]
+    runner = pick_rows(task_logit, two[:, 1:], np.nan)[:, 0]
+    alone = np.isnan(runner)
+    runner[alone] = terms[alone].min(axis=1)
+    return best - runner
+
+
 def pick_rows(values: np.ndarray, chosen: np.ndarray, fill: float) -> np.ndarray:
     """values[chosen] with ``fill`` where chosen is -1."""
     out = np.full(chosen.shape, fill, dtype=np.float64)

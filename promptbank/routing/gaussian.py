@@ -12,13 +12,7 @@ import torch
 from ..errors import BankFormatError, InvalidDataError
 from ..keys import check_keys, l2_normalize
 from . import faiss_index as fx
-from .base import (
-    ROUTERS,
-    Router,
-    group_neighbours,
-    pick_rows,
-    rank_candidates,
-)
+from .base import ROUTERS, Router, group_neighbours, pick_rows, rank_candidates, task_margin
 from .gaussian_config import LDA_NPROBE, NOVELTY_SCORES, GaussianConfig  # noqa: F401 (re-exported)
 from .heap import release_freed_memory
 from .mean_codes import MEAN_OUTLIERS, SCALE_DTYPE, checked_means, quantize_means, saved_means
@@ -82,11 +76,12 @@ class GaussianRouter(Router):
     distance to the chosen task's nearest mean - squared distance to a background Gaussian of
     every key) / dim; the background is built from the class means and the shared covariance
     alone (``stats.Background``), so it costs no state. "posterior" is the chosen task's
-    posterior at the softer ``novelty_temperature``; "nearest" the distance term alone. On
-    offline-9 at 5% false rejects, "relative" flags 78% of a held-out task's inputs (posterior
-    66%, nearest 25%) and 33-99% of far out-of-distribution texts
-    (``scripts/studies/unknown_inputs.py``, docs/routing.md), for ~7% of the batched route's
-    time (26.1 against 24.3 us per input there, 1 thread; ``routing_study.py``).
+    posterior at the softer ``novelty_temperature``; "nearest" the distance term alone;
+    "margin" the chosen task's log-likelihood less the runner-up task's, / dim (an input that two
+    tasks explain about equally well is unfamiliar; needs two tasks or more). On offline-9 at 5%
+    false rejects of validation inputs, "margin" flags 86% of a held-out task's inputs and 66-100%
+    of far out-of-distribution texts, "relative" 78% and 35-99%, posterior 66%, nearest 25%
+    (``scripts/studies/unknown_inputs.py``, docs/routing.md).
     Keys and queries are L2-normalised first (a no-op for KeyEncoder output), which also
     keeps the float16 scatter factors in range.
 
@@ -390,6 +385,9 @@ class GaussianRouter(Router):
         near = np.maximum.reduceat(-dist.ravel()[order], starts) / self.dim
         chosen = rank_candidates(n, seg_row, task_logit, near, top)
         cand = np.where(chosen >= 0, seg_task[np.maximum(chosen, 0)], -1)
+        if self.config.novelty == "margin":
+            terms = np.where(ok, -0.5 * dist / self.config.temperature + logw, np.inf)
+            return cand, pick_rows(prob, chosen, 0.0), task_margin(seg_row, task_logit, near, terms) / self.dim
         if self.config.novelty == "posterior":
             familiar = task_posterior(self.config.novelty_temperature)[1]
         else:

@@ -14,7 +14,7 @@ from .mean_codes import MEAN_BITS
 #: suffice: 99.4-99.7% / 100% agreement with exact LDA at 384 / 960 dims (BENCHMARKS.md section 2).
 LDA_NPROBE = 8
 #: what a Gaussian/LDA router's ``closeness`` measures (see GaussianRouter)
-NOVELTY_SCORES = ("relative", "posterior", "nearest")
+NOVELTY_SCORES = ("relative", "posterior", "nearest", "margin")
 
 
 @dataclass
@@ -29,7 +29,7 @@ class GaussianConfig(RouterConfig):
         temperature: softmax temperature of the routing posterior.
         search_k: nearest whitened means searched per query.
         index: "auto" or a FAISS factory spec (L2 over whitened means).
-        novelty: what ``closeness`` measures: "relative", "posterior" or "nearest" (GaussianRouter).
+        novelty: what ``closeness`` measures: "relative", "posterior", "nearest" or "margin" (GaussianRouter).
         novelty_temperature: the softer temperature of the "posterior" closeness.
         nprobe: IVF lists scanned per query (``LDA_NPROBE``).
         mean_bits: bits each class mean is stored in: 6, 8 or 16 (``mean_codes.quantize_means``).

